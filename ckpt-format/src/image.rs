@@ -1,0 +1,235 @@
+//! The metadata record of one process: everything but the page contents.
+
+use serde::{Deserialize, Serialize};
+
+/// One process as it was at the checkpoint instant.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: i32,
+    pub exe: String,
+    pub args: Vec<String>,
+    pub comm: String,
+    pub cwd: String,
+    pub umask: u32,
+    pub personality: u64,
+    pub creds: Creds,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmFields,
+    pub auxv: Vec<u8>,
+    pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process (bit n-1 = signal n).
+    pub shared_pending: u64,
+    /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`: interval and value, in microseconds.
+    pub itimers: [Itimer; 3],
+    pub threads: Vec<ThreadImage>,
+    pub mappings: Vec<Mapping>,
+    /// vdso/vvar of the checkpointed process: the restorer moves the new kernel's ones there.
+    pub special: Vec<SpecialMapping>,
+    pub fds: Vec<FdImage>,
+    /// The fd number of the interposer's control connection (re-created at restore).
+    pub control_fd: i32,
+    /// Address of the interposer's "restored" word, set to 1 by the restorer.
+    pub restored_flag_addr: u64,
+    /// Length of `pages.img`, to detect truncation before anything is mapped.
+    pub pages_len: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Creds {
+    pub uid: [u32; 3],
+    pub gid: [u32; 3],
+    pub groups: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Itimer {
+    pub interval_us: u64,
+    pub value_us: u64,
+}
+
+/// The kernel's view of the address-space layout, restored with `PR_SET_MM_MAP`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+/// A signal disposition in the kernel's layout.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SigAction {
+    pub signo: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub comm: String,
+    /// Address of the `ucontext` the kernel pushed when the thread was parked; the thread is
+    /// resumed with `rt_sigreturn` on it, which restores every register, FPU state, the signal
+    /// mask and the alternate signal stack.
+    pub uc_addr: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub clear_tid: u64,
+    pub rseq_addr: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+    /// Signals pending for this thread only.
+    pub pending: u64,
+    /// The interposer's control thread: resumed like the others, it then reconnects.
+    pub is_control: bool,
+}
+
+pub const PROT_READ: u32 = 1;
+pub const PROT_WRITE: u32 = 2;
+pub const PROT_EXEC: u32 = 4;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub prot: u32,
+    pub shared: bool,
+    pub kind: MappingKind,
+    /// The name shown in /proc/PID/maps, for `ckptctl show` and anonymous names.
+    pub name: String,
+    /// Pages whose content is in a page store (runs sorted by address).
+    pub pages: Vec<PageRun>,
+}
+
+impl Mapping {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+    pub fn stored_bytes(&self) -> u64 {
+        self.pages.iter().map(|r| r.len).sum()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum MappingKind {
+    /// Private anonymous memory; pages never touched are not stored and come back as zero.
+    Anon,
+    /// The brk heap.
+    Heap,
+    /// The main thread's stack (grows down).
+    Stack,
+    /// A file mapped from disk; re-mapped from the file at restore when it is unchanged, with
+    /// the privately modified pages from the page store on top.
+    File(FileId),
+    /// Memory whose content exists nowhere else (shared anonymous, memfd, a deleted file):
+    /// every non-zero page is stored.
+    Saved { shmem: bool },
+}
+
+/// Identity of a file at checkpoint time, to refuse a restore over a changed file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileId {
+    pub path: String,
+    pub offset: u64,
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+/// A run of contiguous pages stored contiguously in a page store.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageRun {
+    pub addr: u64,
+    pub len: u64,
+    /// Which page store holds the run: 0 = this checkpoint's, n = the n-th ancestor's.
+    pub store: u32,
+    pub offset: u64,
+    pub crc: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpecialMapping {
+    pub name: String,
+    pub start: u64,
+    pub end: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FdImage {
+    pub fd: i32,
+    /// `F_GETFL` flags (access mode, O_APPEND, O_NONBLOCK, …).
+    pub flags: i32,
+    pub cloexec: bool,
+    /// Another fd of this process sharing the same open file description.
+    pub dup_of: Option<i32>,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FdKind {
+    /// A regular file, reopened at its offset. For a file open for writing, the size and a CRC of
+    /// its last bytes at checkpoint time: at restore the file is cut back to that size (what was
+    /// written after the checkpoint is written again by the restored program).
+    File {
+        path: String,
+        pos: u64,
+        size: u64,
+        writable: bool,
+        tail_len: u64,
+        tail_crc: u32,
+    },
+    Dir { path: String },
+    /// A character device such as /dev/null, reopened by path.
+    CharDev { path: String, rdev: u64 },
+    /// A terminal, pipe or socket on stdin/stdout/stderr: replaced at restore by the stdio of
+    /// the `ckptctl restore` that brings the process back.
+    Stdio { what: String },
+    /// A terminal that is not stdio, reopened by path.
+    Tty { path: String },
+    /// The interposer's connection to ckptd.
+    Control,
+}
+
+impl FdKind {
+    pub fn describe(&self) -> String {
+        match self {
+            FdKind::File { path, pos, .. } => format!("file {path} @{pos}"),
+            FdKind::Dir { path } => format!("dir {path}"),
+            FdKind::CharDev { path, .. } => format!("device {path}"),
+            FdKind::Stdio { what } => format!("stdio ({what})"),
+            FdKind::Tty { path } => format!("tty {path}"),
+            FdKind::Control => "ckpt control socket".to_string(),
+        }
+    }
+}
+
+impl ProcessImage {
+    pub fn stored_bytes(&self) -> u64 {
+        self.mappings.iter().map(Mapping::stored_bytes).sum()
+    }
+    pub fn mapped_bytes(&self) -> u64 {
+        self.mappings.iter().map(Mapping::len).sum()
+    }
+}

@@ -1,0 +1,20 @@
+//! The on-disk format of a checkpoint.
+//!
+//! One directory per checkpoint id under the store. Inside it, per host and per process, a
+//! metadata record (`meta.img`) and a page store (`pages.img`); the global `MANIFEST` is written
+//! last and its presence is the commit point. Every record carries a magic, a format version and a
+//! CRC32C of its payload, so a torn, truncated or corrupted file is refused with a clear message.
+
+mod error;
+mod image;
+mod manifest;
+mod pages;
+mod record;
+mod store;
+
+pub use error::FormatError;
+pub use image::*;
+pub use manifest::*;
+pub use pages::{PageStoreReader, PageStoreWriter, PAGE_SIZE, RUN_MAX_BYTES};
+pub use record::{read_record, write_record, RecordKind, FORMAT_VERSION};
+pub use store::{CheckpointDir, Store};

@@ -1,0 +1,62 @@
+//! Reading a parked process from the outside: its memory, fds and kernel state become a
+//! process image in the store.
+
+mod fds;
+mod memory;
+mod state;
+
+use ckpt_format::{FormatError, PageStoreWriter, ProcessImage};
+use ckpt_proto::slots::ProcSlot;
+use ckpt_proto::Registration;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DumpError {
+    #[error("process {pid}: fd {fd} is {kind}, which ckpt cannot checkpoint yet; close it or run the program without it")]
+    UnsupportedFd { pid: i32, fd: i32, kind: String },
+    #[error("process {pid}: mapping {start:#x}-{end:#x} ({name}) cannot be checkpointed: {why}")]
+    UnsupportedMapping { pid: i32, start: u64, end: u64, name: String, why: String },
+    #[error("process {pid}: the interposer's slots are unreadable or corrupt")]
+    BadSlots { pid: i32 },
+    #[error("process {pid}: {parked} threads parked but the kernel lists {listed}; try again")]
+    ThreadMismatch { pid: i32, parked: u32, listed: usize },
+    #[error("process {pid}: {0}", pid = .1)]
+    Proc(#[source] ckpt_sys::procfs::ProcError, i32),
+    #[error("process {pid}: reading {what}: {source}")]
+    Io {
+        pid: i32,
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Format(#[from] FormatError),
+}
+
+/// Reads the interposer's slots out of the parked program.
+pub fn read_slots(reg: &Registration) -> Result<Box<ProcSlot>, DumpError> {
+    let pid = reg.pid;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+        .map_err(|source| DumpError::Io { pid, what: "memory".into(), source })?;
+    let mut buf = vec![0u8; std::mem::size_of::<ProcSlot>()];
+    mem.read_exact_at(&mut buf, reg.slot_addr)
+        .map_err(|source| DumpError::Io { pid, what: "interposer slots".into(), source })?;
+    ProcSlot::from_bytes(&buf).ok_or(DumpError::BadSlots { pid })
+}
+
+/// Writes the page store of a parked process and returns its image (not yet written). The
+/// caller resumes the process once this returns.
+pub fn dump_parked(reg: &Registration, slots: &ProcSlot, pages_path: &Path) -> Result<(ProcessImage, PageStoreWriter), DumpError> {
+    let pid = reg.pid;
+    // fds first: an unsupported one fails the checkpoint before any page is copied.
+    let fds = fds::dump_fds(pid, reg.control_fd)?;
+    let mut image = state::dump_state(reg, slots)?;
+    image.fds = fds;
+    let mut store = PageStoreWriter::create(pages_path)?;
+    let (mappings, special) = memory::dump_memory(pid, &mut store)?;
+    image.mappings = mappings;
+    image.special = special;
+    image.pages_len = store.len();
+    Ok((image, store))
+}

@@ -1,0 +1,97 @@
+//! `ckptd`: the ckpt daemon. On a single host it is both the node (registry of local programs,
+//! local checkpoints and restores) and the manager.
+
+mod checkpoint;
+mod dump;
+mod node;
+mod registry;
+mod restore;
+mod server;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "ckptd", version, about = "ckpt daemon: checkpoint/restore of programs started with ckpt-run")]
+struct Args {
+    /// Unix socket for programs and ckptctl [default: $CKPT_SOCKET, /run/ckpt/ckptd.sock for root]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Directory holding the checkpoints [default: /var/lib/ckpt for root, $XDG_STATE_HOME/ckpt]
+    #[arg(long, env = "CKPT_STORE")]
+    store: Option<PathBuf>,
+    /// Name of this host in checkpoints [default: the hostname]
+    #[arg(long)]
+    host_name: Option<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("ckptd: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let socket = args.socket.unwrap_or_else(ckpt_sys::paths::default_socket);
+    let store_dir = args.store.unwrap_or_else(ckpt_sys::paths::default_store);
+    let store = ckpt_format::Store::open(&store_dir).with_context(|| format!("cannot open the store {}", store_dir.display()))?;
+    for id in store.sweep_incomplete() {
+        tracing::warn!(id, "removed an incomplete checkpoint left by a previous run");
+    }
+    let restorer = ckpt_sys::paths::sibling("ckpt-restore").context("cannot find the restorer")?;
+
+    // Block the stop signals in every thread; one thread waits for them.
+    let mut stop = nix::sys::signal::SigSet::empty();
+    stop.add(nix::sys::signal::SIGTERM);
+    stop.add(nix::sys::signal::SIGINT);
+    stop.thread_block()?;
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if socket.exists() {
+        if UnixStream::connect(&socket).is_ok() {
+            bail!("another ckptd is already listening on {}", socket.display());
+        }
+        std::fs::remove_file(&socket).with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
+    }
+    let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
+    // Any user may register programs; control requests are checked per peer.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
+
+    // Restored programs are our children; so are their orphans.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+    let node = Arc::new(node::Node {
+        host: args.host_name.unwrap_or_else(ckpt_sys::paths::hostname),
+        store,
+        registry: Default::default(),
+        busy: Default::default(),
+        restorer,
+        reaper: Default::default(),
+    });
+    {
+        let node = node.clone();
+        std::thread::Builder::new().name("reaper".into()).spawn(move || node.reaper.run())?;
+    }
+    {
+        let node = node.clone();
+        std::thread::Builder::new().name("server".into()).spawn(move || server::serve(node, listener))?;
+    }
+    tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, "ckptd ready");
+    let sig = stop.wait()?;
+    tracing::info!("{sig:?}: shutting down");
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! The node: this host's registry, store and the child processes it restored.
+
+use crate::registry::Registry;
+use ckpt_format::Store;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Node {
+    pub host: String,
+    pub store: Store,
+    pub registry: Registry,
+    /// One checkpoint or restore at a time on this node.
+    pub busy: Mutex<()>,
+    /// The restorer binary, shipped next to ckptd.
+    pub restorer: PathBuf,
+    pub reaper: Reaper,
+}
+
+/// Collects the exit status of every child (restored programs are children of ckptd).
+#[derive(Default)]
+pub struct Reaper {
+    exited: Mutex<HashMap<i32, i32>>,
+    cv: Condvar,
+}
+
+impl Reaper {
+    /// Reaps children forever; run on a thread of its own.
+    pub fn run(&self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: status is a valid out-pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+            if pid > 0 {
+                tracing::info!(pid, status = %describe_status(status), "child exited");
+                let mut m = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+                if m.len() > 4096 {
+                    m.clear();
+                }
+                m.insert(pid, status);
+                self.cv.notify_all();
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for `pid` to have exited; its status if it did.
+    pub fn wait_exit(&self, pid: i32, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        let mut m = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(s) = m.remove(&pid) {
+                return Some(s);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            m = self.cv.wait_timeout(m, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+        }
+    }
+
+    pub fn forget(&self, pid: i32) {
+        self.exited.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid);
+    }
+}
+
+pub fn describe_status(status: i32) -> String {
+    if libc::WIFEXITED(status) {
+        format!("exit code {}", libc::WEXITSTATUS(status))
+    } else if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        // SAFETY: strsignal returns a pointer to a static or thread-local string.
+        let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }.to_string_lossy().into_owned();
+        format!("killed by signal {sig} ({name})")
+    } else {
+        format!("status {status:#x}")
+    }
+}

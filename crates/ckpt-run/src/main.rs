@@ -1,0 +1,66 @@
+//! `ckpt-run [--socket PATH] -- PROG ARGS…`: runs PROG under checkpoint control. It checks that
+//! ckptd answers, then execs PROG with the interposer preloaded, so PROG keeps this process's
+//! pid, stdio, exit code and signals.
+
+use clap::Parser;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "ckpt-run", version, about = "Run a program under ckpt checkpoint control")]
+struct Args {
+    /// ckptd's socket [default: $CKPT_SOCKET, /run/ckpt/ckptd.sock for root]
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// The program and its arguments
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let code = match run(args) {
+        Ok(never) => match never {},
+        Err((code, msg)) => {
+            eprintln!("ckpt-run: {msg}");
+            code
+        }
+    };
+    std::process::exit(code);
+}
+
+enum Never {}
+
+fn run(args: Args) -> Result<Never, (i32, String)> {
+    let socket = args.socket.unwrap_or_else(ckpt_sys::paths::default_socket);
+    let socket = std::path::absolute(&socket).unwrap_or(socket);
+    ping(&socket).map_err(|e| (2, format!("{e}; start ckptd first (or pass --socket / set CKPT_SOCKET)")))?;
+    let lib = ckpt_sys::paths::sibling("libckpt_interposer.so").map_err(|e| (2, format!("cannot find the interposer: {e}")))?;
+    let preload = match std::env::var("LD_PRELOAD") {
+        Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
+        _ => lib.display().to_string(),
+    };
+    // Rust ignores SIGPIPE for itself; the program must get the default it would have had.
+    // SAFETY: resetting a disposition before exec.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let (prog, rest) = args.command.split_first().ok_or((2, "no program given".to_string()))?;
+    let err = std::process::Command::new(prog).args(rest).env("LD_PRELOAD", preload).env("CKPT_SOCKET", &socket).exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+    Err((code, format!("cannot run {prog}: {err}")))
+}
+
+fn ping(socket: &std::path::Path) -> Result<(), String> {
+    use ckpt_proto::{CtlReply, CtlRequest, Hello, Welcome, PROTO_VERSION};
+    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("ckptd is not reachable at {}: {e}", socket.display()))?;
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let io = |e: ckpt_proto::FrameError| format!("ckptd at {}: {e}", socket.display());
+    ckpt_proto::send(&s, &Hello::Ctl { version: PROTO_VERSION }, &[]).map_err(io)?;
+    if let Welcome::Refused { reason } = ckpt_proto::recv(&s).map_err(io)?.0 {
+        return Err(format!("ckptd refused: {reason}"));
+    }
+    ckpt_proto::send(&s, &CtlRequest::Ping, &[]).map_err(io)?;
+    match ckpt_proto::recv::<CtlReply>(&s).map_err(io)?.0 {
+        CtlReply::Pong { .. } => Ok(()),
+        other => Err(format!("ckptd answered {other:?} to ping")),
+    }
+}

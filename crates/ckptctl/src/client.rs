@@ -1,0 +1,39 @@
+//! The connection to ckptd.
+
+use ckpt_proto::{CtlReply, CtlRequest, Hello, Welcome, PROTO_VERSION};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+pub enum Failure {
+    /// ckptd could not be reached or broke off.
+    Unreachable(String),
+    /// ckptd answered with an error.
+    Refused(String),
+}
+
+pub struct Client {
+    s: UnixStream,
+    what: String,
+}
+
+impl Client {
+    pub fn connect(socket: &Path) -> Result<Self, Failure> {
+        let what = format!("ckptd at {}", socket.display());
+        let s = UnixStream::connect(socket).map_err(|e| Failure::Unreachable(format!("cannot reach {what}: {e}")))?;
+        let c = Self { s, what };
+        ckpt_proto::send(&c.s, &Hello::Ctl { version: PROTO_VERSION }, &[]).map_err(|e| c.lost(e))?;
+        match ckpt_proto::recv::<Welcome>(&c.s).map_err(|e| c.lost(e))?.0 {
+            Welcome::Ok { .. } => Ok(c),
+            Welcome::Refused { reason } => Err(Failure::Refused(reason)),
+        }
+    }
+
+    fn lost(&self, e: ckpt_proto::FrameError) -> Failure {
+        Failure::Unreachable(format!("{}: {e}", self.what))
+    }
+
+    pub fn call(&self, req: &CtlRequest, fds: &[i32]) -> Result<CtlReply, Failure> {
+        ckpt_proto::send(&self.s, req, fds).map_err(|e| self.lost(e))?;
+        Ok(ckpt_proto::recv::<CtlReply>(&self.s).map_err(|e| self.lost(e))?.0)
+    }
+}

@@ -1,0 +1,75 @@
+//! `ckptctl`: talks to the local ckptd.
+
+mod client;
+mod render;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "ckptctl", version, about = "Control ckpt: take, list, inspect, restore and delete checkpoints")]
+struct Args {
+    /// ckptd's socket [default: $CKPT_SOCKET, /run/ckpt/ckptd.sock for root]
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Machine-readable output on stdout
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Checkpoint every registered process; prints the new id
+    Checkpoint,
+    /// List the committed checkpoints
+    List,
+    /// Show what a checkpoint holds: processes, threads, mappings, fds, sizes
+    Show { id: String },
+    /// Show the processes under checkpoint control
+    Status,
+    /// Bring back the processes of a checkpoint, with their pids; their terminal/pipe stdio
+    /// becomes this command's
+    Restore { id: String },
+    /// Delete a checkpoint
+    Delete { id: String },
+}
+
+fn main() {
+    let args = Args::parse();
+    let socket = args.socket.clone().unwrap_or_else(ckpt_sys::paths::default_socket);
+    let code = match run(&args, &socket) {
+        Ok(()) => 0,
+        Err(client::Failure::Unreachable(msg)) => {
+            eprintln!("ckptctl: {msg}; is ckptd running? (start it, or pass --socket / set CKPT_SOCKET)");
+            2
+        }
+        Err(client::Failure::Refused(msg)) => {
+            eprintln!("ckptctl: {}", msg.lines().next().unwrap_or_default());
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
+    use ckpt_proto::{CtlReply, CtlRequest};
+    let c = client::Client::connect(socket)?;
+    let (req, fds): (CtlRequest, Vec<i32>) = match &args.cmd {
+        Cmd::Checkpoint => (CtlRequest::Checkpoint, vec![]),
+        Cmd::List => (CtlRequest::List, vec![]),
+        Cmd::Show { id } => (CtlRequest::Show { id: id.clone() }, vec![]),
+        Cmd::Status => (CtlRequest::Status, vec![]),
+        // Our stdio goes along: it becomes the restored programs' stdio.
+        Cmd::Restore { id } => (CtlRequest::Restore { id: id.clone() }, vec![0, 1, 2]),
+        Cmd::Delete { id } => (CtlRequest::Delete { id: id.clone() }, vec![]),
+    };
+    match c.call(&req, &fds)? {
+        CtlReply::Error { message } => Err(client::Failure::Refused(message)),
+        reply => {
+            render::print(&reply, args.json);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! What ckptctl prints: short human text, or JSON with `--json`.
+
+use ckpt_format::{FdKind, MappingKind, ProcessImage};
+use ckpt_proto::CtlReply;
+use serde_json::json;
+
+pub fn print(reply: &CtlReply, as_json: bool) {
+    if as_json {
+        let v = match reply {
+            CtlReply::Checkpointed(r) => serde_json::to_value(r),
+            CtlReply::List(l) => serde_json::to_value(l),
+            CtlReply::Show { manifest, images } => Ok(json!({ "manifest": manifest, "images": images })),
+            CtlReply::Status(s) => Ok(json!({ "processes": s })),
+            CtlReply::Restored { id, pids } => Ok(json!({ "id": id, "pids": pids })),
+            CtlReply::Deleted { id } => Ok(json!({ "deleted": id })),
+            CtlReply::Pong { version } => Ok(json!({ "version": version })),
+            CtlReply::Error { message } => Ok(json!({ "error": message })),
+        };
+        println!("{}", v.map(|v| v.to_string()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+        return;
+    }
+    match reply {
+        CtlReply::Checkpointed(r) => println!("{}", r.id),
+        CtlReply::List(list) => {
+            println!("{:<6} {:<20} {:>5} {:>10} {:>9}", "ID", "CREATED (UTC)", "PROCS", "SIZE", "TOOK");
+            for c in list {
+                println!(
+                    "{:<6} {:<20} {:>5} {:>10} {:>9}",
+                    c.id,
+                    utc(c.created_unix_ms),
+                    c.processes,
+                    bytes(c.stored_bytes),
+                    ms(c.duration_us)
+                );
+            }
+        }
+        CtlReply::Show { manifest, images } => {
+            println!(
+                "checkpoint {}  created {} UTC  took {}  parent {}",
+                manifest.id,
+                utc(manifest.created_unix_ms),
+                ms(manifest.duration_us),
+                manifest.parent.as_deref().unwrap_or("-")
+            );
+            for (host, img) in images {
+                let stop = manifest.processes().find(|(h, p)| *h == host && p.pid == img.pid).map(|(_, p)| p.stop_us);
+                show_process(host, img, stop);
+            }
+        }
+        CtlReply::Status(procs) => {
+            println!("{:<8} {:<12} {:>7} {:<9} COMMAND", "PID", "HOST", "THREADS", "RESTORED");
+            for p in procs {
+                println!(
+                    "{:<8} {:<12} {:>7} {:<9} {}",
+                    p.pid,
+                    p.host,
+                    p.threads,
+                    p.restored_from.as_deref().unwrap_or("-"),
+                    p.args.join(" ")
+                );
+            }
+        }
+        CtlReply::Restored { id, pids } => {
+            let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+            eprintln!("restored checkpoint {id}: pid {}", pids.join(", "));
+        }
+        CtlReply::Deleted { id } => eprintln!("deleted checkpoint {id}"),
+        CtlReply::Pong { version } => println!("ckptd protocol {version}"),
+        CtlReply::Error { message } => eprintln!("{message}"),
+    }
+}
+
+fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>) {
+    println!("\nhost {host}  pid {}  {}", img.pid, img.args.join(" "));
+    println!("  exe {}  cwd {}  uid {}  stopped {}", img.exe, img.cwd, img.creds.uid[0], stop_us.map(ms).unwrap_or_default());
+    let tids: Vec<String> = img.threads.iter().map(|t| format!("{} ({})", t.tid, t.comm)).collect();
+    println!("  threads {}: {}", img.threads.len(), tids.join(", "));
+    println!(
+        "  memory: {} mapped, {} stored, {} mappings",
+        bytes(img.mapped_bytes()),
+        bytes(img.stored_bytes()),
+        img.mappings.len()
+    );
+    for m in &img.mappings {
+        let kind = match &m.kind {
+            MappingKind::Anon => "anon",
+            MappingKind::Heap => "heap",
+            MappingKind::Stack => "stack",
+            MappingKind::File(_) => "file",
+            MappingKind::Saved { .. } => "saved",
+        };
+        let prot = format!(
+            "{}{}{}{}",
+            if m.prot & 1 != 0 { 'r' } else { '-' },
+            if m.prot & 2 != 0 { 'w' } else { '-' },
+            if m.prot & 4 != 0 { 'x' } else { '-' },
+            if m.shared { 's' } else { 'p' }
+        );
+        println!("    {:012x}-{:012x} {prot} {kind:<5} {:>10} {}", m.start, m.end, bytes(m.stored_bytes()), m.name);
+    }
+    println!("  fds:");
+    for f in &img.fds {
+        let note = match &f.kind {
+            FdKind::Stdio { .. } => "  -> stdio of `ckptctl restore`",
+            FdKind::File { writable: true, .. } => "  -> cut back to its checkpointed size",
+            _ => "",
+        };
+        let dup = f.dup_of.map(|d| format!(" (same file as fd {d})")).unwrap_or_default();
+        println!("    {:>3} {}{dup}{note}", f.fd, f.kind.describe());
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+/// `YYYY-MM-DD HH:MM:SS` for a Unix time in ms (UTC; civil-from-days).
+fn utc(unix_ms: u64) -> String {
+    let secs = unix_ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_and_bytes() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(1_795_651_200_000), "2026-11-25 00:00:00");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+    }
+}

@@ -1,0 +1,135 @@
+//! Every message exchanged between ckpt processes.
+
+use ckpt_format::{Manifest, ProcessImage};
+use serde::{Deserialize, Serialize};
+
+/// First message on every connection to ckptd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Hello {
+    /// The interposer inside a program.
+    App { version: u32 },
+    /// `ckptctl` or `ckpt-run`.
+    Ctl { version: u32 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Welcome {
+    Ok { version: u32 },
+    Refused { reason: String },
+}
+
+/// What a program registers with: enough for ckptd to find the interposer's state in memory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    pub pid: i32,
+    pub exe: String,
+    pub args: Vec<String>,
+    /// Address and size of the interposer's [`crate::slots::ProcSlot`].
+    pub slot_addr: u64,
+    pub slot_len: u64,
+    /// fd number of this connection inside the program.
+    pub control_fd: i32,
+    /// The signal the interposer parks threads with.
+    pub park_signal: i32,
+}
+
+/// Interposer → ckptd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AppMsg {
+    Register(Registration),
+    /// Every thread is parked and the slots are filled; ckptd may read the process now.
+    Parked { nthreads: u32 },
+    /// Parking failed (a thread did not stop in time, too many threads); threads run again.
+    ParkFailed { reason: ParkFailure, tid: i32 },
+    /// Sent by the control thread of a restored process on its new connection.
+    Restored { pid: i32 },
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ParkFailure {
+    Timeout,
+    TooManyThreads,
+    Signal,
+}
+
+/// ckptd → interposer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum NodeMsg {
+    Registered,
+    /// Park every thread (stop the world) and answer `Parked`.
+    Park { timeout_ms: u32 },
+    /// The process has been read: let the threads run.
+    Resume,
+    /// The checkpoint failed: let the threads run, nothing was taken.
+    Abort,
+}
+
+/// `ckptctl` → ckptd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CtlRequest {
+    Ping,
+    Checkpoint,
+    List,
+    Show { id: String },
+    Status,
+    /// Restore checkpoint `id`; the requester's stdin, stdout and stderr ride along as fds.
+    Restore { id: String },
+    Delete { id: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointSummary {
+    pub id: String,
+    pub parent: Option<String>,
+    pub created_unix_ms: u64,
+    pub processes: u32,
+    pub stored_bytes: u64,
+    pub duration_us: u64,
+}
+
+impl From<&Manifest> for CheckpointSummary {
+    fn from(m: &Manifest) -> Self {
+        Self {
+            id: m.id.clone(),
+            parent: m.parent.clone(),
+            created_unix_ms: m.created_unix_ms,
+            processes: m.processes().count() as u32,
+            stored_bytes: m.stored_bytes(),
+            duration_us: m.duration_us,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub host: String,
+    pub pid: i32,
+    pub exe: String,
+    pub args: Vec<String>,
+    pub threads: u32,
+    /// `Some(n)` for a process brought back by `ckptctl restore` from checkpoint n.
+    pub restored_from: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointReport {
+    pub id: String,
+    pub processes: u32,
+    pub stored_bytes: u64,
+    pub duration_us: u64,
+    /// The longest time any process had its threads parked.
+    pub max_stop_us: u64,
+}
+
+/// ckptd → `ckptctl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CtlReply {
+    Pong { version: u32 },
+    Checkpointed(CheckpointReport),
+    List(Vec<CheckpointSummary>),
+    Show { manifest: Manifest, images: Vec<(String, ProcessImage)> },
+    Status(Vec<ProcessStatus>),
+    Restored { id: String, pids: Vec<i32> },
+    Deleted { id: String },
+    Error { message: String },
+}

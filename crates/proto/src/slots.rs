@@ -1,0 +1,117 @@
+//! The interposer's parking slots: plain memory inside the program that its signal handler fills
+//! without allocating, and that ckptd reads through /proc/PID/mem once the program is parked.
+//! The layout is a contract between the two sides, so it lives here with the rest of the wire
+//! format.
+
+/// Threads a process may have for a checkpoint to be taken.
+pub const MAX_THREADS: usize = 1024;
+pub const SLOT_MAGIC: u64 = 0x544f_4c53_5450_4b43; // "CKPTSLOT"
+
+/// One parked thread.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadSlot {
+    pub tid: i32,
+    pub flags: u32,
+    /// Address of the kernel's `ucontext` for the parking signal, on the thread's stack.
+    pub uc_addr: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub robust_head: u64,
+    pub robust_len: u64,
+    pub clear_tid: u64,
+    pub rseq_addr: u64,
+    pub rseq_len: u32,
+    pub rseq_sig: u32,
+}
+
+/// A signal disposition as `rt_sigaction` returns it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KSigAction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Itimerval {
+    pub interval_sec: i64,
+    pub interval_usec: i64,
+    pub value_sec: i64,
+    pub value_usec: i64,
+}
+
+/// The process-wide part, followed in memory by the thread slots.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ProcSlot {
+    pub magic: u64,
+    /// Set to 1 by the restorer; the control thread sees it when it resumes.
+    pub restored: u64,
+    pub nthreads: u32,
+    pub control_tid: i32,
+    pub brk: u64,
+    pub sigactions: [KSigAction; 64],
+    pub itimers: [Itimerval; 3],
+    pub threads: [ThreadSlot; MAX_THREADS],
+}
+
+impl ProcSlot {
+    pub const fn new() -> Self {
+        const T: ThreadSlot = ThreadSlot {
+            tid: 0,
+            flags: 0,
+            uc_addr: 0,
+            fs_base: 0,
+            gs_base: 0,
+            robust_head: 0,
+            robust_len: 0,
+            clear_tid: 0,
+            rseq_addr: 0,
+            rseq_len: 0,
+            rseq_sig: 0,
+        };
+        const S: KSigAction = KSigAction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        const I: Itimerval = Itimerval { interval_sec: 0, interval_usec: 0, value_sec: 0, value_usec: 0 };
+        Self {
+            magic: SLOT_MAGIC,
+            restored: 0,
+            nthreads: 0,
+            control_tid: 0,
+            brk: 0,
+            sigactions: [S; 64],
+            itimers: [I; 3],
+            threads: [T; MAX_THREADS],
+        }
+    }
+
+    /// Offset of `restored`, poked by the restorer.
+    pub const RESTORED_OFFSET: u64 = std::mem::offset_of!(ProcSlot, restored) as u64;
+
+    /// Rebuilds a slot from the bytes read out of the program's memory.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Box<ProcSlot>> {
+        if bytes.len() < std::mem::size_of::<ProcSlot>() {
+            return None;
+        }
+        let mut slot = Box::new(ProcSlot::new());
+        // SAFETY: ProcSlot is repr(C) plain data (integers only), so any byte pattern of the right
+        // length is a valid value; the source has at least size_of::<ProcSlot>() bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                (&mut *slot as *mut ProcSlot).cast::<u8>(),
+                std::mem::size_of::<ProcSlot>(),
+            )
+        };
+        (slot.magic == SLOT_MAGIC).then_some(slot)
+    }
+}
+
+impl Default for ProcSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,157 @@
+//! Putting the program's file descriptors back at their numbers, and opening what the blob
+//! needs (page stores, mapped files) at numbers above them.
+
+use anyhow::{bail, Context};
+use ckpt_format::{FdImage, FdKind, FileId, MappingKind, PageStoreReader, ProcessImage};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt};
+
+/// Moves `fd` to the lowest free number >= `base`, close-on-exec.
+pub fn lift(fd: RawFd, base: RawFd) -> anyhow::Result<RawFd> {
+    // SAFETY: plain fcntl/close on fds we own.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error()).context("moving a working fd");
+    }
+    // SAFETY: fd is ours and replaced by `new`.
+    unsafe { libc::close(fd) };
+    Ok(new)
+}
+
+fn open(path: &str, flags: i32) -> anyhow::Result<RawFd> {
+    let c = CString::new(path)?;
+    // SAFETY: a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot reopen {path}"));
+    }
+    Ok(fd)
+}
+
+/// Checks a file open for writing and cuts it back to its checkpointed size.
+fn rewind_written(path: &str, size: u64, tail_len: u64, tail_crc: u32) -> anyhow::Result<()> {
+    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("cannot reopen {path}"))?;
+    let now = f.metadata()?.len();
+    if now < size {
+        bail!("{path} is shorter ({now} bytes) than at the checkpoint ({size}); restoring would lose data");
+    }
+    if tail_len > 0 {
+        let mut buf = vec![0u8; tail_len as usize];
+        f.seek(SeekFrom::Start(size - tail_len))?;
+        f.read_exact(&mut buf)?;
+        if crc32c::crc32c(&buf) != tail_crc {
+            bail!("{path} was rewritten since the checkpoint (its content before offset {size} changed)");
+        }
+    }
+    if now > size {
+        f.set_len(size).with_context(|| format!("cannot cut {path} back to {size} bytes"))?;
+    }
+    Ok(())
+}
+
+/// Puts every fd of the image at its number. `working` are fds to keep above all of them.
+pub fn place_fds(img: &ProcessImage, control: RawFd) -> anyhow::Result<()> {
+    let wanted: Vec<i32> = img.fds.iter().map(|f| f.fd).collect();
+    for f in &img.fds {
+        let src = match &f.kind {
+            FdKind::Stdio { .. } => continue,
+            FdKind::Control => control,
+            FdKind::File { path, pos, size, writable, tail_len, tail_crc } => {
+                if f.dup_of.is_none() && *writable {
+                    rewind_written(path, *size, *tail_len, *tail_crc)?;
+                }
+                reopen(f, path)?.inspect(|&fd| {
+                    // SAFETY: lseek on the fd just opened.
+                    unsafe { libc::lseek(fd, *pos as i64, libc::SEEK_SET) };
+                })
+                .unwrap_or(-1)
+            }
+            FdKind::Dir { path } => reopen(f, path)?.unwrap_or(-1),
+            FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
+        };
+        let src = match f.dup_of {
+            Some(other) => other,
+            None => src,
+        };
+        let flags = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: dup3 onto the wanted number; the source is an fd we hold.
+        if src != f.fd && unsafe { libc::dup3(src, f.fd, flags) } < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot place fd {}", f.fd));
+        }
+        if src == f.fd && !f.cloexec {
+            // SAFETY: clearing close-on-exec on an fd we hold.
+            unsafe { libc::fcntl(src, libc::F_SETFD, 0) };
+        }
+        if f.dup_of.is_none() && src != f.fd && src != control {
+            // SAFETY: the temporary fd is ours.
+            unsafe { libc::close(src) };
+        }
+    }
+    // Anything else below the working fds (stdio we were given but the program had closed).
+    for fd in 0..3 {
+        if !wanted.contains(&fd) {
+            // SAFETY: closing an fd the program did not have.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+fn reopen(f: &FdImage, path: &str) -> anyhow::Result<Option<RawFd>> {
+    if f.dup_of.is_some() {
+        return Ok(None);
+    }
+    let flags = f.flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC) | libc::O_NOCTTY;
+    Ok(Some(open(path, flags)?))
+}
+
+fn same_file(id: &FileId, meta: &std::fs::Metadata) -> bool {
+    let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+    meta.dev() == id.dev && meta.ino() == id.ino && meta.size() == id.size && mtime == id.mtime_ns
+}
+
+/// Opens every mapped file (checking it is the one that was mapped) and fills a memfd for
+/// each shared mapping without a file. Returns fds by path and by mapping start.
+pub fn mapping_fds(img: &ProcessImage, pages: &PageStoreReader, base: RawFd) -> anyhow::Result<(HashMap<String, RawFd>, HashMap<u64, RawFd>)> {
+    let mut files = HashMap::new();
+    let mut memfds = HashMap::new();
+    for m in &img.mappings {
+        match &m.kind {
+            MappingKind::File(id) if !files.contains_key(&id.path) => {
+                let writable = m.shared && m.prot & ckpt_format::PROT_WRITE != 0;
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(writable)
+                    .open(&id.path)
+                    .with_context(|| format!("cannot open mapped file {}", id.path))?;
+                let meta = f.metadata()?;
+                if !same_file(id, &meta) {
+                    bail!("mapped file {} changed since the checkpoint; restore needs the same file", id.path);
+                }
+                files.insert(id.path.clone(), lift(f.into_raw_fd(), base)?);
+            }
+            MappingKind::Saved { shmem: true } => {
+                // SAFETY: memfd_create with a literal name.
+                let fd = unsafe { libc::memfd_create(c"ckpt-shmem".as_ptr(), libc::MFD_CLOEXEC) };
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error()).context("memfd_create");
+                }
+                // SAFETY: the memfd was just created and is ours.
+                let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                file.set_len(m.len())?;
+                let mut buf = Vec::new();
+                for r in &m.pages {
+                    pages.read_run(r, &mut buf)?;
+                    file.write_all_at(&buf, r.addr - m.start)?;
+                }
+                memfds.insert(m.start, lift(file.into_raw_fd(), base)?);
+            }
+            _ => {}
+        }
+    }
+    let _ = pages.file().as_raw_fd();
+    Ok((files, memfds))
+}

@@ -1,0 +1,166 @@
+//! `ckpt-restore`: started by ckptd with the checkpointed pid, it becomes the checkpointed
+//! process. Everything that can fail is checked in ordinary Rust first (image, files, fds);
+//! then the blob takes over, replaces this program's memory with the image's and resumes every
+//! thread where it was parked. Errors go to the status fd for ckptd; success is silence.
+//!
+//! fds on entry: 0-2 the stdio for the program, `--status-fd`, `--control-fd`.
+
+mod blob;
+mod fds;
+mod plan;
+
+use anyhow::{bail, Context};
+use ckpt_format::{read_record, PageStoreReader, ProcessImage, RecordKind, PAGE_SIZE};
+use ckpt_sys::procfs::{self, MapEntry};
+use std::convert::Infallible;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+struct Args {
+    meta: PathBuf,
+    pages: PathBuf,
+    status_fd: i32,
+    control_fd: i32,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut meta = None;
+    let mut pages = None;
+    let mut status_fd = 3;
+    let mut control_fd = 4;
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--meta" => meta = it.next().map(PathBuf::from),
+            "--pages" => pages = it.next().map(PathBuf::from),
+            _ if a.starts_with("--status-fd=") => status_fd = a["--status-fd=".len()..].parse()?,
+            _ if a.starts_with("--control-fd=") => control_fd = a["--control-fd=".len()..].parse()?,
+            _ => bail!("unknown argument {a}; ckpt-restore is started by ckptd"),
+        }
+    }
+    Ok(Args {
+        meta: meta.context("--meta is required")?,
+        pages: pages.context("--pages is required")?,
+        status_fd,
+        control_fd,
+    })
+}
+
+fn main() {
+    let status_fd = std::env::args().find_map(|a| a.strip_prefix("--status-fd=").and_then(|v| v.parse().ok())).unwrap_or(3);
+    let err = match parse_args().and_then(|a| run(a)) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    // `run` moved the status fd above the program's fds; the env var tells where.
+    let fd = std::env::var("CKPT_STATUS_FD").ok().and_then(|v| v.parse().ok()).unwrap_or(status_fd);
+    let msg = ckpt_proto::restore_status::encode_text(&format!("{err:#}"));
+    // SAFETY: writing a buffer we own to the status fd.
+    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
+    std::process::exit(1);
+}
+
+fn run(args: Args) -> anyhow::Result<Infallible> {
+    let img: ProcessImage = read_record(&args.meta, RecordKind::Process)?;
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    if me != img.pid {
+        bail!("restorer runs as pid {me}, the image is of pid {}", img.pid);
+    }
+    let base = img.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
+    let status = fds::lift(args.status_fd, base)?;
+    std::env::set_var("CKPT_STATUS_FD", status.to_string());
+    let control = fds::lift(args.control_fd, base)?;
+    let reader = PageStoreReader::open(&args.pages, img.pages_len)?;
+    // SAFETY: dup of an fd the reader holds.
+    let store = fds::lift(unsafe { libc::dup(reader.file().as_raw_fd()) }, base)?;
+    let (files, memfds) = fds::mapping_fds(&img, &reader, base)?;
+    drop(reader);
+    let exe = std::fs::File::open(&img.exe).ok().map(|f| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(f), base)).transpose()?;
+
+    fds::place_fds(&img, control)?;
+    std::env::set_current_dir(&img.cwd).with_context(|| format!("cannot enter the working directory {}", img.cwd))?;
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(img.umask) };
+
+    let mut all: Vec<i32> = vec![status, control, store];
+    all.extend(files.values());
+    all.extend(memfds.values());
+    all.extend(exe);
+    // The control fd now lives at the program's number; its working copy goes.
+    let working = plan::WorkingFds { status, stores: vec![store], files, memfds, exe, all };
+
+    let current = procfs::maps(me)?;
+    let (ops_bytes, data_bytes) = plan::bounds(&img, &current);
+    let park: u64 = current.iter().filter(|e| e.path.starts_with("[v") && e.path != "[vsyscall]").map(MapEntry::len).sum();
+    let size = plan::layout(0, ops_bytes, data_bytes, img.threads.len(), park).size;
+    let base_addr = choose_region(&img, &current, size)?;
+    let region = plan::layout(base_addr, ops_bytes, data_bytes, img.threads.len(), park);
+    map_region(&region)?;
+    let plan = plan::build(&img, &current, region, &working)?;
+    jump(&region, &plan, status)
+}
+
+/// A hole free in both the image's layout and ours, high in the mmap area and away from the
+/// program's stack and heap.
+fn choose_region(img: &ProcessImage, current: &[MapEntry], size: u64) -> anyhow::Result<u64> {
+    const GUARD: u64 = 1 << 20;
+    const LOW: u64 = 1 << 32;
+    let stack = img.mappings.iter().find(|m| m.kind == ckpt_format::MappingKind::Stack).map(|m| m.start).unwrap_or(0x7ff0_0000_0000);
+    let limit = stack.saturating_sub(1 << 30);
+    let mut used: Vec<(u64, u64)> = img.mappings.iter().map(|m| (m.start, m.end)).collect();
+    used.extend(img.special.iter().map(|s| (s.start, s.end)));
+    used.extend(current.iter().map(|e| (e.start, e.end)));
+    used.push((limit, u64::MAX));
+    used.sort_unstable();
+    let mut best = None;
+    let mut prev_end = LOW;
+    for &(s, e) in &used {
+        if s > prev_end && s - prev_end >= size + 2 * GUARD {
+            best = Some(s - GUARD - size);
+        }
+        prev_end = prev_end.max(e);
+    }
+    best.map(|b| b & !(PAGE_SIZE - 1)).context("no free address range for the restorer")
+}
+
+fn map_region(r: &plan::Region) -> anyhow::Result<()> {
+    // SAFETY: mapping fresh anonymous memory at an address checked to be free.
+    let p = unsafe {
+        libc::mmap(
+            r.base as *mut libc::c_void,
+            r.size as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED || p as u64 != r.base {
+        return Err(std::io::Error::last_os_error()).context("cannot map the restorer region");
+    }
+    // SAFETY: naming our own mapping; failure is harmless.
+    unsafe { libc::prctl(0x5356_4d41, 0, r.base, r.size, c"ckpt-restorer".as_ptr()) };
+    Ok(())
+}
+
+fn jump(r: &plan::Region, plan: &plan::Plan, status: i32) -> anyhow::Result<Infallible> {
+    let code = blob::code();
+    let header = blob::Header { ops: r.ops, main_stack_top: r.stacks + 16 * 1024 - 64, status_fd: status as u64, scratch: [0; 5] };
+    // SAFETY: every destination range lies inside the region mapped read-write above, sized by
+    // plan::layout from the same bounds the plan was checked against.
+    unsafe {
+        std::ptr::copy_nonoverlapping(code.as_ptr(), r.base as *mut u8, code.len());
+        std::ptr::write(r.header as *mut blob::Header, header);
+        std::ptr::copy_nonoverlapping(plan.data.as_ptr(), r.data as *mut u8, plan.data.len());
+        std::ptr::copy_nonoverlapping(plan.ops.as_ptr(), r.ops as *mut blob::Op, plan.ops.len());
+        if libc::mprotect(r.base as *mut libc::c_void, PAGE_SIZE as usize, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+            return Err(std::io::Error::last_os_error()).context("mprotect of the restorer code");
+        }
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        let entry: extern "C" fn(u64) -> ! = std::mem::transmute(r.base as *const ());
+        entry(r.header)
+    }
+}

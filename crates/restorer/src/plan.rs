@@ -1,0 +1,331 @@
+//! Turns a process image into the list of operations the blob executes.
+
+use crate::blob::{Op, EXPECT_ARG2, IGNORE_ERROR, POKE, SIGRETURN, SYSCALL, THREAD};
+use anyhow::bail;
+use ckpt_format::{MappingKind, PageRun, ProcessImage, ThreadImage, PAGE_SIZE};
+use ckpt_sys::procfs::MapEntry;
+use ckpt_sys::spawn::CloneArgs;
+use std::collections::HashMap;
+
+const MAP_FIXED: u64 = libc::MAP_FIXED as u64;
+const STACK_SIZE: u64 = 16 << 10;
+/// One pread moves at most this much (the kernel caps a read just under 2 GiB).
+const MAX_READ: u64 = 1 << 30;
+const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+const PR_SET_VMA: u64 = 0x5356_4d41;
+
+/// The fds the restorer has opened for the blob's use.
+pub struct WorkingFds {
+    pub status: i32,
+    /// Page store fd by store index (0 = this checkpoint's).
+    pub stores: Vec<i32>,
+    /// fd of each mapped file, by path.
+    pub files: HashMap<String, i32>,
+    /// memfd holding the content of each shared mapping without a file, by start address.
+    pub memfds: HashMap<u64, i32>,
+    pub exe: Option<i32>,
+    /// Everything to close at the end.
+    pub all: Vec<i32>,
+}
+
+/// Where the blob, its data, its ops, the thread stacks and the vdso parking lie.
+#[derive(Debug, Clone, Copy)]
+pub struct Region {
+    pub base: u64,
+    pub size: u64,
+    pub header: u64,
+    pub data: u64,
+    pub data_cap: u64,
+    pub ops: u64,
+    pub ops_cap: u64,
+    pub stacks: u64,
+    pub park: u64,
+}
+
+pub fn page_up(n: u64) -> u64 {
+    n.div_ceil(PAGE_SIZE) * PAGE_SIZE
+}
+
+/// Generous bounds on what the plan will need, to size the region before building it.
+pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
+    let runs: usize = img.mappings.iter().map(|m| m.pages.len()).sum();
+    let ops = 512 + current.len() * 2 + img.mappings.len() * 4 + runs + img.threads.len() * 96 + img.rlimits.len();
+    let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
+    let data = 64 * 1024 + img.auxv.len() + names + img.threads.len() * 256 + img.creds.groups.len() * 4;
+    ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
+}
+
+pub fn layout(base: u64, ops_bytes: u64, data_bytes: u64, nthreads: usize, park: u64) -> Region {
+    let header = base + PAGE_SIZE;
+    let data = header + PAGE_SIZE;
+    let ops = data + data_bytes;
+    let ops_cap = page_up(ops_bytes);
+    let stacks = ops + ops_cap;
+    let parkb = stacks + STACK_SIZE * (nthreads as u64 + 1);
+    Region { base, size: parkb + page_up(park) - base, header, data, data_cap: data_bytes, ops, ops_cap, stacks, park: parkb }
+}
+
+pub struct Plan {
+    pub ops: Vec<Op>,
+    pub data: Vec<u8>,
+    region: Region,
+}
+
+impl Plan {
+    fn sys(&mut self, nr: i64, args: &[u64], flags: u32) {
+        let mut a = [0u64; 6];
+        a[..args.len()].copy_from_slice(args);
+        self.ops.push(Op { kind: SYSCALL, flags, nr: nr as u64, args: a });
+    }
+
+    /// Places bytes in the data area; their address in the restored process.
+    fn put(&mut self, bytes: &[u8]) -> u64 {
+        while self.data.len() % 16 != 0 {
+            self.data.push(0);
+        }
+        let addr = self.region.data + self.data.len() as u64;
+        self.data.extend_from_slice(bytes);
+        addr
+    }
+
+    fn put_u64s(&mut self, v: &[u64]) -> u64 {
+        let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        self.put(&bytes)
+    }
+
+    fn put_cstr(&mut self, s: &str) -> u64 {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put(&b)
+    }
+}
+
+fn is_special(name: &str) -> bool {
+    matches!(name, "[vdso]" | "[vvar]" | "[vvar_vclock]")
+}
+
+/// Merges runs adjacent in both memory and the store, to issue few reads.
+fn merged(runs: &[PageRun]) -> Vec<PageRun> {
+    let mut out: Vec<PageRun> = Vec::new();
+    for r in runs {
+        if let Some(last) = out.last_mut() {
+            if last.store == r.store && last.addr + last.len == r.addr && last.offset + last.len == r.offset && last.len + r.len <= MAX_READ {
+                last.len += r.len;
+                continue;
+            }
+        }
+        out.push(*r);
+    }
+    out
+}
+
+pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &WorkingFds) -> anyhow::Result<Plan> {
+    let mut p = Plan { ops: Vec::new(), data: Vec::new(), region };
+
+    // 1. Unmap everything of the restorer but the region and the kernel's special mappings.
+    let mut keep: Vec<(u64, u64)> = vec![(region.base, region.base + region.size)];
+    let cur_special: Vec<&MapEntry> = current.iter().filter(|e| is_special(&e.path)).collect();
+    keep.extend(cur_special.iter().map(|e| (e.start, e.end)));
+    keep.sort_unstable();
+    let mut at = PAGE_SIZE;
+    for &(s, e) in &keep {
+        if s > at {
+            p.sys(libc::SYS_munmap, &[at, s - at], 0);
+        }
+        at = at.max(e);
+    }
+    if at < TASK_SIZE {
+        p.sys(libc::SYS_munmap, &[at, TASK_SIZE - at], 0);
+    }
+
+    // 2. Move vdso and vvar to where the program had them, through a parking spot so that old
+    //    and new places may overlap.
+    let mut park = region.park;
+    let mut moves = Vec::new();
+    for e in &cur_special {
+        let Some(want) = img.special.iter().find(|s| s.name == e.path) else {
+            p.sys(libc::SYS_munmap, &[e.start, e.len()], 0);
+            continue;
+        };
+        if want.end - want.start != e.len() {
+            bail!("{} of this kernel is {} bytes, the checkpointed one {}; restore on the kernel that took the checkpoint", e.path, e.len(), want.end - want.start);
+        }
+        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        p.sys(libc::SYS_mremap, &[e.start, e.len(), e.len(), flags, park], 0);
+        moves.push((park, e.len(), want.start));
+        park += e.len();
+    }
+    for (from, len, to) in moves {
+        let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+        p.sys(libc::SYS_mremap, &[from, len, len, flags, to], 0);
+    }
+    for s in &img.special {
+        if !cur_special.iter().any(|e| e.path == s.name) {
+            bail!("this kernel has no {} but the checkpointed process had one; restore on the kernel that took the checkpoint", s.name);
+        }
+    }
+
+    // 3. The program's memory.
+    for m in &img.mappings {
+        let len = m.len();
+        let prot = m.prot as u64;
+        let share = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
+        let (fd, off, mut flags) = match &m.kind {
+            MappingKind::File(id) => match fds.files.get(&id.path) {
+                Some(&fd) => (fd as u64, id.offset, share),
+                None => bail!("internal: no fd for {}", id.path),
+            },
+            MappingKind::Saved { shmem: true } => match fds.memfds.get(&m.start) {
+                Some(&fd) => (fd as u64, 0, libc::MAP_SHARED as u64),
+                None => bail!("internal: no memfd for {:#x}", m.start),
+            },
+            MappingKind::Stack => (u64::MAX, 0, share | (libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64),
+            _ => (u64::MAX, 0, share | libc::MAP_ANONYMOUS as u64),
+        };
+        flags |= MAP_FIXED | libc::MAP_NORESERVE as u64;
+        let fill = !m.pages.is_empty() && !matches!(m.kind, MappingKind::Saved { shmem: true });
+        let first_prot = if fill { (libc::PROT_READ | libc::PROT_WRITE) as u64 } else { prot };
+        p.sys(libc::SYS_mmap, &[m.start, len, first_prot, flags, fd, off], 0);
+        if fill {
+            for r in merged(&m.pages) {
+                let Some(&store) = fds.stores.get(r.store as usize) else {
+                    bail!("internal: no page store {}", r.store);
+                };
+                p.sys(libc::SYS_pread64, &[store as u64, r.addr, r.len, r.offset], EXPECT_ARG2);
+            }
+            if first_prot != prot {
+                p.sys(libc::SYS_mprotect, &[m.start, len, prot], 0);
+            }
+        }
+        if m.name.starts_with("[anon:") && !m.shared {
+            let name = m.name.trim_start_matches("[anon:").trim_end_matches(']').to_string();
+            let addr = p.put_cstr(&name);
+            p.sys(libc::SYS_prctl, &[PR_SET_VMA, 0, m.start, len, addr], IGNORE_ERROR);
+        }
+    }
+    p.ops.push(Op { kind: POKE, flags: 0, nr: 0, args: [img.restored_flag_addr, 1, 0, 0, 0, 0] });
+
+    // 4. Process-wide kernel state.
+    let mm = &img.mm;
+    let auxv = p.put(&img.auxv);
+    let exe_fd = fds.exe.map(|f| f as u64).unwrap_or(u32::MAX as u64);
+    let map = [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv,
+        (img.auxv.len() as u64) | (exe_fd << 32),
+    ];
+    let map_addr = p.put_u64s(&map);
+    p.sys(libc::SYS_prctl, &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_addr, 104, 0], 0);
+    p.sys(libc::SYS_personality, &[img.personality], IGNORE_ERROR);
+    for sa in &img.sigactions {
+        let addr = p.put_u64s(&[sa.handler, sa.flags, sa.restorer, sa.mask]);
+        p.sys(libc::SYS_rt_sigaction, &[sa.signo as u64, addr, 0, 8], IGNORE_ERROR);
+    }
+    for (which, t) in img.itimers.iter().enumerate() {
+        if t.value_us != 0 {
+            let v = [t.interval_us / 1_000_000, t.interval_us % 1_000_000, t.value_us / 1_000_000, t.value_us % 1_000_000];
+            let addr = p.put_u64s(&v);
+            p.sys(libc::SYS_setitimer, &[which as u64, addr, 0], IGNORE_ERROR);
+        }
+    }
+    for &fd in &fds.all {
+        if fd != fds.status {
+            p.sys(libc::SYS_close, &[fd as u64], IGNORE_ERROR);
+        }
+    }
+    for r in &img.rlimits {
+        let addr = p.put_u64s(&[r.cur, r.max]);
+        p.sys(libc::SYS_prlimit64, &[0, r.resource as u64, addr, 0], IGNORE_ERROR);
+    }
+
+    // 5. Threads: each other thread is cloned with its tid and runs its own tail of ops; the
+    //    main thread (this one) goes last.
+    let Some((main, others)) = img.threads.split_first() else { bail!("the image has no threads") };
+    let mut patches = Vec::new();
+    for (i, t) in others.iter().enumerate() {
+        let tid_addr = p.put(&(t.tid as i64).to_le_bytes());
+        let stack = region.stacks + STACK_SIZE * (i as u64 + 1);
+        let args = CloneArgs {
+            flags: (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64,
+            stack,
+            stack_size: STACK_SIZE,
+            set_tid: tid_addr,
+            set_tid_size: 1,
+            ..Default::default()
+        };
+        let raw = [
+            args.flags,
+            args.pidfd,
+            args.child_tid,
+            args.parent_tid,
+            args.exit_signal,
+            args.stack,
+            args.stack_size,
+            args.tls,
+            args.set_tid,
+            args.set_tid_size,
+            args.cgroup,
+        ];
+        let addr = p.put_u64s(&raw);
+        patches.push(p.ops.len());
+        p.ops.push(Op { kind: THREAD, flags: 0, nr: 0, args: [addr, 88, 0, 0, 0, 0] });
+    }
+    thread_tail(&mut p, img, main);
+    for sig in 1..=64u64 {
+        if img.shared_pending & (1 << (sig - 1)) != 0 {
+            p.sys(libc::SYS_kill, &[img.pid as u64, sig], IGNORE_ERROR);
+        }
+    }
+    p.sys(libc::SYS_close, &[fds.status as u64], IGNORE_ERROR);
+    p.ops.push(Op { kind: SIGRETURN, flags: 0, nr: 0, args: [main.uc_addr, 0, 0, 0, 0, 0] });
+    for (t, at) in others.iter().zip(patches) {
+        p.ops[at].args[2] = p.ops.len() as u64;
+        thread_tail(&mut p, img, t);
+        p.ops.push(Op { kind: SIGRETURN, flags: 0, nr: 0, args: [t.uc_addr, 0, 0, 0, 0, 0] });
+    }
+
+    if p.data.len() as u64 > region.data_cap || (p.ops.len() * std::mem::size_of::<Op>()) as u64 > region.ops_cap {
+        bail!("internal: restore plan larger than its bound");
+    }
+    Ok(p)
+}
+
+/// What each thread sets for itself before its sigreturn.
+fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) {
+    p.sys(libc::SYS_set_tid_address, &[t.clear_tid], 0);
+    if t.robust_head != 0 {
+        p.sys(libc::SYS_set_robust_list, &[t.robust_head, t.robust_len], IGNORE_ERROR);
+    }
+    p.sys(libc::SYS_arch_prctl, &[0x1002 /* ARCH_SET_FS */, t.fs_base], 0);
+    if t.gs_base != 0 {
+        p.sys(libc::SYS_arch_prctl, &[0x1001 /* ARCH_SET_GS */, t.gs_base], IGNORE_ERROR);
+    }
+    if t.rseq_addr != 0 {
+        p.sys(libc::SYS_rseq, &[t.rseq_addr, t.rseq_len as u64, 0, t.rseq_sig as u64], IGNORE_ERROR);
+    }
+    let name = p.put_cstr(&t.comm);
+    p.sys(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name], IGNORE_ERROR);
+    for sig in 1..=64u64 {
+        if t.pending & (1 << (sig - 1)) != 0 {
+            p.sys(libc::SYS_tgkill, &[img.pid as u64, t.tid as u64, sig], IGNORE_ERROR);
+        }
+    }
+    let c = &img.creds;
+    if c.uid != [0; 3] || c.gid != [0; 3] {
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        let gaddr = p.put(&groups);
+        p.sys(libc::SYS_setgroups, &[c.groups.len() as u64, gaddr], 0);
+        p.sys(libc::SYS_setresgid, &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64], 0);
+        p.sys(libc::SYS_setresuid, &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64], 0);
+    }
+}

@@ -1,0 +1,5 @@
+//! Linux plumbing shared by ckpt's binaries.
+
+pub mod paths;
+pub mod procfs;
+pub mod spawn;

@@ -1,0 +1,249 @@
+//! Parsers for the /proc files the checkpointer reads.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: unexpected content: {line}")]
+    Parse { path: PathBuf, line: String },
+}
+
+fn read(path: PathBuf) -> Result<String, ProcError> {
+    std::fs::read_to_string(&path).map_err(|source| ProcError::Io { path, source })
+}
+
+fn parse_err(path: PathBuf, line: &str) -> ProcError {
+    ProcError::Parse { path, line: line.chars().take(200).collect() }
+}
+
+/// One line of /proc/PID/maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev_major: u32,
+    pub dev_minor: u32,
+    pub inode: u64,
+    pub path: String,
+}
+
+impl MapEntry {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+pub fn parse_maps_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?;
+    let inode = it.next()?.parse().ok()?;
+    let path = it.next().unwrap_or("").trim_start().to_string();
+    let (s, e) = range.split_once('-')?;
+    let (maj, min) = dev.split_once(':')?;
+    if perms.len() < 4 {
+        return None;
+    }
+    Some(MapEntry {
+        start: u64::from_str_radix(s, 16).ok()?,
+        end: u64::from_str_radix(e, 16).ok()?,
+        read: perms[0] == b'r',
+        write: perms[1] == b'w',
+        exec: perms[2] == b'x',
+        shared: perms[3] == b's',
+        offset,
+        dev_major: u32::from_str_radix(maj, 16).ok()?,
+        dev_minor: u32::from_str_radix(min, 16).ok()?,
+        inode,
+        path,
+    })
+}
+
+pub fn maps(pid: i32) -> Result<Vec<MapEntry>, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/maps"));
+    let text = read(path.clone())?;
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| parse_maps_line(l).ok_or_else(|| parse_err(path.clone(), l)))
+        .collect()
+}
+
+/// The address-space fields of /proc/PID/stat (see proc(5)).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatMm {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_stack: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub num_threads: u64,
+}
+
+pub fn stat_mm(pid: i32) -> Result<StatMm, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text = read(path.clone())?;
+    // The command name may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| parse_err(path.clone(), &text))?;
+    let f: Vec<u64> = rest.split_whitespace().skip(1).map(|s| s.parse::<i64>().unwrap_or(0) as u64).collect();
+    // `f[0]` is field 4 (ppid) of proc(5).
+    let field = |n: usize| f.get(n - 4).copied().ok_or_else(|| parse_err(path.clone(), &text));
+    Ok(StatMm {
+        num_threads: field(20)?,
+        start_code: field(26)?,
+        end_code: field(27)?,
+        start_stack: field(28)?,
+        start_data: field(45)?,
+        end_data: field(46)?,
+        start_brk: field(47)?,
+        arg_start: field(48)?,
+        arg_end: field(49)?,
+        env_start: field(50)?,
+        env_end: field(51)?,
+    })
+}
+
+/// The parts of /proc/PID/status the checkpointer needs.
+#[derive(Debug, Clone, Default)]
+pub struct Status {
+    pub umask: u32,
+    pub uid: [u32; 3],
+    pub gid: [u32; 3],
+    pub groups: Vec<u32>,
+    pub shd_pnd: u64,
+    pub sig_pnd: u64,
+    pub state: char,
+}
+
+pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
+    let path = match tid {
+        Some(t) => PathBuf::from(format!("/proc/{pid}/task/{t}/status")),
+        None => PathBuf::from(format!("/proc/{pid}/status")),
+    };
+    let text = read(path.clone())?;
+    let mut st = Status::default();
+    for line in text.lines() {
+        let Some((k, v)) = line.split_once(':') else { continue };
+        let v = v.trim();
+        let ids = |v: &str| -> [u32; 3] {
+            let n: Vec<u32> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            [n.first().copied().unwrap_or(0), n.get(1).copied().unwrap_or(0), n.get(2).copied().unwrap_or(0)]
+        };
+        match k {
+            "Umask" => st.umask = u32::from_str_radix(v, 8).unwrap_or(0o022),
+            "Uid" => st.uid = ids(v),
+            "Gid" => st.gid = ids(v),
+            "Groups" => st.groups = v.split_whitespace().filter_map(|x| x.parse().ok()).collect(),
+            "ShdPnd" => st.shd_pnd = u64::from_str_radix(v, 16).unwrap_or(0),
+            "SigPnd" => st.sig_pnd = u64::from_str_radix(v, 16).unwrap_or(0),
+            "State" => st.state = v.chars().next().unwrap_or('?'),
+            _ => {}
+        }
+    }
+    Ok(st)
+}
+
+/// /proc/PID/fdinfo/FD: position and `F_GETFL` flags (octal in the file).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FdInfo {
+    pub pos: u64,
+    pub flags: i32,
+}
+
+pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/fdinfo/{fd}"));
+    let text = read(path.clone())?;
+    let mut info = FdInfo::default();
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("pos:") {
+            info.pos = v.trim().parse().map_err(|_| parse_err(path.clone(), line))?;
+        } else if let Some(v) = line.strip_prefix("flags:") {
+            info.flags = i32::from_str_radix(v.trim(), 8).map_err(|_| parse_err(path.clone(), line))?;
+        }
+    }
+    Ok(info)
+}
+
+/// Numeric entries of a /proc directory (tasks, fds), sorted.
+pub fn list_numeric(dir: &str) -> Result<Vec<i32>, ProcError> {
+    let rd = std::fs::read_dir(dir).map_err(|source| ProcError::Io { path: dir.into(), source })?;
+    let mut v: Vec<i32> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
+        .collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+pub fn readlink(path: &str) -> Result<String, ProcError> {
+    std::fs::read_link(path)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|source| ProcError::Io { path: path.into(), source })
+}
+
+/// NUL-separated /proc/PID/cmdline.
+pub fn cmdline(pid: i32) -> Result<Vec<String>, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/cmdline"));
+    let bytes = std::fs::read(&path).map_err(|source| ProcError::Io { path, source })?;
+    Ok(bytes
+        .split(|&b| b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect())
+}
+
+/// True when `pid` names a live (not zombie) process.
+pub fn alive(pid: i32) -> bool {
+    match status(pid, None) {
+        Ok(st) => st.state != 'Z' && st.state != 'X',
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_line() {
+        let e = parse_maps_line("7f00aa000000-7f00aa021000 rw-p 00001000 fd:01 1234    /usr/lib/x (deleted)").unwrap();
+        assert_eq!(e.start, 0x7f00aa000000);
+        assert!(e.read && e.write && !e.exec && !e.shared);
+        assert_eq!((e.dev_major, e.dev_minor, e.inode, e.offset), (0xfd, 1, 1234, 0x1000));
+        assert_eq!(e.path, "/usr/lib/x (deleted)");
+        let v = parse_maps_line("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]").unwrap();
+        assert_eq!(v.path, "[vsyscall]");
+        let a = parse_maps_line("55d0-55e0 rw-p 00000000 00:00 0").unwrap();
+        assert_eq!(a.path, "");
+    }
+
+    #[test]
+    fn self_files() {
+        let me = std::process::id() as i32;
+        assert!(!maps(me).unwrap().is_empty());
+        let st = stat_mm(me).unwrap();
+        assert!(st.num_threads >= 1 && st.arg_start < st.arg_end);
+        assert!(status(me, None).unwrap().state != 'Z');
+        assert!(fdinfo(me, 0).is_ok() || fdinfo(me, 1).is_ok() || fdinfo(me, 2).is_ok());
+    }
+}

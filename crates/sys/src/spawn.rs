@@ -1,0 +1,94 @@
+//! Starting a program with a chosen pid (clone3 `set_tid`), as the restorer needs.
+
+use std::ffi::{CStr, CString};
+use std::os::fd::RawFd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("pid {0} is in use by another process ({1}); stop it, then restore again")]
+    PidInUse(i32, String),
+    #[error("restoring pid {0} needs CAP_SYS_ADMIN (run ckptd as root)")]
+    NoPermission(i32),
+    #[error("clone3 failed: {0}")]
+    Os(std::io::Error),
+}
+
+/// The kernel's `struct clone_args`.
+#[repr(C)]
+#[derive(Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+/// Who holds `pid`, for the error message.
+pub fn describe_pid(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "a thread or an exiting process".to_string())
+}
+
+/// Forks and execs `prog` as pid `pid`, in a new session. In the child, fd `i` is `fds[i]` and
+/// every other fd is closed; the signal mask is emptied.
+pub fn spawn_with_pid(pid: i32, prog: &CStr, argv: &[CString], envp: &[CString], fds: &[RawFd]) -> Result<i32, SpawnError> {
+    // Everything the child touches is prepared here: after clone3 only async-signal-safe calls.
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let tids = [pid];
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: tids.as_ptr() as u64,
+        set_tid_size: 1,
+        ..Default::default()
+    };
+    let nfds = fds.len() as i32;
+
+    // SAFETY: a fork-like clone3 (no CLONE_VM): the child gets a copy of this address space and
+    // runs only the raw calls below before execve or _exit.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    if ret == 0 {
+        // SAFETY: child side; only async-signal-safe libc calls on data prepared before clone3.
+        unsafe {
+            let base = nfds.max(3) + 16;
+            let mut tmp = [0 as RawFd; 16];
+            for (i, &src) in fds.iter().enumerate().take(16) {
+                tmp[i] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base);
+                if tmp[i] < 0 {
+                    libc::_exit(126);
+                }
+            }
+            for i in 0..fds.len().min(16) {
+                if libc::dup2(tmp[i], i as i32) < 0 {
+                    libc::_exit(126);
+                }
+            }
+            libc::syscall(libc::SYS_close_range, nfds as u32, u32::MAX, 0u32);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::setsid();
+            libc::execve(prog.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
+            libc::_exit(127);
+        }
+    }
+    if ret < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(match err.raw_os_error() {
+            Some(libc::EEXIST) => SpawnError::PidInUse(pid, describe_pid(pid)),
+            Some(libc::EPERM) => SpawnError::NoPermission(pid),
+            _ => SpawnError::Os(err),
+        });
+    }
+    Ok(ret as i32)
+}

@@ -1,0 +1,134 @@
+//! Registration with ckptd and the control thread that serves it.
+
+use crate::checkpoint::{self, CONTROL_FD, CONTROL_TID, PARK_SIGNAL, RSEQ_OFFSET, RSEQ_SIZE, SLOTS};
+use crate::{signals, sys};
+use ckpt_proto::slots::ProcSlot;
+use ckpt_proto::{AppMsg, Hello, NodeMsg, Registration, Welcome, PROTO_VERSION};
+use std::mem::ManuallyDrop;
+use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering::*;
+
+/// Called from the library constructor (and in a forked child): registers with ckptd and
+/// starts the control thread. Without `CKPT_SOCKET` the library stays inert.
+pub fn start() {
+    let Some(path) = std::env::var_os("CKPT_SOCKET") else { return };
+    if PARK_SIGNAL.load(Relaxed) == 0 {
+        let sig = std::env::var("CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| libc::SIGRTMAX() - 1);
+        PARK_SIGNAL.store(sig, Relaxed);
+        find_rseq();
+        signals::resolve();
+        if !signals::install_park_handler(sig) {
+            warn("cannot install the park signal handler");
+            return;
+        }
+        // SAFETY: registering a fork handler with a plain extern "C" fn.
+        unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+    }
+    let stream = match register(std::path::Path::new(&path)) {
+        Ok(s) => s,
+        Err(e) => {
+            warn(&format!("not under checkpoint control: {e}"));
+            return;
+        }
+    };
+    CONTROL_FD.store(stream.into_raw_fd(), Release);
+    let spawned = std::thread::Builder::new().name("ckpt-control".into()).stack_size(256 << 10).spawn(|| {
+        let _ = std::panic::catch_unwind(serve);
+    });
+    if spawned.is_err() {
+        warn("cannot start the control thread");
+    }
+}
+
+fn warn(msg: &str) {
+    let line = format!("ckpt: {msg}\n");
+    sys::write_all(2, line.as_bytes());
+}
+
+fn register(path: &std::path::Path) -> Result<UnixStream, String> {
+    let s = UnixStream::connect(path).map_err(|e| format!("cannot reach ckptd at {}: {e}", path.display()))?;
+    let io = |e: ckpt_proto::FrameError| format!("ckptd at {}: {e}", path.display());
+    ckpt_proto::send(&s, &Hello::App { version: PROTO_VERSION }, &[]).map_err(io)?;
+    match ckpt_proto::recv::<Welcome>(&s).map_err(io)?.0 {
+        Welcome::Ok { .. } => {}
+        Welcome::Refused { reason } => return Err(format!("ckptd refused: {reason}")),
+    }
+    let pid = sys::getpid();
+    let reg = Registration {
+        pid,
+        exe: std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        args: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect(),
+        slot_addr: SLOTS.addr(),
+        slot_len: std::mem::size_of::<ProcSlot>() as u64,
+        control_fd: std::os::fd::AsRawFd::as_raw_fd(&s),
+        park_signal: PARK_SIGNAL.load(Relaxed),
+    };
+    ckpt_proto::send(&s, &AppMsg::Register(reg), &[]).map_err(io)?;
+    match ckpt_proto::recv::<NodeMsg>(&s).map_err(io)?.0 {
+        NodeMsg::Registered => Ok(s),
+        other => Err(format!("ckptd answered {other:?} to registration")),
+    }
+}
+
+/// The control thread: waits for ckptd's requests, one at a time.
+fn serve() {
+    CONTROL_TID.store(sys::gettid(), Release);
+    loop {
+        // The socket may be replaced under us by a restore (same fd number, new peer), so the
+        // stream is rebuilt from the fd number for every message.
+        let fd = CONTROL_FD.load(Acquire);
+        // SAFETY: fd is our control connection; ManuallyDrop keeps it open.
+        let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        let msg = match ckpt_proto::recv::<NodeMsg>(&stream) {
+            Ok((m, _)) => m,
+            // ckptd went away: the program carries on, uncontrolled.
+            Err(_) => return,
+        };
+        let reply = match msg {
+            NodeMsg::Park { timeout_ms } => match checkpoint::park_all(timeout_ms) {
+                Ok(()) => {
+                    if SLOTS.take_restored() {
+                        Some(AppMsg::Restored { pid: sys::getpid() })
+                    } else {
+                        None
+                    }
+                }
+                Err((reason, tid)) => Some(AppMsg::ParkFailed { reason, tid }),
+            },
+            NodeMsg::Registered | NodeMsg::Resume | NodeMsg::Abort => None,
+        };
+        if let Some(reply) = reply {
+            let fd = CONTROL_FD.load(Acquire);
+            // SAFETY: as above.
+            let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+            if ckpt_proto::send(&stream, &reply, &[]).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// glibc exports where each thread's rseq area sits relative to its thread pointer.
+fn find_rseq() {
+    // SAFETY: dlsym with NUL-terminated names; the symbols, when present, are plain data.
+    unsafe {
+        let off = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_offset".as_ptr());
+        let size = libc::dlsym(libc::RTLD_DEFAULT, c"__rseq_size".as_ptr());
+        if !off.is_null() && !size.is_null() {
+            RSEQ_OFFSET.store(*(off as *const isize) as i64, Relaxed);
+            RSEQ_SIZE.store(*(size as *const u32), Relaxed);
+        }
+    }
+}
+
+/// A forked child has only the forking thread: it registers as a new process of its own.
+extern "C" fn after_fork_child() {
+    let fd = CONTROL_FD.swap(-1, AcqRel);
+    if fd >= 0 {
+        // SAFETY: the inherited control fd belongs to the parent's registration.
+        unsafe { libc::close(fd) };
+    }
+    CONTROL_TID.store(0, Release);
+    let _ = std::panic::catch_unwind(start);
+}
