@@ -21,11 +21,7 @@ pub enum FormatError {
     #[error("{path}: checksum mismatch in {what}; the image is corrupt, restore another checkpoint")]
     Checksum { path: PathBuf, what: String },
     #[error("{path}: format version {found} is newer than this ckpt supports ({supported}); upgrade ckpt to read it")]
-    Version {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    Version { path: PathBuf, found: u32, supported: u32 },
     #[error("{path}: cannot decode {what}: {msg}")]
     Decode {
         path: PathBuf,

@@ -200,14 +200,23 @@ pub enum FdKind {
         tail_len: u64,
         tail_crc: u32,
     },
-    Dir { path: String },
+    Dir {
+        path: String,
+    },
     /// A character device such as /dev/null, reopened by path.
-    CharDev { path: String, rdev: u64 },
+    CharDev {
+        path: String,
+        rdev: u64,
+    },
     /// A terminal, pipe or socket on stdin/stdout/stderr: replaced at restore by the stdio of
     /// the `ckptctl restore` that brings the process back.
-    Stdio { what: String },
+    Stdio {
+        what: String,
+    },
     /// A terminal that is not stdio, reopened by path.
-    Tty { path: String },
+    Tty {
+        path: String,
+    },
     /// The interposer's connection to ckptd.
     Control,
 }

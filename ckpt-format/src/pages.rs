@@ -29,7 +29,11 @@ impl PageStoreWriter {
         header[..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
         out.write_all(&header).map_err(|e| FormatError::io(path, e))?;
-        Ok(Self { path: path.to_owned(), out, offset: HEADER_LEN })
+        Ok(Self {
+            path: path.to_owned(),
+            out,
+            offset: HEADER_LEN,
+        })
     }
 
     /// Appends the bytes of memory starting at `addr`, cut into runs of at most
@@ -60,7 +64,10 @@ impl PageStoreWriter {
     /// Flushes and fsyncs; the store is durable when this returns.
     pub fn finish(self) -> Result<u64, FormatError> {
         let path = self.path;
-        let f = self.out.into_inner().map_err(|e| FormatError::io(&path, e.into_error()))?;
+        let f = self
+            .out
+            .into_inner()
+            .map_err(|e| FormatError::io(&path, e.into_error()))?;
         f.sync_all().map_err(|e| FormatError::io(&path, e))?;
         Ok(self.offset)
     }
@@ -79,20 +86,42 @@ impl PageStoreReader {
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
         let mut header = [0u8; 12];
         if len < header.len() as u64 {
-            return Err(FormatError::Truncated { path: path.to_owned(), what: "page store", expected: expected_len, got: len });
+            return Err(FormatError::Truncated {
+                path: path.to_owned(),
+                what: "page store",
+                expected: expected_len,
+                got: len,
+            });
         }
-        file.read_exact_at(&mut header, 0).map_err(|e| FormatError::io(path, e))?;
+        file.read_exact_at(&mut header, 0)
+            .map_err(|e| FormatError::io(path, e))?;
         if header[..8] != MAGIC {
-            return Err(FormatError::BadMagic { path: path.to_owned(), what: "page store" });
+            return Err(FormatError::BadMagic {
+                path: path.to_owned(),
+                what: "page store",
+            });
         }
         let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
         if version > FORMAT_VERSION {
-            return Err(FormatError::Version { path: path.to_owned(), found: version, supported: FORMAT_VERSION });
+            return Err(FormatError::Version {
+                path: path.to_owned(),
+                found: version,
+                supported: FORMAT_VERSION,
+            });
         }
         if len < expected_len {
-            return Err(FormatError::Truncated { path: path.to_owned(), what: "page store", expected: expected_len, got: len });
+            return Err(FormatError::Truncated {
+                path: path.to_owned(),
+                what: "page store",
+                expected: expected_len,
+                got: len,
+            });
         }
-        Ok(Self { path: path.to_owned(), file, len })
+        Ok(Self {
+            path: path.to_owned(),
+            file,
+            len,
+        })
     }
 
     pub fn file(&self) -> &File {
@@ -114,11 +143,16 @@ impl PageStoreReader {
             });
         }
         buf.resize(run.len as usize, 0);
-        self.file.read_exact_at(buf, run.offset).map_err(|e| FormatError::io(&self.path, e))?;
+        self.file
+            .read_exact_at(buf, run.offset)
+            .map_err(|e| FormatError::io(&self.path, e))?;
         if crc32c::crc32c(buf) != run.crc {
             return Err(FormatError::Checksum {
                 path: self.path.clone(),
-                what: format!("pages at {:#x} (+{} bytes, file offset {})", run.addr, run.len, run.offset),
+                what: format!(
+                    "pages at {:#x} (+{} bytes, file offset {})",
+                    run.addr, run.len, run.offset
+                ),
             });
         }
         Ok(())
@@ -160,6 +194,9 @@ mod tests {
         let r = PageStoreReader::open(&p, len).unwrap();
         assert!(matches!(r.verify(&runs), Err(FormatError::Checksum { .. })));
         std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
-        assert!(matches!(PageStoreReader::open(&p, len), Err(FormatError::Truncated { .. })));
+        assert!(matches!(
+            PageStoreReader::open(&p, len),
+            Err(FormatError::Truncated { .. })
+        ));
     }
 }

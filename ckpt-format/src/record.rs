@@ -71,24 +71,40 @@ pub fn read_record<T: DeserializeOwned>(path: &Path, kind: RecordKind) -> Result
     };
     if buf.len() < HEADER_LEN {
         if buf.len() >= 8 && buf[..8] != MAGIC {
-            return Err(FormatError::BadMagic { path: path.to_owned(), what: kind.name() });
+            return Err(FormatError::BadMagic {
+                path: path.to_owned(),
+                what: kind.name(),
+            });
         }
         return Err(truncated(HEADER_LEN as u64));
     }
     if buf[..8] != MAGIC {
-        return Err(FormatError::BadMagic { path: path.to_owned(), what: kind.name() });
+        return Err(FormatError::BadMagic {
+            path: path.to_owned(),
+            what: kind.name(),
+        });
     }
     let u32_at = |o: usize| u32::from_le_bytes(buf[o..o + 4].try_into().unwrap_or_default());
     let header_crc = u32_at(28);
     if crc32c::crc32c(&buf[..28]) != header_crc {
-        return Err(FormatError::Checksum { path: path.to_owned(), what: format!("{} header", kind.name()) });
+        return Err(FormatError::Checksum {
+            path: path.to_owned(),
+            what: format!("{} header", kind.name()),
+        });
     }
     let version = u32_at(8);
     if version > FORMAT_VERSION {
-        return Err(FormatError::Version { path: path.to_owned(), found: version, supported: FORMAT_VERSION });
+        return Err(FormatError::Version {
+            path: path.to_owned(),
+            found: version,
+            supported: FORMAT_VERSION,
+        });
     }
     if u32_at(12) != kind as u32 {
-        return Err(FormatError::BadMagic { path: path.to_owned(), what: kind.name() });
+        return Err(FormatError::BadMagic {
+            path: path.to_owned(),
+            what: kind.name(),
+        });
     }
     let len = u64::from_le_bytes(buf[16..24].try_into().unwrap_or_default());
     let payload_crc = u32_at(24);
@@ -98,7 +114,10 @@ pub fn read_record<T: DeserializeOwned>(path: &Path, kind: RecordKind) -> Result
     }
     let payload = &buf[HEADER_LEN..end as usize];
     if crc32c::crc32c(payload) != payload_crc {
-        return Err(FormatError::Checksum { path: path.to_owned(), what: kind.name().to_string() });
+        return Err(FormatError::Checksum {
+            path: path.to_owned(),
+            what: kind.name().to_string(),
+        });
     }
     let (value, _) = bincode::serde::decode_from_slice(payload, config()).map_err(|e| FormatError::Decode {
         path: path.to_owned(),

@@ -43,7 +43,10 @@ impl Store {
     }
 
     fn dir(&self, id: &str) -> CheckpointDir {
-        CheckpointDir { id: id.to_string(), path: self.root.join(id) }
+        CheckpointDir {
+            id: id.to_string(),
+            path: self.root.join(id),
+        }
     }
 
     /// Reserves the next id (one more than any directory present, committed or not) and
@@ -137,7 +140,13 @@ mod tests {
         let a = s.begin().unwrap();
         let b = s.begin().unwrap();
         assert_eq!((a.id.as_str(), b.id.as_str()), ("1", "2"));
-        let m = Manifest { id: b.id.clone(), parent: None, created_unix_ms: 1, hosts: vec![], duration_us: 0 };
+        let m = Manifest {
+            id: b.id.clone(),
+            parent: None,
+            created_unix_ms: 1,
+            hosts: vec![],
+            duration_us: 0,
+        };
         s.commit(&b, &m).unwrap();
         let listed: Vec<_> = s.list().unwrap().into_iter().map(|m| m.id).collect();
         assert_eq!(listed, vec!["2".to_string()]);

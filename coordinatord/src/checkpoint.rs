@@ -21,7 +21,10 @@ pub fn checkpoint(node: &Node) -> anyhow::Result<CheckpointReport> {
     let dir = node.store.begin().context("cannot create the checkpoint directory")?;
     tracing::info!(id = %dir.id, processes = procs.len(), "checkpoint started");
     let results: Vec<anyhow::Result<ProcessEntry>> = std::thread::scope(|s| {
-        let handles: Vec<_> = procs.iter().map(|p| s.spawn(|| checkpoint_one(node, &dir, p))).collect();
+        let handles: Vec<_> = procs
+            .iter()
+            .map(|p| s.spawn(|| checkpoint_one(node, &dir, p)))
+            .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("checkpoint thread panicked"))))
@@ -47,11 +50,19 @@ pub fn checkpoint(node: &Node) -> anyhow::Result<CheckpointReport> {
     let manifest = Manifest {
         id: dir.id.clone(),
         parent: None,
-        created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
-        hosts: vec![HostEntry { host: node.host.clone(), processes: entries }],
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        hosts: vec![HostEntry {
+            host: node.host.clone(),
+            processes: entries,
+        }],
         duration_us,
     };
-    node.store.commit(&dir, &manifest).context("cannot commit the checkpoint")?;
+    node.store
+        .commit(&dir, &manifest)
+        .context("cannot commit the checkpoint")?;
     let report = CheckpointReport {
         id: dir.id.clone(),
         processes: manifest.processes().count() as u32,
@@ -68,7 +79,14 @@ fn checkpoint_one(node: &Node, dir: &CheckpointDir, p: &Proc) -> anyhow::Result<
     let stream = p.stream.lock().unwrap_or_else(|e| e.into_inner());
     stream.set_read_timeout(Some(Duration::from_millis(PARK_TIMEOUT_MS as u64 + 20_000)))?;
     let lost = |e| anyhow!("process {pid} stopped answering ({e}); it may have exited");
-    ckpt_proto::send(&stream, &NodeMsg::Park { timeout_ms: PARK_TIMEOUT_MS }, &[]).map_err(lost)?;
+    ckpt_proto::send(
+        &stream,
+        &NodeMsg::Park {
+            timeout_ms: PARK_TIMEOUT_MS,
+        },
+        &[],
+    )
+    .map_err(lost)?;
     match ckpt_proto::recv::<AppMsg>(&stream).map_err(lost)?.0 {
         AppMsg::Parked { .. } => {}
         AppMsg::ParkFailed { reason, tid } => bail!("process {pid}: thread {tid} could not be stopped ({reason:?})"),
@@ -82,7 +100,11 @@ fn checkpoint_one(node: &Node, dir: &CheckpointDir, p: &Proc) -> anyhow::Result<
         .and_then(|_| Ok(read_slots(&p.reg)?))
         .and_then(|slots| Ok(dump_parked(&p.reg, &slots, &pages_path)?));
     // The program runs again whatever happened.
-    let verdict = if dumped.is_ok() { NodeMsg::Resume } else { NodeMsg::Abort };
+    let verdict = if dumped.is_ok() {
+        NodeMsg::Resume
+    } else {
+        NodeMsg::Abort
+    };
     let resumed = ckpt_proto::send(&stream, &verdict, &[]);
     let stop_us = parked.elapsed().as_micros() as u64;
     drop(stream);

@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "ckptd", version, about = "ckpt daemon: checkpoint/restore of programs started with ckpt-run")]
+#[command(
+    name = "ckptd",
+    version,
+    about = "ckpt daemon: checkpoint/restore of programs started with ckpt-run"
+)]
 struct Args {
     /// Unix socket for programs and ckptctl [default: $CKPT_SOCKET, /run/ckpt/ckptd.sock for root]
     #[arg(long)]
@@ -32,7 +36,8 @@ struct Args {
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -45,7 +50,8 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let socket = args.socket.unwrap_or_else(ckpt_sys::paths::default_socket);
     let store_dir = args.store.unwrap_or_else(ckpt_sys::paths::default_store);
-    let store = ckpt_format::Store::open(&store_dir).with_context(|| format!("cannot open the store {}", store_dir.display()))?;
+    let store = ckpt_format::Store::open(&store_dir)
+        .with_context(|| format!("cannot open the store {}", store_dir.display()))?;
     for id in store.sweep_incomplete() {
         tracing::warn!(id, "removed an incomplete checkpoint left by a previous run");
     }
@@ -64,7 +70,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         if UnixStream::connect(&socket).is_ok() {
             bail!("another ckptd is already listening on {}", socket.display());
         }
-        std::fs::remove_file(&socket).with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
+        std::fs::remove_file(&socket)
+            .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
     }
     let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
     // Any user may register programs; control requests are checked per peer.
@@ -83,11 +90,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     });
     {
         let node = node.clone();
-        std::thread::Builder::new().name("reaper".into()).spawn(move || node.reaper.run())?;
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || node.reaper.run())?;
     }
     {
         let node = node.clone();
-        std::thread::Builder::new().name("server".into()).spawn(move || server::serve(node, listener))?;
+        std::thread::Builder::new()
+            .name("server".into())
+            .spawn(move || server::serve(node, listener))?;
     }
     tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, "ckptd ready");
     let sig = stop.wait()?;

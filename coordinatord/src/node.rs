@@ -58,7 +58,11 @@ impl Reaper {
             if now >= deadline {
                 return None;
             }
-            m = self.cv.wait_timeout(m, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            m = self
+                .cv
+                .wait_timeout(m, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -73,7 +77,9 @@ pub fn describe_status(status: i32) -> String {
     } else if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
         // SAFETY: strsignal returns a pointer to a static or thread-local string.
-        let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }.to_string_lossy().into_owned();
+        let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
+            .to_string_lossy()
+            .into_owned();
         format!("killed by signal {sig} ({name})")
     } else {
         format!("status {status:#x}")

@@ -20,7 +20,11 @@ pub struct Registry {
 
 impl Registry {
     pub fn insert(&self, reg: Registration, stream: UnixStream, restored_from: Option<String>) -> Arc<Proc> {
-        let p = Arc::new(Proc { reg, stream: Mutex::new(stream), restored_from });
+        let p = Arc::new(Proc {
+            reg,
+            stream: Mutex::new(stream),
+            restored_from,
+        });
         self.lock().insert(p.reg.pid, p.clone());
         p
     }
@@ -48,7 +52,11 @@ impl Proc {
         }
         // A busy stream (a checkpoint in progress) is alive by definition.
         let Ok(s) = self.stream.try_lock() else { return true };
-        let mut pfd = libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
         // SAFETY: pfd is a valid pollfd; zero timeout.
         let r = unsafe { libc::poll(&mut pfd, 1, 0) };
         !(r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)

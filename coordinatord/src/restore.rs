@@ -41,7 +41,10 @@ pub fn restore(node: &Node, id: &str, stdio: Vec<OwnedFd>) -> anyhow::Result<Vec
             if Path::new(&format!("/proc/{}", t.tid)).exists() {
                 let who = ckpt_sys::spawn::describe_pid(t.tid);
                 let what = if t.tid == image.pid { "pid" } else { "thread id" };
-                bail!("{what} {} of checkpoint {id} is in use by another process ({who}); stop it, then restore again", t.tid);
+                bail!(
+                    "{what} {} of checkpoint {id} is in use by another process ({who}); stop it, then restore again",
+                    t.tid
+                );
             }
         }
         planned.push(Planned { image, meta, pages });
@@ -71,7 +74,13 @@ fn start_one(node: &Node, id: &str, p: &Planned, stdio: &[OwnedFd]) -> anyhow::R
     let devnull = std::fs::File::open("/dev/null").context("/dev/null")?;
     let fd_or_null = |i: usize| stdio.get(i).map(|f| f.as_raw_fd()).unwrap_or(devnull.as_raw_fd());
     // The restorer finds: 0-2 the requester's stdio, 3 the status pipe, 4 its control socket.
-    let fds = [fd_or_null(0), fd_or_null(1), fd_or_null(2), status_w.as_raw_fd(), theirs.as_raw_fd()];
+    let fds = [
+        fd_or_null(0),
+        fd_or_null(1),
+        fd_or_null(2),
+        status_w.as_raw_fd(),
+        theirs.as_raw_fd(),
+    ];
     let prog = CString::new(node.restorer.as_os_str().as_bytes())?;
     let argv = [
         CString::new("ckpt-restore")?,
@@ -114,7 +123,11 @@ fn start_one(node: &Node, id: &str, p: &Planned, stdio: &[OwnedFd]) -> anyhow::R
     ours.set_read_timeout(Some(RESTORE_TIMEOUT))?;
     match ckpt_proto::recv::<AppMsg>(&ours) {
         Ok((AppMsg::Restored { pid: got }, _)) if got == pid => {}
-        Ok((other, _)) => return Err(fail(anyhow!("restored pid {pid} sent {other:?} instead of its restore notice"))),
+        Ok((other, _)) => {
+            return Err(fail(anyhow!(
+                "restored pid {pid} sent {other:?} instead of its restore notice"
+            )))
+        }
         Err(e) => {
             let exit = node.reaper.wait_exit(pid, Duration::from_secs(2));
             let how = exit.map(describe_status).unwrap_or_else(|| format!("no notice ({e})"));
@@ -146,7 +159,11 @@ fn read_status(pipe: OwnedFd, timeout: Duration) -> anyhow::Result<Option<Status
         if left.is_zero() {
             bail!("the restorer did not finish within {}s", timeout.as_secs());
         }
-        let mut pfd = libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: pfd is a valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
         if r <= 0 {

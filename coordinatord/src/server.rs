@@ -30,7 +30,9 @@ fn handle(node: &Node, s: UnixStream) -> anyhow::Result<()> {
         Hello::App { version } | Hello::Ctl { version } => version,
     };
     if version != PROTO_VERSION {
-        let reason = format!("protocol version {version} is not supported (ckptd speaks {PROTO_VERSION}); use matching ckpt binaries");
+        let reason = format!(
+            "protocol version {version} is not supported (ckptd speaks {PROTO_VERSION}); use matching ckpt binaries"
+        );
         ckpt_proto::send(&s, &Welcome::Refused { reason }, &[])?;
         return Ok(());
     }
@@ -38,7 +40,9 @@ fn handle(node: &Node, s: UnixStream) -> anyhow::Result<()> {
     match hello {
         Hello::App { .. } => {
             let (msg, _) = ckpt_proto::recv::<AppMsg>(&s)?;
-            let AppMsg::Register(reg) = msg else { anyhow::bail!("expected a registration, got {msg:?}") };
+            let AppMsg::Register(reg) = msg else {
+                anyhow::bail!("expected a registration, got {msg:?}")
+            };
             if reg.pid != cred.pid() {
                 anyhow::bail!("registration for pid {} came from pid {}", reg.pid, cred.pid());
             }
@@ -56,7 +60,9 @@ fn handle(node: &Node, s: UnixStream) -> anyhow::Result<()> {
                     Err(e) => return Err(e.into()),
                 };
                 let reply = if cred.uid() != 0 && cred.uid() != me {
-                    CtlReply::Error { message: format!("permission denied: uid {} may not control this ckptd", cred.uid()) }
+                    CtlReply::Error {
+                        message: format!("permission denied: uid {} may not control this ckptd", cred.uid()),
+                    }
                 } else {
                     answer(node, req, fds)
                 };
@@ -68,10 +74,14 @@ fn handle(node: &Node, s: UnixStream) -> anyhow::Result<()> {
 }
 
 fn answer(node: &Node, req: CtlRequest, fds: Vec<OwnedFd>) -> CtlReply {
-    let err = |e: anyhow::Error| CtlReply::Error { message: format!("{e:#}") };
+    let err = |e: anyhow::Error| CtlReply::Error {
+        message: format!("{e:#}"),
+    };
     match req {
         CtlRequest::Ping => CtlReply::Pong { version: PROTO_VERSION },
-        CtlRequest::Checkpoint => checkpoint::checkpoint(node).map(CtlReply::Checkpointed).unwrap_or_else(err),
+        CtlRequest::Checkpoint => checkpoint::checkpoint(node)
+            .map(CtlReply::Checkpointed)
+            .unwrap_or_else(err),
         CtlRequest::List => match node.store.list() {
             Ok(list) => CtlReply::List(list.iter().map(Into::into).collect()),
             Err(e) => err(e.into()),
@@ -86,7 +96,9 @@ fn answer(node: &Node, req: CtlRequest, fds: Vec<OwnedFd>) -> CtlReply {
                     pid: p.reg.pid,
                     exe: p.reg.exe.clone(),
                     args: p.reg.args.clone(),
-                    threads: ckpt_sys::procfs::stat_mm(p.reg.pid).map(|s| s.num_threads as u32).unwrap_or(0),
+                    threads: ckpt_sys::procfs::stat_mm(p.reg.pid)
+                        .map(|s| s.num_threads as u32)
+                        .unwrap_or(0),
                     restored_from: p.restored_from.clone(),
                 })
                 .collect(),

@@ -65,7 +65,11 @@ struct Scratch {
 struct ScratchCell(UnsafeCell<Scratch>);
 // SAFETY: only the control thread touches it.
 unsafe impl Sync for ScratchCell {}
-static SCRATCH: ScratchCell = ScratchCell(UnsafeCell::new(Scratch { signaled: [0; MAX_THREADS], nsignaled: 0, dents: [0; 32768] }));
+static SCRATCH: ScratchCell = ScratchCell(UnsafeCell::new(Scratch {
+    signaled: [0; MAX_THREADS],
+    nsignaled: 0,
+    dents: [0; 32768],
+}));
 
 /// The park-signal handler, for every thread.
 pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
@@ -105,7 +109,12 @@ fn record_thread(tid: i32, uc_addr: u64) {
     unsafe {
         libc::syscall(libc::SYS_arch_prctl, 0x1003 /* ARCH_GET_FS */, &mut fs as *mut u64);
         libc::syscall(libc::SYS_arch_prctl, 0x1004 /* ARCH_GET_GS */, &mut gs as *mut u64);
-        libc::syscall(libc::SYS_get_robust_list, 0, &mut head as *mut u64, &mut len as *mut u64);
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            0,
+            &mut head as *mut u64,
+            &mut len as *mut u64,
+        );
         libc::prctl(40 /* PR_GET_TID_ADDRESS */, &mut clear as *mut u64);
     }
     let rseq_size = RSEQ_SIZE.load(Relaxed);
@@ -142,7 +151,13 @@ fn control_park(session: u32) {
         p.brk = libc::syscall(libc::SYS_brk, 0) as u64;
         for (i, sa) in p.sigactions.iter_mut().enumerate() {
             *sa = KSigAction::default();
-            libc::syscall(libc::SYS_rt_sigaction, i as i64 + 1, 0usize, sa as *mut KSigAction, 8usize);
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                i as i64 + 1,
+                0usize,
+                sa as *mut KSigAction,
+                8usize,
+            );
         }
         for (i, it) in p.itimers.iter_mut().enumerate() {
             libc::syscall(libc::SYS_getitimer, i as i64, it as *mut _);
@@ -179,7 +194,12 @@ fn release(session: u32) {
 /// Lists this process's threads into `out` with raw getdents64; returns how many.
 fn list_tasks(dents: &mut [u8], out: &mut [i32; MAX_THREADS]) -> Option<usize> {
     // SAFETY: a NUL-terminated literal path.
-    let dfd = unsafe { libc::open(c"/proc/self/task".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    let dfd = unsafe {
+        libc::open(
+            c"/proc/self/task".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
     if dfd < 0 {
         return None;
     }

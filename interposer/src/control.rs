@@ -12,9 +12,14 @@ use std::sync::atomic::Ordering::*;
 /// Called from the library constructor (and in a forked child): registers with ckptd and
 /// starts the control thread. Without `CKPT_SOCKET` the library stays inert.
 pub fn start() {
-    let Some(path) = std::env::var_os("CKPT_SOCKET") else { return };
+    let Some(path) = std::env::var_os("CKPT_SOCKET") else {
+        return;
+    };
     if PARK_SIGNAL.load(Relaxed) == 0 {
-        let sig = std::env::var("CKPT_SIGNAL").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| libc::SIGRTMAX() - 1);
+        let sig = std::env::var("CKPT_SIGNAL")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| libc::SIGRTMAX() - 1);
         PARK_SIGNAL.store(sig, Relaxed);
         find_rseq();
         signals::resolve();
@@ -33,9 +38,12 @@ pub fn start() {
         }
     };
     CONTROL_FD.store(stream.into_raw_fd(), Release);
-    let spawned = std::thread::Builder::new().name("ckpt-control".into()).stack_size(256 << 10).spawn(|| {
-        let _ = std::panic::catch_unwind(serve);
-    });
+    let spawned = std::thread::Builder::new()
+        .name("ckpt-control".into())
+        .stack_size(256 << 10)
+        .spawn(|| {
+            let _ = std::panic::catch_unwind(serve);
+        });
     if spawned.is_err() {
         warn("cannot start the control thread");
     }
@@ -57,7 +65,9 @@ fn register(path: &std::path::Path) -> Result<UnixStream, String> {
     let pid = sys::getpid();
     let reg = Registration {
         pid,
-        exe: std::fs::read_link("/proc/self/exe").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default(),
+        exe: std::fs::read_link("/proc/self/exe")
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         args: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect(),
         slot_addr: SLOTS.addr(),
         slot_len: std::mem::size_of::<ProcSlot>() as u64,

@@ -51,7 +51,11 @@ fn park_signal() -> i32 {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn sigaction(sig: libc::c_int, act: *const libc::sigaction, old: *mut libc::sigaction) -> libc::c_int {
+pub unsafe extern "C" fn sigaction(
+    sig: libc::c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> libc::c_int {
     let ps = park_signal();
     if ps != 0 && sig == ps {
         // The program keeps its view (default disposition); the park handler stays.
@@ -74,7 +78,13 @@ pub unsafe extern "C" fn sigaction(sig: libc::c_int, act: *const libc::sigaction
 }
 
 /// Forwards a mask change with the park signal taken out of any set that blocks.
-unsafe fn filtered(cell: &AtomicUsize, name: &std::ffi::CStr, how: libc::c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> libc::c_int {
+unsafe fn filtered(
+    cell: &AtomicUsize,
+    name: &std::ffi::CStr,
+    how: libc::c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> libc::c_int {
     let real = lookup(cell, name);
     if real == 0 {
         // Only reachable if libc lacks the symbol; sigprocmask turns this into errno.
@@ -97,7 +107,11 @@ unsafe fn filtered(cell: &AtomicUsize, name: &std::ffi::CStr, how: libc::c_int, 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn sigprocmask(how: libc::c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> libc::c_int {
+pub unsafe extern "C" fn sigprocmask(
+    how: libc::c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> libc::c_int {
     // SAFETY: same contract as sigprocmask(2).
     match unsafe { filtered(&REAL_SIGPROCMASK, c"sigprocmask", how, set, old) } {
         libc::ENOSYS => {
@@ -109,7 +123,11 @@ pub unsafe extern "C" fn sigprocmask(how: libc::c_int, set: *const libc::sigset_
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn pthread_sigmask(how: libc::c_int, set: *const libc::sigset_t, old: *mut libc::sigset_t) -> libc::c_int {
+pub unsafe extern "C" fn pthread_sigmask(
+    how: libc::c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> libc::c_int {
     // SAFETY: same contract as pthread_sigmask(3).
     unsafe { filtered(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask", how, set, old) }
 }

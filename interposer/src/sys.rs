@@ -34,17 +34,32 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
         tv_sec: (timeout_ns / 1_000_000_000) as i64,
         tv_nsec: (timeout_ns % 1_000_000_000) as i64,
     };
-    let tsp = if timeout_ns == 0 { std::ptr::null() } else { &ts as *const libc::timespec };
+    let tsp = if timeout_ns == 0 {
+        std::ptr::null()
+    } else {
+        &ts as *const libc::timespec
+    };
     // SAFETY: `word` is a valid aligned u32 for the duration of the call; FUTEX_WAIT only reads it.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG, expected, tsp);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            tsp,
+        );
     }
 }
 
 pub fn futex_wake(word: &AtomicU32, n: i32) {
     // SAFETY: FUTEX_WAKE only uses the address as a key.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, n);
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            n,
+        );
     }
 }
 
@@ -75,7 +90,11 @@ pub fn write_all(fd: i32, mut buf: &[u8]) -> bool {
 pub fn read_exact_timeout(fd: i32, buf: &mut [u8], timeout_ms: i32) -> bool {
     let mut got = 0;
     while got < buf.len() {
-        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: pfd is a valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
         if r < 0 && errno() == libc::EINTR {

@@ -48,7 +48,11 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
         let cloexec = info.flags & libc::O_CLOEXEC != 0;
         let flags = info.flags & !libc::O_CLOEXEC;
         let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
-        let meta = std::fs::metadata(&link).map_err(|source| DumpError::Io { pid, what: format!("fd {fd}"), source })?;
+        let meta = std::fs::metadata(&link).map_err(|source| DumpError::Io {
+            pid,
+            what: format!("fd {fd}"),
+            source,
+        })?;
         let ft = meta.file_type();
         let kind = if fd == control_fd {
             FdKind::Control
@@ -58,7 +62,14 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
             }
             let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
             let (tail_len, tail_crc) = if writable { tail_crc(&link, meta.size()) } else { (0, 0) };
-            FdKind::File { path: target.clone(), pos: info.pos, size: meta.size(), writable, tail_len, tail_crc }
+            FdKind::File {
+                path: target.clone(),
+                pos: info.pos,
+                size: meta.size(),
+                writable,
+                tail_len,
+                tail_crc,
+            }
         } else if ft.is_dir() {
             FdKind::Dir { path: target.clone() }
         } else if ft.is_char_device() && is_tty(meta.rdev()) {
@@ -68,7 +79,10 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
                 FdKind::Tty { path: target.clone() }
             }
         } else if ft.is_char_device() {
-            FdKind::CharDev { path: target.clone(), rdev: meta.rdev() }
+            FdKind::CharDev {
+                path: target.clone(),
+                rdev: meta.rdev(),
+            }
         } else if (ft.is_fifo() || ft.is_socket()) && fd <= 2 {
             FdKind::Stdio { what: target.clone() }
         } else if ft.is_fifo() {
@@ -91,7 +105,13 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
                 .map(|(other, _, _)| *other),
         };
         ids.push((fd, key.0, key.1));
-        out.push(FdImage { fd, flags, cloexec, dup_of, kind });
+        out.push(FdImage {
+            fd,
+            flags,
+            cloexec,
+            dup_of,
+            kind,
+        });
     }
     Ok(out)
 }

@@ -1,7 +1,9 @@
 //! Memory: which mappings exist, which of their pages hold data, and those pages.
 
 use super::DumpError;
-use ckpt_format::{FileId, Mapping, MappingKind, PageRun, PageStoreWriter, SpecialMapping, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE};
+use ckpt_format::{
+    FileId, Mapping, MappingKind, PageRun, PageStoreWriter, SpecialMapping, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE,
+};
 use ckpt_sys::procfs::{self, MapEntry};
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -88,7 +90,11 @@ pub fn dump_memory(pid: i32, store: &mut PageStoreWriter) -> Result<(Vec<Mapping
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let io = |what: &str| {
         let what = what.to_string();
-        move |source| DumpError::Io { pid, what: what.clone(), source }
+        move |source| DumpError::Io {
+            pid,
+            what: what.clone(),
+            source,
+        }
     };
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
@@ -101,7 +107,11 @@ pub fn dump_memory(pid: i32, store: &mut PageStoreWriter) -> Result<(Vec<Mapping
             continue;
         }
         if is_special(&e.path) {
-            special.push(SpecialMapping { name: e.path.clone(), start: e.start, end: e.end });
+            special.push(SpecialMapping {
+                name: e.path.clone(),
+                start: e.start,
+                end: e.end,
+            });
             continue;
         }
         let (kind, select) = classify(pid, e)?;
@@ -117,7 +127,11 @@ pub fn dump_memory(pid: i32, store: &mut PageStoreWriter) -> Result<(Vec<Mapping
                     .read_exact_at(&mut pm, (e.start / PAGE_SIZE + first) * 8)
                     .map_err(io("pagemap"))?;
                 let wanted = |i: u64| {
-                    let v = u64::from_le_bytes(pm[(i * 8) as usize..(i * 8 + 8) as usize].try_into().unwrap_or_default());
+                    let v = u64::from_le_bytes(
+                        pm[(i * 8) as usize..(i * 8 + 8) as usize]
+                            .try_into()
+                            .unwrap_or_default(),
+                    );
                     match select {
                         Select::Populated => v & (PM_PRESENT | PM_SWAPPED) != 0,
                         Select::Modified => v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE == 0),
@@ -137,7 +151,8 @@ pub fn dump_memory(pid: i32, store: &mut PageStoreWriter) -> Result<(Vec<Mapping
                     }
                     let addr = e.start + (first + i) * PAGE_SIZE;
                     data.resize(((j - i) * PAGE_SIZE) as usize, 0);
-                    mem.read_exact_at(&mut data, addr).map_err(io(&format!("memory at {addr:#x}")))?;
+                    mem.read_exact_at(&mut data, addr)
+                        .map_err(io(&format!("memory at {addr:#x}")))?;
                     if select == Select::All {
                         append_nonzero(store, addr, &data, &mut runs)?;
                     } else {
@@ -148,13 +163,26 @@ pub fn dump_memory(pid: i32, store: &mut PageStoreWriter) -> Result<(Vec<Mapping
                 first += n;
             }
         }
-        mappings.push(Mapping { start: e.start, end: e.end, prot, shared: e.shared, kind, name: e.path.clone(), pages: runs });
+        mappings.push(Mapping {
+            start: e.start,
+            end: e.end,
+            prot,
+            shared: e.shared,
+            kind,
+            name: e.path.clone(),
+            pages: runs,
+        });
     }
     Ok((mappings, special))
 }
 
 /// Stores the pages of `data` that are not all zero.
-fn append_nonzero(store: &mut PageStoreWriter, addr: u64, data: &[u8], runs: &mut Vec<PageRun>) -> Result<(), DumpError> {
+fn append_nonzero(
+    store: &mut PageStoreWriter,
+    addr: u64,
+    data: &[u8],
+    runs: &mut Vec<PageRun>,
+) -> Result<(), DumpError> {
     let pages: Vec<&[u8]> = data.chunks(PAGE_SIZE as usize).collect();
     let mut i = 0;
     while i < pages.len() {

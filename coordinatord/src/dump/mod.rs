@@ -13,10 +13,18 @@ use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
-    #[error("process {pid}: fd {fd} is {kind}, which ckpt cannot checkpoint yet; close it or run the program without it")]
+    #[error(
+        "process {pid}: fd {fd} is {kind}, which ckpt cannot checkpoint yet; close it or run the program without it"
+    )]
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("process {pid}: mapping {start:#x}-{end:#x} ({name}) cannot be checkpointed: {why}")]
-    UnsupportedMapping { pid: i32, start: u64, end: u64, name: String, why: String },
+    UnsupportedMapping {
+        pid: i32,
+        start: u64,
+        end: u64,
+        name: String,
+        why: String,
+    },
     #[error("process {pid}: the interposer's slots are unreadable or corrupt")]
     BadSlots { pid: i32 },
     #[error("process {pid}: {parked} threads parked but the kernel lists {listed}; try again")]
@@ -37,17 +45,28 @@ pub enum DumpError {
 /// Reads the interposer's slots out of the parked program.
 pub fn read_slots(reg: &Registration) -> Result<Box<ProcSlot>, DumpError> {
     let pid = reg.pid;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
-        .map_err(|source| DumpError::Io { pid, what: "memory".into(), source })?;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|source| DumpError::Io {
+        pid,
+        what: "memory".into(),
+        source,
+    })?;
     let mut buf = vec![0u8; std::mem::size_of::<ProcSlot>()];
     mem.read_exact_at(&mut buf, reg.slot_addr)
-        .map_err(|source| DumpError::Io { pid, what: "interposer slots".into(), source })?;
+        .map_err(|source| DumpError::Io {
+            pid,
+            what: "interposer slots".into(),
+            source,
+        })?;
     ProcSlot::from_bytes(&buf).ok_or(DumpError::BadSlots { pid })
 }
 
 /// Writes the page store of a parked process and returns its image (not yet written). The
 /// caller resumes the process once this returns.
-pub fn dump_parked(reg: &Registration, slots: &ProcSlot, pages_path: &Path) -> Result<(ProcessImage, PageStoreWriter), DumpError> {
+pub fn dump_parked(
+    reg: &Registration,
+    slots: &ProcSlot,
+    pages_path: &Path,
+) -> Result<(ProcessImage, PageStoreWriter), DumpError> {
     let pid = reg.pid;
     // fds first: an unsupported one fails the checkpoint before any page is copied.
     let fds = fds::dump_fds(pid, reg.control_fd)?;

@@ -12,7 +12,11 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
     let tasks = procfs::list_numeric(&format!("/proc/{pid}/task")).map_err(perr)?;
     let n = slots.nthreads as usize;
     if n != tasks.len() || n > slots.threads.len() {
-        return Err(DumpError::ThreadMismatch { pid, parked: slots.nthreads, listed: tasks.len() });
+        return Err(DumpError::ThreadMismatch {
+            pid,
+            parked: slots.nthreads,
+            listed: tasks.len(),
+        });
     }
     let mut threads = Vec::with_capacity(n);
     for t in &slots.threads[..n] {
@@ -37,28 +41,48 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
     // The main thread (tid == pid) goes first: the restorer is that thread.
     threads.sort_by_key(|t| (t.tid != pid, t.tid));
     if threads.first().map(|t| t.tid) != Some(pid) {
-        return Err(DumpError::ThreadMismatch { pid, parked: slots.nthreads, listed: tasks.len() });
+        return Err(DumpError::ThreadMismatch {
+            pid,
+            parked: slots.nthreads,
+            listed: tasks.len(),
+        });
     }
 
     let st = procfs::status(pid, None).map_err(perr)?;
     let stat = procfs::stat_mm(pid).map_err(perr)?;
     let mut rlimits = Vec::new();
     for res in 0..16u32 {
-        let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+        let mut old = libc::rlimit64 {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         // SAFETY: prlimit64 with a null new limit only reads into `old`.
         if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } == 0 {
-            rlimits.push(Rlimit { resource: res, cur: old.rlim_cur, max: old.rlim_max });
+            rlimits.push(Rlimit {
+                resource: res,
+                cur: old.rlim_cur,
+                max: old.rlim_max,
+            });
         }
     }
     let sigactions = slots
         .sigactions
         .iter()
         .enumerate()
-        .map(|(i, s)| SigAction { signo: i as u32 + 1, handler: s.handler, flags: s.flags, restorer: s.restorer, mask: s.mask })
+        .map(|(i, s)| SigAction {
+            signo: i as u32 + 1,
+            handler: s.handler,
+            flags: s.flags,
+            restorer: s.restorer,
+            mask: s.mask,
+        })
         .filter(|s| s.signo != libc::SIGKILL as u32 && s.signo != libc::SIGSTOP as u32)
         .collect();
     let us = |sec: i64, usec: i64| (sec.max(0) as u64) * 1_000_000 + usec.max(0) as u64;
-    let itimers = slots.itimers.map(|t| Itimer { interval_us: us(t.interval_sec, t.interval_usec), value_us: us(t.value_sec, t.value_usec) });
+    let itimers = slots.itimers.map(|t| Itimer {
+        interval_us: us(t.interval_sec, t.interval_usec),
+        value_us: us(t.value_sec, t.value_usec),
+    });
     let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))
         .ok()
         .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
@@ -71,7 +95,11 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
         cwd: procfs::readlink(&format!("/proc/{pid}/cwd")).map_err(perr)?,
         umask: st.umask,
         personality,
-        creds: Creds { uid: st.uid, gid: st.gid, groups: st.groups },
+        creds: Creds {
+            uid: st.uid,
+            gid: st.gid,
+            groups: st.groups,
+        },
         rlimits,
         mm: MmFields {
             start_code: stat.start_code,
@@ -86,8 +114,11 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
             env_start: stat.env_start,
             env_end: stat.env_end,
         },
-        auxv: std::fs::read(format!("/proc/{pid}/auxv"))
-            .map_err(|source| DumpError::Io { pid, what: "auxv".into(), source })?,
+        auxv: std::fs::read(format!("/proc/{pid}/auxv")).map_err(|source| DumpError::Io {
+            pid,
+            what: "auxv".into(),
+            source,
+        })?,
         sigactions,
         shared_pending: st.shd_pnd,
         itimers,

@@ -34,8 +34,14 @@ enum Never {}
 fn run(args: Args) -> Result<Never, (i32, String)> {
     let socket = args.socket.unwrap_or_else(ckpt_sys::paths::default_socket);
     let socket = std::path::absolute(&socket).unwrap_or(socket);
-    ping(&socket).map_err(|e| (2, format!("{e}; start ckptd first (or pass --socket / set CKPT_SOCKET)")))?;
-    let lib = ckpt_sys::paths::sibling("libckpt_interposer.so").map_err(|e| (2, format!("cannot find the interposer: {e}")))?;
+    ping(&socket).map_err(|e| {
+        (
+            2,
+            format!("{e}; start ckptd first (or pass --socket / set CKPT_SOCKET)"),
+        )
+    })?;
+    let lib = ckpt_sys::paths::sibling("libckpt_interposer.so")
+        .map_err(|e| (2, format!("cannot find the interposer: {e}")))?;
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
         _ => lib.display().to_string(),
@@ -44,14 +50,23 @@ fn run(args: Args) -> Result<Never, (i32, String)> {
     // SAFETY: resetting a disposition before exec.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let (prog, rest) = args.command.split_first().ok_or((2, "no program given".to_string()))?;
-    let err = std::process::Command::new(prog).args(rest).env("LD_PRELOAD", preload).env("CKPT_SOCKET", &socket).exec();
-    let code = if err.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+    let err = std::process::Command::new(prog)
+        .args(rest)
+        .env("LD_PRELOAD", preload)
+        .env("CKPT_SOCKET", &socket)
+        .exec();
+    let code = if err.kind() == std::io::ErrorKind::NotFound {
+        127
+    } else {
+        126
+    };
     Err((code, format!("cannot run {prog}: {err}")))
 }
 
 fn ping(socket: &std::path::Path) -> Result<(), String> {
     use ckpt_proto::{CtlReply, CtlRequest, Hello, Welcome, PROTO_VERSION};
-    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| format!("ckptd is not reachable at {}: {e}", socket.display()))?;
+    let s = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("ckptd is not reachable at {}: {e}", socket.display()))?;
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let io = |e: ckpt_proto::FrameError| format!("ckptd at {}: {e}", socket.display());
     ckpt_proto::send(&s, &Hello::Ctl { version: PROTO_VERSION }, &[]).map_err(io)?;

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "ckptctl", version, about = "Control ckpt: take, list, inspect, restore and delete checkpoints")]
+#[command(
+    name = "ckptctl",
+    version,
+    about = "Control ckpt: take, list, inspect, restore and delete checkpoints"
+)]
 struct Args {
     /// ckptd's socket [default: $CKPT_SOCKET, /run/ckpt/ckptd.sock for root]
     #[arg(long, global = true)]

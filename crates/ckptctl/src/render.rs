@@ -16,13 +16,20 @@ pub fn print(reply: &CtlReply, as_json: bool) {
             CtlReply::Pong { version } => Ok(json!({ "version": version })),
             CtlReply::Error { message } => Ok(json!({ "error": message })),
         };
-        println!("{}", v.map(|v| v.to_string()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+        println!(
+            "{}",
+            v.map(|v| v.to_string())
+                .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
         return;
     }
     match reply {
         CtlReply::Checkpointed(r) => println!("{}", r.id),
         CtlReply::List(list) => {
-            println!("{:<6} {:<20} {:>5} {:>10} {:>9}", "ID", "CREATED (UTC)", "PROCS", "SIZE", "TOOK");
+            println!(
+                "{:<6} {:<20} {:>5} {:>10} {:>9}",
+                "ID", "CREATED (UTC)", "PROCS", "SIZE", "TOOK"
+            );
             for c in list {
                 println!(
                     "{:<6} {:<20} {:>5} {:>10} {:>9}",
@@ -43,7 +50,10 @@ pub fn print(reply: &CtlReply, as_json: bool) {
                 manifest.parent.as_deref().unwrap_or("-")
             );
             for (host, img) in images {
-                let stop = manifest.processes().find(|(h, p)| *h == host && p.pid == img.pid).map(|(_, p)| p.stop_us);
+                let stop = manifest
+                    .processes()
+                    .find(|(h, p)| *h == host && p.pid == img.pid)
+                    .map(|(_, p)| p.stop_us);
                 show_process(host, img, stop);
             }
         }
@@ -72,7 +82,13 @@ pub fn print(reply: &CtlReply, as_json: bool) {
 
 fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>) {
     println!("\nhost {host}  pid {}  {}", img.pid, img.args.join(" "));
-    println!("  exe {}  cwd {}  uid {}  stopped {}", img.exe, img.cwd, img.creds.uid[0], stop_us.map(ms).unwrap_or_default());
+    println!(
+        "  exe {}  cwd {}  uid {}  stopped {}",
+        img.exe,
+        img.cwd,
+        img.creds.uid[0],
+        stop_us.map(ms).unwrap_or_default()
+    );
     let tids: Vec<String> = img.threads.iter().map(|t| format!("{} ({})", t.tid, t.comm)).collect();
     println!("  threads {}: {}", img.threads.len(), tids.join(", "));
     println!(
@@ -96,7 +112,13 @@ fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>) {
             if m.prot & 4 != 0 { 'x' } else { '-' },
             if m.shared { 's' } else { 'p' }
         );
-        println!("    {:012x}-{:012x} {prot} {kind:<5} {:>10} {}", m.start, m.end, bytes(m.stored_bytes()), m.name);
+        println!(
+            "    {:012x}-{:012x} {prot} {kind:<5} {:>10} {}",
+            m.start,
+            m.end,
+            bytes(m.stored_bytes()),
+            m.name
+        );
     }
     println!("  fds:");
     for f in &img.fds {
@@ -143,7 +165,12 @@ fn utc(unix_ms: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

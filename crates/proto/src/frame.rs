@@ -72,7 +72,12 @@ pub fn recv<T: DeserializeOwned>(sock: &UnixStream) -> Result<(T, Vec<OwnedFd>),
     while got < 4 {
         let mut cmsg_space = nix::cmsg_space!([RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut len_buf[got..])];
-        let msg = match recvmsg::<()>(sock.as_raw_fd(), &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let msg = match recvmsg::<()>(
+            sock.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Ok(m) => m,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(FrameError::Io(e.into())),
@@ -139,7 +144,9 @@ pub fn encode_small<T: Serialize>(msg: &T, buf: &mut [u8]) -> Option<usize> {
 /// Decodes a frame payload (without its length prefix) without allocating, for messages with no
 /// heap data.
 pub fn decode_small<T: DeserializeOwned>(payload: &[u8]) -> Option<T> {
-    bincode::serde::decode_from_slice(payload, config()).ok().map(|(v, _)| v)
+    bincode::serde::decode_from_slice(payload, config())
+        .ok()
+        .map(|(v, _)| v)
 }
 
 #[cfg(test)]

@@ -38,11 +38,18 @@ pub struct Registration {
 pub enum AppMsg {
     Register(Registration),
     /// Every thread is parked and the slots are filled; ckptd may read the process now.
-    Parked { nthreads: u32 },
+    Parked {
+        nthreads: u32,
+    },
     /// Parking failed (a thread did not stop in time, too many threads); threads run again.
-    ParkFailed { reason: ParkFailure, tid: i32 },
+    ParkFailed {
+        reason: ParkFailure,
+        tid: i32,
+    },
     /// Sent by the control thread of a restored process on its new connection.
-    Restored { pid: i32 },
+    Restored {
+        pid: i32,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -57,7 +64,9 @@ pub enum ParkFailure {
 pub enum NodeMsg {
     Registered,
     /// Park every thread (stop the world) and answer `Parked`.
-    Park { timeout_ms: u32 },
+    Park {
+        timeout_ms: u32,
+    },
     /// The process has been read: let the threads run.
     Resume,
     /// The checkpoint failed: let the threads run, nothing was taken.
@@ -70,11 +79,17 @@ pub enum CtlRequest {
     Ping,
     Checkpoint,
     List,
-    Show { id: String },
+    Show {
+        id: String,
+    },
     Status,
     /// Restore checkpoint `id`; the requester's stdin, stdout and stderr ride along as fds.
-    Restore { id: String },
-    Delete { id: String },
+    Restore {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,12 +139,24 @@ pub struct CheckpointReport {
 /// ckptd → `ckptctl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CtlReply {
-    Pong { version: u32 },
+    Pong {
+        version: u32,
+    },
     Checkpointed(CheckpointReport),
     List(Vec<CheckpointSummary>),
-    Show { manifest: Manifest, images: Vec<(String, ProcessImage)> },
+    Show {
+        manifest: Manifest,
+        images: Vec<(String, ProcessImage)>,
+    },
     Status(Vec<ProcessStatus>),
-    Restored { id: String, pids: Vec<i32> },
-    Deleted { id: String },
-    Error { message: String },
+    Restored {
+        id: String,
+        pids: Vec<i32>,
+    },
+    Deleted {
+        id: String,
+    },
+    Error {
+        message: String,
+    },
 }

@@ -26,14 +26,25 @@ pub enum Status {
 
 /// Parses everything the restorer wrote; `None` when it wrote nothing (success).
 pub fn decode(bytes: &[u8]) -> Option<Status> {
-    let u64_at = |o: usize| bytes.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()));
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+    };
     match u64_at(0)? {
         TAG_TEXT => {
             let len = u64_at(8)? as usize;
             let text = bytes.get(16..16 + len.min(bytes.len().saturating_sub(16)))?;
             Some(Status::Text(String::from_utf8_lossy(text).into_owned()))
         }
-        TAG_OP => Some(Status::Op { index: u64_at(8)?, ret: u64_at(16)? as i64, kind: u64_at(24)?, arg0: u64_at(32)? }),
-        other => Some(Status::Text(format!("restorer wrote an unknown status record (tag {other})"))),
+        TAG_OP => Some(Status::Op {
+            index: u64_at(8)?,
+            ret: u64_at(16)? as i64,
+            kind: u64_at(24)?,
+            arg0: u64_at(32)?,
+        }),
+        other => Some(Status::Text(format!(
+            "restorer wrote an unknown status record (tag {other})"
+        ))),
     }
 }

@@ -74,8 +74,18 @@ impl ProcSlot {
             rseq_len: 0,
             rseq_sig: 0,
         };
-        const S: KSigAction = KSigAction { handler: 0, flags: 0, restorer: 0, mask: 0 };
-        const I: Itimerval = Itimerval { interval_sec: 0, interval_usec: 0, value_sec: 0, value_usec: 0 };
+        const S: KSigAction = KSigAction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        const I: Itimerval = Itimerval {
+            interval_sec: 0,
+            interval_usec: 0,
+            value_sec: 0,
+            value_usec: 0,
+        };
         Self {
             magic: SLOT_MAGIC,
             restored: 0,

@@ -33,7 +33,11 @@ fn open(path: &str, flags: i32) -> anyhow::Result<RawFd> {
 
 /// Checks a file open for writing and cuts it back to its checkpointed size.
 fn rewind_written(path: &str, size: u64, tail_len: u64, tail_crc: u32) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new().read(true).write(true).open(path).with_context(|| format!("cannot reopen {path}"))?;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot reopen {path}"))?;
     let now = f.metadata()?.len();
     if now < size {
         bail!("{path} is shorter ({now} bytes) than at the checkpoint ({size}); restoring would lose data");
@@ -47,7 +51,8 @@ fn rewind_written(path: &str, size: u64, tail_len: u64, tail_crc: u32) -> anyhow
         }
     }
     if now > size {
-        f.set_len(size).with_context(|| format!("cannot cut {path} back to {size} bytes"))?;
+        f.set_len(size)
+            .with_context(|| format!("cannot cut {path} back to {size} bytes"))?;
     }
     Ok(())
 }
@@ -59,15 +64,23 @@ pub fn place_fds(img: &ProcessImage, control: RawFd) -> anyhow::Result<()> {
         let src = match &f.kind {
             FdKind::Stdio { .. } => continue,
             FdKind::Control => control,
-            FdKind::File { path, pos, size, writable, tail_len, tail_crc } => {
+            FdKind::File {
+                path,
+                pos,
+                size,
+                writable,
+                tail_len,
+                tail_crc,
+            } => {
                 if f.dup_of.is_none() && *writable {
                     rewind_written(path, *size, *tail_len, *tail_crc)?;
                 }
-                reopen(f, path)?.inspect(|&fd| {
-                    // SAFETY: lseek on the fd just opened.
-                    unsafe { libc::lseek(fd, *pos as i64, libc::SEEK_SET) };
-                })
-                .unwrap_or(-1)
+                reopen(f, path)?
+                    .inspect(|&fd| {
+                        // SAFETY: lseek on the fd just opened.
+                        unsafe { libc::lseek(fd, *pos as i64, libc::SEEK_SET) };
+                    })
+                    .unwrap_or(-1)
             }
             FdKind::Dir { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
@@ -115,7 +128,11 @@ fn same_file(id: &FileId, meta: &std::fs::Metadata) -> bool {
 
 /// Opens every mapped file (checking it is the one that was mapped) and fills a memfd for
 /// each shared mapping without a file. Returns fds by path and by mapping start.
-pub fn mapping_fds(img: &ProcessImage, pages: &PageStoreReader, base: RawFd) -> anyhow::Result<(HashMap<String, RawFd>, HashMap<u64, RawFd>)> {
+pub fn mapping_fds(
+    img: &ProcessImage,
+    pages: &PageStoreReader,
+    base: RawFd,
+) -> anyhow::Result<(HashMap<String, RawFd>, HashMap<u64, RawFd>)> {
     let mut files = HashMap::new();
     let mut memfds = HashMap::new();
     for m in &img.mappings {
@@ -129,7 +146,10 @@ pub fn mapping_fds(img: &ProcessImage, pages: &PageStoreReader, base: RawFd) -> 
                     .with_context(|| format!("cannot open mapped file {}", id.path))?;
                 let meta = f.metadata()?;
                 if !same_file(id, &meta) {
-                    bail!("mapped file {} changed since the checkpoint; restore needs the same file", id.path);
+                    bail!(
+                        "mapped file {} changed since the checkpoint; restore needs the same file",
+                        id.path
+                    );
                 }
                 files.insert(id.path.clone(), lift(f.into_raw_fd(), base)?);
             }

@@ -47,13 +47,18 @@ fn parse_args() -> anyhow::Result<Args> {
 }
 
 fn main() {
-    let status_fd = std::env::args().find_map(|a| a.strip_prefix("--status-fd=").and_then(|v| v.parse().ok())).unwrap_or(3);
-    let err = match parse_args().and_then(|a| run(a)) {
+    let status_fd = std::env::args()
+        .find_map(|a| a.strip_prefix("--status-fd=").and_then(|v| v.parse().ok()))
+        .unwrap_or(3);
+    let err = match parse_args().and_then(run) {
         Ok(never) => match never {},
         Err(e) => e,
     };
     // `run` moved the status fd above the program's fds; the env var tells where.
-    let fd = std::env::var("CKPT_STATUS_FD").ok().and_then(|v| v.parse().ok()).unwrap_or(status_fd);
+    let fd = std::env::var("CKPT_STATUS_FD")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(status_fd);
     let msg = ckpt_proto::restore_status::encode_text(&format!("{err:#}"));
     // SAFETY: writing a buffer we own to the status fd.
     unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
@@ -76,7 +81,10 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let store = fds::lift(unsafe { libc::dup(reader.file().as_raw_fd()) }, base)?;
     let (files, memfds) = fds::mapping_fds(&img, &reader, base)?;
     drop(reader);
-    let exe = std::fs::File::open(&img.exe).ok().map(|f| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(f), base)).transpose()?;
+    let exe = std::fs::File::open(&img.exe)
+        .ok()
+        .map(|f| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(f), base))
+        .transpose()?;
 
     fds::place_fds(&img, control)?;
     std::env::set_current_dir(&img.cwd).with_context(|| format!("cannot enter the working directory {}", img.cwd))?;
@@ -88,11 +96,22 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     all.extend(memfds.values());
     all.extend(exe);
     // The control fd now lives at the program's number; its working copy goes.
-    let working = plan::WorkingFds { status, stores: vec![store], files, memfds, exe, all };
+    let working = plan::WorkingFds {
+        status,
+        stores: vec![store],
+        files,
+        memfds,
+        exe,
+        all,
+    };
 
     let current = procfs::maps(me)?;
     let (ops_bytes, data_bytes) = plan::bounds(&img, &current);
-    let park: u64 = current.iter().filter(|e| e.path.starts_with("[v") && e.path != "[vsyscall]").map(MapEntry::len).sum();
+    let park: u64 = current
+        .iter()
+        .filter(|e| e.path.starts_with("[v") && e.path != "[vsyscall]")
+        .map(MapEntry::len)
+        .sum();
     let size = plan::layout(0, ops_bytes, data_bytes, img.threads.len(), park).size;
     let base_addr = choose_region(&img, &current, size)?;
     let region = plan::layout(base_addr, ops_bytes, data_bytes, img.threads.len(), park);
@@ -106,7 +125,12 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
 fn choose_region(img: &ProcessImage, current: &[MapEntry], size: u64) -> anyhow::Result<u64> {
     const GUARD: u64 = 1 << 20;
     const LOW: u64 = 1 << 32;
-    let stack = img.mappings.iter().find(|m| m.kind == ckpt_format::MappingKind::Stack).map(|m| m.start).unwrap_or(0x7ff0_0000_0000);
+    let stack = img
+        .mappings
+        .iter()
+        .find(|m| m.kind == ckpt_format::MappingKind::Stack)
+        .map(|m| m.start)
+        .unwrap_or(0x7ff0_0000_0000);
     let limit = stack.saturating_sub(1 << 30);
     let mut used: Vec<(u64, u64)> = img.mappings.iter().map(|m| (m.start, m.end)).collect();
     used.extend(img.special.iter().map(|s| (s.start, s.end)));
@@ -121,7 +145,8 @@ fn choose_region(img: &ProcessImage, current: &[MapEntry], size: u64) -> anyhow:
         }
         prev_end = prev_end.max(e);
     }
-    best.map(|b| b & !(PAGE_SIZE - 1)).context("no free address range for the restorer")
+    best.map(|b| b & !(PAGE_SIZE - 1))
+        .context("no free address range for the restorer")
 }
 
 fn map_region(r: &plan::Region) -> anyhow::Result<()> {
@@ -146,7 +171,12 @@ fn map_region(r: &plan::Region) -> anyhow::Result<()> {
 
 fn jump(r: &plan::Region, plan: &plan::Plan, status: i32) -> anyhow::Result<Infallible> {
     let code = blob::code();
-    let header = blob::Header { ops: r.ops, main_stack_top: r.stacks + 16 * 1024 - 64, status_fd: status as u64, scratch: [0; 5] };
+    let header = blob::Header {
+        ops: r.ops,
+        main_stack_top: r.stacks + 16 * 1024 - 64,
+        status_fd: status as u64,
+        scratch: [0; 5],
+    };
     // SAFETY: every destination range lies inside the region mapped read-write above, sized by
     // plan::layout from the same bounds the plan was checked against.
     unsafe {
@@ -154,7 +184,12 @@ fn jump(r: &plan::Region, plan: &plan::Plan, status: i32) -> anyhow::Result<Infa
         std::ptr::write(r.header as *mut blob::Header, header);
         std::ptr::copy_nonoverlapping(plan.data.as_ptr(), r.data as *mut u8, plan.data.len());
         std::ptr::copy_nonoverlapping(plan.ops.as_ptr(), r.ops as *mut blob::Op, plan.ops.len());
-        if libc::mprotect(r.base as *mut libc::c_void, PAGE_SIZE as usize, libc::PROT_READ | libc::PROT_EXEC) != 0 {
+        if libc::mprotect(
+            r.base as *mut libc::c_void,
+            PAGE_SIZE as usize,
+            libc::PROT_READ | libc::PROT_EXEC,
+        ) != 0
+        {
             return Err(std::io::Error::last_os_error()).context("mprotect of the restorer code");
         }
         let mut all: libc::sigset_t = std::mem::zeroed();

@@ -62,7 +62,17 @@ pub fn layout(base: u64, ops_bytes: u64, data_bytes: u64, nthreads: usize, park:
     let ops_cap = page_up(ops_bytes);
     let stacks = ops + ops_cap;
     let parkb = stacks + STACK_SIZE * (nthreads as u64 + 1);
-    Region { base, size: parkb + page_up(park) - base, header, data, data_cap: data_bytes, ops, ops_cap, stacks, park: parkb }
+    Region {
+        base,
+        size: parkb + page_up(park) - base,
+        header,
+        data,
+        data_cap: data_bytes,
+        ops,
+        ops_cap,
+        stacks,
+        park: parkb,
+    }
 }
 
 pub struct Plan {
@@ -75,12 +85,17 @@ impl Plan {
     fn sys(&mut self, nr: i64, args: &[u64], flags: u32) {
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
-        self.ops.push(Op { kind: SYSCALL, flags, nr: nr as u64, args: a });
+        self.ops.push(Op {
+            kind: SYSCALL,
+            flags,
+            nr: nr as u64,
+            args: a,
+        });
     }
 
     /// Places bytes in the data area; their address in the restored process.
     fn put(&mut self, bytes: &[u8]) -> u64 {
-        while self.data.len() % 16 != 0 {
+        while !self.data.len().is_multiple_of(16) {
             self.data.push(0);
         }
         let addr = self.region.data + self.data.len() as u64;
@@ -109,7 +124,11 @@ fn merged(runs: &[PageRun]) -> Vec<PageRun> {
     let mut out: Vec<PageRun> = Vec::new();
     for r in runs {
         if let Some(last) = out.last_mut() {
-            if last.store == r.store && last.addr + last.len == r.addr && last.offset + last.len == r.offset && last.len + r.len <= MAX_READ {
+            if last.store == r.store
+                && last.addr + last.len == r.addr
+                && last.offset + last.len == r.offset
+                && last.len + r.len <= MAX_READ
+            {
                 last.len += r.len;
                 continue;
             }
@@ -120,7 +139,11 @@ fn merged(runs: &[PageRun]) -> Vec<PageRun> {
 }
 
 pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &WorkingFds) -> anyhow::Result<Plan> {
-    let mut p = Plan { ops: Vec::new(), data: Vec::new(), region };
+    let mut p = Plan {
+        ops: Vec::new(),
+        data: Vec::new(),
+        region,
+    };
 
     // 1. Unmap everything of the restorer but the region and the kernel's special mappings.
     let mut keep: Vec<(u64, u64)> = vec![(region.base, region.base + region.size)];
@@ -184,7 +207,11 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         };
         flags |= MAP_FIXED | libc::MAP_NORESERVE as u64;
         let fill = !m.pages.is_empty() && !matches!(m.kind, MappingKind::Saved { shmem: true });
-        let first_prot = if fill { (libc::PROT_READ | libc::PROT_WRITE) as u64 } else { prot };
+        let first_prot = if fill {
+            (libc::PROT_READ | libc::PROT_WRITE) as u64
+        } else {
+            prot
+        };
         p.sys(libc::SYS_mmap, &[m.start, len, first_prot, flags, fd, off], 0);
         if fill {
             for r in merged(&m.pages) {
@@ -203,7 +230,12 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
             p.sys(libc::SYS_prctl, &[PR_SET_VMA, 0, m.start, len, addr], IGNORE_ERROR);
         }
     }
-    p.ops.push(Op { kind: POKE, flags: 0, nr: 0, args: [img.restored_flag_addr, 1, 0, 0, 0, 0] });
+    p.ops.push(Op {
+        kind: POKE,
+        flags: 0,
+        nr: 0,
+        args: [img.restored_flag_addr, 1, 0, 0, 0, 0],
+    });
 
     // 4. Process-wide kernel state.
     let mm = &img.mm;
@@ -225,7 +257,11 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         (img.auxv.len() as u64) | (exe_fd << 32),
     ];
     let map_addr = p.put_u64s(&map);
-    p.sys(libc::SYS_prctl, &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_addr, 104, 0], 0);
+    p.sys(
+        libc::SYS_prctl,
+        &[libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, map_addr, 104, 0],
+        0,
+    );
     p.sys(libc::SYS_personality, &[img.personality], IGNORE_ERROR);
     for sa in &img.sigactions {
         let addr = p.put_u64s(&[sa.handler, sa.flags, sa.restorer, sa.mask]);
@@ -233,7 +269,12 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
     }
     for (which, t) in img.itimers.iter().enumerate() {
         if t.value_us != 0 {
-            let v = [t.interval_us / 1_000_000, t.interval_us % 1_000_000, t.value_us / 1_000_000, t.value_us % 1_000_000];
+            let v = [
+                t.interval_us / 1_000_000,
+                t.interval_us % 1_000_000,
+                t.value_us / 1_000_000,
+                t.value_us % 1_000_000,
+            ];
             let addr = p.put_u64s(&v);
             p.sys(libc::SYS_setitimer, &[which as u64, addr, 0], IGNORE_ERROR);
         }
@@ -250,13 +291,20 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
 
     // 5. Threads: each other thread is cloned with its tid and runs its own tail of ops; the
     //    main thread (this one) goes last.
-    let Some((main, others)) = img.threads.split_first() else { bail!("the image has no threads") };
+    let Some((main, others)) = img.threads.split_first() else {
+        bail!("the image has no threads")
+    };
     let mut patches = Vec::new();
     for (i, t) in others.iter().enumerate() {
         let tid_addr = p.put(&(t.tid as i64).to_le_bytes());
         let stack = region.stacks + STACK_SIZE * (i as u64 + 1);
         let args = CloneArgs {
-            flags: (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD | libc::CLONE_SYSVSEM) as u64,
+            flags: (libc::CLONE_VM
+                | libc::CLONE_FS
+                | libc::CLONE_FILES
+                | libc::CLONE_SIGHAND
+                | libc::CLONE_THREAD
+                | libc::CLONE_SYSVSEM) as u64,
             stack,
             stack_size: STACK_SIZE,
             set_tid: tid_addr,
@@ -278,7 +326,12 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         ];
         let addr = p.put_u64s(&raw);
         patches.push(p.ops.len());
-        p.ops.push(Op { kind: THREAD, flags: 0, nr: 0, args: [addr, 88, 0, 0, 0, 0] });
+        p.ops.push(Op {
+            kind: THREAD,
+            flags: 0,
+            nr: 0,
+            args: [addr, 88, 0, 0, 0, 0],
+        });
     }
     thread_tail(&mut p, img, main);
     for sig in 1..=64u64 {
@@ -287,11 +340,21 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         }
     }
     p.sys(libc::SYS_close, &[fds.status as u64], IGNORE_ERROR);
-    p.ops.push(Op { kind: SIGRETURN, flags: 0, nr: 0, args: [main.uc_addr, 0, 0, 0, 0, 0] });
+    p.ops.push(Op {
+        kind: SIGRETURN,
+        flags: 0,
+        nr: 0,
+        args: [main.uc_addr, 0, 0, 0, 0, 0],
+    });
     for (t, at) in others.iter().zip(patches) {
         p.ops[at].args[2] = p.ops.len() as u64;
         thread_tail(&mut p, img, t);
-        p.ops.push(Op { kind: SIGRETURN, flags: 0, nr: 0, args: [t.uc_addr, 0, 0, 0, 0, 0] });
+        p.ops.push(Op {
+            kind: SIGRETURN,
+            flags: 0,
+            nr: 0,
+            args: [t.uc_addr, 0, 0, 0, 0, 0],
+        });
     }
 
     if p.data.len() as u64 > region.data_cap || (p.ops.len() * std::mem::size_of::<Op>()) as u64 > region.ops_cap {
@@ -308,10 +371,18 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) {
     }
     p.sys(libc::SYS_arch_prctl, &[0x1002 /* ARCH_SET_FS */, t.fs_base], 0);
     if t.gs_base != 0 {
-        p.sys(libc::SYS_arch_prctl, &[0x1001 /* ARCH_SET_GS */, t.gs_base], IGNORE_ERROR);
+        p.sys(
+            libc::SYS_arch_prctl,
+            &[0x1001 /* ARCH_SET_GS */, t.gs_base],
+            IGNORE_ERROR,
+        );
     }
     if t.rseq_addr != 0 {
-        p.sys(libc::SYS_rseq, &[t.rseq_addr, t.rseq_len as u64, 0, t.rseq_sig as u64], IGNORE_ERROR);
+        p.sys(
+            libc::SYS_rseq,
+            &[t.rseq_addr, t.rseq_len as u64, 0, t.rseq_sig as u64],
+            IGNORE_ERROR,
+        );
     }
     let name = p.put_cstr(&t.comm);
     p.sys(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name], IGNORE_ERROR);
@@ -325,7 +396,15 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) {
         let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
         let gaddr = p.put(&groups);
         p.sys(libc::SYS_setgroups, &[c.groups.len() as u64, gaddr], 0);
-        p.sys(libc::SYS_setresgid, &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64], 0);
-        p.sys(libc::SYS_setresuid, &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64], 0);
+        p.sys(
+            libc::SYS_setresgid,
+            &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64],
+            0,
+        );
+        p.sys(
+            libc::SYS_setresuid,
+            &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64],
+            0,
+        );
     }
 }

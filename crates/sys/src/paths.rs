@@ -39,7 +39,9 @@ pub fn default_store() -> PathBuf {
 /// the restorer), so nothing needs installing.
 pub fn sibling(name: &str) -> std::io::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().ok_or_else(|| std::io::Error::other("executable has no directory"))?;
+    let dir = exe
+        .parent()
+        .ok_or_else(|| std::io::Error::other("executable has no directory"))?;
     let p = dir.join(name);
     if p.exists() {
         Ok(p)

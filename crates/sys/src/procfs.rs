@@ -19,7 +19,10 @@ fn read(path: PathBuf) -> Result<String, ProcError> {
 }
 
 fn parse_err(path: PathBuf, line: &str) -> ProcError {
-    ProcError::Parse { path, line: line.chars().take(200).collect() }
+    ProcError::Parse {
+        path,
+        line: line.chars().take(200).collect(),
+    }
 }
 
 /// One line of /proc/PID/maps.
@@ -104,8 +107,15 @@ pub fn stat_mm(pid: i32) -> Result<StatMm, ProcError> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
     let text = read(path.clone())?;
     // The command name may hold spaces and parentheses; fields resume after the last ')'.
-    let rest = text.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| parse_err(path.clone(), &text))?;
-    let f: Vec<u64> = rest.split_whitespace().skip(1).map(|s| s.parse::<i64>().unwrap_or(0) as u64).collect();
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| parse_err(path.clone(), &text))?;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(1)
+        .map(|s| s.parse::<i64>().unwrap_or(0) as u64)
+        .collect();
     // `f[0]` is field 4 (ppid) of proc(5).
     let field = |n: usize| f.get(n - 4).copied().ok_or_else(|| parse_err(path.clone(), &text));
     Ok(StatMm {
@@ -147,7 +157,11 @@ pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
         let v = v.trim();
         let ids = |v: &str| -> [u32; 3] {
             let n: Vec<u32> = v.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-            [n.first().copied().unwrap_or(0), n.get(1).copied().unwrap_or(0), n.get(2).copied().unwrap_or(0)]
+            [
+                n.first().copied().unwrap_or(0),
+                n.get(1).copied().unwrap_or(0),
+                n.get(2).copied().unwrap_or(0),
+            ]
         };
         match k {
             "Umask" => st.umask = u32::from_str_radix(v, 8).unwrap_or(0o022),
@@ -186,7 +200,10 @@ pub fn fdinfo(pid: i32, fd: i32) -> Result<FdInfo, ProcError> {
 
 /// Numeric entries of a /proc directory (tasks, fds), sorted.
 pub fn list_numeric(dir: &str) -> Result<Vec<i32>, ProcError> {
-    let rd = std::fs::read_dir(dir).map_err(|source| ProcError::Io { path: dir.into(), source })?;
+    let rd = std::fs::read_dir(dir).map_err(|source| ProcError::Io {
+        path: dir.into(),
+        source,
+    })?;
     let mut v: Vec<i32> = rd
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse().ok()))
@@ -198,7 +215,10 @@ pub fn list_numeric(dir: &str) -> Result<Vec<i32>, ProcError> {
 pub fn readlink(path: &str) -> Result<String, ProcError> {
     std::fs::read_link(path)
         .map(|p| p.to_string_lossy().into_owned())
-        .map_err(|source| ProcError::Io { path: path.into(), source })
+        .map_err(|source| ProcError::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 /// NUL-separated /proc/PID/cmdline.
@@ -231,7 +251,8 @@ mod tests {
         assert!(e.read && e.write && !e.exec && !e.shared);
         assert_eq!((e.dev_major, e.dev_minor, e.inode, e.offset), (0xfd, 1, 1234, 0x1000));
         assert_eq!(e.path, "/usr/lib/x (deleted)");
-        let v = parse_maps_line("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]").unwrap();
+        let v = parse_maps_line("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]")
+            .unwrap();
         assert_eq!(v.path, "[vsyscall]");
         let a = parse_maps_line("55d0-55e0 rw-p 00000000 00:00 0").unwrap();
         assert_eq!(a.path, "");

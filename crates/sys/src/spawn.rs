@@ -39,7 +39,13 @@ pub fn describe_pid(pid: i32) -> String {
 
 /// Forks and execs `prog` as pid `pid`, in a new session. In the child, fd `i` is `fds[i]` and
 /// every other fd is closed; the signal mask is emptied.
-pub fn spawn_with_pid(pid: i32, prog: &CStr, argv: &[CString], envp: &[CString], fds: &[RawFd]) -> Result<i32, SpawnError> {
+pub fn spawn_with_pid(
+    pid: i32,
+    prog: &CStr,
+    argv: &[CString],
+    envp: &[CString],
+    fds: &[RawFd],
+) -> Result<i32, SpawnError> {
     // Everything the child touches is prepared here: after clone3 only async-signal-safe calls.
     let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
     argv_p.push(std::ptr::null());
@@ -56,7 +62,13 @@ pub fn spawn_with_pid(pid: i32, prog: &CStr, argv: &[CString], envp: &[CString],
 
     // SAFETY: a fork-like clone3 (no CLONE_VM): the child gets a copy of this address space and
     // runs only the raw calls below before execve or _exit.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
     if ret == 0 {
         // SAFETY: child side; only async-signal-safe libc calls on data prepared before clone3.
         unsafe {
@@ -68,8 +80,8 @@ pub fn spawn_with_pid(pid: i32, prog: &CStr, argv: &[CString], envp: &[CString],
                     libc::_exit(126);
                 }
             }
-            for i in 0..fds.len().min(16) {
-                if libc::dup2(tmp[i], i as i32) < 0 {
+            for (i, &t) in tmp.iter().enumerate().take(fds.len().min(16)) {
+                if libc::dup2(t, i as i32) < 0 {
                     libc::_exit(126);
                 }
             }
