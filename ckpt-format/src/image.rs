@@ -219,6 +219,39 @@ pub enum FdKind {
     },
     /// The interposer's connection to ckptd.
     Control,
+    /// A listening TCP socket, bound again at restore.
+    TcpListen {
+        local: String,
+        opts: SockOpts,
+    },
+    /// A connected TCP socket. `queued` are the bytes that had arrived but were not read yet:
+    /// at restore they are delivered first. `sent`/`received` are the kernel's byte counts at the
+    /// checkpoint, which the manager matched between the two ends.
+    TcpConn {
+        local: String,
+        peer: String,
+        sent: u64,
+        received: u64,
+        queued: Vec<u8>,
+        opts: SockOpts,
+    },
+    /// A UDP socket, bound (and connected) again at restore; datagrams in flight may be lost.
+    Udp {
+        local: String,
+        peer: Option<String>,
+        opts: SockOpts,
+    },
+}
+
+/// Socket options carried over to the re-created socket.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SockOpts {
+    pub nodelay: bool,
+    pub keepalive: bool,
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub rcvbuf: u32,
+    pub sndbuf: u32,
 }
 
 impl FdKind {
@@ -230,7 +263,26 @@ impl FdKind {
             FdKind::Stdio { what } => format!("stdio ({what})"),
             FdKind::Tty { path } => format!("tty {path}"),
             FdKind::Control => "ckpt control socket".to_string(),
+            FdKind::TcpListen { local, .. } => format!("tcp listen {local}"),
+            FdKind::TcpConn {
+                local, peer, queued, ..
+            } => {
+                format!("tcp {local} -> {peer} ({} bytes queued unread)", queued.len())
+            }
+            FdKind::Udp { local, peer, .. } => match peer {
+                Some(p) => format!("udp {local} -> {p}"),
+                None => format!("udp {local}"),
+            },
         }
+    }
+}
+
+impl FdKind {
+    pub fn is_socket(&self) -> bool {
+        matches!(
+            self,
+            FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. }
+        )
     }
 }
 

@@ -71,6 +71,18 @@ impl Store {
             .collect())
     }
 
+    /// The directory of checkpoint `id` (committed or in progress), created if missing: a
+    /// node writes its part there.
+    pub fn dir_for(&self, id: &str) -> Result<CheckpointDir, FormatError> {
+        let valid = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid {
+            return Err(FormatError::UnknownId { id: id.to_string() });
+        }
+        let dir = self.dir(id);
+        std::fs::create_dir_all(&dir.path).map_err(|e| FormatError::io(&dir.path, e))?;
+        Ok(dir)
+    }
+
     /// Writes the manifest: from this instant the checkpoint is restorable.
     pub fn commit(&self, dir: &CheckpointDir, manifest: &Manifest) -> Result<(), FormatError> {
         write_record(&dir.manifest_path(), RecordKind::Manifest, manifest)?;

@@ -1,11 +1,10 @@
 //! `ckptd`: the ckpt daemon. On a single host it is both the node (registry of local programs,
 //! local checkpoints and restores) and the manager.
 
-mod checkpoint;
 mod dump;
+mod manager;
 mod node;
 mod registry;
-mod restore;
 mod server;
 
 use anyhow::{bail, Context};
@@ -31,6 +30,15 @@ struct Args {
     /// Name of this host in checkpoints [default: the hostname]
     #[arg(long)]
     host_name: Option<String>,
+    /// Also take the manager role and accept nodes on ADDR (host:port)
+    #[arg(long, value_name = "ADDR", conflicts_with = "join")]
+    manager_listen: Option<String>,
+    /// Join the manager at HOST:PORT as a node
+    #[arg(long, value_name = "HOST:PORT")]
+    join: Option<String>,
+    /// File holding the cluster secret (required with --manager-listen or --join)
+    #[arg(long, value_name = "FILE")]
+    secret: Option<PathBuf>,
 }
 
 fn main() {
@@ -80,14 +88,37 @@ fn run(args: Args) -> anyhow::Result<()> {
     // Restored programs are our children; so are their orphans.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
-    let node = Arc::new(node::Node {
-        host: args.host_name.unwrap_or_else(ckpt_sys::paths::hostname),
-        store,
-        registry: Default::default(),
-        busy: Default::default(),
-        restorer,
-        reaper: Default::default(),
-    });
+    let host = args.host_name.unwrap_or_else(ckpt_sys::paths::hostname);
+    let node = Arc::new(node::Node::new(host, store, restorer));
+    let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
+        (Some(p), _) => manager::auth::load_secret(p)?,
+        (None, true) => bail!("--manager-listen and --join need --secret FILE (the same cluster secret on every node)"),
+        (None, false) => Vec::new(),
+    };
+    let role = match &args.join {
+        Some(addr) => {
+            let (n, a, s) = (node.clone(), addr.clone(), secret.clone());
+            std::thread::Builder::new()
+                .name("join".into())
+                .spawn(move || manager::link::join(n, a, s))?;
+            server::Role::Joined {
+                manager: addr.clone(),
+                secret,
+            }
+        }
+        None => {
+            let m = Arc::new(manager::Manager::new(node.clone(), secret));
+            if let Some(addr) = &args.manager_listen {
+                let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+                tracing::info!(addr, "manager listening for nodes");
+                let m = m.clone();
+                std::thread::Builder::new()
+                    .name("manager".into())
+                    .spawn(move || manager::link::serve(m, l))?;
+            }
+            server::Role::Manager(m)
+        }
+    };
     {
         let node = node.clone();
         std::thread::Builder::new()
@@ -95,10 +126,13 @@ fn run(args: Args) -> anyhow::Result<()> {
             .spawn(move || node.reaper.run())?;
     }
     {
-        let node = node.clone();
+        let ctx = Arc::new(server::Ctx {
+            node: node.clone(),
+            role,
+        });
         std::thread::Builder::new()
             .name("server".into())
-            .spawn(move || server::serve(node, listener))?;
+            .spawn(move || server::serve(ctx, listener))?;
     }
     tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, "ckptd ready");
     let sig = stop.wait()?;

@@ -1,19 +1,30 @@
 //! The local Unix socket: programs register here, `ckptctl` and `ckpt-run` ask here.
 
+use crate::manager::{link, Manager};
 use crate::node::Node;
-use crate::{checkpoint, restore};
-use ckpt_proto::{AppMsg, CtlReply, CtlRequest, Hello, NodeMsg, ProcessStatus, Welcome, PROTO_VERSION};
+use ckpt_proto::{AppMsg, CtlReply, CtlRequest, Hello, NodeMsg, Welcome, PROTO_VERSION};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::Arc;
 
-pub fn serve(node: Arc<Node>, listener: UnixListener) {
+/// Who answers `ckptctl`: the manager in this daemon, or the one this node joined.
+pub enum Role {
+    Manager(Arc<Manager>),
+    Joined { manager: String, secret: Vec<u8> },
+}
+
+pub struct Ctx {
+    pub node: Arc<Node>,
+    pub role: Role,
+}
+
+pub fn serve(ctx: Arc<Ctx>, listener: UnixListener) {
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
-        let node = node.clone();
+        let ctx = ctx.clone();
         let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
-            if let Err(e) = handle(&node, conn) {
+            if let Err(e) = handle(&ctx, conn) {
                 tracing::debug!("connection ended: {e:#}");
             }
         });
@@ -23,7 +34,8 @@ pub fn serve(node: Arc<Node>, listener: UnixListener) {
     }
 }
 
-fn handle(node: &Node, s: UnixStream) -> anyhow::Result<()> {
+fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
+    let node = &ctx.node;
     let cred = getsockopt(&s, PeerCredentials)?;
     let (hello, _) = ckpt_proto::recv::<Hello>(&s)?;
     let version = match hello {
@@ -64,7 +76,7 @@ fn handle(node: &Node, s: UnixStream) -> anyhow::Result<()> {
                         message: format!("permission denied: uid {} may not control this ckptd", cred.uid()),
                     }
                 } else {
-                    answer(node, req, fds)
+                    answer(ctx, req, fds)
                 };
                 ckpt_proto::send(&s, &reply, &[])?;
             }
@@ -73,51 +85,23 @@ fn handle(node: &Node, s: UnixStream) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn answer(node: &Node, req: CtlRequest, fds: Vec<OwnedFd>) -> CtlReply {
-    let err = |e: anyhow::Error| CtlReply::Error {
-        message: format!("{e:#}"),
-    };
-    match req {
-        CtlRequest::Ping => CtlReply::Pong { version: PROTO_VERSION },
-        CtlRequest::Checkpoint => checkpoint::checkpoint(node)
-            .map(CtlReply::Checkpointed)
-            .unwrap_or_else(err),
-        CtlRequest::List => match node.store.list() {
-            Ok(list) => CtlReply::List(list.iter().map(Into::into).collect()),
-            Err(e) => err(e.into()),
-        },
-        CtlRequest::Show { id } => show(node, &id).unwrap_or_else(err),
-        CtlRequest::Status => CtlReply::Status(
-            node.registry
-                .alive()
-                .iter()
-                .map(|p| ProcessStatus {
-                    host: node.host.clone(),
-                    pid: p.reg.pid,
-                    exe: p.reg.exe.clone(),
-                    args: p.reg.args.clone(),
-                    threads: ckpt_sys::procfs::stat_mm(p.reg.pid)
-                        .map(|s| s.num_threads as u32)
-                        .unwrap_or(0),
-                    restored_from: p.restored_from.clone(),
-                })
-                .collect(),
-        ),
-        CtlRequest::Restore { id } => match restore::restore(node, &id, fds) {
-            Ok(pids) => CtlReply::Restored { id, pids },
-            Err(e) => err(e),
-        },
-        CtlRequest::Delete { id } => {
-            let _busy = node.busy.lock().unwrap_or_else(|e| e.into_inner());
-            match node.store.get(&id).and_then(|(dir, _)| node.store.remove(&dir)) {
-                Ok(()) => CtlReply::Deleted { id },
-                Err(e) => err(e.into()),
-            }
+fn answer(ctx: &Ctx, req: CtlRequest, fds: Vec<OwnedFd>) -> CtlReply {
+    if let CtlRequest::Restore { .. } = req {
+        // Programs restored on this host get the requester's stdio.
+        *ctx.node.restore_stdio.lock().unwrap_or_else(|e| e.into_inner()) = fds;
+    }
+    match &ctx.role {
+        Role::Manager(m) => m.answer(req),
+        Role::Joined { .. } if matches!(req, CtlRequest::Ping) => CtlReply::Pong { version: PROTO_VERSION },
+        Role::Joined { manager, secret } => {
+            link::forward(manager, secret, &ctx.node.host, &req).unwrap_or_else(|e| CtlReply::Error {
+                message: format!("{e:#}"),
+            })
         }
     }
 }
 
-fn show(node: &Node, id: &str) -> anyhow::Result<CtlReply> {
+pub fn show(node: &Node, id: &str) -> anyhow::Result<CtlReply> {
     let (dir, manifest) = node.store.get(id)?;
     let mut images = Vec::new();
     for (host, p) in manifest.processes() {

@@ -1,7 +1,7 @@
 //! Registration with ckptd and the control thread that serves it.
 
 use crate::checkpoint::{self, CONTROL_FD, CONTROL_TID, PARK_SIGNAL, RSEQ_OFFSET, RSEQ_SIZE, SLOTS};
-use crate::{signals, sys};
+use crate::{gate, signals, sys};
 use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::{AppMsg, Hello, NodeMsg, Registration, Welcome, PROTO_VERSION};
 use std::mem::ManuallyDrop;
@@ -84,29 +84,54 @@ fn register(path: &std::path::Path) -> Result<UnixStream, String> {
 /// The control thread: waits for ckptd's requests, one at a time.
 fn serve() {
     CONTROL_TID.store(sys::gettid(), Release);
+    gate::bypass_this_thread();
+    let mut gated = false;
     loop {
         // The socket may be replaced under us by a restore (same fd number, new peer), so the
         // stream is rebuilt from the fd number for every message.
         let fd = CONTROL_FD.load(Acquire);
         // SAFETY: fd is our control connection; ManuallyDrop keeps it open.
         let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        // A program never stays gated for long without word from ckptd.
+        if gated && !readable(fd, GATED_MAX_MS) {
+            gate::open();
+            gated = false;
+            continue;
+        }
         let msg = match ckpt_proto::recv::<NodeMsg>(&stream) {
             Ok((m, _)) => m,
             // ckptd went away: the program carries on, uncontrolled.
-            Err(_) => return,
+            Err(_) => {
+                gate::open();
+                return;
+            }
         };
         let reply = match msg {
-            NodeMsg::Park { timeout_ms } => match checkpoint::park_all(timeout_ms) {
-                Ok(()) => {
-                    if SLOTS.take_restored() {
-                        Some(AppMsg::Restored { pid: sys::getpid() })
-                    } else {
-                        None
-                    }
+            NodeMsg::CommStop { timeout_ms } => {
+                gated = gate::shut(timeout_ms);
+                Some(if gated {
+                    AppMsg::CommStopped
+                } else {
+                    AppMsg::CommStopFailed
+                })
+            }
+            NodeMsg::CommResume | NodeMsg::Resume | NodeMsg::Abort => {
+                gate::open();
+                gated = false;
+                None
+            }
+            NodeMsg::Park { timeout_ms } => {
+                let parked = checkpoint::park_all(timeout_ms);
+                // Whether it was read, aborted or restored, communication resumes now.
+                gate::open();
+                gated = false;
+                match parked {
+                    Ok(()) if SLOTS.take_restored() => Some(AppMsg::Restored { pid: sys::getpid() }),
+                    Ok(()) => None,
+                    Err((reason, tid)) => Some(AppMsg::ParkFailed { reason, tid }),
                 }
-                Err((reason, tid)) => Some(AppMsg::ParkFailed { reason, tid }),
-            },
-            NodeMsg::Registered | NodeMsg::Resume | NodeMsg::Abort => None,
+            }
+            NodeMsg::Registered => None,
         };
         if let Some(reply) = reply {
             let fd = CONTROL_FD.load(Acquire);
@@ -116,6 +141,25 @@ fn serve() {
                 return;
             }
         }
+    }
+}
+
+/// How long the gate may stay shut without a message from ckptd.
+const GATED_MAX_MS: i32 = 120_000;
+
+fn readable(fd: i32, timeout_ms: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: pfd is a valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        if r < 0 && sys::errno() == libc::EINTR {
+            continue;
+        }
+        return r > 0;
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod checkpoint;
 mod control;
+mod gate;
 mod signals;
 mod sys;
 

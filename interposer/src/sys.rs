@@ -73,8 +73,9 @@ pub fn now_ns() -> u64 {
 /// Writes all of `buf` to `fd`.
 pub fn write_all(fd: i32, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
+        // Raw syscall: libc's write is our own gated wrapper.
         // SAFETY: buf is a valid readable slice.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        let n = unsafe { libc::syscall(libc::SYS_write, fd, buf.as_ptr(), buf.len()) };
         if n < 0 && errno() == libc::EINTR {
             continue;
         }
@@ -104,7 +105,7 @@ pub fn read_exact_timeout(fd: i32, buf: &mut [u8], timeout_ms: i32) -> bool {
             return false;
         }
         // SAFETY: the destination range is inside buf.
-        let n = unsafe { libc::read(fd, buf[got..].as_mut_ptr().cast(), buf.len() - got) };
+        let n = unsafe { libc::syscall(libc::SYS_read, fd, buf[got..].as_mut_ptr(), buf.len() - got) };
         if n < 0 && errno() == libc::EINTR {
             continue;
         }

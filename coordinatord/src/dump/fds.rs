@@ -88,7 +88,7 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
         } else if ft.is_fifo() {
             return Err(unsupported(format!("a pipe ({target})")));
         } else if ft.is_socket() {
-            return Err(unsupported(format!("a socket ({target})")));
+            super::sockets::dump_socket(pid, fd, &target)?
         } else if let Some(inner) = target.strip_prefix("anon_inode:") {
             let name = inner.trim_start_matches('[').trim_end_matches(']');
             return Err(unsupported(format!("an {name} ({target})")));
@@ -99,6 +99,7 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
         let key = (meta.dev(), meta.ino());
         let dup_of = match kind {
             FdKind::Control | FdKind::Stdio { .. } => None,
+            ref k if k.is_socket() => None,
             _ => ids
                 .iter()
                 .find(|(other, d, i)| (*d, *i) == key && kcmp_same_file(pid, *other, fd))

@@ -3,6 +3,7 @@
 
 mod fds;
 mod memory;
+pub mod sockets;
 mod state;
 
 use ckpt_format::{FormatError, PageStoreWriter, ProcessImage};

@@ -50,6 +50,10 @@ pub enum AppMsg {
     Restored {
         pid: i32,
     },
+    /// Phase 1 done: the gate is shut and no send-family call is in the kernel.
+    CommStopped,
+    /// A send stayed blocked in the kernel past the timeout; the gate is open again.
+    CommStopFailed,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,6 +67,12 @@ pub enum ParkFailure {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum NodeMsg {
     Registered,
+    /// Phase 1: shut the communication gate and answer `CommStopped`.
+    CommStop {
+        timeout_ms: u32,
+    },
+    /// Open the gate again (the checkpoint was aborted before phase 2).
+    CommResume,
     /// Park every thread (stop the world) and answer `Parked`.
     Park {
         timeout_ms: u32,
@@ -159,4 +169,117 @@ pub enum CtlReply {
     Error {
         message: String,
     },
+}
+
+/// One end of a TCP connection as phase 1 saw it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConnEnd {
+    pub pid: i32,
+    pub fd: i32,
+    pub local: String,
+    pub peer: String,
+    /// Bytes the program handed to the kernel.
+    pub sent: u64,
+    /// Bytes that arrived at its host.
+    pub received: u64,
+}
+
+/// One TCP end to re-create at restore. An end with `local < peer` accepts the new connection
+/// (on `acceptor`), the other end connects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestoreEnd {
+    pub local: String,
+    pub peer: String,
+    pub acceptor: Option<String>,
+}
+
+/// What the manager decided for one end: connect to the peer's acceptor, accept, or come back
+/// closed (the peer is not in the checkpoint).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum EndPlan {
+    Connect { to: String },
+    Accept,
+    Closed,
+}
+
+/// Manager → node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum ToNode {
+    Phase1 {
+        id: String,
+    },
+    /// For each (local, peer) end of this node, the bytes its peer has sent.
+    Phase2 {
+        id: String,
+        expect: Vec<(String, String, u64)>,
+    },
+    Finish {
+        id: String,
+        commit: bool,
+    },
+    Status,
+    RestorePrepare {
+        id: String,
+    },
+    RestoreConnect {
+        id: String,
+        plan: Vec<(String, String, EndPlan)>,
+    },
+    RestoreAbort {
+        id: String,
+    },
+}
+
+/// Node → manager.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum FromNode {
+    Phase1Done { ends: Vec<ConnEnd> },
+    Phase2Done { processes: Vec<ckpt_format::ProcessEntry> },
+    Done,
+    Status(Vec<ProcessStatus>),
+    RestorePrepared { ends: Vec<RestoreEnd> },
+    Restored { pids: Vec<i32> },
+    Failed { message: String },
+}
+
+/// First message on a TCP connection to the manager.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerHello {
+    /// A node joining the cluster.
+    Node { version: u32, host: String },
+    /// A node forwarding a `ckptctl` request.
+    Ctl { version: u32, host: String },
+}
+
+/// The manager's answer: a challenge to prove knowledge of the cluster secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Challenge {
+    Nonce { version: u32, nonce: Vec<u8> },
+    Refused { reason: String },
+}
+
+/// The peer's proof (HMAC of the manager's nonce) and its own nonce for the manager.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Proof {
+    pub mac: Vec<u8>,
+    pub nonce: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum AuthResult {
+    /// The manager's proof over the peer's nonce.
+    Accepted {
+        mac: Vec<u8>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+/// Restorer ← ckptd, on the control socket before anything else: re-created sockets for the
+/// program, with the fd numbers they take (the fds ride along).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SocketFds {
+    pub numbers: Vec<i32>,
+    pub last: bool,
 }

@@ -57,8 +57,33 @@ fn rewind_written(path: &str, size: u64, tail_len: u64, tail_crc: u32) -> anyhow
     Ok(())
 }
 
-/// Puts every fd of the image at its number. `working` are fds to keep above all of them.
-pub fn place_fds(img: &ProcessImage, control: RawFd) -> anyhow::Result<()> {
+/// Receives the sockets ckptd re-created for the program: fd number in the program → fd here,
+/// each moved to `base` or above.
+pub fn receive_sockets(control: RawFd, base: RawFd) -> anyhow::Result<HashMap<i32, RawFd>> {
+    // SAFETY: borrowing the control fd for the duration of this call.
+    let s = std::mem::ManuallyDrop::new(unsafe {
+        <std::os::unix::net::UnixStream as std::os::fd::FromRawFd>::from_raw_fd(control)
+    });
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut out = HashMap::new();
+    loop {
+        let (msg, fds): (ckpt_proto::SocketFds, _) = ckpt_proto::recv(&s).context("receiving sockets from ckptd")?;
+        if msg.numbers.len() != fds.len() {
+            bail!("ckptd sent {} socket numbers with {} fds", msg.numbers.len(), fds.len());
+        }
+        for (n, fd) in msg.numbers.into_iter().zip(fds) {
+            out.insert(n, lift(fd.into_raw_fd(), base)?);
+        }
+        if msg.last {
+            break;
+        }
+    }
+    s.set_read_timeout(None)?;
+    Ok(out)
+}
+
+/// Puts every fd of the image at its number. `sockets` are the re-created sockets by number.
+pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawFd>) -> anyhow::Result<()> {
     let wanted: Vec<i32> = img.fds.iter().map(|f| f.fd).collect();
     for f in &img.fds {
         let src = match &f.kind {
@@ -84,6 +109,15 @@ pub fn place_fds(img: &ProcessImage, control: RawFd) -> anyhow::Result<()> {
             }
             FdKind::Dir { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
+            FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. } => match sockets.get(&f.fd) {
+                Some(&s) => {
+                    // The program's file flags (O_NONBLOCK…) on the new socket.
+                    // SAFETY: F_SETFL on a socket we hold.
+                    unsafe { libc::fcntl(s, libc::F_SETFL, f.flags) };
+                    s
+                }
+                None => bail!("ckptd sent no socket for fd {}", f.fd),
+            },
         };
         let src = match f.dup_of {
             Some(other) => other,

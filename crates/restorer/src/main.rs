@@ -76,6 +76,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let status = fds::lift(args.status_fd, base)?;
     std::env::set_var("CKPT_STATUS_FD", status.to_string());
     let control = fds::lift(args.control_fd, base)?;
+    let sockets = fds::receive_sockets(control, base)?;
     let reader = PageStoreReader::open(&args.pages, img.pages_len)?;
     // SAFETY: dup of an fd the reader holds.
     let store = fds::lift(unsafe { libc::dup(reader.file().as_raw_fd()) }, base)?;
@@ -86,7 +87,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         .map(|f| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(f), base))
         .transpose()?;
 
-    fds::place_fds(&img, control)?;
+    fds::place_fds(&img, control, &sockets)?;
     std::env::set_current_dir(&img.cwd).with_context(|| format!("cannot enter the working directory {}", img.cwd))?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(img.umask) };

@@ -1,4 +1,10 @@
-//! The node: this host's registry, store and the child processes it restored.
+//! The node (process manager): this host's registry of programs, its part of each checkpoint
+//! and restore, and the child processes it restored.
+
+mod handle;
+mod netrestore;
+mod phases;
+mod restore;
 
 use crate::registry::Registry;
 use ckpt_format::Store;
@@ -11,11 +17,33 @@ pub struct Node {
     pub host: String,
     pub store: Store,
     pub registry: Registry,
-    /// One checkpoint or restore at a time on this node.
-    pub busy: Mutex<()>,
     /// The restorer binary, shipped next to ckptd.
     pub restorer: PathBuf,
     pub reaper: Reaper,
+    /// The checkpoint between phase 1 and its end, on this node.
+    pub pending: Mutex<Option<phases::Pending>>,
+    /// The restore between its prepare and connect steps.
+    pub pending_restore: Mutex<Option<restore::PendingRestore>>,
+    /// Processes restored by the last restore, to take back if it is aborted elsewhere.
+    pub last_restored: Mutex<(String, Vec<i32>)>,
+    /// stdio handed over by a local `ckptctl restore`, for the processes restored here.
+    pub restore_stdio: Mutex<Vec<std::os::fd::OwnedFd>>,
+}
+
+impl Node {
+    pub fn new(host: String, store: Store, restorer: PathBuf) -> Self {
+        Self {
+            host,
+            store,
+            registry: Default::default(),
+            restorer,
+            reaper: Default::default(),
+            pending: Default::default(),
+            pending_restore: Default::default(),
+            last_restored: Default::default(),
+            restore_stdio: Default::default(),
+        }
+    }
 }
 
 /// Collects the exit status of every child (restored programs are children of ckptd).

@@ -1,0 +1,296 @@
+//! The system manager: runs both phases of a checkpoint against every node, matches the two
+//! ends of each connection, commits or aborts everywhere; drives restores the same way. On a
+//! single host it drives the embedded node only.
+
+pub mod auth;
+pub mod link;
+
+use crate::node::Node;
+use anyhow::{anyhow, bail, Context};
+use ckpt_format::{HostEntry, Manifest};
+use ckpt_proto::{CheckpointReport, CtlReply, CtlRequest, EndPlan, FromNode, ToNode};
+use link::RemoteNode;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub struct Manager {
+    pub node: Arc<Node>,
+    pub secret: Vec<u8>,
+    remotes: Mutex<Vec<Arc<RemoteNode>>>,
+    /// One checkpoint or restore at a time in the cluster.
+    busy: Mutex<()>,
+}
+
+#[derive(Clone)]
+enum Target {
+    Local(Arc<Node>),
+    Remote(Arc<RemoteNode>),
+}
+
+impl Target {
+    fn host(&self) -> &str {
+        match self {
+            Target::Local(n) => &n.host,
+            Target::Remote(r) => &r.host,
+        }
+    }
+
+    fn call(&self, req: &ToNode) -> anyhow::Result<FromNode> {
+        let r = match self {
+            Target::Local(n) => n.handle(req.clone()),
+            Target::Remote(r) => r.call(req)?,
+        };
+        match r {
+            FromNode::Failed { message } => Err(anyhow!(message)),
+            ok => Ok(ok),
+        }
+    }
+}
+
+/// Calls every target at once; results in the targets' order.
+fn par<F>(targets: &[Target], f: F) -> Vec<anyhow::Result<FromNode>>
+where
+    F: Fn(&Target) -> ToNode + Sync,
+{
+    std::thread::scope(|s| {
+        let hs: Vec<_> = targets.iter().map(|t| s.spawn(|| t.call(&f(t)))).collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("manager thread panicked"))))
+            .collect()
+    })
+}
+
+fn first_error(rs: Vec<anyhow::Result<FromNode>>) -> anyhow::Result<Vec<FromNode>> {
+    rs.into_iter().collect()
+}
+
+impl Manager {
+    pub fn new(node: Arc<Node>, secret: Vec<u8>) -> Self {
+        Self {
+            node,
+            secret,
+            remotes: Mutex::new(Vec::new()),
+            busy: Mutex::new(()),
+        }
+    }
+
+    pub fn add_remote(&self, r: Arc<RemoteNode>) {
+        let mut v = self.remotes.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|x| x.host != r.host);
+        v.push(r);
+    }
+
+    fn targets(&self) -> Vec<Target> {
+        let mut v = self.remotes.lock().unwrap_or_else(|e| e.into_inner());
+        v.retain(|r| r.is_connected());
+        let mut t = vec![Target::Local(self.node.clone())];
+        t.extend(v.iter().cloned().map(Target::Remote));
+        t
+    }
+
+    pub fn answer(&self, req: CtlRequest) -> CtlReply {
+        let err = |e: anyhow::Error| CtlReply::Error {
+            message: format!("{e:#}"),
+        };
+        match req {
+            CtlRequest::Ping => CtlReply::Pong {
+                version: ckpt_proto::PROTO_VERSION,
+            },
+            CtlRequest::Checkpoint => self.checkpoint().map(CtlReply::Checkpointed).unwrap_or_else(err),
+            CtlRequest::Restore { id } => self
+                .restore(&id)
+                .map(|pids| CtlReply::Restored { id, pids })
+                .unwrap_or_else(err),
+            CtlRequest::Status => {
+                let rs = par(&self.targets(), |_| ToNode::Status);
+                let mut all = Vec::new();
+                for r in rs {
+                    match r {
+                        Ok(FromNode::Status(s)) => all.extend(s),
+                        Ok(_) => {}
+                        Err(e) => return err(e),
+                    }
+                }
+                CtlReply::Status(all)
+            }
+            CtlRequest::List => match self.node.store.list() {
+                Ok(list) => CtlReply::List(list.iter().map(Into::into).collect()),
+                Err(e) => err(e.into()),
+            },
+            CtlRequest::Show { id } => crate::server::show(&self.node, &id).unwrap_or_else(err),
+            CtlRequest::Delete { id } => {
+                let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+                match self
+                    .node
+                    .store
+                    .get(&id)
+                    .and_then(|(dir, _)| self.node.store.remove(&dir))
+                {
+                    Ok(()) => CtlReply::Deleted { id },
+                    Err(e) => err(e.into()),
+                }
+            }
+        }
+    }
+
+    pub fn checkpoint(&self) -> anyhow::Result<CheckpointReport> {
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let t0 = Instant::now();
+        let targets = self.targets();
+        let dir = self
+            .node
+            .store
+            .begin()
+            .context("cannot create the checkpoint directory")?;
+        let id = dir.id.clone();
+        tracing::info!(id, nodes = targets.len(), "checkpoint: phase 1");
+        let abort = |e: anyhow::Error| -> anyhow::Error {
+            tracing::warn!(id, "checkpoint aborted: {e:#}");
+            let _ = par(&targets, |_| ToNode::Finish {
+                id: id.clone(),
+                commit: false,
+            });
+            let _ = self.node.store.remove(&dir);
+            e
+        };
+
+        // Phase 1: communication stops everywhere; each node reports its connection ends.
+        let p1 = first_error(par(&targets, |_| ToNode::Phase1 { id: id.clone() })).map_err(abort)?;
+        let mut ends = Vec::new();
+        for (t, r) in targets.iter().zip(p1) {
+            if let FromNode::Phase1Done { ends: e } = r {
+                ends.extend(e.into_iter().map(|e| (t.host().to_string(), e)));
+            }
+        }
+        // Each receiving end must get what its peer sent before it is checkpointed.
+        let sent: HashMap<(&str, &str), u64> = ends
+            .iter()
+            .map(|(_, e)| ((e.local.as_str(), e.peer.as_str()), e.sent))
+            .collect();
+        let expect_for = |host: &str| -> Vec<(String, String, u64)> {
+            ends.iter()
+                .filter(|(h, _)| h == host)
+                .filter_map(|(_, e)| {
+                    sent.get(&(e.peer.as_str(), e.local.as_str()))
+                        .map(|&n| (e.local.clone(), e.peer.clone(), n))
+                })
+                .collect()
+        };
+
+        tracing::info!(id, ends = ends.len(), "checkpoint: phase 2");
+        let p2 = first_error(par(&targets, |t| ToNode::Phase2 {
+            id: id.clone(),
+            expect: expect_for(t.host()),
+        }))
+        .map_err(abort)?;
+        let mut hosts = Vec::new();
+        for (t, r) in targets.iter().zip(p2) {
+            if let FromNode::Phase2Done { processes } = r {
+                if !processes.is_empty() {
+                    hosts.push(HostEntry {
+                        host: t.host().to_string(),
+                        processes,
+                    });
+                }
+            }
+        }
+        if hosts.is_empty() {
+            return Err(abort(anyhow!(
+                "no process is registered with ckptd; start programs with ckpt-run first"
+            )));
+        }
+        let duration_us = t0.elapsed().as_micros() as u64;
+        let manifest = Manifest {
+            id: id.clone(),
+            parent: None,
+            created_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            hosts,
+            duration_us,
+        };
+        self.node
+            .store
+            .commit(&dir, &manifest)
+            .context("cannot commit the checkpoint")
+            .map_err(abort)?;
+        let _ = par(&targets, |_| ToNode::Finish {
+            id: id.clone(),
+            commit: true,
+        });
+        let report = CheckpointReport {
+            id: id.clone(),
+            processes: manifest.processes().count() as u32,
+            stored_bytes: manifest.stored_bytes(),
+            duration_us,
+            max_stop_us: manifest.processes().map(|(_, p)| p.stop_us).max().unwrap_or(0),
+        };
+        tracing::info!(
+            id,
+            bytes = report.stored_bytes,
+            us = duration_us,
+            "checkpoint committed"
+        );
+        Ok(report)
+    }
+
+    pub fn restore(&self, id: &str) -> anyhow::Result<Vec<i32>> {
+        let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let (_, manifest) = self.node.store.get(id)?;
+        let all = self.targets();
+        let mut targets = Vec::new();
+        for h in &manifest.hosts {
+            match all.iter().find(|t| t.host() == h.host) {
+                Some(t) => targets.push(t.clone()),
+                None => bail!(
+                    "host {} of checkpoint {id} has no ckptd connected to the manager; start it with --join",
+                    h.host
+                ),
+            }
+        }
+        let abort = |e: anyhow::Error| -> anyhow::Error {
+            tracing::warn!(id, "restore aborted: {e:#}");
+            let _ = par(&targets, |_| ToNode::RestoreAbort { id: id.to_string() });
+            e
+        };
+        let prepared = first_error(par(&targets, |_| ToNode::RestorePrepare { id: id.to_string() })).map_err(abort)?;
+        let mut ends = Vec::new();
+        for (t, r) in targets.iter().zip(prepared) {
+            if let FromNode::RestorePrepared { ends: e } = r {
+                ends.extend(e.into_iter().map(|e| (t.host().to_string(), e)));
+            }
+        }
+        let acceptors: HashMap<(&str, &str), Option<&String>> = ends
+            .iter()
+            .map(|(_, e)| ((e.local.as_str(), e.peer.as_str()), e.acceptor.as_ref()))
+            .collect();
+        let plan_for = |host: &str| -> Vec<(String, String, EndPlan)> {
+            ends.iter()
+                .filter(|(h, _)| h == host)
+                .map(|(_, e)| {
+                    let plan = match acceptors.get(&(e.peer.as_str(), e.local.as_str())) {
+                        None => EndPlan::Closed,
+                        Some(_) if e.acceptor.is_some() => EndPlan::Accept,
+                        Some(Some(to)) => EndPlan::Connect { to: (*to).clone() },
+                        Some(None) => EndPlan::Closed,
+                    };
+                    (e.local.clone(), e.peer.clone(), plan)
+                })
+                .collect()
+        };
+        let restored = first_error(par(&targets, |t| ToNode::RestoreConnect {
+            id: id.to_string(),
+            plan: plan_for(t.host()),
+        }))
+        .map_err(abort)?;
+        Ok(restored
+            .into_iter()
+            .flat_map(|r| match r {
+                FromNode::Restored { pids } => pids,
+                _ => Vec::new(),
+            })
+            .collect())
+    }
+}

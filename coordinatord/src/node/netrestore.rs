@@ -1,0 +1,251 @@
+//! Re-creating the sockets of restored programs. A connection whose two ends are both in the
+//! checkpoint is made anew between the two nodes (one end accepts on a rendezvous listener, the
+//! other connects), then each side sends its own end's unread bytes through the new connection
+//! and the peer writes them straight back, so that they wait in the right receive queue before
+//! the program runs. An end whose peer is not in the checkpoint comes back reset.
+
+use anyhow::{bail, Context};
+use ckpt_format::{FdKind, ProcessImage, SockOpts};
+use ckpt_proto::EndPlan;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::time::Duration;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub type Key = (String, String);
+
+fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) {
+    // SAFETY: passing a pointer to a local int of the right size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        )
+    };
+}
+
+fn apply(fd: RawFd, o: &SockOpts, tcp: bool) {
+    if tcp && o.nodelay {
+        setopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
+    }
+    if o.keepalive {
+        setopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    }
+}
+
+/// A socket of `addr`'s family with SO_REUSEADDR (and SO_REUSEPORT when the program had it).
+fn bound(addr: SocketAddr, ty: i32, reuseport: bool) -> anyhow::Result<OwnedFd> {
+    let dom = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let s = nix::sys::socket::socket(
+        if dom == libc::AF_INET {
+            nix::sys::socket::AddressFamily::Inet
+        } else {
+            nix::sys::socket::AddressFamily::Inet6
+        },
+        if ty == libc::SOCK_STREAM {
+            nix::sys::socket::SockType::Stream
+        } else {
+            nix::sys::socket::SockType::Datagram
+        },
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    if reuseport {
+        setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+    }
+    let sa = nix::sys::socket::SockaddrStorage::from(addr);
+    nix::sys::socket::bind(s.as_raw_fd(), &sa).with_context(|| format!("cannot bind {addr} again"))?;
+    Ok(s)
+}
+
+fn parse(a: &str) -> anyhow::Result<SocketAddr> {
+    a.parse().with_context(|| format!("bad socket address {a}"))
+}
+
+/// The rendezvous listener for an end that accepts: on the end's own address, any port.
+pub fn acceptor(local: &str, queued: usize) -> anyhow::Result<TcpListener> {
+    let mut at = parse(local)?;
+    at.set_port(0);
+    let l = TcpListener::bind(at).with_context(|| format!("cannot listen on {at} to re-create a connection"))?;
+    grow_buffers(l.as_raw_fd(), queued);
+    Ok(l)
+}
+
+/// Room for the unread bytes that will wait in the new socket's queues.
+fn grow_buffers(fd: RawFd, queued: usize) {
+    if queued > 32 << 10 {
+        let n = (queued * 2 + (256 << 10)).min(i32::MAX as usize) as i32;
+        setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, n);
+        setopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, n);
+    }
+}
+
+/// A connected socket already reset by its peer: what a program sees of a connection to a
+/// process that is not in the checkpoint.
+fn reset_socket(local: &str) -> anyhow::Result<TcpStream> {
+    let loopback: SocketAddr = if parse(local)?.is_ipv4() {
+        "127.0.0.1:0".parse()?
+    } else {
+        "[::1]:0".parse()?
+    };
+    let l = TcpListener::bind(loopback)?;
+    let c = TcpStream::connect(l.local_addr()?)?;
+    let (a, _) = l.accept()?;
+    // SO_LINGER 0 makes close send a reset.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: passing a valid linger struct.
+    unsafe {
+        libc::setsockopt(
+            a.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    drop(a);
+    let mut pfd = libc::pollfd {
+        fd: c.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: valid pollfd; waits for the reset to arrive.
+    unsafe { libc::poll(&mut pfd, 1, 1000) };
+    Ok(c)
+}
+
+/// Sends our unread bytes to the peer and writes back the peer's, so each side finds its own.
+fn exchange(s: &TcpStream, ours: &[u8]) -> anyhow::Result<()> {
+    s.set_read_timeout(Some(CONNECT_TIMEOUT))?;
+    s.set_write_timeout(Some(CONNECT_TIMEOUT))?;
+    let theirs = std::thread::scope(|sc| -> anyhow::Result<Vec<u8>> {
+        let w = sc.spawn(|| -> std::io::Result<()> {
+            let mut out = s;
+            out.write_all(&(ours.len() as u64).to_le_bytes())?;
+            out.write_all(ours)
+        });
+        let mut inp = s;
+        let mut len = [0u8; 8];
+        inp.read_exact(&mut len)?;
+        let mut theirs = vec![0u8; u64::from_le_bytes(len) as usize];
+        inp.read_exact(&mut theirs)?;
+        w.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+        Ok(theirs)
+    })?;
+    let mut out = s;
+    out.write_all(&theirs)?;
+    s.set_read_timeout(None)?;
+    s.set_write_timeout(None)?;
+    Ok(())
+}
+
+/// A re-created connection: (pid, fd), the socket, its end's unread bytes, its options.
+type Conn<'a> = ((i32, i32), TcpStream, &'a [u8], SockOpts);
+
+/// Every socket of the images, by (pid, fd number).
+pub fn make_sockets(
+    images: &[&ProcessImage],
+    plan: &HashMap<Key, EndPlan>,
+    listeners: &HashMap<Key, TcpListener>,
+) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
+    let mut out: HashMap<(i32, i32), OwnedFd> = HashMap::new();
+    let mut conns: Vec<Conn> = Vec::new();
+    let mut accepts = Vec::new();
+    for img in images {
+        for f in &img.fds {
+            let id = (img.pid, f.fd);
+            match &f.kind {
+                FdKind::TcpListen { local, opts } => {
+                    let s = bound(parse(local)?, libc::SOCK_STREAM, opts.reuseport)?;
+                    nix::sys::socket::listen(&s, nix::sys::socket::Backlog::new(128)?)?;
+                    setopt(
+                        s.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_REUSEADDR,
+                        opts.reuseaddr as i32,
+                    );
+                    out.insert(id, s);
+                }
+                FdKind::Udp { local, peer, opts } => {
+                    let s = UdpSocket::from(bound(parse(local)?, libc::SOCK_DGRAM, opts.reuseport)?);
+                    if let Some(p) = peer {
+                        s.connect(parse(p)?)?;
+                    }
+                    apply(s.as_raw_fd(), opts, false);
+                    out.insert(id, s.into());
+                }
+                FdKind::TcpConn {
+                    local,
+                    peer,
+                    queued,
+                    opts,
+                    ..
+                } => {
+                    let key = (local.clone(), peer.clone());
+                    match plan.get(&key).unwrap_or(&EndPlan::Closed) {
+                        EndPlan::Connect { to } => {
+                            let to = parse(to)?;
+                            let s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
+                                .with_context(|| format!("cannot re-create connection {local} -> {peer} via {to}"))?;
+                            conns.push((id, s, queued, *opts));
+                        }
+                        EndPlan::Accept => accepts.push((id, key, queued.as_slice(), *opts)),
+                        EndPlan::Closed => {
+                            let s = reset_socket(local)?;
+                            out.insert(id, s.into());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    for (id, key, queued, opts) in accepts {
+        let Some(l) = listeners.get(&key) else {
+            bail!("internal: no rendezvous for {} -> {}", key.0, key.1)
+        };
+        l.set_nonblocking(false)?;
+        let (s, _) = accept_timeout(l, CONNECT_TIMEOUT)
+            .with_context(|| format!("the peer of {} -> {} did not reconnect", key.0, key.1))?;
+        conns.push((id, s, queued, opts));
+    }
+    std::thread::scope(|sc| -> anyhow::Result<()> {
+        let hs: Vec<_> = conns
+            .iter()
+            .map(|(_, s, q, _)| sc.spawn(move || exchange(s, q)))
+            .collect();
+        for h in hs {
+            h.join().map_err(|_| anyhow::anyhow!("exchange panicked"))??;
+        }
+        Ok(())
+    })?;
+    for (id, s, _, opts) in conns {
+        apply(s.as_raw_fd(), &opts, true);
+        out.insert(id, s.into());
+    }
+    Ok(out)
+}
+
+fn accept_timeout(l: &TcpListener, t: Duration) -> anyhow::Result<(TcpStream, SocketAddr)> {
+    let mut pfd = libc::pollfd {
+        fd: l.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: valid pollfd.
+    let r = unsafe { libc::poll(&mut pfd, 1, t.as_millis() as i32) };
+    if r <= 0 {
+        bail!("timed out");
+    }
+    Ok(l.accept()?)
+}

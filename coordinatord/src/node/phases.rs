@@ -1,0 +1,270 @@
+//! The node's part of a checkpoint. Phase 1 shuts the communication gate of every local
+//! program and reports the kernel's byte counts of each TCP connection end. Phase 2 waits
+//! until every byte the peers sent has arrived, parks every local program (the per-host
+//! barrier: intra-host communication stops here), reads each one, lets them all run again and
+//! makes the images durable.
+
+use super::Node;
+use crate::dump::{dump_parked, read_slots, sockets};
+use crate::registry::Proc;
+use anyhow::{anyhow, bail, Context};
+use ckpt_format::{write_record, CheckpointDir, PageStoreWriter, ProcessEntry, ProcessImage, RecordKind};
+use ckpt_proto::{AppMsg, ConnEnd, NodeMsg};
+use std::collections::HashMap;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Duration, Instant};
+
+const COMM_STOP_TIMEOUT_MS: u32 = 10_000;
+const PARK_TIMEOUT_MS: u32 = 10_000;
+/// How long phase 2 waits for bytes in flight to arrive.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A checkpoint between its phases on this node.
+pub struct Pending {
+    pub dir: CheckpointDir,
+    pub procs: Vec<Arc<Proc>>,
+}
+
+fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
+    p.stream.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
+    move |e| anyhow!("process {pid} stopped answering ({e}); it may have exited")
+}
+
+/// Tells every gated program to open its gate again.
+fn reopen(procs: &[Arc<Proc>]) {
+    for p in procs {
+        let _ = ckpt_proto::send(&talk(p), &NodeMsg::CommResume, &[]);
+    }
+}
+
+/// TCP connection ends of the local programs, with the kernel's counts.
+fn conn_ends(procs: &[Arc<Proc>]) -> Vec<ConnEnd> {
+    let mut ends = Vec::new();
+    for p in procs {
+        let pid = p.reg.pid;
+        let Ok(fds) = ckpt_sys::procfs::list_numeric(&format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds {
+            if fd == p.reg.control_fd {
+                continue;
+            }
+            let Ok(target) = ckpt_sys::procfs::readlink(&format!("/proc/{pid}/fd/{fd}")) else {
+                continue;
+            };
+            if !target.starts_with("socket:") {
+                continue;
+            }
+            if let Ok(ckpt_format::FdKind::TcpConn {
+                local,
+                peer,
+                sent,
+                received,
+                ..
+            }) = sockets::dump_socket(pid, fd, &target)
+            {
+                ends.push(ConnEnd {
+                    pid,
+                    fd,
+                    local,
+                    peer,
+                    sent,
+                    received,
+                });
+            }
+        }
+    }
+    ends
+}
+
+impl Node {
+    pub fn phase1(&self, dir: CheckpointDir) -> anyhow::Result<Vec<ConnEnd>> {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pending.as_ref() {
+            bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);
+        }
+        let procs = self.registry.alive();
+        let mut stopped: Vec<Arc<Proc>> = Vec::new();
+        for p in &procs {
+            let pid = p.reg.pid;
+            let r = (|| {
+                let s = talk(p);
+                s.set_read_timeout(Some(Duration::from_millis(COMM_STOP_TIMEOUT_MS as u64 + 10_000)))?;
+                ckpt_proto::send(
+                    &s,
+                    &NodeMsg::CommStop {
+                        timeout_ms: COMM_STOP_TIMEOUT_MS,
+                    },
+                    &[],
+                )
+                .map_err(lost(pid))?;
+                match ckpt_proto::recv::<AppMsg>(&s).map_err(lost(pid))?.0 {
+                    AppMsg::CommStopped => Ok(()),
+                    AppMsg::CommStopFailed => {
+                        bail!("process {pid}: a send stayed blocked in the kernel; its peer does not read")
+                    }
+                    other => bail!("process {pid} answered {other:?} to comm-stop"),
+                }
+            })();
+            if let Err(e) = r {
+                reopen(&stopped);
+                return Err(e.context(format!("host {}", self.host)));
+            }
+            stopped.push(p.clone());
+        }
+        let ends = conn_ends(&stopped);
+        *pending = Some(Pending { dir, procs: stopped });
+        Ok(ends)
+    }
+
+    /// `expect`: for each (local, peer) end, the bytes its peer has sent.
+    pub fn phase2(&self, id: &str, expect: &[(String, String, u64)]) -> anyhow::Result<Vec<ProcessEntry>> {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = pending.as_ref().filter(|p| p.dir.id == id) else {
+            bail!("host {}: checkpoint {id} has no phase 1 here", self.host);
+        };
+        let r = self
+            .drain(&p.procs, expect)
+            .and_then(|_| self.local_checkpoint(&p.dir, &p.procs));
+        r.map_err(|e| e.context(format!("host {}", self.host)))
+    }
+
+    /// Ends the checkpoint on this node: gates open; on abort the images go.
+    pub fn finish(&self, id: &str, commit: bool) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = pending.take_if(|p| p.dir.id == id) {
+            reopen(&p.procs);
+            if !commit && p.dir.path.exists() {
+                let host_dir = p.dir.path.join(&self.host);
+                let _ = std::fs::remove_dir_all(host_dir);
+            }
+        }
+    }
+
+    /// Waits until every byte sent to a local end has arrived at this host.
+    fn drain(&self, procs: &[Arc<Proc>], expect: &[(String, String, u64)]) -> anyhow::Result<()> {
+        if expect.is_empty() {
+            return Ok(());
+        }
+        let want: HashMap<(&str, &str), u64> = expect.iter().map(|(l, p, n)| ((l.as_str(), p.as_str()), *n)).collect();
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        loop {
+            let ends = conn_ends(procs);
+            let short = ends.iter().find(|e| {
+                want.get(&(e.local.as_str(), e.peer.as_str()))
+                    .is_some_and(|&n| e.received < n)
+            });
+            match short {
+                None => return Ok(()),
+                Some(e) if Instant::now() > deadline => bail!(
+                    "process {}: connection {} -> {} received {} of the {} bytes its peer sent",
+                    e.pid,
+                    e.local,
+                    e.peer,
+                    e.received,
+                    want[&(e.local.as_str(), e.peer.as_str())]
+                ),
+                Some(_) => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+    }
+
+    /// Parks every local program, reads each, releases them all, makes the images durable.
+    fn local_checkpoint(&self, dir: &CheckpointDir, procs: &[Arc<Proc>]) -> anyhow::Result<Vec<ProcessEntry>> {
+        let streams: Vec<_> = procs.iter().map(|p| talk(p)).collect();
+        let mut parked = Vec::new();
+        let mut result: anyhow::Result<()> = Ok(());
+        for (p, s) in procs.iter().zip(&streams) {
+            let pid = p.reg.pid;
+            let r = (|| {
+                s.set_read_timeout(Some(Duration::from_millis(PARK_TIMEOUT_MS as u64 + 20_000)))?;
+                ckpt_proto::send(
+                    s,
+                    &NodeMsg::Park {
+                        timeout_ms: PARK_TIMEOUT_MS,
+                    },
+                    &[],
+                )
+                .map_err(lost(pid))?;
+                match ckpt_proto::recv::<AppMsg>(s).map_err(lost(pid))?.0 {
+                    AppMsg::Parked { .. } => Ok(()),
+                    AppMsg::ParkFailed { reason, tid } => {
+                        bail!("process {pid}: thread {tid} could not be stopped ({reason:?})")
+                    }
+                    other => bail!("process {pid} answered {other:?} to park"),
+                }
+            })();
+            match r {
+                Ok(()) => parked.push((p, s, Instant::now())),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        // Every local program is parked (the barrier): read them all.
+        let mut dumped: Vec<(i32, ProcessImage, PageStoreWriter, u64)> = Vec::new();
+        if result.is_ok() {
+            let outcomes: Vec<anyhow::Result<(ProcessImage, PageStoreWriter)>> = std::thread::scope(|sc| {
+                let hs: Vec<_> = parked
+                    .iter()
+                    .map(|(p, _, _)| sc.spawn(|| self.dump_one(dir, p)))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("dump thread panicked"))))
+                    .collect()
+            });
+            for ((p, _, _), o) in parked.iter().zip(outcomes) {
+                match o {
+                    Ok((img, store)) => dumped.push((p.reg.pid, img, store, 0)),
+                    Err(e) if result.is_ok() => result = Err(e),
+                    Err(_) => {}
+                }
+            }
+        }
+        let verdict = if result.is_ok() {
+            NodeMsg::Resume
+        } else {
+            NodeMsg::Abort
+        };
+        for (p, s, t) in &parked {
+            let stop_us = t.elapsed().as_micros() as u64;
+            if let Err(e) = ckpt_proto::send(s, &verdict, &[]) {
+                if result.is_ok() {
+                    result = Err(lost(p.reg.pid)(e));
+                }
+            }
+            if let Some(d) = dumped.iter_mut().find(|d| d.0 == p.reg.pid) {
+                d.3 = stop_us;
+            }
+        }
+        drop(streams);
+        result?;
+        let mut entries = Vec::new();
+        for (pid, image, store, stop_us) in dumped {
+            store.finish()?;
+            write_record(&dir.meta_path(&self.host, pid), RecordKind::Process, &image)?;
+            tracing::info!(pid, stop_us, bytes = image.stored_bytes(), "process checkpointed");
+            entries.push(ProcessEntry {
+                pid,
+                exe: image.exe.clone(),
+                args: image.args.clone(),
+                threads: image.threads.len() as u32,
+                stored_bytes: image.stored_bytes(),
+                mapped_bytes: image.mapped_bytes(),
+                stop_us,
+            });
+        }
+        Ok(entries)
+    }
+
+    fn dump_one(&self, dir: &CheckpointDir, p: &Proc) -> anyhow::Result<(ProcessImage, PageStoreWriter)> {
+        let pdir = dir.process_dir(&self.host, p.reg.pid);
+        std::fs::create_dir_all(&pdir).with_context(|| format!("cannot create {}", pdir.display()))?;
+        let slots = read_slots(&p.reg)?;
+        Ok(dump_parked(&p.reg, &slots, &dir.pages_path(&self.host, p.reg.pid))?)
+    }
+}

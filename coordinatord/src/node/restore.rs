@@ -1,0 +1,293 @@
+//! Restoring this host's processes of a checkpoint: check everything first, then start one
+//! restorer per process with the checkpointed pid, and wait until each program is back and its
+//! control thread has reconnected.
+
+use super::netrestore::{self, Key};
+use crate::node::{describe_status, Node};
+use anyhow::{anyhow, bail, Context};
+use ckpt_format::{read_record, FdKind, PageStoreReader, ProcessImage, RecordKind};
+use ckpt_proto::restore_status::{self, Status};
+use ckpt_proto::{AppMsg, EndPlan, Registration, RestoreEnd, SocketFds};
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Planned {
+    image: ProcessImage,
+    meta: PathBuf,
+    pages: PathBuf,
+}
+
+/// A restore between its prepare and connect steps on this node.
+pub struct PendingRestore {
+    id: String,
+    planned: Vec<Planned>,
+    listeners: HashMap<Key, TcpListener>,
+}
+
+impl Node {
+    /// Reads and verifies every image of this host and checks that pids and tids are free, so
+    /// that a bad image or a taken pid changes nothing; opens a rendezvous listener for each
+    /// connection end that will accept.
+    pub fn restore_prepare(&self, id: &str) -> anyhow::Result<Vec<RestoreEnd>> {
+        let (dir, manifest) = self.store.get(id)?;
+        let mut planned = Vec::new();
+        if let Some(host) = manifest.hosts.iter().find(|h| h.host == self.host) {
+            for p in &host.processes {
+                let meta = dir.meta_path(&self.host, p.pid);
+                let pages = dir.pages_path(&self.host, p.pid);
+                let image: ProcessImage = read_record(&meta, RecordKind::Process)?;
+                let reader = PageStoreReader::open(&pages, image.pages_len)?;
+                reader.verify(image.mappings.iter().flat_map(|m| m.pages.iter()))?;
+                for t in &image.threads {
+                    if Path::new(&format!("/proc/{}", t.tid)).exists() {
+                        let who = ckpt_sys::spawn::describe_pid(t.tid);
+                        let what = if t.tid == image.pid { "pid" } else { "thread id" };
+                        bail!(
+                            "{what} {} of checkpoint {id} is in use by another process ({who}); stop it, then restore again",
+                            t.tid
+                        );
+                    }
+                }
+                planned.push(Planned { image, meta, pages });
+            }
+        }
+        let mut ends = Vec::new();
+        let mut listeners = HashMap::new();
+        for p in &planned {
+            for f in &p.image.fds {
+                if let FdKind::TcpConn {
+                    local, peer, queued, ..
+                } = &f.kind
+                {
+                    let acceptor = if local < peer {
+                        let l = netrestore::acceptor(local, queued.len())?;
+                        let addr = l.local_addr()?.to_string();
+                        listeners.insert((local.clone(), peer.clone()), l);
+                        Some(addr)
+                    } else {
+                        None
+                    };
+                    ends.push(RestoreEnd {
+                        local: local.clone(),
+                        peer: peer.clone(),
+                        acceptor,
+                    });
+                }
+            }
+        }
+        *self.pending_restore.lock().unwrap_or_else(|e| e.into_inner()) = Some(PendingRestore {
+            id: id.to_string(),
+            planned,
+            listeners,
+        });
+        Ok(ends)
+    }
+
+    /// Re-creates the sockets and starts one restorer per process.
+    pub fn restore_connect(&self, id: &str, plan: &[(String, String, EndPlan)]) -> anyhow::Result<Vec<i32>> {
+        let pending = self.pending_restore.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(pending) = pending.filter(|p| p.id == id) else {
+            bail!("host {}: restore of {id} was not prepared here", self.host);
+        };
+        let stdio = std::mem::take(&mut *self.restore_stdio.lock().unwrap_or_else(|e| e.into_inner()));
+        let plan: HashMap<Key, EndPlan> = plan
+            .iter()
+            .map(|(l, p, e)| ((l.clone(), p.clone()), e.clone()))
+            .collect();
+        let images: Vec<&ProcessImage> = pending.planned.iter().map(|p| &p.image).collect();
+        let mut sockets = netrestore::make_sockets(&images, &plan, &pending.listeners)
+            .map_err(|e| e.context(format!("host {}", self.host)))?;
+        let mut started: Vec<i32> = Vec::new();
+        for p in &pending.planned {
+            let mine: Vec<(i32, OwnedFd)> = p
+                .image
+                .fds
+                .iter()
+                .filter_map(|f| sockets.remove(&(p.image.pid, f.fd)).map(|s| (f.fd, s)))
+                .collect();
+            match self.start_one(id, p, &stdio, mine) {
+                Ok(pid) => started.push(pid),
+                Err(e) => {
+                    self.kill_restored(&started);
+                    return Err(e.context(format!("host {}", self.host)));
+                }
+            }
+        }
+        *self.last_restored.lock().unwrap_or_else(|e| e.into_inner()) = (id.to_string(), started.clone());
+        Ok(started)
+    }
+
+    /// The restore failed elsewhere: take back what this node restored for it.
+    pub fn restore_abort(&self, id: &str) {
+        self.pending_restore.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut last = self.last_restored.lock().unwrap_or_else(|e| e.into_inner());
+        if last.0 == id {
+            let pids = std::mem::take(&mut last.1);
+            self.kill_restored(&pids);
+        }
+    }
+
+    fn kill_restored(&self, pids: &[i32]) {
+        for pid in pids {
+            self.registry.remove(*pid);
+            // SAFETY: killing a child we restored.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+    }
+
+    fn start_one(&self, id: &str, p: &Planned, stdio: &[OwnedFd], sockets: Vec<(i32, OwnedFd)>) -> anyhow::Result<i32> {
+        let node = self;
+        let pid = p.image.pid;
+        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
+        let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+        let devnull = std::fs::File::open("/dev/null").context("/dev/null")?;
+        let fd_or_null = |i: usize| stdio.get(i).map(|f| f.as_raw_fd()).unwrap_or(devnull.as_raw_fd());
+        // The restorer finds: 0-2 the requester's stdio, 3 the status pipe, 4 its control socket.
+        let fds = [
+            fd_or_null(0),
+            fd_or_null(1),
+            fd_or_null(2),
+            status_w.as_raw_fd(),
+            theirs.as_raw_fd(),
+        ];
+        let prog = CString::new(node.restorer.as_os_str().as_bytes())?;
+        let argv = [
+            CString::new("ckpt-restore")?,
+            CString::new("--meta")?,
+            CString::new(p.meta.as_os_str().as_bytes())?,
+            CString::new("--pages")?,
+            CString::new(p.pages.as_os_str().as_bytes())?,
+            CString::new("--status-fd=3")?,
+            CString::new("--control-fd=4")?,
+        ];
+        let mut envp = vec![CString::new("GLIBC_TUNABLES=glibc.pthread.rseq=0")?];
+        if let Ok(v) = std::env::var("RUST_LOG") {
+            envp.push(CString::new(format!("RUST_LOG={v}"))?);
+        }
+        node.reaper.forget(pid);
+        let child = ckpt_sys::spawn::spawn_with_pid(pid, &prog, &argv, &envp, &fds)?;
+        drop(status_w);
+        drop(theirs);
+        tracing::info!(pid = child, id, "restorer started");
+        // The re-created sockets go first, a few fds per frame.
+        let mut chunks: Vec<&[(i32, OwnedFd)]> = sockets.chunks(ckpt_proto::frame::MAX_FDS).collect();
+        if chunks.is_empty() {
+            chunks.push(&[]);
+        }
+        let n = chunks.len();
+        for (i, c) in chunks.into_iter().enumerate() {
+            let msg = SocketFds {
+                numbers: c.iter().map(|(n, _)| *n).collect(),
+                last: i + 1 == n,
+            };
+            let fds: Vec<i32> = c.iter().map(|(_, f)| f.as_raw_fd()).collect();
+            ckpt_proto::send(&ours, &msg, &fds).context("handing sockets to the restorer")?;
+        }
+
+        let fail = |e: anyhow::Error| -> anyhow::Error {
+            // SAFETY: killing our own child.
+            unsafe { libc::kill(child, libc::SIGKILL) };
+            e
+        };
+        let status = read_status(status_r, RESTORE_TIMEOUT).map_err(fail)?;
+        if let Some(s) = status {
+            let exit = node.reaper.wait_exit(pid, Duration::from_secs(5)).map(describe_status);
+            let why = match s {
+                Status::Text(t) => t,
+                Status::Op { index, ret, kind, arg0 } => format!(
+                    "step {index} ({} at {arg0:#x}) failed: {}",
+                    syscall_name(kind),
+                    std::io::Error::from_raw_os_error((-ret) as i32)
+                ),
+            };
+            let _ = exit;
+            bail!("restore of pid {pid} failed: {why}");
+        }
+        ours.set_read_timeout(Some(RESTORE_TIMEOUT))?;
+        match ckpt_proto::recv::<AppMsg>(&ours) {
+            Ok((AppMsg::Restored { pid: got }, _)) if got == pid => {}
+            Ok((other, _)) => {
+                return Err(fail(anyhow!(
+                    "restored pid {pid} sent {other:?} instead of its restore notice"
+                )))
+            }
+            Err(e) => {
+                let exit = node.reaper.wait_exit(pid, Duration::from_secs(2));
+                let how = exit.map(describe_status).unwrap_or_else(|| format!("no notice ({e})"));
+                return Err(fail(anyhow!("restored pid {pid} did not come back: {how}")));
+            }
+        }
+        ours.set_read_timeout(None)?;
+        let reg = Registration {
+            pid,
+            exe: p.image.exe.clone(),
+            args: p.image.args.clone(),
+            slot_addr: p.image.restored_flag_addr - ckpt_proto::slots::ProcSlot::RESTORED_OFFSET,
+            slot_len: std::mem::size_of::<ckpt_proto::slots::ProcSlot>() as u64,
+            control_fd: p.image.control_fd,
+            park_signal: 0,
+        };
+        node.registry.insert(reg, ours, Some(id.to_string()));
+        tracing::info!(pid, id, "process restored");
+        Ok(pid)
+    }
+}
+
+/// Reads the restorer's status pipe to EOF: `None` if it reported nothing (success).
+fn read_status(pipe: OwnedFd, timeout: Duration) -> anyhow::Result<Option<Status>> {
+    let deadline = Instant::now() + timeout;
+    let mut f = std::fs::File::from(pipe);
+    let mut buf = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!("the restorer did not finish within {}s", timeout.as_secs());
+        }
+        let mut pfd = libc::pollfd {
+            fd: f.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
+        if r <= 0 {
+            continue;
+        }
+        let mut chunk = [0u8; 4096];
+        match f.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the restorer's status"),
+        }
+    }
+    Ok(restore_status::decode(&buf))
+}
+
+fn syscall_name(nr: u64) -> String {
+    let name = match nr as i64 {
+        libc::SYS_mmap => "mmap",
+        libc::SYS_munmap => "munmap",
+        libc::SYS_mprotect => "mprotect",
+        libc::SYS_mremap => "mremap",
+        libc::SYS_pread64 => "pread",
+        libc::SYS_prctl => "prctl",
+        libc::SYS_rt_sigaction => "rt_sigaction",
+        libc::SYS_prlimit64 => "prlimit",
+        libc::SYS_clone3 => "clone3 (thread)",
+        libc::SYS_arch_prctl => "arch_prctl",
+        libc::SYS_rt_sigreturn => "rt_sigreturn",
+        libc::SYS_setitimer => "setitimer",
+        _ => return format!("syscall {nr}"),
+    };
+    name.to_string()
+}
