@@ -178,7 +178,7 @@ mod tests {
     #[test]
     fn utc_and_bytes() {
         assert_eq!(super::utc(0), "1970-01-01 00:00:00");
-        assert_eq!(super::utc(1_795_651_200_000), "2026-11-25 00:00:00");
+        assert_eq!(super::utc(1_795_564_800_000), "2026-11-25 00:00:00");
         assert_eq!(super::bytes(1536), "1.5 KiB");
     }
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests need (only what is missing), builds the workspace
+# and runs the whole test suite.  Idempotent; used by .ci/run.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ -f "$HOME/.cargo/env" ] && ! command -v cargo >/dev/null 2>&1; then
+    # shellcheck disable=SC1091
+    . "$HOME/.cargo/env"
+fi
+
+missing=()
+command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+[ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
+[ -x /usr/bin/python3 ] || missing+=(python3)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "test.sh: installing: ${missing[*]}" >&2
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then
+        SUDO="sudo"
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update
+    $SUDO apt-get install -y "${missing[@]}"
+fi
+
+cargo build --workspace
+cargo test --workspace -- --test-threads=2

@@ -1,0 +1,71 @@
+//! Acceptance 1: mem_pattern 256 MiB — checkpoint while running, kill -9,
+//! restore: the counter carries on from the checkpoint, the memory pattern
+//! verifies (`ok`), and the pid is the original one.
+
+use anyhow::{ensure, Result};
+use ckpt_tests::*;
+use std::time::Duration;
+
+#[test]
+fn mem_pattern_256mib_checkpoint_kill_restore() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let mut app = d.run_example("mem_pattern", &["256"])?;
+    let pid = app.pid;
+    note!("mem_pattern running as pid {pid}");
+
+    // Initial fill of 256 MiB, then a few ticks.
+    let first = app.expect_tick_line(Duration::from_secs(90))?;
+    ensure!(
+        field(&first.1, "pid") == Some(pid.to_string().as_str()),
+        "mem_pattern printed pid {:?}, ckpt-run's pid is {pid} (ckpt-run must exec, not fork)\n{}",
+        field(&first.1, "pid"),
+        app.context()
+    );
+    app.expect_consecutive_ticks(first.0, 2, true, LINE_TIMEOUT)?;
+
+    let pids = d.status_pids()?;
+    ensure!(
+        pids.contains(&pid),
+        "ckptctl status should list pid {pid}, got {pids:?}\n{}",
+        d.context()
+    );
+
+    let cp = d.checkpoint_app(&app)?;
+    note!(
+        "checkpoint {} took {:?}; ticks: last before {}, first after {}",
+        cp.id,
+        cp.took,
+        cp.last_before,
+        cp.first_after
+    );
+    app.expect_consecutive_ticks(cp.first_after, 1, true, LINE_TIMEOUT)?;
+    app.kill9()?;
+    note!("killed {pid}; restoring {}", cp.id);
+
+    let mut r = d.restore_ok(&cp.id, pid)?;
+    let (t, line) = r.expect_tick_line(Duration::from_secs(60))?;
+    note!("first line after restore: {line}");
+    cp.check_resumed(t, &r)?;
+    ensure!(
+        field(&line, "pid") == Some(pid.to_string().as_str()),
+        "restored mem_pattern reports pid {:?}, expected the original pid {pid}\n{}",
+        field(&line, "pid"),
+        r.context()
+    );
+    ensure!(
+        line.trim_end().ends_with(" ok"),
+        "expected `ok` at the end of {line:?}\n{}",
+        r.context()
+    );
+    let more = r.expect_consecutive_ticks(t, 3, true, LINE_TIMEOUT)?;
+    for l in &more {
+        ensure!(
+            field(l, "pid") == Some(pid.to_string().as_str()),
+            "wrong pid in {l:?}, expected {pid}"
+        );
+    }
+    ensure!(r.is_alive(), "restored pid {pid} should be alive");
+    r.kill9()?;
+    Ok(())
+}
