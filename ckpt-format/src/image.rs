@@ -235,6 +235,14 @@ pub enum FdKind {
         queued: Vec<u8>,
         opts: SockOpts,
     },
+    /// An end of a pipe (not stdio). Ends with the same `ino` are one pipe. A read end carries
+    /// the bytes that were buffered in the pipe. At restore the pipe is made anew; an end whose
+    /// other end is not in the checkpoint comes back with that end closed (EOF or EPIPE).
+    Pipe {
+        ino: u64,
+        write: bool,
+        buffered: Vec<u8>,
+    },
     /// A UDP socket, bound (and connected) again at restore; datagrams in flight may be lost.
     Udp {
         local: String,
@@ -269,6 +277,10 @@ impl FdKind {
             } => {
                 format!("tcp {local} -> {peer} ({} bytes queued unread)", queued.len())
             }
+            FdKind::Pipe { ino, write, buffered } => {
+                let end = if *write { "write" } else { "read" };
+                format!("pipe:[{ino}] {end} end ({} bytes buffered)", buffered.len())
+            }
             FdKind::Udp { local, peer, .. } => match peer {
                 Some(p) => format!("udp {local} -> {p}"),
                 None => format!("udp {local}"),
@@ -283,6 +295,11 @@ impl FdKind {
             self,
             FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. }
         )
+    }
+
+    /// Kinds that ckptd re-creates and hands to the restorer.
+    pub fn is_handed(&self) -> bool {
+        self.is_socket() || matches!(self, FdKind::Pipe { .. })
     }
 }
 

@@ -30,6 +30,8 @@ pub struct ProcessEntry {
     pub mapped_bytes: u64,
     /// How long the process's threads were parked.
     pub stop_us: u64,
+    /// How long its communication gate was shut (phase 1 to resume).
+    pub held_us: u64,
 }
 
 impl Manifest {

@@ -85,8 +85,24 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
             }
         } else if (ft.is_fifo() || ft.is_socket()) && fd <= 2 {
             FdKind::Stdio { what: target.clone() }
+        } else if ft.is_fifo() && target.starts_with("pipe:") {
+            let write = flags & libc::O_ACCMODE == libc::O_WRONLY;
+            let buffered = if write {
+                Vec::new()
+            } else {
+                super::sockets::peek_pipe(pid, fd).map_err(|source| DumpError::Io {
+                    pid,
+                    what: format!("pipe fd {fd}"),
+                    source,
+                })?
+            };
+            FdKind::Pipe {
+                ino: meta.ino(),
+                write,
+                buffered,
+            }
         } else if ft.is_fifo() {
-            return Err(unsupported(format!("a pipe ({target})")));
+            return Err(unsupported(format!("a named FIFO ({target})")));
         } else if ft.is_socket() {
             super::sockets::dump_socket(pid, fd, &target)?
         } else if let Some(inner) = target.strip_prefix("anon_inode:") {
@@ -99,7 +115,7 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
         let key = (meta.dev(), meta.ino());
         let dup_of = match kind {
             FdKind::Control | FdKind::Stdio { .. } => None,
-            ref k if k.is_socket() => None,
+            ref k if k.is_handed() => None,
             _ => ids
                 .iter()
                 .find(|(other, d, i)| (*d, *i) == key && kcmp_same_file(pid, *other, fd))

@@ -85,6 +85,8 @@ pub fn join(node: Arc<Node>, manager: String, secret: Vec<u8>) {
             Ok(()) => tracing::warn!("manager {manager} closed the link; rejoining"),
             Err(e) => tracing::warn!("cannot join manager {manager}: {e:#}"),
         }
+        // A checkpoint the manager can no longer finish is aborted here: programs run on.
+        node.abort_pending();
         std::thread::sleep(Duration::from_secs(1));
     }
 }

@@ -97,7 +97,10 @@ impl Manager {
             CtlRequest::Ping => CtlReply::Pong {
                 version: ckpt_proto::PROTO_VERSION,
             },
-            CtlRequest::Checkpoint => self.checkpoint().map(CtlReply::Checkpointed).unwrap_or_else(err),
+            CtlRequest::Checkpoint { hold_phase1_ms } => self
+                .checkpoint(hold_phase1_ms)
+                .map(CtlReply::Checkpointed)
+                .unwrap_or_else(err),
             CtlRequest::Restore { id } => self
                 .restore(&id)
                 .map(|pids| CtlReply::Restored { id, pids })
@@ -134,7 +137,7 @@ impl Manager {
         }
     }
 
-    pub fn checkpoint(&self) -> anyhow::Result<CheckpointReport> {
+    pub fn checkpoint(&self, hold_phase1_ms: u32) -> anyhow::Result<CheckpointReport> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = Instant::now();
         let targets = self.targets();
@@ -157,6 +160,12 @@ impl Manager {
 
         // Phase 1: communication stops everywhere; each node reports its connection ends.
         let p1 = first_error(par(&targets, |_| ToNode::Phase1 { id: id.clone() })).map_err(abort)?;
+        let phase1_us = t0.elapsed().as_micros() as u64;
+        if hold_phase1_ms > 0 {
+            // A testing hook: show what a long phase 1 does to the programs.
+            std::thread::sleep(std::time::Duration::from_millis(hold_phase1_ms as u64));
+        }
+        let t2 = Instant::now();
         let mut ends = Vec::new();
         for (t, r) in targets.iter().zip(p1) {
             if let FromNode::Phase1Done { ends: e } = r {
@@ -184,6 +193,7 @@ impl Manager {
             expect: expect_for(t.host()),
         }))
         .map_err(abort)?;
+        let phase2_us = t2.elapsed().as_micros() as u64;
         let mut hosts = Vec::new();
         for (t, r) in targets.iter().zip(p2) {
             if let FromNode::Phase2Done { processes } = r {
@@ -226,6 +236,9 @@ impl Manager {
             stored_bytes: manifest.stored_bytes(),
             duration_us,
             max_stop_us: manifest.processes().map(|(_, p)| p.stop_us).max().unwrap_or(0),
+            max_held_us: manifest.processes().map(|(_, p)| p.held_us).max().unwrap_or(0),
+            phase1_us,
+            phase2_us,
         };
         tracing::info!(
             id,

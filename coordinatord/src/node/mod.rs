@@ -4,6 +4,7 @@
 mod handle;
 mod netrestore;
 mod phases;
+mod pipes;
 mod restore;
 
 use crate::registry::Registry;

@@ -23,6 +23,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 pub struct Pending {
     pub dir: CheckpointDir,
     pub procs: Vec<Arc<Proc>>,
+    /// When the gates were shut.
+    pub shut: Instant,
 }
 
 fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
@@ -116,7 +118,11 @@ impl Node {
             stopped.push(p.clone());
         }
         let ends = conn_ends(&stopped);
-        *pending = Some(Pending { dir, procs: stopped });
+        *pending = Some(Pending {
+            dir,
+            procs: stopped,
+            shut: Instant::now(),
+        });
         Ok(ends)
     }
 
@@ -128,7 +134,7 @@ impl Node {
         };
         let r = self
             .drain(&p.procs, expect)
-            .and_then(|_| self.local_checkpoint(&p.dir, &p.procs));
+            .and_then(|_| self.local_checkpoint(&p.dir, &p.procs, p.shut));
         r.map_err(|e| e.context(format!("host {}", self.host)))
     }
 
@@ -141,6 +147,20 @@ impl Node {
                 let host_dir = p.dir.path.join(&self.host);
                 let _ = std::fs::remove_dir_all(host_dir);
             }
+        }
+    }
+
+    /// Aborts whatever checkpoint is between its phases (its manager is gone).
+    pub fn abort_pending(&self) {
+        let id = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|p| p.dir.id.clone());
+        if let Some(id) = id {
+            tracing::warn!(id, "manager lost mid-checkpoint: aborting it here");
+            self.finish(&id, false);
         }
     }
 
@@ -173,7 +193,12 @@ impl Node {
     }
 
     /// Parks every local program, reads each, releases them all, makes the images durable.
-    fn local_checkpoint(&self, dir: &CheckpointDir, procs: &[Arc<Proc>]) -> anyhow::Result<Vec<ProcessEntry>> {
+    fn local_checkpoint(
+        &self,
+        dir: &CheckpointDir,
+        procs: &[Arc<Proc>],
+        shut: Instant,
+    ) -> anyhow::Result<Vec<ProcessEntry>> {
         let streams: Vec<_> = procs.iter().map(|p| talk(p)).collect();
         let mut parked = Vec::new();
         let mut result: anyhow::Result<()> = Ok(());
@@ -241,6 +266,8 @@ impl Node {
                 d.3 = stop_us;
             }
         }
+        // The gates opened with the release above.
+        let held_us = shut.elapsed().as_micros() as u64;
         drop(streams);
         result?;
         let mut entries = Vec::new();
@@ -256,6 +283,7 @@ impl Node {
                 stored_bytes: image.stored_bytes(),
                 mapped_bytes: image.mapped_bytes(),
                 stop_us,
+                held_us,
             });
         }
         Ok(entries)

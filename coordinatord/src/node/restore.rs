@@ -106,6 +106,7 @@ impl Node {
         let images: Vec<&ProcessImage> = pending.planned.iter().map(|p| &p.image).collect();
         let mut sockets = netrestore::make_sockets(&images, &plan, &pending.listeners)
             .map_err(|e| e.context(format!("host {}", self.host)))?;
+        sockets.extend(super::pipes::make_pipes(&images).context("re-creating pipes")?);
         let mut started: Vec<i32> = Vec::new();
         for p in &pending.planned {
             let mine: Vec<(i32, OwnedFd)> = p

@@ -26,7 +26,11 @@ struct Args {
 #[derive(Subcommand)]
 enum Cmd {
     /// Checkpoint every registered process; prints the new id
-    Checkpoint,
+    Checkpoint {
+        /// Keep communication stopped this long between the two phases (for testing)
+        #[arg(long, default_value_t = 0, hide = true)]
+        hold_phase1_ms: u32,
+    },
     /// List the committed checkpoints
     List,
     /// Show what a checkpoint holds: processes, threads, mappings, fds, sizes
@@ -61,7 +65,12 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
     use ckpt_proto::{CtlReply, CtlRequest};
     let c = client::Client::connect(socket)?;
     let (req, fds): (CtlRequest, Vec<i32>) = match &args.cmd {
-        Cmd::Checkpoint => (CtlRequest::Checkpoint, vec![]),
+        Cmd::Checkpoint { hold_phase1_ms } => (
+            CtlRequest::Checkpoint {
+                hold_phase1_ms: *hold_phase1_ms,
+            },
+            vec![],
+        ),
         Cmd::List => (CtlRequest::List, vec![]),
         Cmd::Show { id } => (CtlRequest::Show { id: id.clone() }, vec![]),
         Cmd::Status => (CtlRequest::Status, vec![]),

@@ -49,12 +49,21 @@ pub fn print(reply: &CtlReply, as_json: bool) {
                 ms(manifest.duration_us),
                 manifest.parent.as_deref().unwrap_or("-")
             );
+            // Connection ends whose peer is not in the checkpoint come back reset.
+            let ends: std::collections::HashSet<(&str, &str)> = images
+                .iter()
+                .flat_map(|(_, i)| i.fds.iter())
+                .filter_map(|f| match &f.kind {
+                    FdKind::TcpConn { local, peer, .. } => Some((local.as_str(), peer.as_str())),
+                    _ => None,
+                })
+                .collect();
             for (host, img) in images {
                 let stop = manifest
                     .processes()
                     .find(|(h, p)| *h == host && p.pid == img.pid)
                     .map(|(_, p)| p.stop_us);
-                show_process(host, img, stop);
+                show_process(host, img, stop, &ends);
             }
         }
         CtlReply::Status(procs) => {
@@ -80,7 +89,7 @@ pub fn print(reply: &CtlReply, as_json: bool) {
     }
 }
 
-fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>) {
+fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>, ends: &std::collections::HashSet<(&str, &str)>) {
     println!("\nhost {host}  pid {}  {}", img.pid, img.args.join(" "));
     println!(
         "  exe {}  cwd {}  uid {}  stopped {}",
@@ -125,6 +134,9 @@ fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>) {
         let note = match &f.kind {
             FdKind::Stdio { .. } => "  -> stdio of `ckptctl restore`",
             FdKind::File { writable: true, .. } => "  -> cut back to its checkpointed size",
+            FdKind::TcpConn { local, peer, .. } if !ends.contains(&(peer.as_str(), local.as_str())) => {
+                "  -> peer not in the checkpoint: comes back reset"
+            }
             _ => "",
         };
         let dup = f.dup_of.map(|d| format!(" (same file as fd {d})")).unwrap_or_default();

@@ -87,7 +87,10 @@ pub enum NodeMsg {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum CtlRequest {
     Ping,
-    Checkpoint,
+    /// `hold_phase1_ms` keeps every gate shut that long between the phases (a testing hook).
+    Checkpoint {
+        hold_phase1_ms: u32,
+    },
     List,
     Show {
         id: String,
@@ -144,6 +147,12 @@ pub struct CheckpointReport {
     pub duration_us: u64,
     /// The longest time any process had its threads parked.
     pub max_stop_us: u64,
+    /// The longest time any process had its communication gate shut.
+    pub max_held_us: u64,
+    /// Time to stop communication everywhere (phase 1).
+    pub phase1_us: u64,
+    /// Time of the local checkpoints (phase 2).
+    pub phase2_us: u64,
 }
 
 /// ckptd → `ckptctl`.

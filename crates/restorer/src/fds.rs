@@ -109,15 +109,17 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
             }
             FdKind::Dir { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
-            FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. } => match sockets.get(&f.fd) {
-                Some(&s) => {
-                    // The program's file flags (O_NONBLOCK…) on the new socket.
-                    // SAFETY: F_SETFL on a socket we hold.
-                    unsafe { libc::fcntl(s, libc::F_SETFL, f.flags) };
-                    s
+            FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. } | FdKind::Pipe { .. } => {
+                match sockets.get(&f.fd) {
+                    Some(&s) => {
+                        // The program's file flags (O_NONBLOCK…) on the new socket.
+                        // SAFETY: F_SETFL on a socket we hold.
+                        unsafe { libc::fcntl(s, libc::F_SETFL, f.flags) };
+                        s
+                    }
+                    None => bail!("ckptd sent no socket for fd {}", f.fd),
                 }
-                None => bail!("ckptd sent no socket for fd {}", f.fd),
-            },
+            }
         };
         let src = match f.dup_of {
             Some(other) => other,
