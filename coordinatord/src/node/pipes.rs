@@ -5,10 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+/// One pipe: its ends (pid, fd, is the write end) and the bytes a read end saw buffered.
+type Pipe<'a> = (Vec<(i32, i32, bool)>, Option<&'a [u8]>);
+
 /// Every pipe end of the images, by (pid, fd number).
 pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
-    // ino → ends (pid, fd, write), plus the buffered bytes seen on a read end.
-    let mut pipes: BTreeMap<u64, (Vec<(i32, i32, bool)>, Option<&[u8]>)> = BTreeMap::new();
+    let mut pipes: BTreeMap<u64, Pipe> = BTreeMap::new();
     for img in images {
         for f in &img.fds {
             if let FdKind::Pipe { ino, write, buffered } = &f.kind {
