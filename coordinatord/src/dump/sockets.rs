@@ -142,6 +142,22 @@ pub fn peek_pipe(pid: i32, fd: RawFd) -> std::io::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Addresses and byte counts of a TCP connection fd, without touching its queues.
+pub fn tcp_end(pid: i32, fd: RawFd) -> Option<(String, String, TcpCounts)> {
+    let s = grab(pid, fd).ok()?;
+    let raw = s.as_raw_fd();
+    if sockopt_int(raw, libc::SOL_SOCKET, libc::SO_TYPE) != libc::SOCK_STREAM {
+        return None;
+    }
+    let c = tcp_counts(raw);
+    if c.state != TCP_ESTABLISHED {
+        return None;
+    }
+    let local = getsockname::<SockaddrStorage>(raw).ok()?;
+    let peer = getpeername::<SockaddrStorage>(raw).ok()?;
+    Some((addr_string(&local), addr_string(&peer), c))
+}
+
 /// Describes a socket fd of a parked program, or says why it cannot be checkpointed.
 pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpError> {
     let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };

@@ -60,22 +60,8 @@ fn conn_ends(procs: &[Arc<Proc>]) -> Vec<ConnEnd> {
             if !target.starts_with("socket:") {
                 continue;
             }
-            if let Ok(ckpt_format::FdKind::TcpConn {
-                local,
-                peer,
-                sent,
-                received,
-                ..
-            }) = sockets::dump_socket(pid, fd, &target)
-            {
-                ends.push(ConnEnd {
-                    pid,
-                    fd,
-                    local,
-                    peer,
-                    sent,
-                    received,
-                });
+            if let Some((local, peer, c)) = sockets::tcp_end(pid, fd) {
+                ends.push(ConnEnd { pid, fd, local, peer, sent: c.sent, received: c.received });
             }
         }
     }
