@@ -1,68 +1,131 @@
 //! The communication gate. While the comm-stop flag is set (phase 1 of a checkpoint), calls of
-//! the send family wait before entering the kernel; receives, reads and everything else go on.
-//! A call already in the kernel is counted in flight and finishes first: the control thread
-//! acknowledges phase 1 only once none is.
+//! the send family that go to another host wait before entering the kernel; receives, reads,
+//! intra-host communication (pipes, files, local sockets: stopped at the phase-2 barrier) and
+//! everything else go on. A call already in the kernel finishes first: each thread publishes
+//! the fd it is sending on, and the control thread acknowledges phase 1 once no inter-host
+//! send is in flight.
 //!
-//! Outside a checkpoint a wrapper costs one atomic increment, one load and one decrement.
+//! Outside a checkpoint a wrapper costs two stores to this thread's slot and one load.
 
+use crate::hosts;
 use crate::sys::{self, futex_wait, futex_wake};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
 
 static STOP: AtomicU32 = AtomicU32::new(0);
-static IN_FLIGHT: AtomicU32 = AtomicU32::new(0);
+/// Bumped when an in-flight call ends while the gate is shut, to wake the control thread.
+static CHANGED: AtomicU32 = AtomicU32::new(0);
+
+const SLOTS: usize = 1024;
+/// The fd each thread is sending on, or -1.
+static IN_FLIGHT: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// Calls in flight from threads beyond SLOTS, counted without their fd (waited for in full).
+static OVERFLOW: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     /// Set on the control thread, which must talk to ckptd while the gate is shut.
     static BYPASS: Cell<bool> = const { Cell::new(false) };
+    /// This thread's slot: -2 not assigned yet, -1 none left.
+    static SLOT: Cell<i32> = const { Cell::new(-2) };
 }
 
 pub fn bypass_this_thread() {
     BYPASS.with(|b| b.set(true));
 }
 
-/// Before a send-family call.
-fn enter() {
+fn my_slot() -> i32 {
+    SLOT.with(|s| {
+        if s.get() == -2 {
+            let n = NEXT_SLOT.fetch_add(1, Relaxed);
+            s.set(if n < SLOTS { n as i32 } else { -1 });
+        }
+        s.get()
+    })
+}
+
+fn mark(slot: i32, fd: i32) {
+    if slot >= 0 {
+        IN_FLIGHT[slot as usize].store(fd, SeqCst);
+    } else {
+        OVERFLOW.fetch_add(1, SeqCst);
+    }
+}
+
+fn unmark(slot: i32) {
+    if slot >= 0 {
+        IN_FLIGHT[slot as usize].store(-1, SeqCst);
+    } else {
+        OVERFLOW.fetch_sub(1, SeqCst);
+    }
+    if STOP.load(SeqCst) != 0 {
+        CHANGED.fetch_add(1, SeqCst);
+        futex_wake(&CHANGED, i32::MAX);
+    }
+}
+
+/// Before a send-family call on `fd` (to `dest`, when the call names one). Returns the slot
+/// to pass to [`leave`].
+fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> i32 {
+    if BYPASS.with(|b| b.get()) {
+        return i32::MIN;
+    }
+    let slot = my_slot();
     loop {
-        IN_FLIGHT.fetch_add(1, SeqCst);
+        mark(slot, fd);
         let stop = STOP.load(SeqCst);
-        if stop == 0 || BYPASS.with(|b| b.get()) {
-            return;
+        if stop == 0 {
+            return slot;
         }
         let saved = sys::errno();
-        if IN_FLIGHT.fetch_sub(1, SeqCst) == 1 {
-            futex_wake(&IN_FLIGHT, i32::MAX);
+        if !hosts::leaves_host(fd, dest) {
+            sys::set_errno(saved);
+            return slot;
         }
+        unmark(slot);
         futex_wait(&STOP, stop, 0);
         sys::set_errno(saved);
     }
 }
 
 /// After a send-family call; errno is the call's.
-fn leave() {
-    if IN_FLIGHT.fetch_sub(1, SeqCst) == 1 && STOP.load(SeqCst) != 0 {
-        let saved = sys::errno();
-        futex_wake(&IN_FLIGHT, i32::MAX);
-        sys::set_errno(saved);
+fn leave(slot: i32) {
+    if slot == i32::MIN {
+        return;
     }
+    let saved = sys::errno();
+    unmark(slot);
+    sys::set_errno(saved);
 }
 
-/// Shuts the gate and waits until no send-family call is in the kernel. False on timeout (a
+/// An inter-host send is in the kernel.
+fn busy() -> bool {
+    if OVERFLOW.load(SeqCst) > 0 {
+        return true;
+    }
+    let n = NEXT_SLOT.load(SeqCst).min(SLOTS);
+    IN_FLIGHT[..n].iter().any(|s| {
+        let fd = s.load(SeqCst);
+        fd >= 0 && hosts::leaves_host(fd, None)
+    })
+}
+
+/// Shuts the gate and waits until no inter-host send is in the kernel. False on timeout (a
 /// send blocked on a peer that does not read): the gate is then opened again.
 pub fn shut(timeout_ms: u32) -> bool {
+    hosts::refresh_local_addrs();
     STOP.store(1, SeqCst);
     let deadline = sys::now_ns() + timeout_ms as u64 * 1_000_000;
     loop {
-        // The calling (control) thread is not counted: it bypasses.
-        let n = IN_FLIGHT.load(SeqCst);
-        if n == 0 {
+        let seen = CHANGED.load(SeqCst);
+        if !busy() {
             return true;
         }
         if sys::now_ns() > deadline {
             open();
             return false;
         }
-        futex_wait(&IN_FLIGHT, n, 1_000_000);
+        futex_wait(&CHANGED, seen, 1_000_000);
     }
 }
 
@@ -85,7 +148,7 @@ fn real(cell: &AtomicUsize, name: &std::ffi::CStr) -> usize {
 
 /// Defines an exported wrapper that passes through the gate to libc's function.
 macro_rules! gated {
-    ($name:ident, $cname:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident, $cname:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty, $fd:expr, $dest:expr) => {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
             static REAL: AtomicUsize = AtomicUsize::new(0);
@@ -94,36 +157,51 @@ macro_rules! gated {
                 sys::set_errno(libc::ENOSYS);
                 return -1 as $ret;
             }
-            enter();
+            let slot = enter($fd, $dest);
             // SAFETY: `f` is libc's function of this exact signature; arguments are passed
             // through unchanged.
             let r = unsafe {
                 let f: unsafe extern "C" fn($($ty),*) -> $ret = std::mem::transmute(f);
                 f($($arg),*)
             };
-            leave();
+            leave(slot);
             r
         }
     };
+}
+
+/// The destination named by a sendmsg, if any.
+fn msg_dest(msg: *const msghdr) -> Option<(*const sockaddr, socklen_t)> {
+    // SAFETY: the caller's msghdr, read only when non-null as sendmsg itself would.
+    let m = unsafe { msg.as_ref()? };
+    (!m.msg_name.is_null()).then_some((m.msg_name as *const sockaddr, m.msg_namelen))
+}
+
+fn mmsg_dest(vec: *mut mmsghdr, vlen: c_uint) -> Option<(*const sockaddr, socklen_t)> {
+    if vlen == 0 || vec.is_null() {
+        return None;
+    }
+    // SAFETY: the first of the caller's vlen entries.
+    msg_dest(unsafe { &(*vec).msg_hdr })
 }
 
 use libc::{
     c_int, c_uint, c_void, iovec, loff_t, mmsghdr, msghdr, off64_t, off_t, size_t, sockaddr, socklen_t, ssize_t,
 };
 
-gated!(send, c"send", (fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t);
-gated!(sendto, c"sendto", (fd: c_int, buf: *const c_void, n: size_t, flags: c_int, to: *const sockaddr, tolen: socklen_t) -> ssize_t);
-gated!(sendmsg, c"sendmsg", (fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t);
-gated!(sendmmsg, c"sendmmsg", (fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int);
-gated!(write, c"write", (fd: c_int, buf: *const c_void, n: size_t) -> ssize_t);
-gated!(writev, c"writev", (fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t);
-gated!(pwrite, c"pwrite", (fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t);
-gated!(pwrite64, c"pwrite64", (fd: c_int, buf: *const c_void, n: size_t, off: off64_t) -> ssize_t);
-gated!(pwritev, c"pwritev", (fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t);
-gated!(pwritev64, c"pwritev64", (fd: c_int, iov: *const iovec, cnt: c_int, off: off64_t) -> ssize_t);
-gated!(pwritev2, c"pwritev2", (fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t);
-gated!(pwritev64v2, c"pwritev64v2", (fd: c_int, iov: *const iovec, cnt: c_int, off: off64_t, flags: c_int) -> ssize_t);
-gated!(sendfile, c"sendfile", (out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t);
-gated!(sendfile64, c"sendfile64", (out: c_int, inp: c_int, off: *mut off64_t, n: size_t) -> ssize_t);
-gated!(splice, c"splice", (fin: c_int, offin: *mut loff_t, fout: c_int, offout: *mut loff_t, n: size_t, flags: c_uint) -> ssize_t);
-gated!(copy_file_range, c"copy_file_range", (fin: c_int, offin: *mut loff_t, fout: c_int, offout: *mut loff_t, n: size_t, flags: c_uint) -> ssize_t);
+gated!(send, c"send", (fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t, fd, None);
+gated!(sendto, c"sendto", (fd: c_int, buf: *const c_void, n: size_t, flags: c_int, to: *const sockaddr, tolen: socklen_t) -> ssize_t, fd, Some((to, tolen)));
+gated!(sendmsg, c"sendmsg", (fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t, fd, msg_dest(msg));
+gated!(sendmmsg, c"sendmmsg", (fd: c_int, vec: *mut mmsghdr, vlen: c_uint, flags: c_int) -> c_int, fd, mmsg_dest(vec, vlen));
+gated!(write, c"write", (fd: c_int, buf: *const c_void, n: size_t) -> ssize_t, fd, None);
+gated!(writev, c"writev", (fd: c_int, iov: *const iovec, cnt: c_int) -> ssize_t, fd, None);
+gated!(pwrite, c"pwrite", (fd: c_int, buf: *const c_void, n: size_t, off: off_t) -> ssize_t, fd, None);
+gated!(pwrite64, c"pwrite64", (fd: c_int, buf: *const c_void, n: size_t, off: off64_t) -> ssize_t, fd, None);
+gated!(pwritev, c"pwritev", (fd: c_int, iov: *const iovec, cnt: c_int, off: off_t) -> ssize_t, fd, None);
+gated!(pwritev64, c"pwritev64", (fd: c_int, iov: *const iovec, cnt: c_int, off: off64_t) -> ssize_t, fd, None);
+gated!(pwritev2, c"pwritev2", (fd: c_int, iov: *const iovec, cnt: c_int, off: off_t, flags: c_int) -> ssize_t, fd, None);
+gated!(pwritev64v2, c"pwritev64v2", (fd: c_int, iov: *const iovec, cnt: c_int, off: off64_t, flags: c_int) -> ssize_t, fd, None);
+gated!(sendfile, c"sendfile", (out: c_int, inp: c_int, off: *mut off_t, n: size_t) -> ssize_t, out, None);
+gated!(sendfile64, c"sendfile64", (out: c_int, inp: c_int, off: *mut off64_t, n: size_t) -> ssize_t, out, None);
+gated!(splice, c"splice", (fin: c_int, offin: *mut loff_t, fout: c_int, offout: *mut loff_t, n: size_t, flags: c_uint) -> ssize_t, fout, None);
+gated!(copy_file_range, c"copy_file_range", (fin: c_int, offin: *mut loff_t, fout: c_int, offout: *mut loff_t, n: size_t, flags: c_uint) -> ssize_t, fout, None);

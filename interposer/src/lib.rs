@@ -12,6 +12,7 @@
 mod checkpoint;
 mod control;
 mod gate;
+mod hosts;
 mod signals;
 mod sys;
 

@@ -61,7 +61,14 @@ fn conn_ends(procs: &[Arc<Proc>]) -> Vec<ConnEnd> {
                 continue;
             }
             if let Some((local, peer, c)) = sockets::tcp_end(pid, fd) {
-                ends.push(ConnEnd { pid, fd, local, peer, sent: c.sent, received: c.received });
+                ends.push(ConnEnd {
+                    pid,
+                    fd,
+                    local,
+                    peer,
+                    sent: c.sent,
+                    received: c.received,
+                });
             }
         }
     }
@@ -216,7 +223,23 @@ impl Node {
                 }
             }
         }
-        // Every local program is parked (the barrier): read them all.
+        // Every local program is parked (the barrier): intra-host communication has stopped.
+        // Bytes sent on local connections until now must be in their receivers' queues.
+        if result.is_ok() {
+            let ends = conn_ends(procs);
+            let sent: HashMap<(&str, &str), u64> = ends
+                .iter()
+                .map(|e| ((e.local.as_str(), e.peer.as_str()), e.sent))
+                .collect();
+            let expect: Vec<(String, String, u64)> = ends
+                .iter()
+                .filter_map(|e| {
+                    sent.get(&(e.peer.as_str(), e.local.as_str()))
+                        .map(|&n| (e.local.clone(), e.peer.clone(), n))
+                })
+                .collect();
+            result = self.drain(procs, &expect);
+        }
         let mut dumped: Vec<(i32, ProcessImage, PageStoreWriter, u64)> = Vec::new();
         if result.is_ok() {
             let outcomes: Vec<anyhow::Result<(ProcessImage, PageStoreWriter)>> = std::thread::scope(|sc| {
