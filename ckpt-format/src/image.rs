@@ -32,6 +32,14 @@ pub struct ProcessImage {
     pub restored_flag_addr: u64,
     /// Length of `pages.img`, to detect truncation before anything is mapped.
     pub pages_len: u64,
+    /// Page stores the runs point into, as paths relative to the store root: the first is this
+    /// checkpoint's own `pages.img`, the others belong to ancestors (or hold pages folded in
+    /// when an ancestor was deleted).
+    pub stores: Vec<String>,
+    /// The checkpoint this one is incremental to, for this process.
+    pub parent: Option<String>,
+    /// fd number of the interposer's userfaultfd (dirty-page tracking), -1 if none.
+    pub uffd_fd: i32,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -126,8 +134,9 @@ impl Mapping {
     pub fn is_empty(&self) -> bool {
         self.end == self.start
     }
+    /// Bytes this checkpoint itself stored for the mapping.
     pub fn stored_bytes(&self) -> u64 {
-        self.pages.iter().map(|r| r.len).sum()
+        self.pages.iter().filter(|r| r.store == 0).map(|r| r.len).sum()
     }
 }
 
@@ -163,7 +172,9 @@ pub struct FileId {
 pub struct PageRun {
     pub addr: u64,
     pub len: u64,
-    /// Which page store holds the run: 0 = this checkpoint's, n = the n-th ancestor's.
+    /// Index in [`ProcessImage::stores`] of the store holding the run (0 = this checkpoint's).
+    /// Runs of a mapping are applied in order and later ones win, so an ancestor's run may be
+    /// partly overwritten by a newer one; runs are clipped to their mapping at restore.
     pub store: u32,
     pub offset: u64,
     pub crc: u32,
@@ -219,6 +230,8 @@ pub enum FdKind {
     },
     /// The interposer's connection to ckptd.
     Control,
+    /// The interposer's userfaultfd; the restored interposer makes a new one at this number.
+    Uffd,
     /// A listening TCP socket, bound again at restore.
     TcpListen {
         local: String,
@@ -271,6 +284,7 @@ impl FdKind {
             FdKind::Stdio { what } => format!("stdio ({what})"),
             FdKind::Tty { path } => format!("tty {path}"),
             FdKind::Control => "ckpt control socket".to_string(),
+            FdKind::Uffd => "ckpt dirty-page tracker (userfaultfd)".to_string(),
             FdKind::TcpListen { local, .. } => format!("tcp listen {local}"),
             FdKind::TcpConn {
                 local, peer, queued, ..

@@ -25,6 +25,8 @@ pub struct ProcessEntry {
     pub exe: String,
     pub args: Vec<String>,
     pub threads: u32,
+    /// The checkpoint this process's image is incremental to.
+    pub parent: Option<String>,
     /// Bytes of page data stored for this process in this checkpoint.
     pub stored_bytes: u64,
     pub mapped_bytes: u64,

@@ -11,6 +11,9 @@ pub struct Proc {
     /// The control connection; held for the duration of one exchange.
     pub stream: Mutex<UnixStream>,
     pub restored_from: Option<String>,
+    /// The committed checkpoint this process's dirty-page tracking is relative to: the base of
+    /// its next incremental checkpoint.
+    pub track_base: Mutex<Option<String>>,
 }
 
 #[derive(Default)]
@@ -24,6 +27,7 @@ impl Registry {
             reg,
             stream: Mutex::new(stream),
             restored_from,
+            track_base: Mutex::new(None),
         });
         self.lock().insert(p.reg.pid, p.clone());
         p

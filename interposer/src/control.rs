@@ -27,6 +27,7 @@ pub fn start() {
             warn("cannot install the park signal handler");
             return;
         }
+        crate::pages::UFFD.store(crate::pages::create(), std::sync::atomic::Ordering::Release);
         // SAFETY: registering a fork handler with a plain extern "C" fn.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
     }
@@ -73,6 +74,7 @@ fn register(path: &std::path::Path) -> Result<UnixStream, String> {
         slot_len: std::mem::size_of::<ProcSlot>() as u64,
         control_fd: std::os::fd::AsRawFd::as_raw_fd(&s),
         park_signal: PARK_SIGNAL.load(Relaxed),
+        uffd_fd: crate::pages::UFFD.load(Relaxed),
     };
     ckpt_proto::send(&s, &AppMsg::Register(reg), &[]).map_err(io)?;
     match ckpt_proto::recv::<NodeMsg>(&s).map_err(io)?.0 {
@@ -126,12 +128,16 @@ fn serve() {
                 gate::open();
                 gated = false;
                 match parked {
-                    Ok(()) if SLOTS.take_restored() => Some(AppMsg::Restored { pid: sys::getpid() }),
+                    Ok(()) if SLOTS.take_restored() => {
+                        // The kernel's tracker did not survive: a new one at the same number.
+                        crate::pages::recreate();
+                        Some(AppMsg::Restored { pid: sys::getpid() })
+                    }
                     Ok(()) => None,
                     Err((reason, tid)) => Some(AppMsg::ParkFailed { reason, tid }),
                 }
             }
-            NodeMsg::Registered => None,
+            NodeMsg::Registered | NodeMsg::Track => None,
         };
         if let Some(reply) = reply {
             let fd = CONTROL_FD.load(Acquire);
@@ -184,5 +190,12 @@ extern "C" fn after_fork_child() {
         unsafe { libc::close(fd) };
     }
     CONTROL_TID.store(0, Release);
+    // The parent's tracker watches the parent's memory.
+    let uffd = crate::pages::UFFD.swap(-1, AcqRel);
+    if uffd >= 0 {
+        // SAFETY: the inherited fd is ours to close.
+        unsafe { libc::close(uffd) };
+    }
+    crate::pages::UFFD.store(crate::pages::create(), Release);
     let _ = std::panic::catch_unwind(start);
 }

@@ -13,6 +13,7 @@ mod checkpoint;
 mod control;
 mod gate;
 mod hosts;
+mod pages;
 mod signals;
 mod sys;
 

@@ -36,7 +36,7 @@ fn tail_crc(path: &str, size: u64) -> (u64, u32) {
     }
 }
 
-pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
+pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>, DumpError> {
     let dir = format!("/proc/{pid}/fd");
     let fds = procfs::list_numeric(&dir).map_err(|e| DumpError::Proc(e, pid))?;
     let mut out: Vec<FdImage> = Vec::new();
@@ -56,6 +56,8 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
         let ft = meta.file_type();
         let kind = if fd == control_fd {
             FdKind::Control
+        } else if fd == uffd_fd {
+            FdKind::Uffd
         } else if ft.is_file() {
             if target.ends_with(" (deleted)") {
                 return Err(unsupported(format!("a deleted file ({target})")));
@@ -114,7 +116,7 @@ pub fn dump_fds(pid: i32, control_fd: i32) -> Result<Vec<FdImage>, DumpError> {
         // Two fds sharing one open file description must share it again after restore.
         let key = (meta.dev(), meta.ino());
         let dup_of = match kind {
-            FdKind::Control | FdKind::Stdio { .. } => None,
+            FdKind::Control | FdKind::Uffd | FdKind::Stdio { .. } => None,
             ref k if k.is_handed() => None,
             _ => ids
                 .iter()

@@ -61,22 +61,45 @@ pub fn read_slots(reg: &Registration) -> Result<Box<ProcSlot>, DumpError> {
     ProcSlot::from_bytes(&buf).ok_or(DumpError::BadSlots { pid })
 }
 
-/// Writes the page store of a parked process and returns its image (not yet written). The
-/// caller resumes the process once this returns.
+/// A process read while parked: its image (pages still to be written) and the copied pages.
+pub struct Dumped {
+    pub image: ProcessImage,
+    pub store: PageStoreWriter,
+    pub captured: memory::Captured,
+}
+
+/// Reads a parked process: fds, kernel state and a copy of its memory (incremental to `base`
+/// when given). `own_store` is the page store's path relative to the store root.
 pub fn dump_parked(
     reg: &Registration,
     slots: &ProcSlot,
     pages_path: &Path,
-) -> Result<(ProcessImage, PageStoreWriter), DumpError> {
+    own_store: String,
+    base: Option<(&str, &ProcessImage)>,
+) -> Result<Dumped, DumpError> {
     let pid = reg.pid;
     // fds first: an unsupported one fails the checkpoint before any page is copied.
-    let fds = fds::dump_fds(pid, reg.control_fd)?;
+    let fds = fds::dump_fds(pid, reg.control_fd, reg.uffd_fd)?;
     let mut image = state::dump_state(reg, slots)?;
     image.fds = fds;
     let mut store = PageStoreWriter::create(pages_path)?;
-    let (mappings, special) = memory::dump_memory(pid, &mut store)?;
-    image.mappings = mappings;
-    image.special = special;
-    image.pages_len = store.len();
-    Ok((image, store))
+    let m = memory::dump_memory(pid, own_store, base.map(|(_, b)| b), &mut store)?;
+    image.mappings = m.mappings;
+    image.special = m.special;
+    image.stores = m.stores;
+    image.parent = base.map(|(id, _)| id.to_string());
+    Ok(Dumped {
+        image,
+        store,
+        captured: m.captured,
+    })
+}
+
+impl Dumped {
+    /// After the program runs again: writes the copied pages and makes the store durable.
+    pub fn finish(mut self) -> Result<ProcessImage, DumpError> {
+        self.captured.write(&mut self.store, &mut self.image.mappings)?;
+        self.image.pages_len = self.store.finish()?;
+        Ok(self.image)
+    }
 }

@@ -129,5 +129,8 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
         control_fd: reg.control_fd,
         restored_flag_addr: reg.slot_addr + ProcSlot::RESTORED_OFFSET,
         pages_len: 0,
+        stores: Vec::new(),
+        parent: None,
+        uffd_fd: reg.uffd_fd,
     })
 }

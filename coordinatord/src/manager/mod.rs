@@ -97,8 +97,8 @@ impl Manager {
             CtlRequest::Ping => CtlReply::Pong {
                 version: ckpt_proto::PROTO_VERSION,
             },
-            CtlRequest::Checkpoint { hold_phase1_ms } => self
-                .checkpoint(hold_phase1_ms)
+            CtlRequest::Checkpoint { hold_phase1_ms, full } => self
+                .checkpoint(hold_phase1_ms, full)
                 .map(CtlReply::Checkpointed)
                 .unwrap_or_else(err),
             CtlRequest::Restore { id } => self
@@ -137,7 +137,7 @@ impl Manager {
         }
     }
 
-    pub fn checkpoint(&self, hold_phase1_ms: u32) -> anyhow::Result<CheckpointReport> {
+    pub fn checkpoint(&self, hold_phase1_ms: u32, full: bool) -> anyhow::Result<CheckpointReport> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = Instant::now();
         let targets = self.targets();
@@ -191,6 +191,7 @@ impl Manager {
         let p2 = first_error(par(&targets, |t| ToNode::Phase2 {
             id: id.clone(),
             expect: expect_for(t.host()),
+            full,
         }))
         .map_err(abort)?;
         let phase2_us = t2.elapsed().as_micros() as u64;

@@ -18,8 +18,8 @@ impl Node {
                     .map(|ends| FromNode::Phase1Done { ends })
                     .unwrap_or_else(failed)
             }
-            ToNode::Phase2 { id, expect } => self
-                .phase2(&id, &expect)
+            ToNode::Phase2 { id, expect, full } => self
+                .phase2(&id, &expect, full)
                 .map(|processes| FromNode::Phase2Done { processes })
                 .unwrap_or_else(failed),
             ToNode::Finish { id, commit } => {

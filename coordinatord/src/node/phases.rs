@@ -5,10 +5,10 @@
 //! makes the images durable.
 
 use super::Node;
-use crate::dump::{dump_parked, read_slots, sockets};
+use crate::dump::{dump_parked, read_slots, sockets, Dumped};
 use crate::registry::Proc;
 use anyhow::{anyhow, bail, Context};
-use ckpt_format::{write_record, CheckpointDir, PageStoreWriter, ProcessEntry, ProcessImage, RecordKind};
+use ckpt_format::{read_record, write_record, CheckpointDir, ProcessEntry, ProcessImage, RecordKind};
 use ckpt_proto::{AppMsg, ConnEnd, NodeMsg};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
@@ -33,6 +33,27 @@ fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
 
 fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
     move |e| anyhow!("process {pid} stopped answering ({e}); it may have exited")
+}
+
+/// While `p` is parked: has it register its memory for tracking, then arms what is new.
+fn track(p: &Proc, s: &std::os::unix::net::UnixStream) -> anyhow::Result<()> {
+    let pid = p.reg.pid;
+    if p.reg.uffd_fd < 0 {
+        return Ok(());
+    }
+    let before = ckpt_sys::procfs::uffd_wp_ranges(pid)?;
+    ckpt_proto::send(s, &NodeMsg::Track, &[]).map_err(lost(pid))?;
+    match ckpt_proto::recv::<AppMsg>(s).map_err(lost(pid))?.0 {
+        AppMsg::Tracked => {}
+        other => bail!("process {pid} answered {other:?} to track"),
+    }
+    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
+    for (start, end) in ckpt_sys::procfs::uffd_wp_ranges(pid)? {
+        if !before.contains(&(start, end)) {
+            ckpt_sys::pagemap::protect_all(&pagemap, start, end)?;
+        }
+    }
+    Ok(())
 }
 
 /// Tells every gated program to open its gate again.
@@ -120,14 +141,14 @@ impl Node {
     }
 
     /// `expect`: for each (local, peer) end, the bytes its peer has sent.
-    pub fn phase2(&self, id: &str, expect: &[(String, String, u64)]) -> anyhow::Result<Vec<ProcessEntry>> {
+    pub fn phase2(&self, id: &str, expect: &[(String, String, u64)], full: bool) -> anyhow::Result<Vec<ProcessEntry>> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Some(p) = pending.as_ref().filter(|p| p.dir.id == id) else {
             bail!("host {}: checkpoint {id} has no phase 1 here", self.host);
         };
         let r = self
             .drain(&p.procs, expect)
-            .and_then(|_| self.local_checkpoint(&p.dir, &p.procs, p.shut));
+            .and_then(|_| self.local_checkpoint(&p.dir, &p.procs, p.shut, full));
         r.map_err(|e| e.context(format!("host {}", self.host)))
     }
 
@@ -136,6 +157,11 @@ impl Node {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = pending.take_if(|p| p.dir.id == id) {
             reopen(&p.procs);
+            // Tracking was re-armed by this checkpoint: it is the base of the next one, or, if it
+            // was aborted, the next one must be full.
+            for proc in &p.procs {
+                *proc.track_base.lock().unwrap_or_else(|e| e.into_inner()) = commit.then(|| id.to_string());
+            }
             if !commit && p.dir.path.exists() {
                 let host_dir = p.dir.path.join(&self.host);
                 let _ = std::fs::remove_dir_all(host_dir);
@@ -191,6 +217,7 @@ impl Node {
         dir: &CheckpointDir,
         procs: &[Arc<Proc>],
         shut: Instant,
+        full: bool,
     ) -> anyhow::Result<Vec<ProcessEntry>> {
         let streams: Vec<_> = procs.iter().map(|p| talk(p)).collect();
         let mut parked = Vec::new();
@@ -240,12 +267,12 @@ impl Node {
                 .collect();
             result = self.drain(procs, &expect);
         }
-        let mut dumped: Vec<(i32, ProcessImage, PageStoreWriter, u64)> = Vec::new();
+        let mut dumped: Vec<(i32, Dumped, u64)> = Vec::new();
         if result.is_ok() {
-            let outcomes: Vec<anyhow::Result<(ProcessImage, PageStoreWriter)>> = std::thread::scope(|sc| {
+            let outcomes: Vec<anyhow::Result<Dumped>> = std::thread::scope(|sc| {
                 let hs: Vec<_> = parked
                     .iter()
-                    .map(|(p, _, _)| sc.spawn(|| self.dump_one(dir, p)))
+                    .map(|(p, _, _)| sc.spawn(|| self.dump_one(dir, p, full)))
                     .collect();
                 hs.into_iter()
                     .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("dump thread panicked"))))
@@ -253,9 +280,18 @@ impl Node {
             });
             for ((p, _, _), o) in parked.iter().zip(outcomes) {
                 match o {
-                    Ok((img, store)) => dumped.push((p.reg.pid, img, store, 0)),
+                    Ok(d) => dumped.push((p.reg.pid, d, 0)),
                     Err(e) if result.is_ok() => result = Err(e),
                     Err(_) => {}
+                }
+            }
+        }
+        // Still parked: track the memory from this instant on.
+        if result.is_ok() {
+            for (p, s, _) in &parked {
+                if let Err(e) = track(p, s) {
+                    result = Err(e);
+                    break;
                 }
             }
         }
@@ -272,7 +308,7 @@ impl Node {
                 }
             }
             if let Some(d) = dumped.iter_mut().find(|d| d.0 == p.reg.pid) {
-                d.3 = stop_us;
+                d.2 = stop_us;
             }
         }
         // The gates opened with the release above.
@@ -280,15 +316,16 @@ impl Node {
         drop(streams);
         result?;
         let mut entries = Vec::new();
-        for (pid, image, store, stop_us) in dumped {
-            store.finish()?;
+        for (pid, d, stop_us) in dumped {
+            let image = d.finish()?;
             write_record(&dir.meta_path(&self.host, pid), RecordKind::Process, &image)?;
-            tracing::info!(pid, stop_us, bytes = image.stored_bytes(), "process checkpointed");
+            tracing::info!(pid, stop_us, bytes = image.stored_bytes(), parent = ?image.parent, "process checkpointed");
             entries.push(ProcessEntry {
                 pid,
                 exe: image.exe.clone(),
                 args: image.args.clone(),
                 threads: image.threads.len() as u32,
+                parent: image.parent.clone(),
                 stored_bytes: image.stored_bytes(),
                 mapped_bytes: image.mapped_bytes(),
                 stop_us,
@@ -298,10 +335,32 @@ impl Node {
         Ok(entries)
     }
 
-    fn dump_one(&self, dir: &CheckpointDir, p: &Proc) -> anyhow::Result<(ProcessImage, PageStoreWriter)> {
-        let pdir = dir.process_dir(&self.host, p.reg.pid);
+    /// This process's previous committed checkpoint, unless a full one is asked for.
+    fn base(&self, p: &Proc, full: bool) -> Option<(String, ProcessImage)> {
+        let id = p
+            .track_base
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|_| !full)?;
+        let (dir, _) = self.store.get(&id).ok()?;
+        let img = read_record(&dir.meta_path(&self.host, p.reg.pid), RecordKind::Process).ok()?;
+        Some((id, img))
+    }
+
+    fn dump_one(&self, dir: &CheckpointDir, p: &Proc, full: bool) -> anyhow::Result<Dumped> {
+        let pid = p.reg.pid;
+        let pdir = dir.process_dir(&self.host, pid);
         std::fs::create_dir_all(&pdir).with_context(|| format!("cannot create {}", pdir.display()))?;
         let slots = read_slots(&p.reg)?;
-        Ok(dump_parked(&p.reg, &slots, &dir.pages_path(&self.host, p.reg.pid))?)
+        let own = format!("{}/{}/{pid}/pages.img", dir.id, self.host);
+        let base = self.base(p, full);
+        Ok(dump_parked(
+            &p.reg,
+            &slots,
+            &dir.pages_path(&self.host, pid),
+            own,
+            base.as_ref().map(|(i, b)| (i.as_str(), b)),
+        )?)
     }
 }

@@ -23,7 +23,8 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Planned {
     image: ProcessImage,
     meta: PathBuf,
-    pages: PathBuf,
+    /// Page stores in the order of the image's `stores`.
+    pages: Vec<PathBuf>,
 }
 
 /// A restore between its prepare and connect steps on this node.
@@ -45,8 +46,20 @@ impl Node {
                 let meta = dir.meta_path(&self.host, p.pid);
                 let pages = dir.pages_path(&self.host, p.pid);
                 let image: ProcessImage = read_record(&meta, RecordKind::Process)?;
-                let reader = PageStoreReader::open(&pages, image.pages_len)?;
-                reader.verify(image.mappings.iter().flat_map(|m| m.pages.iter()))?;
+                // Every store of the chain, every run in it, is checked now.
+                let mut paths = vec![pages];
+                paths.extend(image.stores.iter().skip(1).map(|rel| self.store.root().join(rel)));
+                for (i, path) in paths.iter().enumerate() {
+                    let reader = PageStoreReader::open(path, if i == 0 { image.pages_len } else { 0 })?;
+                    reader.verify(
+                        image
+                            .mappings
+                            .iter()
+                            .flat_map(|m| m.pages.iter())
+                            .filter(|r| r.store as usize == i),
+                    )?;
+                }
+                let pages = paths;
                 for t in &image.threads {
                     if Path::new(&format!("/proc/{}", t.tid)).exists() {
                         let who = ckpt_sys::spawn::describe_pid(t.tid);
@@ -161,15 +174,17 @@ impl Node {
             theirs.as_raw_fd(),
         ];
         let prog = CString::new(node.restorer.as_os_str().as_bytes())?;
-        let argv = [
+        let mut argv = vec![
             CString::new("ckpt-restore")?,
             CString::new("--meta")?,
             CString::new(p.meta.as_os_str().as_bytes())?,
-            CString::new("--pages")?,
-            CString::new(p.pages.as_os_str().as_bytes())?,
             CString::new("--status-fd=3")?,
             CString::new("--control-fd=4")?,
         ];
+        for path in &p.pages {
+            argv.push(CString::new("--pages")?);
+            argv.push(CString::new(path.as_os_str().as_bytes())?);
+        }
         let mut envp = vec![CString::new("GLIBC_TUNABLES=glibc.pthread.rseq=0")?];
         if let Ok(v) = std::env::var("RUST_LOG") {
             envp.push(CString::new(format!("RUST_LOG={v}"))?);
@@ -236,6 +251,7 @@ impl Node {
             slot_len: std::mem::size_of::<ckpt_proto::slots::ProcSlot>() as u64,
             control_fd: p.image.control_fd,
             park_signal: 0,
+            uffd_fd: p.image.uffd_fd,
         };
         node.registry.insert(reg, ours, Some(id.to_string()));
         tracing::info!(pid, id, "process restored");

@@ -27,6 +27,9 @@ struct Args {
 enum Cmd {
     /// Checkpoint every registered process; prints the new id
     Checkpoint {
+        /// Store every page, not only those written since the previous checkpoint
+        #[arg(long)]
+        full: bool,
         /// Keep communication stopped this long between the two phases (for testing)
         #[arg(long, default_value_t = 0, hide = true)]
         hold_phase1_ms: u32,
@@ -65,9 +68,10 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
     use ckpt_proto::{CtlReply, CtlRequest};
     let c = client::Client::connect(socket)?;
     let (req, fds): (CtlRequest, Vec<i32>) = match &args.cmd {
-        Cmd::Checkpoint { hold_phase1_ms } => (
+        Cmd::Checkpoint { hold_phase1_ms, full } => (
             CtlRequest::Checkpoint {
                 hold_phase1_ms: *hold_phase1_ms,
+                full: *full,
             },
             vec![],
         ),

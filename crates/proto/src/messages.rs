@@ -31,6 +31,8 @@ pub struct Registration {
     pub control_fd: i32,
     /// The signal the interposer parks threads with.
     pub park_signal: i32,
+    /// fd number of the dirty-page tracker (userfaultfd), -1 if none.
+    pub uffd_fd: i32,
 }
 
 /// Interposer → ckptd.
@@ -52,6 +54,8 @@ pub enum AppMsg {
     },
     /// Phase 1 done: the gate is shut and no send-family call is in the kernel.
     CommStopped,
+    /// While parked: every private anonymous writable mapping is registered for tracking.
+    Tracked,
     /// A send stayed blocked in the kernel past the timeout; the gate is open again.
     CommStopFailed,
 }
@@ -77,6 +81,9 @@ pub enum NodeMsg {
     Park {
         timeout_ms: u32,
     },
+    /// While parked, after the process was read: register memory for dirty-page tracking and
+    /// answer `Tracked` (ckptd then arms the new ranges).
+    Track,
     /// The process has been read: let the threads run.
     Resume,
     /// The checkpoint failed: let the threads run, nothing was taken.
@@ -90,6 +97,8 @@ pub enum CtlRequest {
     /// `hold_phase1_ms` keeps every gate shut that long between the phases (a testing hook).
     Checkpoint {
         hold_phase1_ms: u32,
+        /// Store every page, not only those written since the previous checkpoint.
+        full: bool,
     },
     List,
     Show {
@@ -221,6 +230,7 @@ pub enum ToNode {
     Phase2 {
         id: String,
         expect: Vec<(String, String, u64)>,
+        full: bool,
     },
     Finish {
         id: String,

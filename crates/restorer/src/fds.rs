@@ -6,7 +6,7 @@ use ckpt_format::{FdImage, FdKind, FileId, MappingKind, PageStoreReader, Process
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io::{Read, Seek, SeekFrom};
-use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Moves `fd` to the lowest free number >= `base`, close-on-exec.
@@ -89,6 +89,8 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
         let src = match &f.kind {
             FdKind::Stdio { .. } => continue,
             FdKind::Control => control,
+            // A placeholder: the restored interposer makes a new tracker at this number.
+            FdKind::Uffd => open("/dev/null", libc::O_RDWR)?,
             FdKind::File {
                 path,
                 pos,
@@ -166,7 +168,7 @@ fn same_file(id: &FileId, meta: &std::fs::Metadata) -> bool {
 /// each shared mapping without a file. Returns fds by path and by mapping start.
 pub fn mapping_fds(
     img: &ProcessImage,
-    pages: &PageStoreReader,
+    stores: &[PageStoreReader],
     base: RawFd,
 ) -> anyhow::Result<(HashMap<String, RawFd>, HashMap<u64, RawFd>)> {
     let mut files = HashMap::new();
@@ -200,6 +202,9 @@ pub fn mapping_fds(
                 file.set_len(m.len())?;
                 let mut buf = Vec::new();
                 for r in &m.pages {
+                    let Some(pages) = stores.get(r.store as usize) else {
+                        bail!("no page store {} for {:#x}", r.store, m.start)
+                    };
                     pages.read_run(r, &mut buf)?;
                     file.write_all_at(&buf, r.addr - m.start)?;
                 }
@@ -208,6 +213,5 @@ pub fn mapping_fds(
             _ => {}
         }
     }
-    let _ = pages.file().as_raw_fd();
     Ok((files, memfds))
 }

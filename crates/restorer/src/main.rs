@@ -18,21 +18,22 @@ use std::path::PathBuf;
 
 struct Args {
     meta: PathBuf,
-    pages: PathBuf,
+    /// The page stores, in the order of the image's `stores`.
+    pages: Vec<PathBuf>,
     status_fd: i32,
     control_fd: i32,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut meta = None;
-    let mut pages = None;
+    let mut pages = Vec::new();
     let mut status_fd = 3;
     let mut control_fd = 4;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--meta" => meta = it.next().map(PathBuf::from),
-            "--pages" => pages = it.next().map(PathBuf::from),
+            "--pages" => pages.extend(it.next().map(PathBuf::from)),
             _ if a.starts_with("--status-fd=") => status_fd = a["--status-fd=".len()..].parse()?,
             _ if a.starts_with("--control-fd=") => control_fd = a["--control-fd=".len()..].parse()?,
             _ => bail!("unknown argument {a}; ckpt-restore is started by ckptd"),
@@ -40,7 +41,7 @@ fn parse_args() -> anyhow::Result<Args> {
     }
     Ok(Args {
         meta: meta.context("--meta is required")?,
-        pages: pages.context("--pages is required")?,
+        pages,
         status_fd,
         control_fd,
     })
@@ -77,11 +78,24 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     std::env::set_var("CKPT_STATUS_FD", status.to_string());
     let control = fds::lift(args.control_fd, base)?;
     let sockets = fds::receive_sockets(control, base)?;
-    let reader = PageStoreReader::open(&args.pages, img.pages_len)?;
-    // SAFETY: dup of an fd the reader holds.
-    let store = fds::lift(unsafe { libc::dup(reader.file().as_raw_fd()) }, base)?;
-    let (files, memfds) = fds::mapping_fds(&img, &reader, base)?;
-    drop(reader);
+    if args.pages.len() != img.stores.len().max(1) {
+        bail!(
+            "the image uses {} page stores, {} were given",
+            img.stores.len(),
+            args.pages.len()
+        );
+    }
+    let mut readers = Vec::new();
+    let mut stores = Vec::new();
+    for (i, path) in args.pages.iter().enumerate() {
+        // Only this checkpoint's own store has a recorded length; ancestors' runs were verified.
+        let r = PageStoreReader::open(path, if i == 0 { img.pages_len } else { 0 })?;
+        // SAFETY: dup of an fd the reader holds.
+        stores.push(fds::lift(unsafe { libc::dup(r.file().as_raw_fd()) }, base)?);
+        readers.push(r);
+    }
+    let (files, memfds) = fds::mapping_fds(&img, &readers, base)?;
+    drop(readers);
     let exe = std::fs::File::open(&img.exe)
         .ok()
         .map(|f| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(f), base))
@@ -92,14 +106,15 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(img.umask) };
 
-    let mut all: Vec<i32> = vec![status, control, store];
+    let mut all: Vec<i32> = vec![status, control];
+    all.extend(&stores);
     all.extend(files.values());
     all.extend(memfds.values());
     all.extend(exe);
     // The control fd now lives at the program's number; its working copy goes.
     let working = plan::WorkingFds {
         status,
-        stores: vec![store],
+        stores,
         files,
         memfds,
         exe,

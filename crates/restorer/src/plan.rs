@@ -214,11 +214,20 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         };
         p.sys(libc::SYS_mmap, &[m.start, len, first_prot, flags, fd, off], 0);
         if fill {
+            // In order: an ancestor's runs first, newer ones over them; each clipped to the
+            // mapping (an ancestor's run may span memory since unmapped).
             for r in merged(&m.pages) {
                 let Some(&store) = fds.stores.get(r.store as usize) else {
                     bail!("internal: no page store {}", r.store);
                 };
-                p.sys(libc::SYS_pread64, &[store as u64, r.addr, r.len, r.offset], EXPECT_ARG2);
+                let (s, e) = (r.addr.max(m.start), (r.addr + r.len).min(m.end));
+                if s < e {
+                    p.sys(
+                        libc::SYS_pread64,
+                        &[store as u64, s, e - s, r.offset + (s - r.addr)],
+                        EXPECT_ARG2,
+                    );
+                }
             }
             if first_prot != prot {
                 p.sys(libc::SYS_mprotect, &[m.start, len, prot], 0);

@@ -1,5 +1,6 @@
 //! Linux plumbing shared by ckpt's binaries.
 
+pub mod pagemap;
 pub mod paths;
 pub mod procfs;
 pub mod spawn;

@@ -221,6 +221,26 @@ pub fn readlink(path: &str) -> Result<String, ProcError> {
         })
 }
 
+/// Ranges registered for userfaultfd write-protect ("uw" in the VmFlags of /proc/PID/smaps).
+pub fn uffd_wp_ranges(pid: i32) -> Result<Vec<(u64, u64)>, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/smaps"));
+    let text = read(path)?;
+    let mut out = Vec::new();
+    let mut cur: Option<(u64, u64)> = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(r) = cur.take() {
+                if flags.split_whitespace().any(|f| f == "uw") {
+                    out.push(r);
+                }
+            }
+        } else if let Some(e) = parse_maps_line(line) {
+            cur = Some((e.start, e.end));
+        }
+    }
+    Ok(out)
+}
+
 /// NUL-separated /proc/PID/cmdline.
 pub fn cmdline(pid: i32) -> Result<Vec<String>, ProcError> {
     let path = PathBuf::from(format!("/proc/{pid}/cmdline"));

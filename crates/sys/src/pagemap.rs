@@ -1,0 +1,79 @@
+//! The PAGEMAP_SCAN ioctl on /proc/PID/pagemap: which pages of a range were written since they
+//! were last write-protected (userfaultfd async write-protect), re-protecting them in the same
+//! call. Works on another process's pagemap.
+
+use std::os::fd::AsRawFd;
+
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+struct PageRegion {
+    start: u64,
+    end: u64,
+    categories: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// `_IOWR('f', 16, struct pm_scan_arg)`.
+const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
+const PM_SCAN_WP_MATCHING: u64 = 1;
+const PM_SCAN_CHECK_WPASYNC: u64 = 2;
+const PAGE_IS_WRITTEN: u64 = 1 << 1;
+
+/// Ranges of [start, end) written since last protected; with `rearm`, they are protected
+/// again atomically with the read.
+pub fn written(pagemap: &std::fs::File, start: u64, end: u64, rearm: bool) -> std::io::Result<Vec<(u64, u64)>> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut vec = vec![PageRegion::default(); 1024];
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: PM_SCAN_CHECK_WPASYNC | if rearm { PM_SCAN_WP_MATCHING } else { 0 },
+            start: at,
+            end,
+            vec: vec.as_mut_ptr() as u64,
+            vec_len: vec.len() as u64,
+            category_mask: PAGE_IS_WRITTEN,
+            return_mask: PAGE_IS_WRITTEN,
+            ..Default::default()
+        };
+        // SAFETY: arg and vec are valid for the ioctl; the kernel writes at most vec_len regions.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        for r in &vec[..n as usize] {
+            match out.last_mut() {
+                Some(last) if last.1 == r.start => last.1 = r.end,
+                _ => out.push((r.start, r.end)),
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(out)
+}
+
+/// Write-protects every page of [start, end) (a range just registered for tracking), so that
+/// only later writes show up.
+pub fn protect_all(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<()> {
+    written(pagemap, start, end, true).map(|_| ())
+}

@@ -1,0 +1,161 @@
+//! The page management unit's in-process half: a userfaultfd in asynchronous write-protect
+//! mode, and the registration of the program's private anonymous writable memory with it.
+//! ckptd reads and re-arms the written pages from the outside (PAGEMAP_SCAN on
+//! /proc/PID/pagemap); the kernel drops a registration when a mapping is moved or replaced, so
+//! such memory is stored in full at the next checkpoint.
+//!
+//! `register_all` runs while every thread is parked: no allocation, raw system calls only.
+
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicI32, Ordering::*};
+
+pub static UFFD: AtomicI32 = AtomicI32::new(-1);
+
+const UFFD_API: u64 = 0xAA;
+const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
+/// `_IOWR(0xAA, 0x3F, struct uffdio_api)` and `_IOWR(0xAA, 0x00, struct uffdio_register)`.
+const UFFDIO_API: u64 = 0xc018_aa3f;
+const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+const UFFDIO_REGISTER_MODE_WP: u64 = 2;
+
+#[repr(C)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct UffdioRegister {
+    start: u64,
+    len: u64,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// Creates the tracking userfaultfd; -1 when the kernel cannot (tracking is then off and every
+/// checkpoint is full).
+pub fn create() -> i32 {
+    // SAFETY: userfaultfd returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
+    if fd < 0 {
+        return -1;
+    }
+    let mut api = UffdioApi {
+        api: UFFD_API,
+        features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
+        ioctls: 0,
+    };
+    // SAFETY: api is a valid uffdio_api.
+    if unsafe { libc::ioctl(fd, UFFDIO_API as _, &mut api) } != 0 {
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+        return -1;
+    }
+    fd
+}
+
+/// After a restore: a new tracker at the fd number the program's image recorded (the restorer
+/// left a placeholder there).
+pub fn recreate() {
+    let old = UFFD.load(Acquire);
+    let new = create();
+    if old >= 0 && new >= 0 && new != old {
+        // SAFETY: dup3 onto our own recorded number, then close the temporary.
+        unsafe {
+            libc::dup3(new, old, libc::O_CLOEXEC);
+            libc::close(new);
+        }
+    } else if new >= 0 {
+        UFFD.store(new, Release);
+    }
+}
+
+struct Buf(UnsafeCell<[u8; 65536]>);
+// SAFETY: used by the control thread only, inside its park handler.
+unsafe impl Sync for Buf {}
+static MAPS: Buf = Buf(UnsafeCell::new([0; 65536]));
+
+fn hex(s: &[u8]) -> Option<u64> {
+    let mut v: u64 = 0;
+    if s.is_empty() {
+        return None;
+    }
+    for &c in s {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return None,
+        };
+        v = v.checked_mul(16)?.checked_add(d as u64)?;
+    }
+    Some(v)
+}
+
+/// One line of /proc/self/maps: registers it if it is private anonymous writable memory.
+fn consider(line: &[u8], uffd: i32) {
+    let mut fields = line.split(|&c| c == b' ').filter(|f| !f.is_empty());
+    let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+        return;
+    };
+    let path = fields.nth(3).unwrap_or(b"");
+    let anon = path.is_empty() || path == b"[heap]" || path == b"[stack]" || path.starts_with(b"[anon:");
+    if perms != b"rw-p" || !anon || path == b"[anon:ckpt-restorer]" {
+        return;
+    }
+    let Some(dash) = range.iter().position(|&c| c == b'-') else {
+        return;
+    };
+    let (Some(start), Some(end)) = (hex(&range[..dash]), hex(&range[dash + 1..])) else {
+        return;
+    };
+    let mut reg = UffdioRegister {
+        start,
+        len: end - start,
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    // SAFETY: registering our own memory; failure leaves the range untracked (stored in full).
+    unsafe { libc::ioctl(uffd, UFFDIO_REGISTER as _, &mut reg) };
+}
+
+/// Registers every private anonymous writable mapping (already registered ones stay so).
+pub fn register_all() {
+    let uffd = UFFD.load(Acquire);
+    if uffd < 0 {
+        return;
+    }
+    // SAFETY: a NUL-terminated literal path; raw open.
+    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: only the control thread uses the buffer.
+    let buf = unsafe { &mut *MAPS.0.get() };
+    let mut have = 0usize;
+    loop {
+        // SAFETY: reading into the free tail of our buffer.
+        let n = unsafe { libc::syscall(libc::SYS_read, fd, buf[have..].as_mut_ptr(), buf.len() - have) };
+        if n <= 0 {
+            if have > 0 {
+                consider(&buf[..have], uffd);
+            }
+            break;
+        }
+        have += n as usize;
+        let mut from = 0;
+        while let Some(nl) = buf[from..have].iter().position(|&c| c == b'\n') {
+            consider(&buf[from..from + nl], uffd);
+            from += nl + 1;
+        }
+        buf.copy_within(from..have, 0);
+        have -= from;
+        if have == buf.len() {
+            // A line longer than the buffer: skip it.
+            have = 0;
+        }
+    }
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+}
