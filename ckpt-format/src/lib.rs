@@ -6,6 +6,7 @@
 //! CRC32C of its payload, so a torn, truncated or corrupted file is refused with a clear message.
 
 mod error;
+mod fold;
 mod image;
 mod manifest;
 mod pages;

@@ -36,6 +36,10 @@ struct Args {
     /// Join the manager at HOST:PORT as a node
     #[arg(long, value_name = "HOST:PORT")]
     join: Option<String>,
+    /// Keep only the newest N checkpoints; older ones are deleted (pages later ones still need
+    /// are folded into them)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    keep: Option<u64>,
     /// File holding the cluster secret (required with --manager-listen or --join)
     #[arg(long, value_name = "FILE")]
     secret: Option<PathBuf>,
@@ -108,7 +112,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         None => {
-            let m = Arc::new(manager::Manager::new(node.clone(), secret));
+            let m = Arc::new(manager::Manager::new(
+                node.clone(),
+                secret,
+                args.keep.map(|k| k as usize),
+            ));
             if let Some(addr) = &args.manager_listen {
                 let l = std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
                 tracing::info!(addr, "manager listening for nodes");

@@ -18,6 +18,8 @@ pub struct Manager {
     pub node: Arc<Node>,
     pub secret: Vec<u8>,
     remotes: Mutex<Vec<Arc<RemoteNode>>>,
+    /// Keep only this many checkpoints (the oldest go, folded into the others).
+    keep: Option<usize>,
     /// One checkpoint or restore at a time in the cluster.
     busy: Mutex<()>,
 }
@@ -66,10 +68,11 @@ fn first_error(rs: Vec<anyhow::Result<FromNode>>) -> anyhow::Result<Vec<FromNode
 }
 
 impl Manager {
-    pub fn new(node: Arc<Node>, secret: Vec<u8>) -> Self {
+    pub fn new(node: Arc<Node>, secret: Vec<u8>, keep: Option<usize>) -> Self {
         Self {
             node,
             secret,
+            keep,
             remotes: Mutex::new(Vec::new()),
             busy: Mutex::new(()),
         }
@@ -124,13 +127,11 @@ impl Manager {
             CtlRequest::Show { id } => crate::server::show(&self.node, &id).unwrap_or_else(err),
             CtlRequest::Delete { id } => {
                 let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
-                match self
-                    .node
-                    .store
-                    .get(&id)
-                    .and_then(|(dir, _)| self.node.store.remove(&dir))
-                {
-                    Ok(()) => CtlReply::Deleted { id },
+                match self.node.store.delete(&id) {
+                    Ok(folded) => {
+                        tracing::info!(id, ?folded, "checkpoint deleted");
+                        CtlReply::Deleted { id }
+                    }
                     Err(e) => err(e.into()),
                 }
             }
@@ -231,6 +232,13 @@ impl Manager {
             id: id.clone(),
             commit: true,
         });
+        if let Some(keep) = self.keep {
+            match self.node.store.retain(keep) {
+                Ok(gone) if !gone.is_empty() => tracing::info!(?gone, keep, "retention: deleted old checkpoints"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("retention: {e}"),
+            }
+        }
         let report = CheckpointReport {
             id: id.clone(),
             processes: manifest.processes().count() as u32,
