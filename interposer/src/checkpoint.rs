@@ -168,14 +168,7 @@ fn control_park(session: u32) {
         .is_some_and(|n| sys::write_all(fd, &buf[..n]));
     if sent {
         // Resume and Abort both let the threads go; EOF or a timeout (ckptd died) too.
-        while let Some(NodeMsg::Track) = read_node_msg(fd, DUMP_TIMEOUT_MS) {
-            crate::pages::register_all();
-            let ok =
-                ckpt_proto::encode_small(&AppMsg::Tracked, &mut buf).is_some_and(|n| sys::write_all(fd, &buf[..n]));
-            if !ok {
-                break;
-            }
-        }
+        let _ = read_node_msg(fd, DUMP_TIMEOUT_MS);
     }
     release(session);
 }

@@ -137,7 +137,11 @@ fn serve() {
                     Err((reason, tid)) => Some(AppMsg::ParkFailed { reason, tid }),
                 }
             }
-            NodeMsg::Registered | NodeMsg::Track => None,
+            NodeMsg::Track => {
+                crate::pages::register_all();
+                Some(AppMsg::Tracked)
+            }
+            NodeMsg::Registered => None,
         };
         if let Some(reply) = reply {
             let fd = CONTROL_FD.load(Acquire);

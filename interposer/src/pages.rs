@@ -4,7 +4,8 @@
 //! /proc/PID/pagemap); the kernel drops a registration when a mapping is moved or replaced, so
 //! such memory is stored in full at the next checkpoint.
 //!
-//! `register_all` runs while every thread is parked: no allocation, raw system calls only.
+//! `register_all` runs on the control thread before each checkpoint; a range registered then
+//! reads as entirely written until ckptd arms it while reading it. It allocates nothing.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, Ordering::*};

@@ -1,19 +1,19 @@
 //! Memory: which mappings exist, which of their pages hold data, and those pages.
 
+use super::copy::{walk_pages, Captured};
+use super::precopy::Precopy;
 use super::DumpError;
 use ckpt_format::{
-    FileId, Mapping, MappingKind, PageRun, PageStoreWriter, ProcessImage, SpecialMapping, PAGE_SIZE, PROT_EXEC,
-    PROT_READ, PROT_WRITE,
+    FileId, Mapping, MappingKind, PageRun, PageStoreWriter, ProcessImage, SpecialMapping, PROT_EXEC, PROT_READ,
+    PROT_WRITE,
 };
 use ckpt_sys::procfs::{self, MapEntry};
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
-/// Pagemap entries read at once (8 bytes each).
-const PAGEMAP_CHUNK: u64 = 1 << 16;
 /// Name given by the restorer to its leftover pages, never part of the program.
 pub const RESTORER_VMA_NAME: &str = "[anon:ckpt-restorer]";
 
@@ -86,70 +86,6 @@ fn classify(pid: i32, e: &MapEntry) -> Result<(MappingKind, Select), DumpError> 
     })
 }
 
-/// Pages copied out of a parked program, written to its page store once it runs again.
-#[derive(Default)]
-pub struct Captured {
-    chunks: Vec<Chunk>,
-    bytes: u64,
-    /// Past this many bytes, pages go straight to the store (the program stays parked longer).
-    budget: u64,
-}
-
-struct Chunk {
-    mapping: usize,
-    addr: u64,
-    data: Vec<u8>,
-}
-
-impl Captured {
-    fn new() -> Self {
-        let avail = std::fs::read_to_string("/proc/meminfo")
-            .ok()
-            .and_then(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("MemAvailable:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0)
-            * 1024;
-        Self {
-            chunks: Vec::new(),
-            bytes: 0,
-            budget: avail / 2,
-        }
-    }
-
-    /// Keeps `data` (at `addr`, of mapping number `mapping`) for later, or writes it now.
-    fn take(
-        &mut self,
-        mapping: usize,
-        addr: u64,
-        data: &[u8],
-        runs: &mut Vec<PageRun>,
-        store: &mut PageStoreWriter,
-    ) -> Result<(), DumpError> {
-        if self.bytes + data.len() as u64 > self.budget {
-            store.append(addr, data, runs)?;
-        } else {
-            self.bytes += data.len() as u64;
-            self.chunks.push(Chunk {
-                mapping,
-                addr,
-                data: data.to_vec(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Writes what was kept; the runs go after each mapping's runs so far.
-    pub fn write(self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
-        for c in self.chunks {
-            store.append(c.addr, &c.data, &mut mappings[c.mapping].pages)?;
-        }
-        Ok(())
-    }
-}
-
 /// What memory looked like at the checkpoint instant.
 pub struct MemoryDump {
     pub mappings: Vec<Mapping>,
@@ -165,11 +101,14 @@ fn anon_kind(k: &MappingKind) -> bool {
 
 /// Reads the maps, selects pages via pagemap and copies them. With `base` (this process's
 /// previous checkpoint), memory tracked since then contributes only the pages written since,
-/// and refers to the base's runs for the rest. Tracked memory is re-armed either way.
+/// and refers to the base's runs for the rest; with `pre`, what was copied before the stop is
+/// used and only what changed since is read now. Tracked memory is re-armed either way.
 pub fn dump_memory(
     pid: i32,
     own_store: String,
     base: Option<&ProcessImage>,
+    mut pre: Option<Precopy>,
+    stop_the_world: bool,
     store: &mut PageStoreWriter,
 ) -> Result<MemoryDump, DumpError> {
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
@@ -183,7 +122,13 @@ pub fn dump_memory(
     };
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
-    let tracked = procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?;
+    // Registrations are only made while parked and only lost while running, so the list taken
+    // at pre-copy time can only be too long; a mapping no longer registered reads as entirely
+    // written, which stores it in full.
+    let tracked = match pre.as_mut() {
+        Some(p) => std::mem::take(&mut p.tracked),
+        None => procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?,
+    };
     let mut stores = vec![own_store];
     // The base's store numbers, renumbered into ours.
     let store_map: Vec<u32> = base
@@ -200,11 +145,10 @@ pub fn dump_memory(
                 .collect()
         })
         .unwrap_or_default();
-    let mut captured = Captured::new();
+    // The baseline writes pages to disk while the program is stopped.
+    let mut captured = Captured::new(if stop_the_world { 0 } else { u64::MAX });
     let mut mappings = Vec::new();
     let mut special = Vec::new();
-    let mut pm = Vec::new();
-    let mut data = Vec::new();
     for e in &maps {
         if e.path == "[vsyscall]" || e.path == RESTORER_VMA_NAME {
             continue;
@@ -221,91 +165,82 @@ pub fn dump_memory(
         let prot = (e.read as u32 * PROT_READ) | (e.write as u32 * PROT_WRITE) | (e.exec as u32 * PROT_EXEC);
         let idx = mappings.len();
         let is_tracked = tracked.contains(&(e.start, e.end));
+        let incremental = is_tracked && anon_kind(&kind);
+        let pre_m = pre
+            .as_mut()
+            .and_then(|p| p.mappings.remove(&(e.start, e.end)))
+            .filter(|_| incremental);
         let mut runs: Vec<PageRun> = Vec::new();
-        // Which pages to take: a list of ranges to look at, with what to select in them.
-        let (ranges, inherited): (Vec<(u64, u64)>, Vec<PageRun>) = match base {
-            Some(b) if is_tracked && anon_kind(&kind) => {
-                let written =
-                    ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true).map_err(io("written pages"))?;
-                let inherited: Vec<PageRun> = b
+        // Which ranges to read now, and the base's runs still valid for this mapping.
+        let (ranges, inherited): (Vec<(u64, u64)>, Vec<PageRun>) = if incremental && (base.is_some() || pre_m.is_some())
+        {
+            // Written since the pre-copy (or since the base when there was none).
+            let delta = match ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true) {
+                Ok(d) => d,
+                // Not registered any more: all of it.
+                Err(_) => vec![(e.start, e.end)],
+            };
+            let mut since_base = delta.clone();
+            if let Some(p) = &pre_m {
+                since_base.extend_from_slice(&p.written);
+            }
+            let since_base = merge_ranges(since_base);
+            let inherited: Vec<PageRun> = match base {
+                Some(b) => b
                     .mappings
                     .iter()
                     .filter(|m| anon_kind(&m.kind) && m.start < e.end && m.end > e.start)
                     .flat_map(|m| m.pages.iter())
                     .filter(|r| r.addr < e.end && r.addr + r.len > e.start)
                     // A run entirely rewritten since is not needed any more.
-                    .filter(|r| !written.iter().any(|&(ws, we)| ws <= r.addr && r.addr + r.len <= we))
+                    .filter(|r| !inside(&since_base, r.addr, r.addr + r.len))
                     .map(|r| PageRun {
                         store: store_map.get(r.store as usize).copied().unwrap_or(u32::MAX),
                         ..*r
                     })
-                    .collect();
-                (written, inherited)
+                    .collect(),
+                None => Vec::new(),
+            };
+            (delta, inherited)
+        } else {
+            if is_tracked {
+                ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
             }
-            _ => {
-                if is_tracked {
-                    ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
-                }
-                (vec![(e.start, e.end)], Vec::new())
-            }
+            (vec![(e.start, e.end)], Vec::new())
         };
         if inherited.iter().any(|r| r.store == u32::MAX) {
             return Err(DumpError::BadSlots { pid });
         }
         runs.extend_from_slice(&inherited);
-        let incremental = base.is_some() && is_tracked && anon_kind(&kind);
-        let covered = |addr: u64| inherited.iter().any(|r| r.addr <= addr && addr < r.addr + r.len);
+        // Where an older copy exists (sorted, merged): a page gone since must override it.
+        let mut older: Vec<(u64, u64)> = inherited.iter().map(|r| (r.addr, r.addr + r.len)).collect();
+        // Pages copied before the stop come first; what changed since goes over them.
+        if let Some(p) = pre_m {
+            for b in p.batches {
+                older.extend(b.ranges());
+                captured.take(idx, b, &mut runs, store)?;
+            }
+        }
+        let cover = merge_ranges(older);
+        let layered = !cover.is_empty();
+        let covered = |addr: u64| inside(&cover, addr, addr + 1);
         if select != Select::None {
             for &(rs, re) in &ranges {
-                let npages = (re - rs) / PAGE_SIZE;
-                let mut first = 0;
-                while first < npages {
-                    let n = (npages - first).min(PAGEMAP_CHUNK);
-                    pm.resize((n * 8) as usize, 0);
-                    pagemap
-                        .read_exact_at(&mut pm, (rs / PAGE_SIZE + first) * 8)
-                        .map_err(io("pagemap"))?;
-                    let wanted = |i: u64| {
-                        let v = u64::from_le_bytes(
-                            pm[(i * 8) as usize..(i * 8 + 8) as usize]
-                                .try_into()
-                                .unwrap_or_default(),
-                        );
-                        let populated = v & (PM_PRESENT | PM_SWAPPED) != 0;
-                        match select {
-                            // A written page now gone must still override the base's copy.
-                            Select::Populated if incremental => populated || covered(rs + (first + i) * PAGE_SIZE),
-                            Select::Populated => populated,
-                            Select::Modified => v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE == 0),
-                            Select::All => true,
-                            Select::None => false,
-                        }
-                    };
-                    let mut i = 0;
-                    while i < n {
-                        if !wanted(i) {
-                            i += 1;
-                            continue;
-                        }
-                        let mut j = i + 1;
-                        while j < n && wanted(j) && (j - i) * PAGE_SIZE < ckpt_format::RUN_MAX_BYTES {
-                            j += 1;
-                        }
-                        let addr = rs + (first + i) * PAGE_SIZE;
-                        data.resize(((j - i) * PAGE_SIZE) as usize, 0);
-                        mem.read_exact_at(&mut data, addr)
-                            .map_err(io(&format!("memory at {addr:#x}")))?;
-                        if select == Select::All {
-                            for (a, d) in nonzero(addr, &data) {
-                                captured.take(idx, a, d, &mut runs, store)?;
-                            }
-                        } else {
-                            captured.take(idx, addr, &data, &mut runs, store)?;
-                        }
-                        i = j;
+                let want = |v: u64, addr: u64| {
+                    let populated = v & (PM_PRESENT | PM_SWAPPED) != 0;
+                    match select {
+                        Select::Populated if layered => populated || covered(addr),
+                        Select::Populated => populated,
+                        Select::Modified => v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE == 0),
+                        Select::All => true,
+                        Select::None => false,
                     }
-                    first += n;
-                }
+                };
+                walk_pages(&mem, &pagemap, rs, re, want, |batch| {
+                    let batch = if select == Select::All { batch.nonzero() } else { batch };
+                    captured.take(idx, batch, &mut runs, store)
+                })
+                .map_err(|e| e.into_dump(pid))?;
             }
         }
         mappings.push(Mapping {
@@ -318,6 +253,7 @@ pub fn dump_memory(
             pages: runs,
         });
     }
+    tracing::debug!(pid, captured = captured.bytes(), "memory read");
     Ok(MemoryDump {
         mappings,
         special,
@@ -326,23 +262,21 @@ pub fn dump_memory(
     })
 }
 
-/// The runs of `data` (at `addr`) that are not all zero.
-fn nonzero(addr: u64, data: &[u8]) -> Vec<(u64, &[u8])> {
-    let pages: Vec<&[u8]> = data.chunks(PAGE_SIZE as usize).collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < pages.len() {
-        if pages[i].iter().all(|&b| b == 0) {
-            i += 1;
-            continue;
+/// Whether [s, e) lies within one of the sorted, merged `ranges`.
+fn inside(ranges: &[(u64, u64)], s: u64, e: u64) -> bool {
+    let i = ranges.partition_point(|&(rs, _)| rs <= s);
+    i > 0 && e <= ranges[i - 1].1
+}
+
+/// Sorted, merged copy of possibly overlapping ranges.
+fn merge_ranges(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
         }
-        let mut j = i + 1;
-        while j < pages.len() && !pages[j].iter().all(|&b| b == 0) {
-            j += 1;
-        }
-        let (s, e) = (i * PAGE_SIZE as usize, j * PAGE_SIZE as usize);
-        out.push((addr + s as u64, &data[s..e]));
-        i = j;
     }
     out
 }

@@ -1,8 +1,10 @@
 //! Reading a parked process from the outside: its memory, fds and kernel state become a
 //! process image in the store.
 
+mod copy;
 mod fds;
 mod memory;
+pub mod precopy;
 pub mod sockets;
 mod state;
 
@@ -65,7 +67,7 @@ pub fn read_slots(reg: &Registration) -> Result<Box<ProcSlot>, DumpError> {
 pub struct Dumped {
     pub image: ProcessImage,
     pub store: PageStoreWriter,
-    pub captured: memory::Captured,
+    pub captured: copy::Captured,
 }
 
 /// Reads a parked process: fds, kernel state and a copy of its memory (incremental to `base`
@@ -76,14 +78,20 @@ pub fn dump_parked(
     pages_path: &Path,
     own_store: String,
     base: Option<(&str, &ProcessImage)>,
+    pre: Option<precopy::Precopy>,
+    stop_the_world: bool,
 ) -> Result<Dumped, DumpError> {
     let pid = reg.pid;
+    let t0 = std::time::Instant::now();
     // fds first: an unsupported one fails the checkpoint before any page is copied.
     let fds = fds::dump_fds(pid, reg.control_fd, reg.uffd_fd)?;
+    let t_fds = t0.elapsed();
     let mut image = state::dump_state(reg, slots)?;
+    let t_state = t0.elapsed();
     image.fds = fds;
     let mut store = PageStoreWriter::create(pages_path)?;
-    let m = memory::dump_memory(pid, own_store, base.map(|(_, b)| b), &mut store)?;
+    let m = memory::dump_memory(pid, own_store, base.map(|(_, b)| b), pre, stop_the_world, &mut store)?;
+    tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
     image.special = m.special;
     image.stores = m.stores;

@@ -8,7 +8,7 @@ pub mod link;
 use crate::node::Node;
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{HostEntry, Manifest};
-use ckpt_proto::{CheckpointReport, CtlReply, CtlRequest, EndPlan, FromNode, ToNode};
+use ckpt_proto::{CheckpointMode, CheckpointReport, CtlReply, CtlRequest, EndPlan, FromNode, ToNode};
 use link::RemoteNode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -100,8 +100,8 @@ impl Manager {
             CtlRequest::Ping => CtlReply::Pong {
                 version: ckpt_proto::PROTO_VERSION,
             },
-            CtlRequest::Checkpoint { hold_phase1_ms, full } => self
-                .checkpoint(hold_phase1_ms, full)
+            CtlRequest::Checkpoint { hold_phase1_ms, mode } => self
+                .checkpoint(hold_phase1_ms, mode)
                 .map(CtlReply::Checkpointed)
                 .unwrap_or_else(err),
             CtlRequest::Restore { id } => self
@@ -138,7 +138,7 @@ impl Manager {
         }
     }
 
-    pub fn checkpoint(&self, hold_phase1_ms: u32, full: bool) -> anyhow::Result<CheckpointReport> {
+    pub fn checkpoint(&self, hold_phase1_ms: u32, mode: CheckpointMode) -> anyhow::Result<CheckpointReport> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = Instant::now();
         let targets = self.targets();
@@ -160,7 +160,7 @@ impl Manager {
         };
 
         // Phase 1: communication stops everywhere; each node reports its connection ends.
-        let p1 = first_error(par(&targets, |_| ToNode::Phase1 { id: id.clone() })).map_err(abort)?;
+        let p1 = first_error(par(&targets, |_| ToNode::Phase1 { id: id.clone(), mode })).map_err(abort)?;
         let phase1_us = t0.elapsed().as_micros() as u64;
         if hold_phase1_ms > 0 {
             // A testing hook: show what a long phase 1 does to the programs.
@@ -192,7 +192,6 @@ impl Manager {
         let p2 = first_error(par(&targets, |t| ToNode::Phase2 {
             id: id.clone(),
             expect: expect_for(t.host()),
-            full,
         }))
         .map_err(abort)?;
         let phase2_us = t2.elapsed().as_micros() as u64;

@@ -9,17 +9,17 @@ impl Node {
             message: format!("{e:#}"),
         };
         match req {
-            ToNode::Phase1 { id } => {
+            ToNode::Phase1 { id, mode } => {
                 let dir = match self.store.dir_for(&id) {
                     Ok(d) => d,
                     Err(e) => return failed(e.into()),
                 };
-                self.phase1(dir)
+                self.phase1(dir, mode)
                     .map(|ends| FromNode::Phase1Done { ends })
                     .unwrap_or_else(failed)
             }
-            ToNode::Phase2 { id, expect, full } => self
-                .phase2(&id, &expect, full)
+            ToNode::Phase2 { id, expect } => self
+                .phase2(&id, &expect)
                 .map(|processes| FromNode::Phase2Done { processes })
                 .unwrap_or_else(failed),
             ToNode::Finish { id, commit } => {

@@ -5,11 +5,12 @@
 //! makes the images durable.
 
 use super::Node;
+use crate::dump::precopy::{precopy, Precopy};
 use crate::dump::{dump_parked, read_slots, sockets, Dumped};
 use crate::registry::Proc;
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{read_record, write_record, CheckpointDir, ProcessEntry, ProcessImage, RecordKind};
-use ckpt_proto::{AppMsg, ConnEnd, NodeMsg};
+use ckpt_proto::{AppMsg, CheckpointMode, ConnEnd, NodeMsg};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
@@ -25,6 +26,11 @@ pub struct Pending {
     pub procs: Vec<Arc<Proc>>,
     /// When the gates were shut.
     pub shut: Instant,
+    pub mode: CheckpointMode,
+    /// Per pid: the previous checkpoint this one is incremental to.
+    pub bases: HashMap<i32, (String, ProcessImage)>,
+    /// Per pid: memory copied before the stop (taken by the dump).
+    pub pre: std::sync::Mutex<HashMap<i32, Precopy>>,
 }
 
 fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
@@ -35,25 +41,19 @@ fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
     move |e| anyhow!("process {pid} stopped answering ({e}); it may have exited")
 }
 
-/// While `p` is parked: has it register its memory for tracking, then arms what is new.
-fn track(p: &Proc, s: &std::os::unix::net::UnixStream) -> anyhow::Result<()> {
+/// Has `p` register its memory for dirty-page tracking (while it runs, before a checkpoint).
+fn track(p: &Proc) -> anyhow::Result<()> {
     let pid = p.reg.pid;
     if p.reg.uffd_fd < 0 {
         return Ok(());
     }
-    let before = ckpt_sys::procfs::uffd_wp_ranges(pid)?;
-    ckpt_proto::send(s, &NodeMsg::Track, &[]).map_err(lost(pid))?;
-    match ckpt_proto::recv::<AppMsg>(s).map_err(lost(pid))?.0 {
-        AppMsg::Tracked => {}
+    let s = talk(p);
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    ckpt_proto::send(&s, &NodeMsg::Track, &[]).map_err(lost(pid))?;
+    match ckpt_proto::recv::<AppMsg>(&s).map_err(lost(pid))?.0 {
+        AppMsg::Tracked => Ok(()),
         other => bail!("process {pid} answered {other:?} to track"),
     }
-    let pagemap = std::fs::File::open(format!("/proc/{pid}/pagemap"))?;
-    for (start, end) in ckpt_sys::procfs::uffd_wp_ranges(pid)? {
-        if !before.contains(&(start, end)) {
-            ckpt_sys::pagemap::protect_all(&pagemap, start, end)?;
-        }
-    }
-    Ok(())
 }
 
 /// Tells every gated program to open its gate again.
@@ -97,12 +97,13 @@ fn conn_ends(procs: &[Arc<Proc>]) -> Vec<ConnEnd> {
 }
 
 impl Node {
-    pub fn phase1(&self, dir: CheckpointDir) -> anyhow::Result<Vec<ConnEnd>> {
+    pub fn phase1(&self, dir: CheckpointDir, mode: CheckpointMode) -> anyhow::Result<Vec<ConnEnd>> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = pending.as_ref() {
             bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);
         }
         let procs = self.registry.alive();
+        let (bases, pre) = self.precopy_all(&procs, mode);
         let mut stopped: Vec<Arc<Proc>> = Vec::new();
         for p in &procs {
             let pid = p.reg.pid;
@@ -136,19 +137,20 @@ impl Node {
             dir,
             procs: stopped,
             shut: Instant::now(),
+            mode,
+            bases,
+            pre: std::sync::Mutex::new(pre),
         });
         Ok(ends)
     }
 
     /// `expect`: for each (local, peer) end, the bytes its peer has sent.
-    pub fn phase2(&self, id: &str, expect: &[(String, String, u64)], full: bool) -> anyhow::Result<Vec<ProcessEntry>> {
+    pub fn phase2(&self, id: &str, expect: &[(String, String, u64)]) -> anyhow::Result<Vec<ProcessEntry>> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Some(p) = pending.as_ref().filter(|p| p.dir.id == id) else {
             bail!("host {}: checkpoint {id} has no phase 1 here", self.host);
         };
-        let r = self
-            .drain(&p.procs, expect)
-            .and_then(|_| self.local_checkpoint(&p.dir, &p.procs, p.shut, full));
+        let r = self.drain(&p.procs, expect).and_then(|_| self.local_checkpoint(p));
         r.map_err(|e| e.context(format!("host {}", self.host)))
     }
 
@@ -212,13 +214,8 @@ impl Node {
     }
 
     /// Parks every local program, reads each, releases them all, makes the images durable.
-    fn local_checkpoint(
-        &self,
-        dir: &CheckpointDir,
-        procs: &[Arc<Proc>],
-        shut: Instant,
-        full: bool,
-    ) -> anyhow::Result<Vec<ProcessEntry>> {
+    fn local_checkpoint(&self, pending: &Pending) -> anyhow::Result<Vec<ProcessEntry>> {
+        let (dir, procs, shut) = (&pending.dir, &pending.procs[..], pending.shut);
         let streams: Vec<_> = procs.iter().map(|p| talk(p)).collect();
         let mut parked = Vec::new();
         let mut result: anyhow::Result<()> = Ok(());
@@ -250,6 +247,7 @@ impl Node {
                 }
             }
         }
+        let t_parked = Instant::now();
         // Every local program is parked (the barrier): intra-host communication has stopped.
         // Bytes sent on local connections until now must be in their receivers' queues.
         if result.is_ok() {
@@ -272,7 +270,7 @@ impl Node {
             let outcomes: Vec<anyhow::Result<Dumped>> = std::thread::scope(|sc| {
                 let hs: Vec<_> = parked
                     .iter()
-                    .map(|(p, _, _)| sc.spawn(|| self.dump_one(dir, p, full)))
+                    .map(|(p, _, _)| sc.spawn(|| self.dump_one(pending, p)))
                     .collect();
                 hs.into_iter()
                     .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("dump thread panicked"))))
@@ -286,15 +284,7 @@ impl Node {
                 }
             }
         }
-        // Still parked: track the memory from this instant on.
-        if result.is_ok() {
-            for (p, s, _) in &parked {
-                if let Err(e) = track(p, s) {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
+        tracing::debug!(dump_us = t_parked.elapsed().as_micros() as u64, "parked work");
         let verdict = if result.is_ok() {
             NodeMsg::Resume
         } else {
@@ -335,32 +325,63 @@ impl Node {
         Ok(entries)
     }
 
-    /// This process's previous committed checkpoint, unless a full one is asked for.
-    fn base(&self, p: &Proc, full: bool) -> Option<(String, ProcessImage)> {
-        let id = p
-            .track_base
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .filter(|_| !full)?;
+    /// Chooses each process's base and, unless in stop-the-world mode, copies its tracked
+    /// memory while it still runs. A process whose pre-copy fails gets a full checkpoint.
+    fn precopy_all(
+        &self,
+        procs: &[Arc<Proc>],
+        mode: CheckpointMode,
+    ) -> (HashMap<i32, (String, ProcessImage)>, HashMap<i32, Precopy>) {
+        let mut bases = HashMap::new();
+        let mut pre = HashMap::new();
+        for p in procs {
+            let pid = p.reg.pid;
+            let base = if mode.full { None } else { self.base(p) };
+            if let Err(e) = track(p) {
+                tracing::warn!(pid, "cannot register memory for tracking: {e:#}");
+            }
+            if !mode.stop_the_world {
+                match precopy(pid, base.as_ref().map(|(_, b)| b)) {
+                    Ok(copy) => {
+                        pre.insert(pid, copy);
+                    }
+                    Err(e) => {
+                        tracing::warn!(pid, "pre-copy failed, storing it in full: {e}");
+                        continue;
+                    }
+                }
+            }
+            if let Some(b) = base {
+                bases.insert(pid, b);
+            }
+        }
+        (bases, pre)
+    }
+
+    /// This process's previous committed checkpoint.
+    fn base(&self, p: &Proc) -> Option<(String, ProcessImage)> {
+        let id = p.track_base.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
         let (dir, _) = self.store.get(&id).ok()?;
         let img = read_record(&dir.meta_path(&self.host, p.reg.pid), RecordKind::Process).ok()?;
         Some((id, img))
     }
 
-    fn dump_one(&self, dir: &CheckpointDir, p: &Proc, full: bool) -> anyhow::Result<Dumped> {
+    fn dump_one(&self, pending: &Pending, p: &Proc) -> anyhow::Result<Dumped> {
+        let dir = &pending.dir;
         let pid = p.reg.pid;
         let pdir = dir.process_dir(&self.host, pid);
         std::fs::create_dir_all(&pdir).with_context(|| format!("cannot create {}", pdir.display()))?;
         let slots = read_slots(&p.reg)?;
         let own = format!("{}/{}/{pid}/pages.img", dir.id, self.host);
-        let base = self.base(p, full);
+        let base = pending.bases.get(&pid).map(|(i, b)| (i.as_str(), b));
         Ok(dump_parked(
             &p.reg,
             &slots,
             &dir.pages_path(&self.host, pid),
             own,
-            base.as_ref().map(|(i, b)| (i.as_str(), b)),
+            base,
+            pending.pre.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid),
+            pending.mode.stop_the_world,
         )?)
     }
 }

@@ -30,6 +30,10 @@ enum Cmd {
         /// Store every page, not only those written since the previous checkpoint
         #[arg(long)]
         full: bool,
+        /// Baseline mode: no copying before the stop, pages written to disk while the programs
+        /// are stopped
+        #[arg(long)]
+        stop_the_world: bool,
         /// Keep communication stopped this long between the two phases (for testing)
         #[arg(long, default_value_t = 0, hide = true)]
         hold_phase1_ms: u32,
@@ -68,10 +72,17 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
     use ckpt_proto::{CtlReply, CtlRequest};
     let c = client::Client::connect(socket)?;
     let (req, fds): (CtlRequest, Vec<i32>) = match &args.cmd {
-        Cmd::Checkpoint { hold_phase1_ms, full } => (
+        Cmd::Checkpoint {
+            hold_phase1_ms,
+            full,
+            stop_the_world,
+        } => (
             CtlRequest::Checkpoint {
                 hold_phase1_ms: *hold_phase1_ms,
-                full: *full,
+                mode: ckpt_proto::CheckpointMode {
+                    full: *full,
+                    stop_the_world: *stop_the_world,
+                },
             },
             vec![],
         ),

@@ -54,7 +54,7 @@ pub enum AppMsg {
     },
     /// Phase 1 done: the gate is shut and no send-family call is in the kernel.
     CommStopped,
-    /// While parked: every private anonymous writable mapping is registered for tracking.
+    /// Every private anonymous writable mapping is registered for tracking.
     Tracked,
     /// A send stayed blocked in the kernel past the timeout; the gate is open again.
     CommStopFailed,
@@ -81,8 +81,7 @@ pub enum NodeMsg {
     Park {
         timeout_ms: u32,
     },
-    /// While parked, after the process was read: register memory for dirty-page tracking and
-    /// answer `Tracked` (ckptd then arms the new ranges).
+    /// Before a checkpoint: register memory for dirty-page tracking and answer `Tracked`.
     Track,
     /// The process has been read: let the threads run.
     Resume,
@@ -97,8 +96,7 @@ pub enum CtlRequest {
     /// `hold_phase1_ms` keeps every gate shut that long between the phases (a testing hook).
     Checkpoint {
         hold_phase1_ms: u32,
-        /// Store every page, not only those written since the previous checkpoint.
-        full: bool,
+        mode: CheckpointMode,
     },
     List,
     Show {
@@ -189,6 +187,15 @@ pub enum CtlReply {
     },
 }
 
+/// How a checkpoint stores memory.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct CheckpointMode {
+    /// Store every page, not only those written since the previous checkpoint.
+    pub full: bool,
+    /// The plain baseline: no copy before the stop, pages written to disk while parked.
+    pub stop_the_world: bool,
+}
+
 /// One end of a TCP connection as phase 1 saw it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnEnd {
@@ -225,12 +232,12 @@ pub enum EndPlan {
 pub enum ToNode {
     Phase1 {
         id: String,
+        mode: CheckpointMode,
     },
     /// For each (local, peer) end of this node, the bytes its peer has sent.
     Phase2 {
         id: String,
         expect: Vec<(String, String, u64)>,
-        full: bool,
     },
     Finish {
         id: String,

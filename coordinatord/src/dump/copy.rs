@@ -1,0 +1,238 @@
+//! Copying pages out of a process: selected through its pagemap, read in batches with
+//! process_vm_readv (one system call for many scattered pages; /proc/PID/mem serves what it
+//! cannot read), kept in memory while the program is parked and written to the page store
+//! once it runs again.
+
+use super::DumpError;
+use ckpt_format::{Mapping, PageRun, PageStoreWriter, PAGE_SIZE};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Pagemap entries read at once (8 bytes each).
+const PAGEMAP_CHUNK: u64 = 1 << 16;
+const BATCH_RUNS: usize = 512;
+const BATCH_BYTES: u64 = 16 << 20;
+
+/// Pages read in one go: the bytes, and where each run of them lies (address, offset, length).
+pub struct Batch {
+    pub data: Vec<u8>,
+    pub runs: Vec<(u64, usize, usize)>,
+}
+
+impl Batch {
+    /// The same bytes with only the pages that are not all zero.
+    pub fn nonzero(self) -> Batch {
+        let mut runs = Vec::new();
+        for &(addr, off, len) in &self.runs {
+            let pages = len / PAGE_SIZE as usize;
+            let zero = |p: usize| {
+                self.data[off + p * PAGE_SIZE as usize..off + (p + 1) * PAGE_SIZE as usize]
+                    .iter()
+                    .all(|&b| b == 0)
+            };
+            let mut p = 0;
+            while p < pages {
+                if zero(p) {
+                    p += 1;
+                    continue;
+                }
+                let mut q = p + 1;
+                while q < pages && !zero(q) {
+                    q += 1;
+                }
+                let at = p * PAGE_SIZE as usize;
+                runs.push((addr + at as u64, off + at, (q - p) * PAGE_SIZE as usize));
+                p = q;
+            }
+        }
+        Batch { data: self.data, runs }
+    }
+
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.runs.iter().map(|&(a, _, l)| (a, a + l as u64))
+    }
+}
+
+pub enum WalkError {
+    Io(String, std::io::Error),
+    Dump(DumpError),
+}
+
+impl From<DumpError> for WalkError {
+    fn from(d: DumpError) -> Self {
+        WalkError::Dump(d)
+    }
+}
+
+impl WalkError {
+    pub fn into_dump(self, pid: i32) -> DumpError {
+        match self {
+            WalkError::Io(what, source) => DumpError::Io { pid, what, source },
+            WalkError::Dump(d) => d,
+        }
+    }
+}
+
+/// Reads the pages of [rs, re) that `want(pagemap entry, address)` selects and hands them to
+/// `f` in batches.
+pub fn walk_pages(
+    mem: &File,
+    pagemap: &File,
+    rs: u64,
+    re: u64,
+    want: impl Fn(u64, u64) -> bool,
+    mut f: impl FnMut(Batch) -> Result<(), DumpError>,
+) -> Result<(), WalkError> {
+    let npages = (re - rs) / PAGE_SIZE;
+    let mut pm = Vec::new();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    let mut batched = 0u64;
+    let mut flush = |runs: &mut Vec<(u64, u64)>| -> Result<(), WalkError> {
+        let total: u64 = runs.iter().map(|r| r.1).sum();
+        let mut data = vec![0u8; total as usize];
+        if !read_batch(mem, runs, &mut data) {
+            let mut at = 0usize;
+            for &(addr, len) in runs.iter() {
+                mem.read_exact_at(&mut data[at..at + len as usize], addr)
+                    .map_err(|e| WalkError::Io(format!("memory at {addr:#x}"), e))?;
+                at += len as usize;
+            }
+        }
+        let mut at = 0usize;
+        let mut placed = Vec::with_capacity(runs.len());
+        for &(addr, len) in runs.iter() {
+            placed.push((addr, at, len as usize));
+            at += len as usize;
+        }
+        runs.clear();
+        f(Batch { data, runs: placed })?;
+        Ok(())
+    };
+    let mut first = 0;
+    while first < npages {
+        let n = (npages - first).min(PAGEMAP_CHUNK);
+        pm.resize((n * 8) as usize, 0);
+        pagemap
+            .read_exact_at(&mut pm, (rs / PAGE_SIZE + first) * 8)
+            .map_err(|e| WalkError::Io("pagemap".into(), e))?;
+        let entry = |i: u64| {
+            u64::from_le_bytes(
+                pm[(i * 8) as usize..(i * 8 + 8) as usize]
+                    .try_into()
+                    .unwrap_or_default(),
+            )
+        };
+        let wanted = |i: u64| want(entry(i), rs + (first + i) * PAGE_SIZE);
+        let mut i = 0;
+        while i < n {
+            if !wanted(i) {
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < n && wanted(j) && (j - i) * PAGE_SIZE < ckpt_format::RUN_MAX_BYTES {
+                j += 1;
+            }
+            let len = (j - i) * PAGE_SIZE;
+            runs.push((rs + (first + i) * PAGE_SIZE, len));
+            batched += len;
+            if runs.len() >= BATCH_RUNS || batched >= BATCH_BYTES {
+                flush(&mut runs)?;
+                batched = 0;
+            }
+            i = j;
+        }
+        first += n;
+    }
+    if !runs.is_empty() {
+        flush(&mut runs)?;
+    }
+    Ok(())
+}
+
+/// Reads `runs` of the process behind `mem` into `data` in one process_vm_readv; false if it
+/// could not read them all.
+fn read_batch(mem: &File, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
+    let Some(pid) = mem_pid(mem) else { return false };
+    let local = [libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    }];
+    let remote: Vec<libc::iovec> = runs
+        .iter()
+        .map(|&(a, l)| libc::iovec {
+            iov_base: a as *mut libc::c_void,
+            iov_len: l as usize,
+        })
+        .collect();
+    // SAFETY: `local` covers exactly `data`; the remote iovecs are addresses in the other process.
+    let n = unsafe { libc::process_vm_readv(pid, local.as_ptr(), 1, remote.as_ptr(), remote.len() as u64, 0) };
+    n >= 0 && n as usize == data.len()
+}
+
+/// The pid a /proc/PID/mem file belongs to.
+fn mem_pid(mem: &File) -> Option<i32> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(mem))).ok()?;
+    link.to_str()?.strip_prefix("/proc/")?.split('/').next()?.parse().ok()
+}
+
+/// Pages copied out of a parked program, written to its page store once it runs again.
+pub struct Captured {
+    batches: Vec<(usize, Batch)>,
+    bytes: u64,
+    /// Past this many bytes, pages go straight to the store (the program stays parked longer).
+    budget: u64,
+}
+
+impl Captured {
+    pub fn new(limit: u64) -> Self {
+        let avail = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemAvailable:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024;
+        Self {
+            batches: Vec::new(),
+            bytes: 0,
+            budget: limit.min(avail / 2),
+        }
+    }
+
+    /// Keeps a batch of mapping number `mapping` for later, or writes it now (appending to
+    /// `runs`, the mapping's runs) when over budget.
+    pub fn take(
+        &mut self,
+        mapping: usize,
+        batch: Batch,
+        runs: &mut Vec<PageRun>,
+        store: &mut PageStoreWriter,
+    ) -> Result<(), DumpError> {
+        if self.bytes + batch.data.len() as u64 > self.budget {
+            for &(addr, off, len) in &batch.runs {
+                store.append(addr, &batch.data[off..off + len], runs)?;
+            }
+        } else {
+            self.bytes += batch.data.len() as u64;
+            self.batches.push((mapping, batch));
+        }
+        Ok(())
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Writes what was kept; the runs go after each mapping's runs so far.
+    pub fn write(self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
+        for (m, b) in self.batches {
+            for &(addr, off, len) in &b.runs {
+                store.append(addr, &b.data[off..off + len], &mut mappings[m].pages)?;
+            }
+        }
+        Ok(())
+    }
+}

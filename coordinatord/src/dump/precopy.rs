@@ -1,0 +1,77 @@
+//! Pre-copy: while the program still runs, the pages of its tracked memory written since its
+//! last checkpoint (all populated pages when there is none) are read and the tracking is
+//! re-armed; once it is parked, only what was written since has to be copied. This keeps the
+//! stop short whatever the size of the memory.
+
+use super::copy::{walk_pages, Batch};
+use super::DumpError;
+use ckpt_format::ProcessImage;
+use ckpt_sys::procfs;
+use std::collections::HashMap;
+use std::fs::File;
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAPPED: u64 = 1 << 62;
+
+/// What was copied of one tracked mapping before the stop.
+#[derive(Default)]
+pub struct PreMapping {
+    /// Pages as they were when read (a later write shows up in the tracking).
+    pub batches: Vec<Batch>,
+    /// Ranges found written since the base (the whole mapping without a base).
+    pub written: Vec<(u64, u64)>,
+}
+
+/// A process's memory copied before the stop.
+#[derive(Default)]
+pub struct Precopy {
+    /// By mapping (start, end).
+    pub mappings: HashMap<(u64, u64), PreMapping>,
+    /// Mappings registered for tracking at the time.
+    pub tracked: Vec<(u64, u64)>,
+}
+
+fn anonymous(path: &str) -> bool {
+    path.is_empty() || path == "[heap]" || path == "[stack]" || path.starts_with("[anon:")
+}
+
+/// Copies what a checkpoint against `base` needs of the tracked memory of `pid`, which runs.
+pub fn precopy(pid: i32, base: Option<&ProcessImage>) -> Result<Precopy, DumpError> {
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| DumpError::Io {
+            pid,
+            what: what.clone(),
+            source,
+        }
+    };
+    let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
+    let tracked = procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?;
+    let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
+    let mut out = Precopy::default();
+    for e in maps
+        .iter()
+        .filter(|e| !e.shared && anonymous(&e.path) && tracked.contains(&(e.start, e.end)))
+    {
+        let mut m = PreMapping::default();
+        let ranges = if base.is_some() {
+            ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true).map_err(io("written pages"))?
+        } else {
+            ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
+            vec![(e.start, e.end)]
+        };
+        for &(rs, re) in &ranges {
+            let populated = |v: u64, _| v & (PM_PRESENT | PM_SWAPPED) != 0;
+            walk_pages(&mem, &pagemap, rs, re, populated, |b| {
+                m.batches.push(b);
+                Ok(())
+            })
+            .map_err(|e| e.into_dump(pid))?;
+        }
+        m.written = ranges;
+        out.mappings.insert((e.start, e.end), m);
+    }
+    out.tracked = tracked;
+    Ok(out)
+}
