@@ -14,6 +14,7 @@ use std::os::unix::fs::MetadataExt;
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+const PFN_MASK: u64 = (1 << 55) - 1;
 /// Name given by the restorer to its leftover pages, never part of the program.
 pub const RESTORER_VMA_NAME: &str = "[anon:ckpt-restorer]";
 
@@ -147,6 +148,7 @@ pub fn dump_memory(
         .unwrap_or_default();
     // The baseline writes pages to disk while the program is stopped.
     let mut captured = Captured::new(if stop_the_world { 0 } else { u64::MAX });
+    let zero_pfn = ckpt_sys::pagemap::zero_pfn();
     let mut mappings = Vec::new();
     let mut special = Vec::new();
     for e in &maps {
@@ -216,7 +218,13 @@ pub fn dump_memory(
         let mut older: Vec<(u64, u64)> = inherited.iter().map(|r| (r.addr, r.addr + r.len)).collect();
         // Pages copied before the stop come first; what changed since goes over them.
         if let Some(p) = pre_m {
-            for b in p.batches {
+            let delta = merge_ranges(ranges.clone());
+            for mut b in p.batches {
+                // Runs written again since are read anew below: no need to keep them twice.
+                b.runs.retain(|&(a, _, l)| !inside(&delta, a, a + l as u64));
+                if b.runs.is_empty() {
+                    continue;
+                }
                 older.extend(b.ranges());
                 captured.take(idx, b, &mut runs, store)?;
             }
@@ -227,7 +235,9 @@ pub fn dump_memory(
         if select != Select::None {
             for &(rs, re) in &ranges {
                 let want = |v: u64, addr: u64| {
-                    let populated = v & (PM_PRESENT | PM_SWAPPED) != 0;
+                    // A page that was only read maps the zero page: nothing to store.
+                    let zero = zero_pfn.is_some_and(|z| v & PM_PRESENT != 0 && v & PFN_MASK == z);
+                    let populated = v & (PM_PRESENT | PM_SWAPPED) != 0 && !zero;
                     match select {
                         Select::Populated if layered => populated || covered(addr),
                         Select::Populated => populated,

@@ -12,6 +12,7 @@ use std::fs::File;
 
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
+const PFN_MASK: u64 = (1 << 55) - 1;
 
 /// What was copied of one tracked mapping before the stop.
 #[derive(Default)]
@@ -62,7 +63,11 @@ pub fn precopy(pid: i32, base: Option<&ProcessImage>) -> Result<Precopy, DumpErr
             vec![(e.start, e.end)]
         };
         for &(rs, re) in &ranges {
-            let populated = |v: u64, _| v & (PM_PRESENT | PM_SWAPPED) != 0;
+            let zero = ckpt_sys::pagemap::zero_pfn();
+            // Pages only read map the zero page: nothing to copy.
+            let populated = |v: u64, _| {
+                v & (PM_PRESENT | PM_SWAPPED) != 0 && !zero.is_some_and(|z| v & PM_PRESENT != 0 && v & PFN_MASK == z)
+            };
             walk_pages(&mem, &pagemap, rs, re, populated, |b| {
                 m.batches.push(b);
                 Ok(())

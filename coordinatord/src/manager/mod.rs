@@ -212,9 +212,13 @@ impl Manager {
             )));
         }
         let duration_us = t0.elapsed().as_micros() as u64;
+        // The checkpoint's parent: the one all its processes are incremental to, if they agree.
+        let mut parents = hosts.iter().flat_map(|h| h.processes.iter().map(|p| p.parent.clone()));
+        let first = parents.next().flatten();
+        let parent = if parents.all(|p| p == first) { first } else { None };
         let manifest = Manifest {
             id: id.clone(),
-            parent: None,
+            parent,
             created_unix_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

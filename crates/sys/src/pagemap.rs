@@ -77,3 +77,34 @@ pub fn written(pagemap: &std::fs::File, start: u64, end: u64, rearm: bool) -> st
 pub fn protect_all(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<()> {
     written(pagemap, start, end, true).map(|_| ())
 }
+
+/// The frame number of the kernel's shared zero page, as /proc/PID/pagemap shows it (root
+/// only): a page mapped to it was only read and holds zeros. None when it cannot be learned.
+pub fn zero_pfn() -> Option<u64> {
+    static PFN: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *PFN.get_or_init(|| {
+        // SAFETY: a fresh private anonymous page, read once (which maps the zero page), unmapped.
+        unsafe {
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if p == libc::MAP_FAILED {
+                return None;
+            }
+            std::ptr::read_volatile(p as *const u8);
+            let f = std::fs::File::open("/proc/self/pagemap").ok();
+            let mut e = [0u8; 8];
+            let ok =
+                f.is_some_and(|f| std::os::unix::fs::FileExt::read_exact_at(&f, &mut e, (p as u64 / 4096) * 8).is_ok());
+            libc::munmap(p, 4096);
+            let v = u64::from_le_bytes(e);
+            let pfn = v & ((1 << 55) - 1);
+            (ok && v >> 63 == 1 && pfn != 0).then_some(pfn)
+        }
+    })
+}
