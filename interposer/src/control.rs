@@ -123,18 +123,24 @@ fn serve() {
                 None
             }
             NodeMsg::Park { timeout_ms } => {
-                let parked = checkpoint::park_all(timeout_ms);
-                // Whether it was read, aborted or restored, communication resumes now.
-                gate::open();
-                gated = false;
-                match parked {
+                // Read or not, the threads run again now; inter-host sends stay held until ckptd
+                // says the checkpoint is over everywhere (CommResume), so that no byte reaches a
+                // peer on a host that has not been read yet.
+                match checkpoint::park_all(timeout_ms) {
                     Ok(()) if SLOTS.take_restored() => {
+                        // A restored program: its gate's state in memory is the checkpoint's.
+                        gate::open();
+                        gated = false;
                         // The kernel's tracker did not survive: a new one at the same number.
                         crate::pages::recreate();
                         Some(AppMsg::Restored { pid: sys::getpid() })
                     }
                     Ok(()) => None,
-                    Err((reason, tid)) => Some(AppMsg::ParkFailed { reason, tid }),
+                    Err((reason, tid)) => {
+                        gate::open();
+                        gated = false;
+                        Some(AppMsg::ParkFailed { reason, tid })
+                    }
                 }
             }
             NodeMsg::Track => {

@@ -162,6 +162,8 @@ impl Manager {
         // Phase 1: communication stops everywhere; each node reports its connection ends.
         let p1 = first_error(par(&targets, |_| ToNode::Phase1 { id: id.clone(), mode })).map_err(abort)?;
         let phase1_us = t0.elapsed().as_micros() as u64;
+        // Inter-host sends are held from here until every node was told the checkpoint is over.
+        let gates_shut = Instant::now();
         if hold_phase1_ms > 0 {
             // A testing hook: show what a long phase 1 does to the programs.
             std::thread::sleep(std::time::Duration::from_millis(hold_phase1_ms as u64));
@@ -235,6 +237,7 @@ impl Manager {
             id: id.clone(),
             commit: true,
         });
+        let held_us = gates_shut.elapsed().as_micros() as u64;
         if let Some(keep) = self.keep {
             match self.node.store.retain(keep) {
                 Ok(gone) if !gone.is_empty() => tracing::info!(?gone, keep, "retention: deleted old checkpoints"),
@@ -248,7 +251,7 @@ impl Manager {
             stored_bytes: manifest.stored_bytes(),
             duration_us,
             max_stop_us: manifest.processes().map(|(_, p)| p.stop_us).max().unwrap_or(0),
-            max_held_us: manifest.processes().map(|(_, p)| p.held_us).max().unwrap_or(0),
+            max_held_us: held_us,
             phase1_us,
             phase2_us,
         };

@@ -301,7 +301,8 @@ impl Node {
                 d.2 = stop_us;
             }
         }
-        // The gates opened with the release above.
+        // The gates open when the manager ends the checkpoint everywhere (`finish`); this is
+        // how long they were shut until this host's part was read.
         let held_us = shut.elapsed().as_micros() as u64;
         drop(streams);
         result?;
