@@ -1,6 +1,7 @@
 //! Checkpoint/restore benchmark.
 //!
 //!   cargo run --release -p ckpt-tests --bin bench -- [--sizes 256,1024] [--reps 3]
+//!   cargo run --release -p ckpt-tests --bin bench -- --hosts 2,4 [--reps 5]
 //!
 //! For each size: a fresh ckptd, mem_pattern <size> under ckpt-run, a few
 //! ticks, then a timed `ckptctl checkpoint` (wall time), the program's own
@@ -9,11 +10,18 @@
 //! first tick line printed by the restored program.  Each size is repeated
 //! `--reps` times and the medians are printed as a table.
 //!
+//! With `--hosts`, the cluster mode runs instead (both run when `--sizes` is
+//! given too): see `bench/cluster.rs`; `--reps` is then the number of
+//! checkpoints per host count (default 5).
+//!
 //! Uses the release binaries (`target/release`) unless CKPT_BIN_DIR is set.
 
 use anyhow::{bail, Context, Result};
 use ckpt_tests::*;
 use std::time::{Duration, Instant};
+
+#[path = "bench/cluster.rs"]
+mod cluster;
 
 struct Sample {
     ckpt_ms: f64,
@@ -24,13 +32,35 @@ struct Sample {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bench [--sizes MiB,MiB,...] [--reps N]   (default --sizes 256,1024 --reps 3)");
+    eprintln!(
+        "usage: bench [--sizes MiB,MiB,...] [--hosts N,N,...] [--reps N]\n\
+         (default --sizes 256,1024 --reps 3; with --hosts alone only the cluster mode runs, --reps 5)"
+    );
     std::process::exit(2);
 }
 
-fn parse_args() -> (Vec<u64>, usize) {
-    let mut sizes = vec![256, 1024];
-    let mut reps = 3;
+struct Opts {
+    sizes: Vec<u64>,
+    hosts: Vec<usize>,
+    reps: Option<usize>,
+}
+
+fn parse_list<T: std::str::FromStr + PartialEq + Default>(v: &str) -> Vec<T> {
+    let l: Vec<T> = v
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse().unwrap_or_else(|_| usage()))
+        .collect();
+    if l.is_empty() || l.contains(&T::default()) {
+        usage();
+    }
+    l
+}
+
+fn parse_args() -> Opts {
+    let mut sizes = None;
+    let mut hosts = Vec::new();
+    let mut reps = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let (key, val) = match a.split_once('=') {
@@ -40,21 +70,22 @@ fn parse_args() -> (Vec<u64>, usize) {
         match key.as_str() {
             "--sizes" => {
                 let v = val.or_else(|| it.next()).unwrap_or_else(|| usage());
-                sizes = v
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(|s| s.trim().parse().unwrap_or_else(|_| usage()))
-                    .collect();
-                if sizes.is_empty() || sizes.contains(&0) {
+                sizes = Some(parse_list::<u64>(&v));
+            }
+            "--hosts" => {
+                let v = val.or_else(|| it.next()).unwrap_or_else(|| usage());
+                hosts = parse_list::<usize>(&v);
+                if hosts.iter().any(|&h| h > 100) {
                     usage();
                 }
             }
             "--reps" => {
                 let v = val.or_else(|| it.next()).unwrap_or_else(|| usage());
-                reps = v.parse().unwrap_or_else(|_| usage());
-                if reps == 0 {
+                let r: usize = v.parse().unwrap_or_else(|_| usage());
+                if r == 0 {
                     usage();
                 }
+                reps = Some(r);
             }
             "-h" | "--help" => usage(),
             _ => {
@@ -63,7 +94,12 @@ fn parse_args() -> (Vec<u64>, usize) {
             }
         }
     }
-    (sizes, reps)
+    let sizes = match sizes {
+        Some(s) => s,
+        None if hosts.is_empty() => vec![256, 1024],
+        None => Vec::new(),
+    };
+    Opts { sizes, hosts, reps }
 }
 
 fn maxgap_us(line: &str) -> Option<u64> {
@@ -135,19 +171,28 @@ fn run_once(size: u64) -> Result<Sample> {
 }
 
 fn main() -> Result<()> {
-    let (sizes, reps) = parse_args();
+    let opts = parse_args();
+    let (sizes, reps) = (opts.sizes, opts.reps.unwrap_or(3));
     if std::env::var_os("CKPT_BIN_DIR").is_none() {
         std::env::set_var("CKPT_BIN_DIR", target_dir().join("release"));
     }
     if !is_root() {
         eprintln!("bench: warning: not root; checkpoint/restore will probably fail");
     }
-    eprintln!(
-        "bench: binaries from {}, sizes {:?} MiB, {} reps each",
-        bin_dir().display(),
-        sizes,
-        reps
-    );
+    eprintln!("bench: binaries from {}", bin_dir().display());
+    let mut cluster_rows = Vec::new();
+    let creps = opts.reps.unwrap_or(5);
+    for &n in &opts.hosts {
+        eprintln!("bench: cluster of {n} hosts, {creps} checkpoints");
+        cluster_rows.push(cluster::run(n, creps).with_context(|| format!("cluster of {n} hosts"))?);
+    }
+    if !cluster_rows.is_empty() {
+        cluster::print(&cluster_rows, creps);
+    }
+    if sizes.is_empty() {
+        return Ok(());
+    }
+    eprintln!("bench: sizes {sizes:?} MiB, {reps} reps each");
     let mut rows = Vec::new();
     for &size in &sizes {
         let mut samples = Vec::new();

@@ -1,0 +1,156 @@
+//! Incremental-checkpoint benchmark (issue 4):
+//!
+//!   cargo run --release -p ckpt-tests --bin bench_incr -- [--sizes 256,1024,4096] [--reps 3]
+//!
+//! For each size, a program (`examples/dirty_stall.c`) that filled its memory writes 10% of its
+//! pages at random between checkpoints. After a first full checkpoint, each measured
+//! checkpoint is taken right after such a round: in the default mode (tracked, pre-copied,
+//! incremental), with `--stop-the-world` (incremental, but read and written while the program
+//! is stopped) and with `--stop-the-world --full` (the DMTCP-like baseline). Printed, as medians: how long the program was stopped (its own
+//! longest stall), the checkpoint's wall time, the bytes it stored, its store rate against the
+//! disk's write rate measured in the same run, and the time of a 10% write round with dirty
+//! tracking armed against the same round before tracking (the tracking slowdown).
+//!
+//! Uses the release binaries (`target/release`) unless CKPT_BIN_DIR is set.
+
+use anyhow::{bail, Context, Result};
+use ckpt_tests::*;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+struct Sample {
+    stall_ms: f64,
+    ckpt_ms: f64,
+    stored_mib: f64,
+    round_ratio: f64,
+}
+
+fn arg_list(args: &[String], name: &str, default: &str) -> Vec<u64> {
+    let v = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or(default);
+    v.split(',').filter_map(|s| s.trim().parse().ok()).collect()
+}
+
+fn field_u64(line: &str, key: &str) -> Option<u64> {
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == key {
+            return it.next()?.parse().ok();
+        }
+    }
+    None
+}
+
+/// Writes `mib` MiB to a file under `dir` and fsyncs it: the disk's rate in MB/s.
+fn disk_rate(dir: &std::path::Path, mib: u64) -> Result<f64> {
+    let path = dir.join("disk-rate.tmp");
+    let block = vec![0x5au8; 1 << 20];
+    let t = Instant::now();
+    let mut f = std::fs::File::create(&path)?;
+    for _ in 0..mib {
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&path);
+    Ok(mib as f64 * 1.048_576 / secs)
+}
+
+fn round(app: &App, pid: i32) -> Result<u64> {
+    send_signal(pid, libc::SIGUSR2)?;
+    let l = app
+        .wait_line(|l| l.starts_with("round "), Duration::from_secs(120))
+        .context("no round line")?;
+    field_u64(&l, "us").context("round line without time")
+}
+
+fn maxgap(app: &App, pid: i32) -> Result<u64> {
+    send_signal(pid, libc::SIGUSR1)?;
+    let l = app
+        .wait_line(|l| l.starts_with("maxgap_us "), Duration::from_secs(30))
+        .context("no maxgap line")?;
+    field_u64(&l, "maxgap_us").context("bad maxgap line")
+}
+
+fn run(size: u64, mode: &[&str], reps: usize) -> Result<(Vec<Sample>, f64)> {
+    let d = Daemon::start_in(&bin_dir_for("release"))?;
+    let disk = disk_rate(d.store(), size.min(1024))?;
+    let size_s = size.to_string();
+    let app = d.run_example("dirty_stall", &[&size_s, "10"])?;
+    app.wait_line(|l| l.starts_with("ready"), Duration::from_secs(300))
+        .context("program did not start")?;
+    let pid = app.pid;
+    let untracked = round(&app, pid)?;
+    let first = d.ckptctl_timeout(&["checkpoint", "--json"], Duration::from_secs(600));
+    if !first.status.success() {
+        bail!("first checkpoint failed: {}", String::from_utf8_lossy(&first.stderr));
+    }
+    let mut out = Vec::new();
+    for _ in 0..reps {
+        let tracked = round(&app, pid)?;
+        maxgap(&app, pid)?;
+        let mut args = vec!["checkpoint", "--json"];
+        args.extend_from_slice(mode);
+        let o = d.ckptctl_timeout(&args, Duration::from_secs(600));
+        if !o.status.success() {
+            bail!("checkpoint failed: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let stall = maxgap(&app, pid)?;
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        out.push(Sample {
+            stall_ms: stall as f64 / 1000.0,
+            ckpt_ms: v["duration_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            stored_mib: v["stored_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
+            round_ratio: tracked as f64 / untracked.max(1) as f64,
+        });
+    }
+    Ok((out, disk))
+}
+
+fn med(v: impl Iterator<Item = f64>) -> f64 {
+    median(&v.collect::<Vec<f64>>())
+}
+
+fn main() -> Result<()> {
+    init();
+    if !is_root() {
+        bail!("the benchmark restores pids and needs root");
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let sizes = arg_list(&args, "--sizes", "256,1024,4096");
+    let reps = arg_list(&args, "--reps", "3").first().copied().unwrap_or(3) as usize;
+    println!("bench_incr: 10% of the pages written between checkpoints, {reps} checkpoints per row, medians");
+    println!(
+        "{:>8} | {:<14} | {:>9} | {:>9} | {:>10} | {:>12} | {:>10} | {:>16}",
+        "size MiB", "mode", "stall ms", "ckpt ms", "stored MiB", "store MB/s", "disk MB/s", "tracking slowdown"
+    );
+    println!("{}", "-".repeat(106));
+    for &size in &sizes {
+        let modes: [(&str, &[&str]); 3] = [
+            ("incremental", &[]),
+            ("stop-the-world", &["--stop-the-world"]),
+            ("full, stopped", &["--stop-the-world", "--full"]),
+        ];
+        for (name, mode) in modes {
+            let (s, disk) = run(size, mode, reps).with_context(|| format!("{size} MiB {name}"))?;
+            let ckpt = med(s.iter().map(|x| x.ckpt_ms));
+            let stored = med(s.iter().map(|x| x.stored_mib));
+            println!(
+                "{:>8} | {:<14} | {:>9.2} | {:>9.1} | {:>10.1} | {:>12.0} | {:>10.0} | {:>15.2}x",
+                size,
+                name,
+                med(s.iter().map(|x| x.stall_ms)),
+                ckpt,
+                stored,
+                stored * 1.048_576 / (ckpt / 1000.0).max(1e-9),
+                disk,
+                med(s.iter().map(|x| x.round_ratio)),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Helpers for program and command output: tick lines, fields, exit
+//! statuses, one-line errors, log tails, progress notes, medians.
+
+use anyhow::{bail, Result};
+use std::fs;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Output};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+/// `tick <n> ...` -> n.
+pub fn tick_num(line: &str) -> Option<u64> {
+    let mut it = line.split_whitespace();
+    if it.next()? != "tick" {
+        return None;
+    }
+    it.next()?.parse().ok()
+}
+
+/// The token following `key` in a whitespace separated line
+/// (`field("tick 3 pid 42", "pid") == Some("42")`).
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    let mut it = line.split_whitespace();
+    while let Some(t) = it.next() {
+        if t == key {
+            return it.next();
+        }
+    }
+    None
+}
+
+/// True if `text` contains `n` as a whole number (not part of a larger one).
+pub fn contains_number(text: &str, n: i64) -> bool {
+    let want = n.to_string();
+    text.split(|c: char| !c.is_ascii_digit()).any(|tok| tok == want)
+}
+
+/// First word of every line of `ckptctl list` output (ids, plus a header
+/// word if there is a header).
+pub fn first_words(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Human readable dump of an `Output`.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        fmt_status(&out.status),
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        String::from_utf8_lossy(&out.stderr).trim_end()
+    )
+}
+
+/// "exit code N" / "killed by signal N".
+pub fn fmt_status(st: &ExitStatus) -> String {
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("exit code {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => format!("{st:?}"),
+    }
+}
+
+/// Trimmed stdout as a String.
+pub fn stdout_str(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Checks that `out` failed (non-zero exit, not killed by a signal) with
+/// exactly one non-empty line on stderr; returns that line.
+pub fn expect_failure_one_line(out: &Output, what: &str) -> Result<String> {
+    if out.status.success() {
+        bail!("{what}: expected a non-zero exit, got success\n{}", describe(out));
+    }
+    if out.status.code().is_none() {
+        bail!("{what}: expected a non-zero exit code, process died\n{}", describe(out));
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.len() != 1 {
+        bail!(
+            "{what}: expected exactly one line on stderr, got {}\n{}",
+            lines.len(),
+            describe(out)
+        );
+    }
+    Ok(lines[0].trim().to_string())
+}
+
+/// Removes ANSI escape sequences (colored log output).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars().peekable();
+    while let Some(c) = it.next() {
+        if c == '\x1b' {
+            if it.peek() == Some(&'[') {
+                it.next();
+                for d in it.by_ref() {
+                    if ('@'..='~').contains(&d) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Last `n` lines of a file (empty string if unreadable), ANSI-stripped.
+pub fn file_tail(path: &Path, n: usize) -> String {
+    let s = fs::read(path).unwrap_or_default();
+    let s = strip_ansi(&String::from_utf8_lossy(&s));
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Timestamped progress message on stderr (shown by cargo test on failure
+/// or with --nocapture).
+#[macro_export]
+macro_rules! note {
+    ($($arg:tt)*) => {
+        eprintln!("[{}] {}", $crate::elapsed_str(), format!($($arg)*))
+    };
+}
+
+static T0: OnceLock<Instant> = OnceLock::new();
+
+/// Seconds since the first call, for [`note!`].
+pub fn elapsed_str() -> String {
+    let t0 = *T0.get_or_init(Instant::now);
+    format!("{:8.3}s", t0.elapsed().as_secs_f64())
+}
+
+/// Median of a non-empty slice (mean of the two middle values).
+pub fn median(v: &[f64]) -> f64 {
+    let mut s: Vec<f64> = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let n = s.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+/// What `ckptctl checkpoint --json` reports.  The phase fields are `None`
+/// when the binaries do not report them.
+#[derive(Clone, Debug, Default)]
+pub struct CkptStats {
+    pub id: String,
+    pub processes: u64,
+    pub stored_bytes: u64,
+    pub duration_us: u64,
+    pub max_stop_us: u64,
+    pub phase1_us: Option<u64>,
+    pub phase2_us: Option<u64>,
+    pub max_held_us: Option<u64>,
+}
+
+impl CkptStats {
+    /// Parses the JSON object printed by `ckptctl checkpoint --json`.
+    pub fn parse(text: &str) -> Result<CkptStats> {
+        let v: serde_json::Value = serde_json::from_str(text.trim())
+            .map_err(|e| anyhow::anyhow!("ckptctl checkpoint --json: not JSON ({e}): {text:?}"))?;
+        let id = match v.get("id") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => bail!("ckptctl checkpoint --json: no \"id\": {text}"),
+        };
+        let u = |k: &str| v.get(k).and_then(|x| x.as_u64());
+        Ok(CkptStats {
+            id,
+            processes: u("processes").unwrap_or(0),
+            stored_bytes: u("stored_bytes").unwrap_or(0),
+            duration_us: u("duration_us").unwrap_or(0),
+            max_stop_us: u("max_stop_us").unwrap_or(0),
+            phase1_us: u("phase1_us"),
+            phase2_us: u("phase2_us"),
+            max_held_us: u("max_held_us"),
+        })
+    }
+}
+
+/// The numbers following each of `keys` in a line (`fields_u64("tick 3 compute 10 sends 2", &["compute", "sends"])
+/// == Some(vec![10, 2])`).
+pub fn fields_u64(line: &str, keys: &[&str]) -> Option<Vec<u64>> {
+    keys.iter().map(|k| field(line, k)?.parse().ok()).collect()
+}

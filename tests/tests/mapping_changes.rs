@@ -1,0 +1,187 @@
+//! Acceptance 3 (incremental checkpoints): the address space changes
+//! between two checkpoints.  `map_changes` does one step per SIGUSR2 (mmap
+//! a new region, munmap half of one, mremap one to twice its size, sbrk up,
+//! sbrk down, MADV_DONTNEED, a modified private file mapping; then again
+//! with new regions) and verifies every region, the holes it made and the
+//! program break on SIGUSR1.
+//!
+//! A checkpoint at start (full) and one after each of 14 steps (two cycles;
+//! incremental: each names the previous as parent).  Then every checkpoint
+//! is restored in turn (the running instance killed first): `verify ok`
+//! with the step number of that checkpoint.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ckpt_tests::*;
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const STEPS: u64 = 14;
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn checkpoint_json(d: &Daemon, extra: &[&str]) -> Result<CkptStats> {
+    let mut args = vec!["checkpoint", "--json"];
+    args.extend_from_slice(extra);
+    let out = d.ckptctl_ok(&args)?;
+    CkptStats::parse(&out).with_context(|| d.context())
+}
+
+/// `manifest.parent` of `ckptctl show ID --json` (None when null), and the
+/// `parent` of each process entry (for messages).
+fn manifest_parent(d: &Daemon, id: &str) -> Result<(Option<String>, Vec<Option<String>>)> {
+    let s = d.ckptctl_ok(&["show", id, "--json"])?;
+    let v: Value =
+        serde_json::from_str(&s).map_err(|e| anyhow!("ckptctl show {id} --json: not JSON ({e}): {s:.300}"))?;
+    let m = v
+        .get("manifest")
+        .ok_or_else(|| anyhow!("ckptctl show {id} --json: no \"manifest\" object: {s:.300}"))?;
+    let as_id = |p: &Value| -> Result<Option<String>> {
+        match p {
+            Value::Null => Ok(None),
+            Value::String(p) => Ok(Some(p.clone())),
+            Value::Number(n) => Ok(Some(n.to_string())),
+            other => bail!("ckptctl show {id} --json: unexpected parent {other}"),
+        }
+    };
+    let parent = match m.get("parent") {
+        None => bail!("ckptctl show {id} --json: manifest has no \"parent\" key: {m:.300}"),
+        Some(p) => as_id(p)?,
+    };
+    let mut procs = Vec::new();
+    for h in m.get("hosts").and_then(|h| h.as_array()).into_iter().flatten() {
+        for p in h.get("processes").and_then(|p| p.as_array()).into_iter().flatten() {
+            procs.push(as_id(p.get("parent").unwrap_or(&Value::Null))?);
+        }
+    }
+    Ok((parent, procs))
+}
+
+/// SIGUSR1 -> the `verify ok ...` line.
+fn verify(app: &App) -> Result<String> {
+    app.signal(libc::SIGUSR1)?;
+    let l = app.expect_line(
+        "`verify ok` (the answer to SIGUSR1)",
+        |l| l.starts_with("verify ok") || l.starts_with("VERIFY FAILED") || l.starts_with("STEP FAILED"),
+        VERIFY_TIMEOUT,
+    )?;
+    if !l.starts_with("verify ok") {
+        bail!("{} (pid {}): {l}\n{}", app.label(), app.pid, app.context());
+    }
+    Ok(l)
+}
+
+struct Taken {
+    id: String,
+    step: u64,
+    what: String,
+    stored_bytes: u64,
+}
+
+#[test]
+fn map_changes_checkpoint_after_each_step_restore_each() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let dir = d.dir().display().to_string();
+    let mut app = d.run_example("map_changes", &[&dir])?;
+    let pid = app.pid;
+    let ready = app.expect_line("the `ready` line", |l| l.starts_with("ready "), LINE_TIMEOUT)?;
+    note!("{ready}");
+
+    let mut taken: Vec<Taken> = Vec::new();
+    let mut problems: Vec<String> = Vec::new();
+    for step in 0..=STEPS {
+        let what = if step == 0 {
+            "start".to_string()
+        } else {
+            app.signal(libc::SIGUSR2)?;
+            let l = app.expect_line(
+                &format!("`step {step} ... ok`"),
+                |l| l.starts_with("step ") || l.starts_with("STEP FAILED") || l.starts_with("VERIFY FAILED"),
+                LINE_TIMEOUT,
+            )?;
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() != 4 || f[0] != "step" || f[1] != step.to_string() || f[3] != "ok" {
+                bail!("expected `step {step} <what> ok`, got {l:?}\n{}", app.context());
+            }
+            f[2].to_string()
+        };
+        let st = checkpoint_json(&d, &[])
+            .with_context(|| format!("checkpoint after step {step} ({what})\n{}", app.context()))?;
+        let (parent, proc_parents) = manifest_parent(&d, &st.id)?;
+        let want = taken.last().map(|t| t.id.clone());
+        note!(
+            "step {step:2} {what:8}: checkpoint {} parent {parent:?} stored {} bytes, max stop {} us",
+            st.id,
+            st.stored_bytes,
+            st.max_stop_us
+        );
+        if parent != want {
+            problems.push(format!(
+                "checkpoint {} after step {step} ({what}): manifest.parent is {parent:?}, expected {want:?} \
+                 (the process entries' parents: {proc_parents:?})",
+                st.id
+            ));
+        }
+        taken.push(Taken {
+            id: st.id,
+            step,
+            what,
+            stored_bytes: st.stored_bytes,
+        });
+    }
+    let l = verify(&app).context("verifying the original map_changes")?;
+    note!("original: {l}");
+    app.kill9()?;
+
+    let mut failed: Vec<String> = Vec::new();
+    for t in &taken {
+        let t0 = Instant::now();
+        let r = (|| -> Result<String> {
+            let mut r = d.restore_ok(&t.id, pid)?;
+            let l = verify(&r)?;
+            if field(&l, "step") != Some(t.step.to_string().as_str()) {
+                bail!(
+                    "restored checkpoint {} (taken after step {}) reports {l:?}: wrong step\n{}",
+                    t.id,
+                    t.step,
+                    r.context()
+                );
+            }
+            r.kill9()?;
+            Ok(l)
+        })();
+        match r {
+            Ok(l) => note!(
+                "restore {} (after step {} {}) in {:?}: {l}",
+                t.id,
+                t.step,
+                t.what,
+                t0.elapsed()
+            ),
+            Err(e) => {
+                note!("restore {} (after step {} {}) FAILED: {e:#}", t.id, t.step, t.what);
+                failed.push(format!(
+                    "checkpoint {} (after step {} {}, {} bytes stored): {e:#}",
+                    t.id, t.step, t.what, t.stored_bytes
+                ));
+            }
+        }
+        if proc_exists(pid) {
+            kill9_and_wait(pid)?;
+        }
+        reap_orphans();
+    }
+    if !failed.is_empty() || !problems.is_empty() {
+        let mut msg = String::new();
+        for p in problems.iter().chain(failed.iter()) {
+            msg.push_str(&format!("- {p}\n"));
+        }
+        bail!(
+            "{} of {} restores failed; {} other problem(s):\n{msg}{}",
+            failed.len(),
+            taken.len(),
+            problems.len(),
+            d.context()
+        );
+    }
+    Ok(())
+}
