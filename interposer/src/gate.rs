@@ -134,25 +134,13 @@ pub fn open() {
     futex_wake(&STOP, i32::MAX);
 }
 
-/// Resolves libc's function `name` once.
-fn real(cell: &AtomicUsize, name: &std::ffi::CStr) -> usize {
-    let v = cell.load(Relaxed);
-    if v != 0 {
-        return v;
-    }
-    // SAFETY: dlsym with a NUL-terminated name.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    cell.store(p, Relaxed);
-    p
-}
-
 /// Defines an exported wrapper that passes through the gate to libc's function.
 macro_rules! gated {
     ($name:ident, $cname:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty, $fd:expr, $dest:expr) => {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
             static REAL: AtomicUsize = AtomicUsize::new(0);
-            let f = real(&REAL, $cname);
+            let f = sys::libc_symbol(&REAL, $cname);
             if f == 0 {
                 sys::set_errno(libc::ENOSYS);
                 return -1 as $ret;

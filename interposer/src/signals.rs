@@ -12,26 +12,15 @@ static REAL_SIGACTION: AtomicUsize = AtomicUsize::new(0);
 static REAL_SIGPROCMASK: AtomicUsize = AtomicUsize::new(0);
 static REAL_PTHREAD_SIGMASK: AtomicUsize = AtomicUsize::new(0);
 
-fn lookup(cell: &AtomicUsize, name: &std::ffi::CStr) -> usize {
-    let v = cell.load(Relaxed);
-    if v != 0 {
-        return v;
-    }
-    // SAFETY: dlsym with a NUL-terminated name.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    cell.store(p, Relaxed);
-    p
-}
-
 /// Resolves the real functions up front, so the wrappers never call dlsym in a signal handler.
 pub fn resolve() {
-    lookup(&REAL_SIGACTION, c"sigaction");
-    lookup(&REAL_SIGPROCMASK, c"sigprocmask");
-    lookup(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
+    crate::sys::libc_symbol(&REAL_SIGACTION, c"sigaction");
+    crate::sys::libc_symbol(&REAL_SIGPROCMASK, c"sigprocmask");
+    crate::sys::libc_symbol(&REAL_PTHREAD_SIGMASK, c"pthread_sigmask");
 }
 
 pub fn install_park_handler(sig: i32) -> bool {
-    let real = lookup(&REAL_SIGACTION, c"sigaction");
+    let real = crate::sys::libc_symbol(&REAL_SIGACTION, c"sigaction");
     if real == 0 {
         return false;
     }
@@ -65,7 +54,7 @@ pub unsafe extern "C" fn sigaction(
         }
         return 0;
     }
-    let real = lookup(&REAL_SIGACTION, c"sigaction");
+    let real = crate::sys::libc_symbol(&REAL_SIGACTION, c"sigaction");
     if real == 0 {
         crate::sys::set_errno(libc::ENOSYS);
         return -1;
@@ -85,7 +74,7 @@ unsafe fn filtered(
     set: *const libc::sigset_t,
     old: *mut libc::sigset_t,
 ) -> libc::c_int {
-    let real = lookup(cell, name);
+    let real = crate::sys::libc_symbol(cell, name);
     if real == 0 {
         // Only reachable if libc lacks the symbol; sigprocmask turns this into errno.
         return libc::ENOSYS;

@@ -1,7 +1,7 @@
 //! Raw system calls used while threads are parked: no allocation, no locks, errno untouched
 //! where the caller cares.
 
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 pub fn gettid() -> i32 {
     // SAFETY: gettid has no preconditions.
@@ -115,4 +115,17 @@ pub fn read_exact_timeout(fd: i32, buf: &mut [u8], timeout_ms: i32) -> bool {
         got += n as usize;
     }
     true
+}
+
+/// libc's function `name` (the next definition after ours), resolved once into `cell`; 0 if
+/// there is none.
+pub fn libc_symbol(cell: &AtomicUsize, name: &std::ffi::CStr) -> usize {
+    let v = cell.load(Relaxed);
+    if v != 0 {
+        return v;
+    }
+    // SAFETY: dlsym with a NUL-terminated name.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    cell.store(p, Relaxed);
+    p
 }

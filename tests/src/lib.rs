@@ -20,6 +20,7 @@ use std::time::Duration;
 #[macro_use]
 pub mod output;
 pub mod app;
+pub mod chain;
 pub mod cluster;
 pub mod cluster_ctl;
 pub mod daemon;

@@ -16,9 +16,8 @@
 //! which checkpoints restore correctly.  Budget for the optional restores:
 //! `CKPT_CONSISTENCY_BUDGET_S` (default 180 s since the test started).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use ckpt_tests::*;
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const N_CKPTS: usize = 20;
@@ -34,44 +33,6 @@ fn writes_of(line: &str) -> Option<u64> {
         return None;
     }
     field(line, "writes")?.parse().ok()
-}
-
-/// `ckptctl checkpoint --json [extra]` -> stats.
-fn checkpoint_json(d: &Daemon, extra: &[&str]) -> Result<CkptStats> {
-    let mut args = vec!["checkpoint", "--json"];
-    args.extend_from_slice(extra);
-    let out = d.ckptctl_ok(&args)?;
-    CkptStats::parse(&out).with_context(|| d.context())
-}
-
-/// `manifest.parent` of `ckptctl show ID --json` (None when null), and the
-/// `parent` of each process entry (for messages).
-fn manifest_parent(d: &Daemon, id: &str) -> Result<(Option<String>, Vec<Option<String>>)> {
-    let s = d.ckptctl_ok(&["show", id, "--json"])?;
-    let v: Value =
-        serde_json::from_str(&s).map_err(|e| anyhow!("ckptctl show {id} --json: not JSON ({e}): {s:.300}"))?;
-    let m = v
-        .get("manifest")
-        .ok_or_else(|| anyhow!("ckptctl show {id} --json: no \"manifest\" object: {s:.300}"))?;
-    let as_id = |p: &Value| -> Result<Option<String>> {
-        match p {
-            Value::Null => Ok(None),
-            Value::String(p) => Ok(Some(p.clone())),
-            Value::Number(n) => Ok(Some(n.to_string())),
-            other => bail!("ckptctl show {id} --json: unexpected parent {other}"),
-        }
-    };
-    let parent = match m.get("parent") {
-        None => bail!("ckptctl show {id} --json: manifest has no \"parent\" key: {m:.300}"),
-        Some(p) => as_id(p)?,
-    };
-    let mut procs = Vec::new();
-    for h in m.get("hosts").and_then(|h| h.as_array()).into_iter().flatten() {
-        for p in h.get("processes").and_then(|p| p.as_array()).into_iter().flatten() {
-            procs.push(as_id(p.get("parent").unwrap_or(&Value::Null))?);
-        }
-    }
-    Ok((parent, procs))
 }
 
 /// SIGUSR1 -> the `verify ok ...` line (a `VERIFY FAILED` line is an error).
@@ -126,7 +87,8 @@ fn dirty_log_20_incremental_checkpoints_each_restores_exactly() -> Result<()> {
         app.drain();
         let before = app.history().iter().rev().find_map(|l| writes_of(l)).unwrap_or(0);
         let c0 = Instant::now();
-        let stats = checkpoint_json(&d, &[])
+        let stats = d
+            .checkpoint_json(&[])
             .with_context(|| format!("checkpoint #{} of dirty_log (pid {pid})\n{}", i + 1, app.context()))?;
         let took = c0.elapsed();
         // Lines still queued were printed while ckptctl ran (the program
@@ -144,7 +106,7 @@ fn dirty_log_20_incremental_checkpoints_each_restores_exactly() -> Result<()> {
                 .with_context(|| format!("dirty_log should keep running after checkpoint {}", stats.id))?;
             after = writes_of(&l).unwrap();
         }
-        let (parent, proc_parents) = manifest_parent(&d, &stats.id)?;
+        let (parent, proc_parents) = d.manifest_parent(&stats.id)?;
         let want_parent = taken.last().map(|t| t.stats.id.clone());
         note!(
             "checkpoint #{:2} id {} parent {:?}: stored {:8.1} MiB, ckptctl {:?}, duration {} ms, \

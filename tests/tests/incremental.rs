@@ -30,46 +30,9 @@ fn writes_of(line: &str) -> Option<u64> {
     field(line, "writes")?.parse().ok()
 }
 
-fn checkpoint_json(d: &Daemon, extra: &[&str]) -> Result<CkptStats> {
-    let mut args = vec!["checkpoint", "--json"];
-    args.extend_from_slice(extra);
-    let out = d.ckptctl_ok(&args)?;
-    CkptStats::parse(&out).with_context(|| d.context())
-}
-
 fn show_json(d: &Daemon, id: &str) -> Result<Value> {
     let s = d.ckptctl_ok(&["show", id, "--json"])?;
     serde_json::from_str(&s).map_err(|e| anyhow!("ckptctl show {id} --json: not JSON ({e}): {s:.300}"))
-}
-
-/// `manifest.parent` of `ckptctl show ID --json` (None when null), and the
-/// `parent` of each process entry (for messages).
-fn manifest_parent(d: &Daemon, id: &str) -> Result<(Option<String>, Vec<Option<String>>)> {
-    let s = d.ckptctl_ok(&["show", id, "--json"])?;
-    let v: Value =
-        serde_json::from_str(&s).map_err(|e| anyhow!("ckptctl show {id} --json: not JSON ({e}): {s:.300}"))?;
-    let m = v
-        .get("manifest")
-        .ok_or_else(|| anyhow!("ckptctl show {id} --json: no \"manifest\" object: {s:.300}"))?;
-    let as_id = |p: &Value| -> Result<Option<String>> {
-        match p {
-            Value::Null => Ok(None),
-            Value::String(p) => Ok(Some(p.clone())),
-            Value::Number(n) => Ok(Some(n.to_string())),
-            other => bail!("ckptctl show {id} --json: unexpected parent {other}"),
-        }
-    };
-    let parent = match m.get("parent") {
-        None => bail!("ckptctl show {id} --json: manifest has no \"parent\" key: {m:.300}"),
-        Some(p) => as_id(p)?,
-    };
-    let mut procs = Vec::new();
-    for h in m.get("hosts").and_then(|h| h.as_array()).into_iter().flatten() {
-        for p in h.get("processes").and_then(|p| p.as_array()).into_iter().flatten() {
-            procs.push(as_id(p.get("parent").unwrap_or(&Value::Null))?);
-        }
-    }
-    Ok((parent, procs))
 }
 
 /// `stored_bytes` of every process in `ckptctl show ID --json`.
@@ -148,8 +111,9 @@ fn dirty_log_one_percent_rounds_incremental_chain_and_delete() -> Result<()> {
     for _ in 0..ROUNDS_BEFORE_FULL {
         writes = round(&app)?;
     }
-    let full =
-        checkpoint_json(&d, &["--full"]).with_context(|| format!("full checkpoint of dirty_log\n{}", app.context()))?;
+    let full = d
+        .checkpoint_json(&["--full"])
+        .with_context(|| format!("full checkpoint of dirty_log\n{}", app.context()))?;
     note!(
         "full checkpoint {}: stored {} bytes ({:.2}% of 1 GiB), max stop {} us",
         full.id,
@@ -157,7 +121,7 @@ fn dirty_log_one_percent_rounds_incremental_chain_and_delete() -> Result<()> {
         full.stored_bytes as f64 * 100.0 / GIB as f64,
         full.max_stop_us
     );
-    let (p, pp) = manifest_parent(&d, &full.id)?;
+    let (p, pp) = d.manifest_parent(&full.id)?;
     ensure!(
         p.is_none() && pp.iter().all(Option::is_none),
         "checkpoint --full {}: manifest.parent should be null, is {p:?} (process entries: {pp:?})\n{}",
@@ -169,10 +133,11 @@ fn dirty_log_one_percent_rounds_incremental_chain_and_delete() -> Result<()> {
     let mut problems: Vec<String> = Vec::new();
     for k in 2..=10 {
         writes = round(&app)?;
-        let st =
-            checkpoint_json(&d, &[]).with_context(|| format!("checkpoint #{k} of dirty_log\n{}", app.context()))?;
+        let st = d
+            .checkpoint_json(&[])
+            .with_context(|| format!("checkpoint #{k} of dirty_log\n{}", app.context()))?;
         let pct = st.stored_bytes as f64 * 100.0 / GIB as f64;
-        let (parent, proc_parents) = manifest_parent(&d, &st.id)?;
+        let (parent, proc_parents) = d.manifest_parent(&st.id)?;
         let prev = chain.last().unwrap().0.clone();
         note!(
             "checkpoint #{k} id {} parent {parent:?}: stored {} bytes = {pct:.3}% of 1 GiB \
@@ -254,7 +219,7 @@ fn dirty_log_one_percent_rounds_incremental_chain_and_delete() -> Result<()> {
     let sizes = shown_stored_bytes(&d, &id10)?;
     note!(
         "after deleting 1..9: {id10} (manifest parent, process parents) {:?}, stored_bytes per process {sizes:?}",
-        manifest_parent(&d, &id10)?
+        d.manifest_parent(&id10)?
     );
     restore_verify(
         &d,

@@ -10,50 +10,12 @@
 //! is restored in turn (the running instance killed first): `verify ok`
 //! with the step number of that checkpoint.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use ckpt_tests::*;
-use serde_json::Value;
 use std::time::{Duration, Instant};
 
 const STEPS: u64 = 14;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn checkpoint_json(d: &Daemon, extra: &[&str]) -> Result<CkptStats> {
-    let mut args = vec!["checkpoint", "--json"];
-    args.extend_from_slice(extra);
-    let out = d.ckptctl_ok(&args)?;
-    CkptStats::parse(&out).with_context(|| d.context())
-}
-
-/// `manifest.parent` of `ckptctl show ID --json` (None when null), and the
-/// `parent` of each process entry (for messages).
-fn manifest_parent(d: &Daemon, id: &str) -> Result<(Option<String>, Vec<Option<String>>)> {
-    let s = d.ckptctl_ok(&["show", id, "--json"])?;
-    let v: Value =
-        serde_json::from_str(&s).map_err(|e| anyhow!("ckptctl show {id} --json: not JSON ({e}): {s:.300}"))?;
-    let m = v
-        .get("manifest")
-        .ok_or_else(|| anyhow!("ckptctl show {id} --json: no \"manifest\" object: {s:.300}"))?;
-    let as_id = |p: &Value| -> Result<Option<String>> {
-        match p {
-            Value::Null => Ok(None),
-            Value::String(p) => Ok(Some(p.clone())),
-            Value::Number(n) => Ok(Some(n.to_string())),
-            other => bail!("ckptctl show {id} --json: unexpected parent {other}"),
-        }
-    };
-    let parent = match m.get("parent") {
-        None => bail!("ckptctl show {id} --json: manifest has no \"parent\" key: {m:.300}"),
-        Some(p) => as_id(p)?,
-    };
-    let mut procs = Vec::new();
-    for h in m.get("hosts").and_then(|h| h.as_array()).into_iter().flatten() {
-        for p in h.get("processes").and_then(|p| p.as_array()).into_iter().flatten() {
-            procs.push(as_id(p.get("parent").unwrap_or(&Value::Null))?);
-        }
-    }
-    Ok((parent, procs))
-}
 
 /// SIGUSR1 -> the `verify ok ...` line.
 fn verify(app: &App) -> Result<String> {
@@ -104,9 +66,10 @@ fn map_changes_checkpoint_after_each_step_restore_each() -> Result<()> {
             }
             f[2].to_string()
         };
-        let st = checkpoint_json(&d, &[])
+        let st = d
+            .checkpoint_json(&[])
             .with_context(|| format!("checkpoint after step {step} ({what})\n{}", app.context()))?;
-        let (parent, proc_parents) = manifest_parent(&d, &st.id)?;
+        let (parent, proc_parents) = d.manifest_parent(&st.id)?;
         let want = taken.last().map(|t| t.id.clone());
         note!(
             "step {step:2} {what:8}: checkpoint {} parent {parent:?} stored {} bytes, max stop {} us",

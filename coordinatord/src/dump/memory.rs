@@ -113,14 +113,7 @@ pub fn dump_memory(
     store: &mut PageStoreWriter,
 ) -> Result<MemoryDump, DumpError> {
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| DumpError::Io {
-            pid,
-            what: what.clone(),
-            source,
-        }
-    };
+    let io = |what: &str| super::io_err(pid, what);
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
     // Registrations are only made while parked and only lost while running, so the list taken

@@ -45,6 +45,16 @@ pub enum DumpError {
     Format(#[from] FormatError),
 }
 
+/// Maps an I/O error while reading `what` of process `pid`.
+pub(crate) fn io_err(pid: i32, what: &str) -> impl Fn(std::io::Error) -> DumpError {
+    let what = what.to_string();
+    move |source| DumpError::Io {
+        pid,
+        what: what.clone(),
+        source,
+    }
+}
+
 /// Reads the interposer's slots out of the parked program.
 pub fn read_slots(reg: &Registration) -> Result<Box<ProcSlot>, DumpError> {
     let pid = reg.pid;

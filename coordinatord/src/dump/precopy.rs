@@ -38,14 +38,7 @@ fn anonymous(path: &str) -> bool {
 
 /// Copies what a checkpoint against `base` needs of the tracked memory of `pid`, which runs.
 pub fn precopy(pid: i32, base: Option<&ProcessImage>) -> Result<Precopy, DumpError> {
-    let io = |what: &str| {
-        let what = what.to_string();
-        move |source| DumpError::Io {
-            pid,
-            what: what.clone(),
-            source,
-        }
-    };
+    let io = |what: &str| super::io_err(pid, what);
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let tracked = procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
