@@ -216,7 +216,8 @@ impl Node {
         };
         let status = read_status(status_r, RESTORE_TIMEOUT).map_err(fail)?;
         if let Some(s) = status {
-            let exit = node.reaper.wait_exit(pid, Duration::from_secs(5)).map(describe_status);
+            // The restorer exits after reporting: once it is reaped the pid is free again.
+            node.reaper.wait_exit(pid, Duration::from_secs(5));
             let why = match s {
                 Status::Text(t) => t,
                 Status::Op { index, ret, kind, arg0 } => format!(
@@ -225,7 +226,6 @@ impl Node {
                     std::io::Error::from_raw_os_error((-ret) as i32)
                 ),
             };
-            let _ = exit;
             bail!("restore of pid {pid} failed: {why}");
         }
         ours.set_read_timeout(Some(RESTORE_TIMEOUT))?;
