@@ -142,6 +142,7 @@ pub fn dump_memory(
     // The baseline writes pages to disk while the program is stopped.
     let mut captured = Captured::new(if stop_the_world { 0 } else { u64::MAX });
     let zero_pfn = ckpt_sys::pagemap::zero_pfn();
+    let t_start = std::time::Instant::now();
     let mut mappings = Vec::new();
     let mut special = Vec::new();
     for e in &maps {
@@ -161,7 +162,7 @@ pub fn dump_memory(
         let idx = mappings.len();
         let is_tracked = tracked.contains(&(e.start, e.end));
         let incremental = is_tracked && anon_kind(&kind);
-        let pre_m = pre
+        let mut pre_m = pre
             .as_mut()
             .and_then(|p| p.mappings.remove(&(e.start, e.end)))
             .filter(|_| incremental);
@@ -175,27 +176,19 @@ pub fn dump_memory(
                 // Not registered any more: all of it.
                 Err(_) => vec![(e.start, e.end)],
             };
-            let mut since_base = delta.clone();
-            if let Some(p) = &pre_m {
-                since_base.extend_from_slice(&p.written);
+            // The base's runs still valid here; worked out during the pre-copy when there was one
+            // (a run the delta rewrites stays, under the newer pages: harmless).
+            let inherited: Vec<PageRun> = match (&mut pre_m, base) {
+                (Some(p), _) => std::mem::take(&mut p.inherited),
+                (None, Some(b)) => inherited_runs(b, e.start, e.end, &merge_ranges(delta.clone())),
+                (None, None) => Vec::new(),
             }
-            let since_base = merge_ranges(since_base);
-            let inherited: Vec<PageRun> = match base {
-                Some(b) => b
-                    .mappings
-                    .iter()
-                    .filter(|m| anon_kind(&m.kind) && m.start < e.end && m.end > e.start)
-                    .flat_map(|m| m.pages.iter())
-                    .filter(|r| r.addr < e.end && r.addr + r.len > e.start)
-                    // A run entirely rewritten since is not needed any more.
-                    .filter(|r| !inside(&since_base, r.addr, r.addr + r.len))
-                    .map(|r| PageRun {
-                        store: store_map.get(r.store as usize).copied().unwrap_or(u32::MAX),
-                        ..*r
-                    })
-                    .collect(),
-                None => Vec::new(),
-            };
+            .into_iter()
+            .map(|r| PageRun {
+                store: store_map.get(r.store as usize).copied().unwrap_or(u32::MAX),
+                ..r
+            })
+            .collect();
             (delta, inherited)
         } else {
             if is_tracked {
@@ -208,21 +201,21 @@ pub fn dump_memory(
         }
         runs.extend_from_slice(&inherited);
         // Where an older copy exists (sorted, merged): a page gone since must override it.
-        let mut older: Vec<(u64, u64)> = inherited.iter().map(|r| (r.addr, r.addr + r.len)).collect();
+        let cover = match &mut pre_m {
+            Some(p) => std::mem::take(&mut p.cover),
+            None => merge_ranges(inherited.iter().map(|r| (r.addr, r.addr + r.len)).collect()),
+        };
         // Pages copied before the stop come first; what changed since goes over them.
         if let Some(p) = pre_m {
             let delta = merge_ranges(ranges.clone());
             for mut b in p.batches {
                 // Runs written again since are read anew below: no need to keep them twice.
                 b.runs.retain(|&(a, _, l)| !inside(&delta, a, a + l as u64));
-                if b.runs.is_empty() {
-                    continue;
+                if !b.runs.is_empty() {
+                    captured.take(idx, b, &mut runs, store)?;
                 }
-                older.extend(b.ranges());
-                captured.take(idx, b, &mut runs, store)?;
             }
         }
-        let cover = merge_ranges(older);
         let layered = !cover.is_empty();
         let covered = |addr: u64| inside(&cover, addr, addr + 1);
         if select != Select::None {
@@ -256,7 +249,7 @@ pub fn dump_memory(
             pages: runs,
         });
     }
-    tracing::debug!(pid, captured = captured.bytes(), "memory read");
+    tracing::debug!(pid, captured = captured.bytes(), took = ?t_start.elapsed(), "memory read");
     Ok(MemoryDump {
         mappings,
         special,
@@ -265,14 +258,26 @@ pub fn dump_memory(
     })
 }
 
+/// The runs of `base`'s anonymous memory overlapping [start, end) that are not entirely within
+/// `rewritten` (sorted, merged): what a new image of that memory still needs from the base.
+pub(crate) fn inherited_runs(base: &ProcessImage, start: u64, end: u64, rewritten: &[(u64, u64)]) -> Vec<PageRun> {
+    base.mappings
+        .iter()
+        .filter(|m| anon_kind(&m.kind) && m.start < end && m.end > start)
+        .flat_map(|m| m.pages.iter())
+        .filter(|r| r.addr < end && r.addr + r.len > start && !inside(rewritten, r.addr, r.addr + r.len))
+        .copied()
+        .collect()
+}
+
 /// Whether [s, e) lies within one of the sorted, merged `ranges`.
-fn inside(ranges: &[(u64, u64)], s: u64, e: u64) -> bool {
+pub(crate) fn inside(ranges: &[(u64, u64)], s: u64, e: u64) -> bool {
     let i = ranges.partition_point(|&(rs, _)| rs <= s);
     i > 0 && e <= ranges[i - 1].1
 }
 
 /// Sorted, merged copy of possibly overlapping ranges.
-fn merge_ranges(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+pub(crate) fn merge_ranges(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
     v.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::new();
     for (s, e) in v {

@@ -4,6 +4,7 @@
 //! stop short whatever the size of the memory.
 
 use super::copy::{walk_pages, Batch};
+use super::memory::{inherited_runs, merge_ranges};
 use super::DumpError;
 use ckpt_format::ProcessImage;
 use ckpt_sys::procfs;
@@ -21,6 +22,10 @@ pub struct PreMapping {
     pub batches: Vec<Batch>,
     /// Ranges found written since the base (the whole mapping without a base).
     pub written: Vec<(u64, u64)>,
+    /// The base's runs this mapping still needs (store numbers as in the base).
+    pub inherited: Vec<ckpt_format::PageRun>,
+    /// Where an older copy of a page exists (inherited runs, copied pages), sorted and merged.
+    pub cover: Vec<(u64, u64)>,
 }
 
 /// A process's memory copied before the stop.
@@ -67,6 +72,17 @@ pub fn precopy(pid: i32, base: Option<&ProcessImage>) -> Result<Precopy, DumpErr
             })
             .map_err(|e| e.into_dump(pid))?;
         }
+        // Worked out now rather than while the program is stopped.
+        if let Some(b) = base {
+            m.inherited = inherited_runs(b, e.start, e.end, &merge_ranges(ranges.clone()));
+        }
+        m.cover = merge_ranges(
+            m.inherited
+                .iter()
+                .map(|r| (r.addr, r.addr + r.len))
+                .chain(m.batches.iter().flat_map(|b| b.ranges()))
+                .collect(),
+        );
         m.written = ranges;
         out.mappings.insert((e.start, e.end), m);
     }
