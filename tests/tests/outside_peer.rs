@@ -1,0 +1,57 @@
+//! Issue 3: a connection to a process outside the checkpoint comes back reset (the program
+//! sees the peer go away), and `ckptctl show` says which connection that is.
+
+use anyhow::{ensure, Context, Result};
+use ckpt_tests::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[test]
+fn connection_to_an_outside_peer_comes_back_reset() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    // The server is not under ckpt-run: it is outside every checkpoint.
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port_s = port.to_string();
+    let mut server = spawn_tracked(
+        Command::new(example("tcp_echo")?)
+            .args(["server", &port_s, "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    let mut app = d.run_example("tcp_echo", &["client", "127.0.0.1", &port_s])?;
+    let pid = app.pid;
+    app.expect_line(
+        "a tick of the client",
+        |l| l.starts_with("tick ") && l.ends_with(" ok"),
+        LINE_TIMEOUT,
+    )?;
+
+    let id = d.checkpoint()?;
+    let shown = d.ckptctl_ok(&["show", &id])?;
+    ensure!(
+        shown.contains("peer not in the checkpoint: comes back reset"),
+        "`ckptctl show {id}` must mark the connection to the outside server:\n{shown}"
+    );
+    app.kill9()?;
+
+    // The restored client finds its peer gone: its read fails (it prints "peer closed") or its
+    // sender thread's write raises SIGPIPE, whichever comes first; either way it ends.
+    let restored = d.restore(&id, pid)?;
+    wait_proc_gone(pid, LINE_TIMEOUT).with_context(|| {
+        format!(
+            "the restored client should end once it sees the reset
+{}",
+            restored.context()
+        )
+    })?;
+    ensure!(
+        !restored.history().iter().any(|l| l.starts_with("MISMATCH")),
+        "the restored client read bytes that were never sent
+{}",
+        restored.context()
+    );
+    let _ = server.kill();
+    let _ = wait_child_timeout(&mut server, Duration::from_secs(5));
+    Ok(())
+}
