@@ -177,7 +177,21 @@ pub struct PageRun {
     /// partly overwritten by a newer one; runs are clipped to their mapping at restore.
     pub store: u32,
     pub offset: u64,
+    /// CRC32C of the run's bytes (uncompressed).
     pub crc: u32,
+    /// Length of the run in the store when it is zstd-compressed; 0 when stored as is.
+    pub clen: u64,
+}
+
+impl PageRun {
+    /// Bytes the run takes in its store.
+    pub fn stored_len(&self) -> u64 {
+        if self.clen > 0 {
+            self.clen
+        } else {
+            self.len
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

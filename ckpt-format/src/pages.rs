@@ -19,6 +19,42 @@ pub struct PageStoreWriter {
     path: PathBuf,
     out: BufWriter<File>,
     offset: u64,
+    /// zstd level, when runs are compressed.
+    compress: Option<i32>,
+}
+
+/// A run ready to be written: its bytes, compressed or not.
+struct Encoded {
+    addr: u64,
+    len: u64,
+    crc: u32,
+    bytes: Vec<u8>,
+    compressed: bool,
+}
+
+fn encode(addr: u64, data: &[u8], level: Option<i32>) -> Encoded {
+    let crc = crc32c::crc32c(data);
+    if let Some(level) = level {
+        // Kept compressed only when that saves something.
+        if let Ok(c) = zstd::bulk::compress(data, level) {
+            if c.len() < data.len() {
+                return Encoded {
+                    addr,
+                    len: data.len() as u64,
+                    crc,
+                    bytes: c,
+                    compressed: true,
+                };
+            }
+        }
+    }
+    Encoded {
+        addr,
+        len: data.len() as u64,
+        crc,
+        bytes: data.to_vec(),
+        compressed: false,
+    }
 }
 
 impl PageStoreWriter {
@@ -33,22 +69,83 @@ impl PageStoreWriter {
             path: path.to_owned(),
             out,
             offset: HEADER_LEN,
+            compress: None,
         })
+    }
+
+    /// Compresses runs with zstd at `level` from now on.
+    pub fn compressed(mut self, level: i32) -> Self {
+        self.compress = Some(level);
+        self
+    }
+
+    fn write_encoded(&mut self, e: Encoded, runs: &mut Vec<PageRun>) -> Result<(), FormatError> {
+        self.out
+            .write_all(&e.bytes)
+            .map_err(|err| FormatError::io(&self.path, err))?;
+        runs.push(PageRun {
+            addr: e.addr,
+            len: e.len,
+            store: 0,
+            offset: self.offset,
+            crc: e.crc,
+            clen: if e.compressed { e.bytes.len() as u64 } else { 0 },
+        });
+        self.offset += e.bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends many pieces of memory at once, each cut into runs; when compressing, the runs
+    /// are compressed on worker threads (one per core) and written in order. `out[i]` receives
+    /// the runs of `pieces[i]`.
+    pub fn append_many(&mut self, pieces: &[(u64, &[u8])], out: &mut [&mut Vec<PageRun>]) -> Result<(), FormatError> {
+        let Some(level) = self.compress else {
+            for ((addr, data), runs) in pieces.iter().zip(out.iter_mut()) {
+                self.append(*addr, data, runs)?;
+            }
+            return Ok(());
+        };
+        let jobs: Vec<(usize, u64, &[u8])> = pieces
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (addr, data))| {
+                data.chunks(RUN_MAX_BYTES as usize)
+                    .enumerate()
+                    .map(move |(k, c)| (i, addr + k as u64 * RUN_MAX_BYTES, c))
+            })
+            .collect();
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .max(1);
+        let per = jobs.len().div_ceil(workers).max(1);
+        let encoded: Option<Vec<Vec<Encoded>>> = std::thread::scope(|s| {
+            let hs: Vec<_> = jobs
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || {
+                        part.iter()
+                            .map(|&(_, a, d)| encode(a, d, Some(level)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().ok()).collect()
+        });
+        let encoded =
+            encoded.ok_or_else(|| FormatError::io(&self.path, std::io::Error::other("a compression worker failed")))?;
+        for ((i, _, _), e) in jobs.iter().zip(encoded.into_iter().flatten()) {
+            self.write_encoded(e, out[*i])?;
+        }
+        Ok(())
     }
 
     /// Appends the bytes of memory starting at `addr`, cut into runs of at most
     /// [`RUN_MAX_BYTES`], and returns the runs to record in the metadata.
     pub fn append(&mut self, addr: u64, data: &[u8], runs: &mut Vec<PageRun>) -> Result<(), FormatError> {
         for (i, chunk) in data.chunks(RUN_MAX_BYTES as usize).enumerate() {
-            self.out.write_all(chunk).map_err(|e| FormatError::io(&self.path, e))?;
-            runs.push(PageRun {
-                addr: addr + i as u64 * RUN_MAX_BYTES,
-                len: chunk.len() as u64,
-                store: 0,
-                offset: self.offset,
-                crc: crc32c::crc32c(chunk),
-            });
-            self.offset += chunk.len() as u64;
+            let e = encode(addr + i as u64 * RUN_MAX_BYTES, chunk, self.compress);
+            self.write_encoded(e, runs)?;
         }
         Ok(())
     }
@@ -132,28 +229,37 @@ impl PageStoreReader {
         &self.path
     }
 
-    /// Reads one run into `buf` (resized to the run) and checks its CRC.
+    /// Reads one run into `buf` (resized to the run), decompressing it, and checks its CRC.
     pub fn read_run(&self, run: &PageRun, buf: &mut Vec<u8>) -> Result<(), FormatError> {
-        if run.offset.saturating_add(run.len) > self.len {
+        let stored = run.stored_len();
+        if run.offset.saturating_add(stored) > self.len {
             return Err(FormatError::Truncated {
                 path: self.path.clone(),
                 what: "page store",
-                expected: run.offset + run.len,
+                expected: run.offset + stored,
                 got: self.len,
             });
         }
-        buf.resize(run.len as usize, 0);
+        let damaged = || FormatError::Checksum {
+            path: self.path.clone(),
+            what: format!(
+                "pages at {:#x} (+{} bytes, file offset {})",
+                run.addr, run.len, run.offset
+            ),
+        };
+        buf.resize(stored as usize, 0);
         self.file
             .read_exact_at(buf, run.offset)
             .map_err(|e| FormatError::io(&self.path, e))?;
+        if run.clen > 0 {
+            let raw = zstd::bulk::decompress(buf, run.len as usize).map_err(|_| damaged())?;
+            if raw.len() as u64 != run.len {
+                return Err(damaged());
+            }
+            *buf = raw;
+        }
         if crc32c::crc32c(buf) != run.crc {
-            return Err(FormatError::Checksum {
-                path: self.path.clone(),
-                what: format!(
-                    "pages at {:#x} (+{} bytes, file offset {})",
-                    run.addr, run.len, run.offset
-                ),
-            });
+            return Err(damaged());
         }
         Ok(())
     }
@@ -173,6 +279,27 @@ impl PageStoreReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compressed_runs_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pages.img");
+        let mut w = PageStoreWriter::create(&p).unwrap().compressed(3);
+        let zeros = vec![0u8; 3 * RUN_MAX_BYTES as usize / 2];
+        let noise: Vec<u8> = (0..8192u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        w.append_many(&[(0x1000, &zeros), (0x900000, &noise)], &mut [&mut a, &mut b])
+            .unwrap();
+        let len = w.finish().unwrap();
+        assert!(a.iter().all(|r| r.clen > 0 && r.clen < r.len), "zeros compress");
+        let r = PageStoreReader::open(&p, len).unwrap();
+        let mut buf = Vec::new();
+        r.read_run(&a[1], &mut buf).unwrap();
+        assert_eq!(buf.len() as u64, a[1].len);
+        assert!(buf.iter().all(|&x| x == 0));
+        r.read_run(&b[0], &mut buf).unwrap();
+        assert_eq!(buf, noise);
+    }
 
     #[test]
     fn write_verify_corrupt() {

@@ -40,6 +40,9 @@ struct Args {
     /// are folded into them)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
+    /// Compress page stores with zstd (on worker threads)
+    #[arg(long)]
+    compress: bool,
     /// File holding the cluster secret (required with --manager-listen or --join)
     #[arg(long, value_name = "FILE")]
     secret: Option<PathBuf>,
@@ -94,7 +97,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let host = args.host_name.unwrap_or_else(ckpt_sys::paths::hostname);
-    let node = Arc::new(node::Node::new(host, store, restorer));
+    let node = Arc::new(node::Node::new(host, store, restorer, args.compress));
     let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
         (Some(p), _) => manager::auth::load_secret(p)?,
         (None, true) => bail!("--manager-listen and --join need --secret FILE (the same cluster secret on every node)"),

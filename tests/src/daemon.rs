@@ -36,6 +36,11 @@ impl Daemon {
 
     /// Like [`Daemon::start`] with an explicit binary directory.
     pub fn start_in(bin_dir: &Path) -> Result<Daemon> {
+        Self::start_with(bin_dir, &[])
+    }
+
+    /// Like [`Daemon::start_in`], with extra ckptd arguments (`--keep 3`, `--compress`…).
+    pub fn start_with(bin_dir: &Path, extra: &[&str]) -> Result<Daemon> {
         init();
         let ckptd = bin_dir.join("ckptd");
         for b in ["ckptd", "ckptctl", "ckpt-run"] {
@@ -60,6 +65,7 @@ impl Daemon {
                 .arg(&socket)
                 .arg("--store")
                 .arg(&store)
+                .args(extra)
                 .env("NO_COLOR", "1")
                 .stdin(Stdio::null())
                 .stdout(logf.try_clone()?)

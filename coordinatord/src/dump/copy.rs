@@ -228,10 +228,16 @@ impl Captured {
 
     /// Writes what was kept; the runs go after each mapping's runs so far.
     pub fn write(self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
-        for (m, b) in self.batches {
-            for &(addr, off, len) in &b.runs {
-                store.append(addr, &b.data[off..off + len], &mut mappings[m].pages)?;
+        for (m, b) in &self.batches {
+            let pieces: Vec<(u64, &[u8])> = b.runs.iter().map(|&(a, o, l)| (a, &b.data[o..o + l])).collect();
+            let mut runs = Vec::new();
+            let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
+            let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
+            store.append_many(&pieces, &mut refs)?;
+            for o in outs {
+                runs.extend(o);
             }
+            mappings[*m].pages.extend(runs);
         }
         Ok(())
     }

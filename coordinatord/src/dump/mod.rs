@@ -90,6 +90,7 @@ pub fn dump_parked(
     base: Option<(&str, &ProcessImage)>,
     pre: Option<precopy::Precopy>,
     stop_the_world: bool,
+    compress: bool,
 ) -> Result<Dumped, DumpError> {
     let pid = reg.pid;
     let t0 = std::time::Instant::now();
@@ -100,6 +101,9 @@ pub fn dump_parked(
     let t_state = t0.elapsed();
     image.fds = fds;
     let mut store = PageStoreWriter::create(pages_path)?;
+    if compress {
+        store = store.compressed(3);
+    }
     let m = memory::dump_memory(pid, own_store, base.map(|(_, b)| b), pre, stop_the_world, &mut store)?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;

@@ -21,6 +21,8 @@ pub struct Node {
     /// The restorer binary, shipped next to ckptd.
     pub restorer: PathBuf,
     pub reaper: Reaper,
+    /// Page stores are zstd-compressed.
+    pub compress: bool,
     /// The checkpoint between phase 1 and its end, on this node.
     pub pending: Mutex<Option<phases::Pending>>,
     /// The restore between its prepare and connect steps.
@@ -32,13 +34,14 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(host: String, store: Store, restorer: PathBuf) -> Self {
+    pub fn new(host: String, store: Store, restorer: PathBuf, compress: bool) -> Self {
         Self {
             host,
             store,
             registry: Default::default(),
             restorer,
             reaper: Default::default(),
+            compress,
             pending: Default::default(),
             pending_restore: Default::default(),
             last_restored: Default::default(),

@@ -383,6 +383,7 @@ impl Node {
             base,
             pending.pre.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid),
             pending.mode.stop_the_world,
+            self.compress,
         )?)
     }
 }

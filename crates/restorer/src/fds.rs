@@ -215,3 +215,38 @@ pub fn mapping_fds(
     }
     Ok((files, memfds))
 }
+
+/// Decompresses every compressed run into one memfd and points the runs there (as store number
+/// `index`). Returns the memfd, if any run was compressed.
+pub fn unpack_compressed(
+    img: &mut ProcessImage,
+    stores: &[PageStoreReader],
+    index: u32,
+) -> anyhow::Result<Option<RawFd>> {
+    if !img.mappings.iter().any(|m| m.pages.iter().any(|r| r.clen > 0)) {
+        return Ok(None);
+    }
+    // SAFETY: memfd_create with a literal name.
+    let fd = unsafe { libc::memfd_create(c"ckpt-unpacked".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("memfd_create");
+    }
+    // SAFETY: the memfd was just created and is ours.
+    let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let mut at = 0u64;
+    let mut buf = Vec::new();
+    for m in &mut img.mappings {
+        for r in m.pages.iter_mut().filter(|r| r.clen > 0) {
+            let Some(reader) = stores.get(r.store as usize) else {
+                bail!("no page store {} for {:#x}", r.store, r.addr)
+            };
+            reader.read_run(r, &mut buf)?;
+            file.write_all_at(&buf, at)?;
+            r.store = index;
+            r.offset = at;
+            r.clen = 0;
+            at += r.len;
+        }
+    }
+    Ok(Some(file.into_raw_fd()))
+}

@@ -67,7 +67,7 @@ fn main() {
 }
 
 fn run(args: Args) -> anyhow::Result<Infallible> {
-    let img: ProcessImage = read_record(&args.meta, RecordKind::Process)?;
+    let mut img: ProcessImage = read_record(&args.meta, RecordKind::Process)?;
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     if me != img.pid {
@@ -95,6 +95,10 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         readers.push(r);
     }
     let (files, memfds) = fds::mapping_fds(&img, &readers, base)?;
+    // The blob reads pages with pread: compressed runs are unpacked into memory first.
+    if let Some(unpacked) = fds::unpack_compressed(&mut img, &readers, stores.len() as u32)? {
+        stores.push(fds::lift(unpacked, base)?);
+    }
     drop(readers);
     let exe = std::fs::File::open(&img.exe)
         .ok()

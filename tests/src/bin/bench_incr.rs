@@ -6,7 +6,8 @@
 //! pages at random between checkpoints. After a first full checkpoint, each measured
 //! checkpoint is taken right after such a round: in the default mode (tracked, pre-copied,
 //! incremental), with `--stop-the-world` (incremental, but read and written while the program
-//! is stopped) and with `--stop-the-world --full` (the DMTCP-like baseline). Printed, as medians: how long the program was stopped (its own
+//! is stopped) and with `--stop-the-world --full` (the DMTCP-like baseline); and with
+//! `ckptd --compress`. Printed, as medians: how long the program was stopped (its own
 //! longest stall), the checkpoint's wall time, the bytes it stored, its store rate against the
 //! disk's write rate measured in the same run, and the time of a 10% write round with dirty
 //! tracking armed against the same round before tracking (the tracking slowdown).
@@ -76,8 +77,8 @@ fn maxgap(app: &App, pid: i32) -> Result<u64> {
     field_u64(&l, "maxgap_us").context("bad maxgap line")
 }
 
-fn run(size: u64, mode: &[&str], reps: usize) -> Result<(Vec<Sample>, f64)> {
-    let d = Daemon::start_in(&bin_dir_for("release"))?;
+fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sample>, f64)> {
+    let d = Daemon::start_with(&bin_dir_for("release"), daemon)?;
     let disk = disk_rate(d.store(), size.min(1024))?;
     let size_s = size.to_string();
     let app = d.run_example("dirty_stall", &[&size_s, "10"])?;
@@ -130,13 +131,14 @@ fn main() -> Result<()> {
     );
     println!("{}", "-".repeat(106));
     for &size in &sizes {
-        let modes: [(&str, &[&str]); 3] = [
-            ("incremental", &[]),
-            ("stop-the-world", &["--stop-the-world"]),
-            ("full, stopped", &["--stop-the-world", "--full"]),
+        let modes: [(&str, &[&str], &[&str]); 4] = [
+            ("incremental", &[], &[]),
+            ("+ compression", &["--compress"], &[]),
+            ("stop-the-world", &[], &["--stop-the-world"]),
+            ("full, stopped", &[], &["--stop-the-world", "--full"]),
         ];
-        for (name, mode) in modes {
-            let (s, disk) = run(size, mode, reps).with_context(|| format!("{size} MiB {name}"))?;
+        for (name, daemon, mode) in modes {
+            let (s, disk) = run(size, daemon, mode, reps).with_context(|| format!("{size} MiB {name}"))?;
             let ckpt = med(s.iter().map(|x| x.ckpt_ms));
             let stored = med(s.iter().map(|x| x.stored_mib));
             println!(
