@@ -80,18 +80,23 @@ pub struct Dumped {
     pub captured: copy::Captured,
 }
 
-/// Reads a parked process: fds, kernel state and a copy of its memory (incremental to `base`
-/// when given). `own_store` is the page store's path relative to the store root.
-pub fn dump_parked(
-    reg: &Registration,
-    slots: &ProcSlot,
-    pages_path: &Path,
-    own_store: String,
-    base: Option<(&str, &ProcessImage)>,
-    pre: Option<precopy::Precopy>,
-    stop_the_world: bool,
-    compress: bool,
-) -> Result<Dumped, DumpError> {
+/// Where and how a parked process's pages are stored.
+pub struct PageTarget<'a> {
+    /// The page store to write.
+    pub path: &'a Path,
+    /// The same, relative to the store root (as images refer to stores).
+    pub rel: String,
+    /// The process's previous checkpoint (id, image), for an incremental one.
+    pub base: Option<(&'a str, &'a ProcessImage)>,
+    /// Memory copied before the stop.
+    pub pre: Option<precopy::Precopy>,
+    /// Write pages while the program is stopped (the baseline mode).
+    pub stop_the_world: bool,
+    pub compress: bool,
+}
+
+/// Reads a parked process: fds, kernel state and a copy of its memory.
+pub fn dump_parked(reg: &Registration, slots: &ProcSlot, t: PageTarget<'_>) -> Result<Dumped, DumpError> {
     let pid = reg.pid;
     let t0 = std::time::Instant::now();
     // fds first: an unsupported one fails the checkpoint before any page is copied.
@@ -100,16 +105,16 @@ pub fn dump_parked(
     let mut image = state::dump_state(reg, slots)?;
     let t_state = t0.elapsed();
     image.fds = fds;
-    let mut store = PageStoreWriter::create(pages_path)?;
-    if compress {
+    let mut store = PageStoreWriter::create(t.path)?;
+    if t.compress {
         store = store.compressed(3);
     }
-    let m = memory::dump_memory(pid, own_store, base.map(|(_, b)| b), pre, stop_the_world, &mut store)?;
+    let m = memory::dump_memory(pid, t.rel, t.base.map(|(_, b)| b), t.pre, t.stop_the_world, &mut store)?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
     image.special = m.special;
     image.stores = m.stores;
-    image.parent = base.map(|(id, _)| id.to_string());
+    image.parent = t.base.map(|(id, _)| id.to_string());
     Ok(Dumped {
         image,
         store,

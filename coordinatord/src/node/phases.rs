@@ -6,7 +6,7 @@
 
 use super::Node;
 use crate::dump::precopy::{precopy, Precopy};
-use crate::dump::{dump_parked, read_slots, sockets, Dumped};
+use crate::dump::{dump_parked, read_slots, sockets, Dumped, PageTarget};
 use crate::registry::Proc;
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{read_record, write_record, CheckpointDir, ProcessEntry, ProcessImage, RecordKind};
@@ -375,15 +375,15 @@ impl Node {
         let slots = read_slots(&p.reg)?;
         let own = format!("{}/{}/{pid}/pages.img", dir.id, self.host);
         let base = pending.bases.get(&pid).map(|(i, b)| (i.as_str(), b));
-        Ok(dump_parked(
-            &p.reg,
-            &slots,
-            &dir.pages_path(&self.host, pid),
-            own,
+        let path = dir.pages_path(&self.host, pid);
+        let target = PageTarget {
+            path: &path,
+            rel: own,
             base,
-            pending.pre.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid),
-            pending.mode.stop_the_world,
-            self.compress,
-        )?)
+            pre: pending.pre.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid),
+            stop_the_world: pending.mode.stop_the_world,
+            compress: self.compress,
+        };
+        Ok(dump_parked(&p.reg, &slots, target)?)
     }
 }
