@@ -21,6 +21,7 @@ pub struct PageStoreWriter {
     offset: u64,
     /// zstd level, when runs are compressed.
     compress: Option<i32>,
+    compressor: Option<Compressor>,
 }
 
 /// A run ready to be written: its bytes, compressed or not.
@@ -32,11 +33,14 @@ struct Encoded {
     compressed: bool,
 }
 
-fn encode(addr: u64, data: &[u8], level: Option<i32>) -> Encoded {
+/// A zstd compressor, reused: making a context per run costs more than compressing a page.
+type Compressor = zstd::bulk::Compressor<'static>;
+
+fn encode(addr: u64, data: &[u8], z: Option<&mut Compressor>) -> Encoded {
     let crc = crc32c::crc32c(data);
-    if let Some(level) = level {
+    if let Some(z) = z {
         // Kept compressed only when that saves something.
-        if let Ok(c) = zstd::bulk::compress(data, level) {
+        if let Ok(c) = z.compress(data) {
             if c.len() < data.len() {
                 return Encoded {
                     addr,
@@ -70,12 +74,14 @@ impl PageStoreWriter {
             out,
             offset: HEADER_LEN,
             compress: None,
+            compressor: None,
         })
     }
 
     /// Compresses runs with zstd at `level` from now on.
     pub fn compressed(mut self, level: i32) -> Self {
         self.compress = Some(level);
+        self.compressor = Compressor::new(level).ok();
         self
     }
 
@@ -124,8 +130,9 @@ impl PageStoreWriter {
                 .chunks(per)
                 .map(|part| {
                     s.spawn(move || {
+                        let mut z = Compressor::new(level).ok();
                         part.iter()
-                            .map(|&(_, a, d)| encode(a, d, Some(level)))
+                            .map(|&(_, a, d)| encode(a, d, z.as_mut()))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -144,7 +151,7 @@ impl PageStoreWriter {
     /// [`RUN_MAX_BYTES`], and returns the runs to record in the metadata.
     pub fn append(&mut self, addr: u64, data: &[u8], runs: &mut Vec<PageRun>) -> Result<(), FormatError> {
         for (i, chunk) in data.chunks(RUN_MAX_BYTES as usize).enumerate() {
-            let e = encode(addr + i as u64 * RUN_MAX_BYTES, chunk, self.compress);
+            let e = encode(addr + i as u64 * RUN_MAX_BYTES, chunk, self.compressor.as_mut());
             self.write_encoded(e, runs)?;
         }
         Ok(())
@@ -174,6 +181,8 @@ pub struct PageStoreReader {
     path: PathBuf,
     file: File,
     len: u64,
+    /// Reused across runs (a context per run costs more than a page).
+    unzip: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>>,
 }
 
 impl PageStoreReader {
@@ -218,6 +227,7 @@ impl PageStoreReader {
             path: path.to_owned(),
             file,
             len,
+            unzip: Default::default(),
         })
     }
 
@@ -252,7 +262,12 @@ impl PageStoreReader {
             .read_exact_at(buf, run.offset)
             .map_err(|e| FormatError::io(&self.path, e))?;
         if run.clen > 0 {
-            let raw = zstd::bulk::decompress(buf, run.len as usize).map_err(|_| damaged())?;
+            let mut unzip = self.unzip.borrow_mut();
+            if unzip.is_none() {
+                *unzip = zstd::bulk::Decompressor::new().ok();
+            }
+            let z = unzip.as_mut().ok_or_else(damaged)?;
+            let raw = z.decompress(buf, run.len as usize).map_err(|_| damaged())?;
             if raw.len() as u64 != run.len {
                 return Err(damaged());
             }

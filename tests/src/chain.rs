@@ -1,6 +1,6 @@
 //! Checkpoint chains as `ckptctl --json` shows them.
 
-use crate::{CkptStats, Daemon};
+use crate::{App, CkptStats, Daemon};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 
@@ -41,5 +41,22 @@ impl Daemon {
             }
         }
         Ok((parent, procs))
+    }
+}
+
+impl App {
+    /// Sends SIGUSR1 to a self-checking example and returns its `verify ok …` line; a
+    /// `VERIFY FAILED`/`STEP FAILED` line (or none within `timeout`) is an error.
+    pub fn verify(&self, timeout: std::time::Duration) -> Result<String> {
+        self.signal(libc::SIGUSR1)?;
+        let l = self.expect_line(
+            "`verify ok` (the answer to SIGUSR1)",
+            |l| l.starts_with("verify ok") || l.starts_with("VERIFY FAILED") || l.starts_with("STEP FAILED"),
+            timeout,
+        )?;
+        if !l.starts_with("verify ok") {
+            bail!("{} (pid {}): {l}\n{}", self.label(), self.pid, self.context());
+        }
+        Ok(l)
     }
 }

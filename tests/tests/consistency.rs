@@ -35,20 +35,6 @@ fn writes_of(line: &str) -> Option<u64> {
     field(line, "writes")?.parse().ok()
 }
 
-/// SIGUSR1 -> the `verify ok ...` line (a `VERIFY FAILED` line is an error).
-fn verify(app: &App) -> Result<String> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line(
-        "`verify ok` (the answer to SIGUSR1)",
-        |l| l.starts_with("verify ok") || l.starts_with("VERIFY FAILED"),
-        VERIFY_TIMEOUT,
-    )?;
-    if !l.starts_with("verify ok") {
-        bail!("{} (pid {}): {l}\n{}", app.label(), app.pid, app.context());
-    }
-    Ok(l)
-}
-
 fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
@@ -162,7 +148,9 @@ fn dirty_log_20_incremental_checkpoints_each_restores_exactly() -> Result<()> {
     }
 
     // The live program is consistent too (the harness, not the restore).
-    let l = verify(&app).context("verifying the original dirty_log before killing it")?;
+    let l = app
+        .verify(VERIFY_TIMEOUT)
+        .context("verifying the original dirty_log before killing it")?;
     note!("original: {l}");
     app.kill9()?;
 
@@ -253,7 +241,7 @@ fn restore_and_check(d: &Daemon, t: &Taken, i: usize, pid: i32) -> Result<String
             r.context()
         );
     }
-    let v = verify(&r)?;
+    let v = r.verify(VERIFY_TIMEOUT)?;
     r.kill9()?;
     Ok(format!("first line {first:?}, {v}"))
 }

@@ -66,15 +66,7 @@ fn round(app: &App) -> Result<u64> {
 
 /// SIGUSR1 -> the global sequence number reported by `verify ok`.
 fn verify(app: &App) -> Result<u64> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line(
-        "`verify ok` (the answer to SIGUSR1)",
-        |l| l.starts_with("verify ok") || l.starts_with("VERIFY FAILED"),
-        VERIFY_TIMEOUT,
-    )?;
-    if !l.starts_with("verify ok") {
-        bail!("{} (pid {}): {l}\n{}", app.label(), app.pid, app.context());
-    }
+    let l = app.verify(VERIFY_TIMEOUT)?;
     note!("{}: {l}", app.label());
     field(&l, "seq")
         .and_then(|s| s.parse().ok())

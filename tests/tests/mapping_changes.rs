@@ -17,20 +17,6 @@ use std::time::{Duration, Instant};
 const STEPS: u64 = 14;
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// SIGUSR1 -> the `verify ok ...` line.
-fn verify(app: &App) -> Result<String> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line(
-        "`verify ok` (the answer to SIGUSR1)",
-        |l| l.starts_with("verify ok") || l.starts_with("VERIFY FAILED") || l.starts_with("STEP FAILED"),
-        VERIFY_TIMEOUT,
-    )?;
-    if !l.starts_with("verify ok") {
-        bail!("{} (pid {}): {l}\n{}", app.label(), app.pid, app.context());
-    }
-    Ok(l)
-}
-
 struct Taken {
     id: String,
     step: u64,
@@ -91,7 +77,9 @@ fn map_changes_checkpoint_after_each_step_restore_each() -> Result<()> {
             stored_bytes: st.stored_bytes,
         });
     }
-    let l = verify(&app).context("verifying the original map_changes")?;
+    let l = app
+        .verify(VERIFY_TIMEOUT)
+        .context("verifying the original map_changes")?;
     note!("original: {l}");
     app.kill9()?;
 
@@ -100,7 +88,7 @@ fn map_changes_checkpoint_after_each_step_restore_each() -> Result<()> {
         let t0 = Instant::now();
         let r = (|| -> Result<String> {
             let mut r = d.restore_ok(&t.id, pid)?;
-            let l = verify(&r)?;
+            let l = r.verify(VERIFY_TIMEOUT)?;
             if field(&l, "step") != Some(t.step.to_string().as_str()) {
                 bail!(
                     "restored checkpoint {} (taken after step {}) reports {l:?}: wrong step\n{}",

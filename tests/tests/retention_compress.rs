@@ -7,22 +7,6 @@ use std::time::Duration;
 
 const VERIFY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// SIGUSR1 → `verify ok …`.
-fn verify(app: &App) -> Result<String> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line(
-        "`verify ok`",
-        |l| l.starts_with("verify ok") || l.starts_with("VERIFY FAILED"),
-        VERIFY_TIMEOUT,
-    )?;
-    ensure!(
-        l.starts_with("verify ok"),
-        "verification failed: {l}\n{}",
-        app.context()
-    );
-    Ok(l)
-}
-
 #[test]
 fn keep_three_deletes_older_checkpoints_and_the_rest_restores() -> Result<()> {
     require_root!();
@@ -47,7 +31,7 @@ fn keep_three_deletes_older_checkpoints_and_the_rest_restores() -> Result<()> {
         let restored = d
             .restore_ok(id, pid)
             .with_context(|| format!("restore of kept checkpoint {id}"))?;
-        let l = verify(&restored)?;
+        let l = restored.verify(VERIFY_TIMEOUT)?;
         note!("restored {id}: {l}");
         kill9_and_wait(pid)?;
     }
@@ -73,6 +57,6 @@ fn compressed_store_is_smaller_and_restores() -> Result<()> {
     );
     app.kill9()?;
     let restored = d.restore_ok(&st.id, pid)?;
-    verify(&restored)?;
+    restored.verify(VERIFY_TIMEOUT)?;
     Ok(())
 }
