@@ -228,16 +228,21 @@ impl Captured {
 
     /// Writes what was kept; the runs go after each mapping's runs so far.
     pub fn write(self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
+        // One call for everything: batches are often single pages, and each call sets up its
+        // compression workers.
+        let mut owners = Vec::new();
+        let mut pieces: Vec<(u64, &[u8])> = Vec::new();
         for (m, b) in &self.batches {
-            let pieces: Vec<(u64, &[u8])> = b.runs.iter().map(|&(a, o, l)| (a, &b.data[o..o + l])).collect();
-            let mut runs = Vec::new();
-            let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
-            let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
-            store.append_many(&pieces, &mut refs)?;
-            for o in outs {
-                runs.extend(o);
+            for &(a, o, l) in &b.runs {
+                owners.push(*m);
+                pieces.push((a, &b.data[o..o + l]));
             }
-            mappings[*m].pages.extend(runs);
+        }
+        let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
+        let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
+        store.append_many(&pieces, &mut refs)?;
+        for (m, runs) in owners.into_iter().zip(outs) {
+            mappings[m].pages.extend(runs);
         }
         Ok(())
     }
