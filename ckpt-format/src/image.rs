@@ -194,6 +194,12 @@ impl PageRun {
     }
 }
 
+/// The kernel's own mappings of a process (vdso and its data pages): never stored, moved into
+/// place at restore.
+pub fn is_kernel_special(name: &str) -> bool {
+    matches!(name, "[vdso]" | "[vvar]" | "[vvar_vclock]")
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpecialMapping {
     pub name: String,

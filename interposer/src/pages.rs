@@ -102,7 +102,7 @@ fn consider(line: &[u8], uffd: i32) {
     };
     let path = fields.nth(3).unwrap_or(b"");
     let anon = path.is_empty() || path == b"[heap]" || path == b"[stack]" || path.starts_with(b"[anon:");
-    if perms != b"rw-p" || !anon || path == b"[anon:ckpt-restorer]" {
+    if perms != b"rw-p" || !anon || path == ckpt_proto::RESTORER_VMA_NAME.as_bytes() {
         return;
     }
     let Some(dash) = range.iter().position(|&c| c == b'-') else {

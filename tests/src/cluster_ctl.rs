@@ -80,22 +80,7 @@ impl Cluster {
     /// `(host, pid)` of every process listed by `ckptctl status --json` via
     /// host `i`, sorted.
     pub fn status(&self, i: usize) -> Result<Vec<(String, i32)>> {
-        let s = self.ckptctl_ok(i, &["status", "--json"])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&s).with_context(|| format!("ckptctl status --json: not JSON: {s:?}"))?;
-        let procs = v
-            .get("processes")
-            .and_then(|p| p.as_array())
-            .ok_or_else(|| anyhow!("ckptctl status --json: no \"processes\" array: {s}"))?;
-        let mut out = Vec::new();
-        for p in procs {
-            let pid = p.get("pid").and_then(|x| x.as_i64());
-            let host = p.get("host").and_then(|x| x.as_str());
-            match (host, pid) {
-                (Some(h), Some(pid)) => out.push((h.to_string(), pid as i32)),
-                _ => bail!("ckptctl status --json: entry without host or pid: {p}"),
-            }
-        }
+        let mut out = parse_status(&self.ckptctl_ok(i, &["status", "--json"])?)?;
         out.sort();
         Ok(out)
     }

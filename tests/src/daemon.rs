@@ -1,7 +1,7 @@
 //! [`Daemon`]: a private single-host `ckptd` per test, and `ckptctl`
 //! against it.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
@@ -211,21 +211,10 @@ impl Daemon {
 
     /// pids listed by `ckptctl status --json`.
     pub fn status_pids(&self) -> Result<Vec<i32>> {
-        let s = self.ckptctl_ok(&["status", "--json"])?;
-        let v: serde_json::Value =
-            serde_json::from_str(&s).with_context(|| format!("ckptctl status --json: not JSON: {s:?}"))?;
-        let procs = v
-            .get("processes")
-            .and_then(|p| p.as_array())
-            .ok_or_else(|| anyhow!("ckptctl status --json: no \"processes\" array: {s}"))?;
-        let mut pids = Vec::new();
-        for p in procs {
-            let pid = p
-                .get("pid")
-                .and_then(|x| x.as_i64())
-                .ok_or_else(|| anyhow!("ckptctl status --json: entry without pid: {p}"))?;
-            pids.push(pid as i32);
-        }
+        let mut pids: Vec<i32> = parse_status(&self.ckptctl_ok(&["status", "--json"])?)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
         pids.sort();
         Ok(pids)
     }

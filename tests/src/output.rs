@@ -1,7 +1,7 @@
 //! Helpers for program and command output: tick lines, fields, exit
 //! statuses, one-line errors, log tails, progress notes, medians.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::fs;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -193,4 +193,25 @@ impl CkptStats {
 /// == Some(vec![10, 2])`).
 pub fn fields_u64(line: &str, keys: &[&str]) -> Option<Vec<u64>> {
     keys.iter().map(|k| field(line, k)?.parse().ok()).collect()
+}
+
+/// `(host, pid)` of each process in the output of `ckptctl status --json`.
+pub fn parse_status(json: &str) -> Result<Vec<(String, i32)>> {
+    let v: serde_json::Value =
+        serde_json::from_str(json).with_context(|| format!("ckptctl status --json: not JSON: {json:?}"))?;
+    let procs = v
+        .get("processes")
+        .and_then(|p| p.as_array())
+        .ok_or_else(|| anyhow::anyhow!("ckptctl status --json: no \"processes\" array: {json}"))?;
+    let mut out = Vec::new();
+    for p in procs {
+        match (
+            p.get("host").and_then(|x| x.as_str()),
+            p.get("pid").and_then(|x| x.as_i64()),
+        ) {
+            (Some(h), Some(pid)) => out.push((h.to_string(), pid as i32)),
+            _ => anyhow::bail!("ckptctl status --json: entry without host or pid: {p}"),
+        }
+    }
+    Ok(out)
 }

@@ -11,16 +11,7 @@ use ckpt_sys::procfs::{self, MapEntry};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAPPED: u64 = 1 << 62;
-const PM_FILE: u64 = 1 << 61;
-const PFN_MASK: u64 = (1 << 55) - 1;
-/// Name given by the restorer to its leftover pages, never part of the program.
-pub const RESTORER_VMA_NAME: &str = "[anon:ckpt-restorer]";
-
-fn is_special(name: &str) -> bool {
-    matches!(name, "[vdso]" | "[vvar]" | "[vvar_vclock]")
-}
+use ckpt_sys::pagemap::{holds_data, PM_FILE, PM_PRESENT, PM_SWAPPED};
 
 /// Which pages of a mapping must be stored.
 #[derive(Clone, Copy, PartialEq)]
@@ -141,15 +132,14 @@ pub fn dump_memory(
         .unwrap_or_default();
     // The baseline writes pages to disk while the program is stopped.
     let mut captured = Captured::new(if stop_the_world { 0 } else { u64::MAX });
-    let zero_pfn = ckpt_sys::pagemap::zero_pfn();
     let t_start = std::time::Instant::now();
     let mut mappings = Vec::new();
     let mut special = Vec::new();
     for e in &maps {
-        if e.path == "[vsyscall]" || e.path == RESTORER_VMA_NAME {
+        if e.path == "[vsyscall]" || e.path == ckpt_proto::RESTORER_VMA_NAME {
             continue;
         }
-        if is_special(&e.path) {
+        if ckpt_format::is_kernel_special(&e.path) {
             special.push(SpecialMapping {
                 name: e.path.clone(),
                 start: e.start,
@@ -222,8 +212,7 @@ pub fn dump_memory(
             for &(rs, re) in &ranges {
                 let want = |v: u64, addr: u64| {
                     // A page that was only read maps the zero page: nothing to store.
-                    let zero = zero_pfn.is_some_and(|z| v & PM_PRESENT != 0 && v & PFN_MASK == z);
-                    let populated = v & (PM_PRESENT | PM_SWAPPED) != 0 && !zero;
+                    let populated = holds_data(v);
                     match select {
                         Select::Populated if layered => populated || covered(addr),
                         Select::Populated => populated,

@@ -11,10 +11,6 @@ use ckpt_sys::procfs;
 use std::collections::HashMap;
 use std::fs::File;
 
-const PM_PRESENT: u64 = 1 << 63;
-const PM_SWAPPED: u64 = 1 << 62;
-const PFN_MASK: u64 = (1 << 55) - 1;
-
 /// What was copied of one tracked mapping before the stop.
 #[derive(Default)]
 pub struct PreMapping {
@@ -61,11 +57,8 @@ pub fn precopy(pid: i32, base: Option<&ProcessImage>) -> Result<Precopy, DumpErr
             vec![(e.start, e.end)]
         };
         for &(rs, re) in &ranges {
-            let zero = ckpt_sys::pagemap::zero_pfn();
             // Pages only read map the zero page: nothing to copy.
-            let populated = |v: u64, _| {
-                v & (PM_PRESENT | PM_SWAPPED) != 0 && !zero.is_some_and(|z| v & PM_PRESENT != 0 && v & PFN_MASK == z)
-            };
+            let populated = |v: u64, _| ckpt_sys::pagemap::holds_data(v);
             walk_pages(&mem, &pagemap, rs, re, populated, |b| {
                 m.batches.push(b);
                 Ok(())

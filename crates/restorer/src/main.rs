@@ -129,7 +129,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let (ops_bytes, data_bytes) = plan::bounds(&img, &current);
     let park: u64 = current
         .iter()
-        .filter(|e| e.path.starts_with("[v") && e.path != "[vsyscall]")
+        .filter(|e| ckpt_format::is_kernel_special(&e.path))
         .map(MapEntry::len)
         .sum();
     let size = plan::layout(0, ops_bytes, data_bytes, img.threads.len(), park).size;
@@ -185,7 +185,15 @@ fn map_region(r: &plan::Region) -> anyhow::Result<()> {
         return Err(std::io::Error::last_os_error()).context("cannot map the restorer region");
     }
     // SAFETY: naming our own mapping; failure is harmless.
-    unsafe { libc::prctl(0x5356_4d41, 0, r.base, r.size, c"ckpt-restorer".as_ptr()) };
+    unsafe {
+        libc::prctl(
+            0x5356_4d41,
+            0,
+            r.base,
+            r.size,
+            ckpt_proto::RESTORER_VMA_ANON_NAME.as_ptr(),
+        )
+    };
     Ok(())
 }
 

@@ -115,10 +115,6 @@ impl Plan {
     }
 }
 
-fn is_special(name: &str) -> bool {
-    matches!(name, "[vdso]" | "[vvar]" | "[vvar_vclock]")
-}
-
 /// Merges runs adjacent in both memory and the store, to issue few reads.
 fn merged(runs: &[PageRun]) -> Vec<PageRun> {
     let mut out: Vec<PageRun> = Vec::new();
@@ -147,7 +143,10 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
 
     // 1. Unmap everything of the restorer but the region and the kernel's special mappings.
     let mut keep: Vec<(u64, u64)> = vec![(region.base, region.base + region.size)];
-    let cur_special: Vec<&MapEntry> = current.iter().filter(|e| is_special(&e.path)).collect();
+    let cur_special: Vec<&MapEntry> = current
+        .iter()
+        .filter(|e| ckpt_format::is_kernel_special(&e.path))
+        .collect();
     keep.extend(cur_special.iter().map(|e| (e.start, e.end)));
     keep.sort_unstable();
     let mut at = PAGE_SIZE;

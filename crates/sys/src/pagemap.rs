@@ -29,6 +29,19 @@ struct PmScanArg {
     return_mask: u64,
 }
 
+/// Bits of a /proc/PID/pagemap entry.
+pub const PM_PRESENT: u64 = 1 << 63;
+pub const PM_SWAPPED: u64 = 1 << 62;
+pub const PM_FILE: u64 = 1 << 61;
+const PFN_MASK: u64 = (1 << 55) - 1;
+
+/// Whether the page behind a pagemap entry holds data: present or swapped, and not the
+/// kernel's zero page (a page that was only read).
+pub fn holds_data(entry: u64) -> bool {
+    let zero = entry & PM_PRESENT != 0 && zero_pfn().is_some_and(|z| entry & PFN_MASK == z);
+    entry & (PM_PRESENT | PM_SWAPPED) != 0 && !zero
+}
+
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
 const PM_SCAN_WP_MATCHING: u64 = 1;
