@@ -34,6 +34,8 @@ pub struct ProcessEntry {
     pub stop_us: u64,
     /// How long its communication gate was shut (phase 1 to resume).
     pub held_us: u64,
+    /// How long storing its pages took once it ran again, until they were durable.
+    pub store_us: u64,
 }
 
 impl Manifest {

@@ -18,25 +18,26 @@ const HEADER_LEN: u64 = PAGE_SIZE;
 pub struct PageStoreWriter {
     path: PathBuf,
     out: BufWriter<File>,
+    /// Where the next run goes.
     offset: u64,
     /// zstd level, when runs are compressed.
     compress: Option<i32>,
     compressor: Option<Compressor>,
 }
 
-/// A run ready to be written: its bytes, compressed or not.
-struct Encoded {
+/// A run ready to be written: its bytes, compressed or, borrowed, as they are.
+struct Encoded<'a> {
     addr: u64,
     len: u64,
     crc: u32,
-    bytes: Vec<u8>,
+    bytes: std::borrow::Cow<'a, [u8]>,
     compressed: bool,
 }
 
 /// A zstd compressor, reused: making a context per run costs more than compressing a page.
 type Compressor = zstd::bulk::Compressor<'static>;
 
-fn encode(addr: u64, data: &[u8], z: Option<&mut Compressor>) -> Encoded {
+fn encode<'a>(addr: u64, data: &'a [u8], z: Option<&mut Compressor>) -> Encoded<'a> {
     let crc = crc32c::crc32c(data);
     if let Some(z) = z {
         // Kept compressed only when that saves something.
@@ -46,7 +47,7 @@ fn encode(addr: u64, data: &[u8], z: Option<&mut Compressor>) -> Encoded {
                     addr,
                     len: data.len() as u64,
                     crc,
-                    bytes: c,
+                    bytes: c.into(),
                     compressed: true,
                 };
             }
@@ -56,7 +57,7 @@ fn encode(addr: u64, data: &[u8], z: Option<&mut Compressor>) -> Encoded {
         addr,
         len: data.len() as u64,
         crc,
-        bytes: data.to_vec(),
+        bytes: data.into(),
         compressed: false,
     }
 }
@@ -85,10 +86,16 @@ impl PageStoreWriter {
         self
     }
 
-    fn write_encoded(&mut self, e: Encoded, runs: &mut Vec<PageRun>) -> Result<(), FormatError> {
+    fn write_encoded(&mut self, e: Encoded<'_>, runs: &mut Vec<PageRun>) -> Result<(), FormatError> {
         self.out
             .write_all(&e.bytes)
             .map_err(|err| FormatError::io(&self.path, err))?;
+        self.record(&e, runs);
+        Ok(())
+    }
+
+    /// Notes where run `e` went, the bytes being written at the current end.
+    fn record(&mut self, e: &Encoded<'_>, runs: &mut Vec<PageRun>) {
         runs.push(PageRun {
             addr: e.addr,
             len: e.len,
@@ -98,13 +105,13 @@ impl PageStoreWriter {
             clen: if e.compressed { e.bytes.len() as u64 } else { 0 },
         });
         self.offset += e.bytes.len() as u64;
-        Ok(())
     }
 
     /// Appends many pieces of memory at once, each cut into runs; when compressing, the runs
     /// are compressed on worker threads (one per core) and written in order. `out[i]` receives
     /// the runs of `pieces[i]`.
     pub fn append_many(&mut self, pieces: &[(u64, &[u8])], out: &mut [&mut Vec<PageRun>]) -> Result<(), FormatError> {
+        // Without compression, workers do not pay: checksums are cheaper than handing them out.
         let Some(level) = self.compress else {
             for ((addr, data), runs) in pieces.iter().zip(out.iter_mut()) {
                 self.append(*addr, data, runs)?;
@@ -139,9 +146,12 @@ impl PageStoreWriter {
                 .collect();
             hs.into_iter().map(|h| h.join().ok()).collect()
         });
-        let encoded =
-            encoded.ok_or_else(|| FormatError::io(&self.path, std::io::Error::other("a compression worker failed")))?;
-        for ((i, _, _), e) in jobs.iter().zip(encoded.into_iter().flatten()) {
+        let encoded: Vec<Encoded> = encoded
+            .ok_or_else(|| FormatError::io(&self.path, std::io::Error::other("a compression worker failed")))?
+            .into_iter()
+            .flatten()
+            .collect();
+        for ((i, _, _), e) in jobs.iter().zip(encoded) {
             self.write_encoded(e, out[*i])?;
         }
         Ok(())

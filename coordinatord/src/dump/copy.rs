@@ -73,24 +73,26 @@ impl WalkError {
     }
 }
 
-/// Reads the pages of [rs, re) that `want(pagemap entry, address)` selects and hands them to
-/// `f` in batches.
+/// Selects pages by their pagemap entry and address.
+pub type Want<'a> = &'a dyn Fn(u64, u64) -> bool;
+
+/// Reads the pages of `ranges` that `want(pagemap entry, address)` selects (all of them
+/// without `want`) and hands them to `f` in batches (many small ranges share a batch).
 pub fn walk_pages(
+    pid: i32,
     mem: &File,
     pagemap: &File,
-    rs: u64,
-    re: u64,
-    want: impl Fn(u64, u64) -> bool,
+    ranges: &[(u64, u64)],
+    want: Option<Want<'_>>,
     mut f: impl FnMut(Batch) -> Result<(), DumpError>,
 ) -> Result<(), WalkError> {
-    let npages = (re - rs) / PAGE_SIZE;
     let mut pm = Vec::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut batched = 0u64;
     let mut flush = |runs: &mut Vec<(u64, u64)>| -> Result<(), WalkError> {
         let total: u64 = runs.iter().map(|r| r.1).sum();
         let mut data = vec![0u8; total as usize];
-        if !read_batch(mem, runs, &mut data) {
+        if !read_batch(pid, runs, &mut data) {
             let mut at = 0usize;
             for &(addr, len) in runs.iter() {
                 mem.read_exact_at(&mut data[at..at + len as usize], addr)
@@ -108,41 +110,46 @@ pub fn walk_pages(
         f(Batch { data, runs: placed })?;
         Ok(())
     };
-    let mut first = 0;
-    while first < npages {
-        let n = (npages - first).min(PAGEMAP_CHUNK);
-        pm.resize((n * 8) as usize, 0);
-        pagemap
-            .read_exact_at(&mut pm, (rs / PAGE_SIZE + first) * 8)
-            .map_err(|e| WalkError::Io("pagemap".into(), e))?;
-        let entry = |i: u64| {
-            u64::from_le_bytes(
-                pm[(i * 8) as usize..(i * 8 + 8) as usize]
-                    .try_into()
-                    .unwrap_or_default(),
-            )
-        };
-        let wanted = |i: u64| want(entry(i), rs + (first + i) * PAGE_SIZE);
-        let mut i = 0;
-        while i < n {
-            if !wanted(i) {
-                i += 1;
-                continue;
+    for &(rs, re) in ranges {
+        let npages = (re - rs) / PAGE_SIZE;
+        let mut first = 0;
+        while first < npages {
+            let n = (npages - first).min(PAGEMAP_CHUNK);
+            if want.is_some() {
+                pm.resize((n * 8) as usize, 0);
+                pagemap
+                    .read_exact_at(&mut pm, (rs / PAGE_SIZE + first) * 8)
+                    .map_err(|e| WalkError::Io("pagemap".into(), e))?;
             }
-            let mut j = i + 1;
-            while j < n && wanted(j) && (j - i) * PAGE_SIZE < ckpt_format::RUN_MAX_BYTES {
-                j += 1;
+            let entry = |i: u64| {
+                u64::from_le_bytes(
+                    pm[(i * 8) as usize..(i * 8 + 8) as usize]
+                        .try_into()
+                        .unwrap_or_default(),
+                )
+            };
+            let wanted = |i: u64| want.is_none_or(|w| w(entry(i), rs + (first + i) * PAGE_SIZE));
+            let mut i = 0;
+            while i < n {
+                if !wanted(i) {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i + 1;
+                while j < n && wanted(j) && (j - i) * PAGE_SIZE < ckpt_format::RUN_MAX_BYTES {
+                    j += 1;
+                }
+                let len = (j - i) * PAGE_SIZE;
+                runs.push((rs + (first + i) * PAGE_SIZE, len));
+                batched += len;
+                if runs.len() >= BATCH_RUNS || batched >= BATCH_BYTES {
+                    flush(&mut runs)?;
+                    batched = 0;
+                }
+                i = j;
             }
-            let len = (j - i) * PAGE_SIZE;
-            runs.push((rs + (first + i) * PAGE_SIZE, len));
-            batched += len;
-            if runs.len() >= BATCH_RUNS || batched >= BATCH_BYTES {
-                flush(&mut runs)?;
-                batched = 0;
-            }
-            i = j;
+            first += n;
         }
-        first += n;
     }
     if !runs.is_empty() {
         flush(&mut runs)?;
@@ -150,10 +157,9 @@ pub fn walk_pages(
     Ok(())
 }
 
-/// Reads `runs` of the process behind `mem` into `data` in one process_vm_readv; false if it
-/// could not read them all.
-fn read_batch(mem: &File, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
-    let Some(pid) = mem_pid(mem) else { return false };
+/// Reads `runs` of process `pid` into `data` in one process_vm_readv; false if it could not
+/// read them all.
+fn read_batch(pid: i32, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
     let local = [libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),
@@ -168,12 +174,6 @@ fn read_batch(mem: &File, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
     // SAFETY: `local` covers exactly `data`; the remote iovecs are addresses in the other process.
     let n = unsafe { libc::process_vm_readv(pid, local.as_ptr(), 1, remote.as_ptr(), remote.len() as u64, 0) };
     n >= 0 && n as usize == data.len()
-}
-
-/// The pid a /proc/PID/mem file belongs to.
-fn mem_pid(mem: &File) -> Option<i32> {
-    let link = std::fs::read_link(format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(mem))).ok()?;
-    link.to_str()?.strip_prefix("/proc/")?.split('/').next()?.parse().ok()
 }
 
 /// Pages copied out of a parked program, written to its page store once it runs again.

@@ -1,6 +1,6 @@
 //! Memory: which mappings exist, which of their pages hold data, and those pages.
 
-use super::copy::{walk_pages, Captured};
+use super::copy::{walk_pages, Captured, Want};
 use super::precopy::Precopy;
 use super::DumpError;
 use ckpt_format::{
@@ -12,6 +12,9 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
 use ckpt_sys::pagemap::{holds_data, PM_FILE, PM_PRESENT, PM_SWAPPED};
+
+/// Finds the ranges of a mapping that hold data, through the pagemap.
+type Finder = fn(&File, u64, u64) -> std::io::Result<Vec<(u64, u64)>>;
 
 /// Which pages of a mapping must be stored.
 #[derive(Clone, Copy, PartialEq)]
@@ -25,10 +28,15 @@ enum Select {
     None,
 }
 
-fn file_id(pid: i32, e: &MapEntry) -> Option<FileId> {
-    // The map_files link reaches the very inode that is mapped, even if the path was replaced.
-    let meta = std::fs::metadata(&e.path).ok()?;
-    let _ = pid;
+/// Files already looked at in this dump (a library has several mappings).
+type Seen = std::collections::HashMap<String, Option<std::fs::Metadata>>;
+
+fn file_id(e: &MapEntry, seen: &mut Seen) -> Option<FileId> {
+    let meta = seen
+        .entry(e.path.clone())
+        .or_insert_with(|| std::fs::metadata(&e.path).ok())
+        .as_ref()?;
+    // A path that now names another file: the mapped one was replaced.
     if meta.ino() != e.inode {
         return None;
     }
@@ -42,7 +50,7 @@ fn file_id(pid: i32, e: &MapEntry) -> Option<FileId> {
     })
 }
 
-fn classify(pid: i32, e: &MapEntry) -> Result<(MappingKind, Select), DumpError> {
+fn classify(pid: i32, e: &MapEntry, seen: &mut Seen) -> Result<(MappingKind, Select), DumpError> {
     let name = e.path.as_str();
     let unsupported = |why: &str| DumpError::UnsupportedMapping {
         pid,
@@ -55,7 +63,7 @@ fn classify(pid: i32, e: &MapEntry) -> Result<(MappingKind, Select), DumpError> 
     if e.shared {
         if name.starts_with('/') && !deleted && !name.starts_with("/dev/") {
             // The file holds the content; it is mapped again at restore.
-            let id = file_id(pid, e).ok_or_else(|| unsupported("the mapped file was replaced"))?;
+            let id = file_id(e, seen).ok_or_else(|| unsupported("the mapped file was replaced"))?;
             return Ok((MappingKind::File(id), Select::None));
         }
         if name.starts_with("/dev/") && !name.starts_with("/dev/zero") && !name.starts_with("/dev/shm/") {
@@ -69,7 +77,7 @@ fn classify(pid: i32, e: &MapEntry) -> Result<(MappingKind, Select), DumpError> 
         "[stack]" => (MappingKind::Stack, Select::Populated),
         n if n.starts_with("[anon:") => (MappingKind::Anon, Select::Populated),
         n if n.starts_with("/dev/zero") => (MappingKind::Anon, Select::Populated),
-        n if n.starts_with('/') && !deleted => match file_id(pid, e) {
+        n if n.starts_with('/') && !deleted => match file_id(e, seen) {
             Some(id) => (MappingKind::File(id), Select::Modified),
             None => (MappingKind::Saved { shmem: false }, Select::All),
         },
@@ -114,27 +122,13 @@ pub fn dump_memory(
         Some(p) => std::mem::take(&mut p.tracked),
         None => procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?,
     };
-    let mut stores = vec![own_store];
-    // The base's store numbers, renumbered into ours.
-    let store_map: Vec<u32> = base
-        .map(|b| {
-            b.stores
-                .iter()
-                .map(|s| match stores.iter().position(|x| x == s) {
-                    Some(i) => i as u32,
-                    None => {
-                        stores.push(s.clone());
-                        (stores.len() - 1) as u32
-                    }
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let (stores, store_map) = store_numbers(own_store, base);
     // The baseline writes pages to disk while the program is stopped.
     let mut captured = Captured::new(if stop_the_world { 0 } else { u64::MAX });
     let t_start = std::time::Instant::now();
     let mut mappings = Vec::new();
     let mut special = Vec::new();
+    let mut seen = Seen::new();
     for e in &maps {
         if e.path == "[vsyscall]" || e.path == ckpt_proto::RESTORER_VMA_NAME {
             continue;
@@ -147,38 +141,33 @@ pub fn dump_memory(
             });
             continue;
         }
-        let (kind, select) = classify(pid, e)?;
-        let prot = (e.read as u32 * PROT_READ) | (e.write as u32 * PROT_WRITE) | (e.exec as u32 * PROT_EXEC);
-        let idx = mappings.len();
+        let (kind, select) = classify(pid, e, &mut seen)?;
         let is_tracked = tracked.contains(&(e.start, e.end));
         let incremental = is_tracked && anon_kind(&kind);
         let mut pre_m = pre
             .as_mut()
             .and_then(|p| p.mappings.remove(&(e.start, e.end)))
             .filter(|_| incremental);
-        let mut runs: Vec<PageRun> = Vec::new();
+        // Read as a delta: written since the pre-copy, or since the base when there was none.
+        let delta = incremental && (base.is_some() || pre_m.is_some());
+        let prot = (e.read as u32 * PROT_READ) | (e.write as u32 * PROT_WRITE) | (e.exec as u32 * PROT_EXEC);
+        let idx = mappings.len();
         // Which ranges to read now, and the base's runs still valid for this mapping.
-        let (ranges, inherited): (Vec<(u64, u64)>, Vec<PageRun>) = if incremental && (base.is_some() || pre_m.is_some())
-        {
-            // Written since the pre-copy (or since the base when there was none).
-            let delta = match ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true) {
-                Ok(d) => d,
-                // Not registered any more: all of it.
-                Err(_) => vec![(e.start, e.end)],
-            };
-            // The base's runs still valid here; worked out during the pre-copy when there was one
-            // (a run the delta rewrites stays, under the newer pages: harmless).
-            let inherited: Vec<PageRun> = match (&mut pre_m, base) {
+        let (ranges, mut runs): (Vec<(u64, u64)>, Vec<PageRun>) = if delta {
+            // A scan that failed means the mapping is no longer registered: all of it.
+            let delta =
+                ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true).unwrap_or_else(|_| vec![(e.start, e.end)]);
+            // The base's runs still valid here, worked out (and renumbered) during the pre-copy
+            // when there was one (a run the delta rewrites stays, under the newer pages: harmless).
+            let inherited = match (&mut pre_m, base) {
                 (Some(p), _) => std::mem::take(&mut p.inherited),
-                (None, Some(b)) => inherited_runs(b, e.start, e.end, &merge_ranges(delta.clone())),
+                (None, Some(b)) => renumber(
+                    inherited_runs(b, e.start, e.end, &merge_ranges(delta.clone())),
+                    &store_map,
+                )
+                .ok_or(DumpError::BadBase { pid })?,
                 (None, None) => Vec::new(),
-            }
-            .into_iter()
-            .map(|r| PageRun {
-                store: store_map.get(r.store as usize).copied().unwrap_or(u32::MAX),
-                ..r
-            })
-            .collect();
+            };
             (delta, inherited)
         } else {
             if is_tracked {
@@ -186,21 +175,19 @@ pub fn dump_memory(
             }
             (vec![(e.start, e.end)], Vec::new())
         };
-        if inherited.iter().any(|r| r.store == u32::MAX) {
-            return Err(DumpError::BadSlots { pid });
-        }
-        runs.extend_from_slice(&inherited);
         // Where an older copy exists (sorted, merged): a page gone since must override it.
         let cover = match &mut pre_m {
             Some(p) => std::mem::take(&mut p.cover),
-            None => merge_ranges(inherited.iter().map(|r| (r.addr, r.addr + r.len)).collect()),
+            None => merge_ranges(runs.iter().map(|r| (r.addr, r.addr + r.len)).collect()),
         };
         // Pages copied before the stop come first; what changed since goes over them.
         if let Some(p) = pre_m {
             let delta = merge_ranges(ranges.clone());
             for mut b in p.batches {
                 // Runs written again since are read anew below: no need to keep them twice.
-                b.runs.retain(|&(a, _, l)| !inside(&delta, a, a + l as u64));
+                if !delta.is_empty() {
+                    b.runs.retain(|&(a, _, l)| !inside(&delta, a, a + l as u64));
+                }
                 if !b.runs.is_empty() {
                     captured.take(idx, b, &mut runs, store)?;
                 }
@@ -208,25 +195,41 @@ pub fn dump_memory(
         }
         let layered = !cover.is_empty();
         let covered = |addr: u64| inside(&cover, addr, addr + 1);
-        if select != Select::None {
+        // Outside the tracking, the kernel finds the pages that hold data: most of a big
+        // mapping is often empty, and most of a private file mapping is the file's.
+        let found = match select {
+            Select::Populated if !layered => Some(ckpt_sys::pagemap::populated as Finder),
+            Select::Modified => Some(ckpt_sys::pagemap::modified_private as Finder),
+            _ => None,
+        }
+        .and_then(|find| {
+            let mut v = Vec::new();
             for &(rs, re) in &ranges {
-                let want = |v: u64, addr: u64| {
-                    // A page that was only read maps the zero page: nothing to store.
-                    let populated = holds_data(v);
-                    match select {
-                        Select::Populated if layered => populated || covered(addr),
-                        Select::Populated => populated,
-                        Select::Modified => v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE == 0),
-                        Select::All => true,
-                        Select::None => false,
-                    }
-                };
-                walk_pages(&mem, &pagemap, rs, re, want, |batch| {
-                    let batch = if select == Select::All { batch.nonzero() } else { batch };
-                    captured.take(idx, batch, &mut runs, store)
-                })
-                .map_err(|e| e.into_dump(pid))?;
+                v.extend(find(&pagemap, rs, re).ok()?);
             }
+            Some(v)
+        });
+        if select != Select::None {
+            let want = |v: u64, addr: u64| {
+                // A page that was only read maps the zero page: nothing to store.
+                let populated = holds_data(v);
+                match select {
+                    Select::Populated if layered => populated || covered(addr),
+                    Select::Populated => populated,
+                    Select::Modified => v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE == 0),
+                    Select::All => true,
+                    Select::None => false,
+                }
+            };
+            let (ranges, want): (&[(u64, u64)], Option<Want<'_>>) = match &found {
+                Some(f) => (f, None),
+                None => (&ranges, Some(&want)),
+            };
+            walk_pages(pid, &mem, &pagemap, ranges, want, |batch| {
+                let batch = if select == Select::All { batch.nonzero() } else { batch };
+                captured.take(idx, batch, &mut runs, store)
+            })
+            .map_err(|e| e.into_dump(pid))?;
         }
         mappings.push(Mapping {
             start: e.start,
@@ -245,6 +248,40 @@ pub fn dump_memory(
         captured,
         stores,
     })
+}
+
+/// This checkpoint's stores (its own first, then those of `base` it still refers to) and, for
+/// each of the base's stores, its number among them.
+pub(crate) fn store_numbers(own_store: String, base: Option<&ProcessImage>) -> (Vec<String>, Vec<u32>) {
+    let mut stores = vec![own_store];
+    let map = base
+        .map(|b| {
+            b.stores
+                .iter()
+                .map(|s| match stores.iter().position(|x| x == s) {
+                    Some(i) => i as u32,
+                    None => {
+                        stores.push(s.clone());
+                        (stores.len() - 1) as u32
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (stores, map)
+}
+
+/// The base's runs with their store numbers as in this checkpoint; None if the base's image
+/// names a store it does not list.
+pub(crate) fn renumber(runs: Vec<PageRun>, store_map: &[u32]) -> Option<Vec<PageRun>> {
+    runs.into_iter()
+        .map(|r| {
+            Some(PageRun {
+                store: *store_map.get(r.store as usize)?,
+                ..r
+            })
+        })
+        .collect()
 }
 
 /// The runs of `base`'s anonymous memory overlapping [start, end) that are not entirely within

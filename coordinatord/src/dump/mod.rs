@@ -6,13 +6,12 @@ mod fds;
 mod memory;
 pub mod precopy;
 pub mod sockets;
-mod state;
+pub mod state;
 
 use ckpt_format::{FormatError, PageStoreWriter, ProcessImage};
 use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::Registration;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -30,6 +29,8 @@ pub enum DumpError {
     },
     #[error("process {pid}: the interposer's slots are unreadable or corrupt")]
     BadSlots { pid: i32 },
+    #[error("process {pid}: its previous checkpoint's image names a page store it does not list; take a full one with `ckptctl checkpoint --full`")]
+    BadBase { pid: i32 },
     #[error("process {pid}: {parked} threads parked but the kernel lists {listed}; try again")]
     ThreadMismatch { pid: i32, parked: u32, listed: usize },
     #[error("process {pid}: {0}", pid = .1)]
@@ -80,35 +81,35 @@ pub struct Dumped {
     pub captured: copy::Captured,
 }
 
-/// Where and how a parked process's pages are stored.
+/// Where and how a parked process's pages are stored, and what was read of it beforehand.
 pub struct PageTarget<'a> {
-    /// The page store to write.
-    pub path: &'a Path,
+    /// The page store to write (created before the stop).
+    pub store: PageStoreWriter,
     /// The same, relative to the store root (as images refer to stores).
     pub rel: String,
     /// The process's previous checkpoint (id, image), for an incremental one.
     pub base: Option<(&'a str, &'a ProcessImage)>,
     /// Memory copied before the stop.
     pub pre: Option<precopy::Precopy>,
+    /// State read before the stop.
+    pub fixed: Option<state::Fixed>,
     /// Write pages while the program is stopped (the baseline mode).
     pub stop_the_world: bool,
-    pub compress: bool,
 }
 
 /// Reads a parked process: fds, kernel state and a copy of its memory.
 pub fn dump_parked(reg: &Registration, slots: &ProcSlot, t: PageTarget<'_>) -> Result<Dumped, DumpError> {
     let pid = reg.pid;
     let t0 = std::time::Instant::now();
-    // fds first: an unsupported one fails the checkpoint before any page is copied.
+    // fds first: an unsupported one fails the checkpoint before any page is copied. All of it
+    // on this thread: waking another core costs more than the work itself while the program
+    // waits.
     let fds = fds::dump_fds(pid, reg.control_fd, reg.uffd_fd)?;
     let t_fds = t0.elapsed();
-    let mut image = state::dump_state(reg, slots)?;
+    let mut image = state::dump_state(reg, slots, t.fixed)?;
     let t_state = t0.elapsed();
     image.fds = fds;
-    let mut store = PageStoreWriter::create(t.path)?;
-    if t.compress {
-        store = store.compressed(3);
-    }
+    let mut store = t.store;
     let m = memory::dump_memory(pid, t.rel, t.base.map(|(_, b)| b), t.pre, t.stop_the_world, &mut store)?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
@@ -125,8 +126,11 @@ pub fn dump_parked(reg: &Registration, slots: &ProcSlot, t: PageTarget<'_>) -> R
 impl Dumped {
     /// After the program runs again: writes the copied pages and makes the store durable.
     pub fn finish(mut self) -> Result<ProcessImage, DumpError> {
+        let t = std::time::Instant::now();
         self.captured.write(&mut self.store, &mut self.image.mappings)?;
+        let written = t.elapsed();
         self.image.pages_len = self.store.finish()?;
+        tracing::debug!(pid = self.image.pid, ?written, durable = ?t.elapsed(), "stored");
         Ok(self.image)
     }
 }

@@ -4,7 +4,7 @@
 //! stop short whatever the size of the memory.
 
 use super::copy::{walk_pages, Batch};
-use super::memory::{inherited_runs, merge_ranges};
+use super::memory::{inherited_runs, merge_ranges, renumber, store_numbers};
 use super::DumpError;
 use ckpt_format::ProcessImage;
 use ckpt_sys::procfs;
@@ -18,7 +18,7 @@ pub struct PreMapping {
     pub batches: Vec<Batch>,
     /// Ranges found written since the base (the whole mapping without a base).
     pub written: Vec<(u64, u64)>,
-    /// The base's runs this mapping still needs (store numbers as in the base).
+    /// The base's runs this mapping still needs (store numbers as in the new checkpoint).
     pub inherited: Vec<ckpt_format::PageRun>,
     /// Where an older copy of a page exists (inherited runs, copied pages), sorted and merged.
     pub cover: Vec<(u64, u64)>,
@@ -37,8 +37,10 @@ fn anonymous(path: &str) -> bool {
     path.is_empty() || path == "[heap]" || path == "[stack]" || path.starts_with("[anon:")
 }
 
-/// Copies what a checkpoint against `base` needs of the tracked memory of `pid`, which runs.
-pub fn precopy(pid: i32, base: Option<&ProcessImage>) -> Result<Precopy, DumpError> {
+/// Copies what a checkpoint against `base` needs of the tracked memory of `pid`, which runs;
+/// `own_store` is the new checkpoint's page store, as its image will name it.
+pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Result<Precopy, DumpError> {
+    let (_, store_map) = store_numbers(own_store, base);
     let io = |what: &str| super::io_err(pid, what);
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let tracked = procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?;
@@ -56,18 +58,20 @@ pub fn precopy(pid: i32, base: Option<&ProcessImage>) -> Result<Precopy, DumpErr
             ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
             vec![(e.start, e.end)]
         };
-        for &(rs, re) in &ranges {
-            // Pages only read map the zero page: nothing to copy.
-            let populated = |v: u64, _| ckpt_sys::pagemap::holds_data(v);
-            walk_pages(&mem, &pagemap, rs, re, populated, |b| {
-                m.batches.push(b);
-                Ok(())
-            })
-            .map_err(|e| e.into_dump(pid))?;
-        }
+        // Pages only read map the zero page: nothing to copy.
+        let populated = |v: u64, _| ckpt_sys::pagemap::holds_data(v);
+        walk_pages(pid, &mem, &pagemap, &ranges, Some(&populated), |b| {
+            m.batches.push(b);
+            Ok(())
+        })
+        .map_err(|e| e.into_dump(pid))?;
         // Worked out now rather than while the program is stopped.
         if let Some(b) = base {
-            m.inherited = inherited_runs(b, e.start, e.end, &merge_ranges(ranges.clone()));
+            m.inherited = renumber(
+                inherited_runs(b, e.start, e.end, &merge_ranges(ranges.clone())),
+                &store_map,
+            )
+            .ok_or(DumpError::BadBase { pid })?;
         }
         m.cover = merge_ranges(
             m.inherited

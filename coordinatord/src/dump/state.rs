@@ -6,9 +6,43 @@ use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::Registration;
 use ckpt_sys::procfs;
 
-pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, DumpError> {
+/// What does not change while a program runs (short of an exec, which ends its registration),
+/// read before it is parked.
+#[derive(Clone)]
+pub struct Fixed {
+    exe: String,
+    args: Vec<String>,
+    auxv: Vec<u8>,
+    personality: u64,
+}
+
+impl Fixed {
+    pub fn read(pid: i32) -> Result<Fixed, DumpError> {
+        let perr = |e| DumpError::Proc(e, pid);
+        Ok(Fixed {
+            exe: procfs::readlink(&format!("/proc/{pid}/exe")).map_err(perr)?,
+            args: procfs::cmdline(pid).map_err(perr)?,
+            auxv: std::fs::read(format!("/proc/{pid}/auxv")).map_err(|source| DumpError::Io {
+                pid,
+                what: "auxv".into(),
+                source,
+            })?,
+            personality: std::fs::read_to_string(format!("/proc/{pid}/personality"))
+                .ok()
+                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                .unwrap_or(0),
+        })
+    }
+}
+
+/// The state of a parked process; `fixed` when it was read before the stop.
+pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) -> Result<ProcessImage, DumpError> {
     let pid = reg.pid;
     let perr = |e| DumpError::Proc(e, pid);
+    let fixed = match fixed {
+        Some(f) => f,
+        None => Fixed::read(pid)?,
+    };
     let tasks = procfs::list_numeric(&format!("/proc/{pid}/task")).map_err(perr)?;
     let n = slots.nthreads as usize;
     if n != tasks.len() || n > slots.threads.len() {
@@ -19,12 +53,13 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
         });
     }
     let mut threads = Vec::with_capacity(n);
+    // The main thread's status is the process's (credentials, umask, shared signals).
+    let mut main_status = None;
     for t in &slots.threads[..n] {
         let st = procfs::status(pid, Some(t.tid)).map_err(perr)?;
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{}/comm", t.tid)).unwrap_or_default();
         threads.push(ThreadImage {
             tid: t.tid,
-            comm: comm.trim_end_matches('\n').to_string(),
+            comm: st.name.clone(),
             uc_addr: t.uc_addr,
             fs_base: t.fs_base,
             gs_base: t.gs_base,
@@ -37,18 +72,19 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
             pending: st.sig_pnd,
             is_control: t.tid == slots.control_tid,
         });
+        if t.tid == pid {
+            main_status = Some(st);
+        }
     }
     // The main thread (tid == pid) goes first: the restorer is that thread.
     threads.sort_by_key(|t| (t.tid != pid, t.tid));
-    if threads.first().map(|t| t.tid) != Some(pid) {
+    let Some(st) = main_status else {
         return Err(DumpError::ThreadMismatch {
             pid,
             parked: slots.nthreads,
             listed: tasks.len(),
         });
-    }
-
-    let st = procfs::status(pid, None).map_err(perr)?;
+    };
     let stat = procfs::stat_mm(pid).map_err(perr)?;
     let mut rlimits = Vec::new();
     for res in 0..16u32 {
@@ -83,18 +119,14 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
         interval_us: us(t.interval_sec, t.interval_usec),
         value_us: us(t.value_sec, t.value_usec),
     });
-    let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))
-        .ok()
-        .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
-        .unwrap_or(0);
     Ok(ProcessImage {
         pid,
-        exe: procfs::readlink(&format!("/proc/{pid}/exe")).map_err(perr)?,
-        args: procfs::cmdline(pid).map_err(perr)?,
+        exe: fixed.exe,
+        args: fixed.args,
         comm: threads[0].comm.clone(),
         cwd: procfs::readlink(&format!("/proc/{pid}/cwd")).map_err(perr)?,
         umask: st.umask,
-        personality,
+        personality: fixed.personality,
         creds: Creds {
             uid: st.uid,
             gid: st.gid,
@@ -114,11 +146,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot) -> Result<ProcessImage, 
             env_start: stat.env_start,
             env_end: stat.env_end,
         },
-        auxv: std::fs::read(format!("/proc/{pid}/auxv")).map_err(|source| DumpError::Io {
-            pid,
-            what: "auxv".into(),
-            source,
-        })?,
+        auxv: fixed.auxv,
         sigactions,
         shared_pending: st.shd_pnd,
         itimers,

@@ -252,6 +252,7 @@ impl Manager {
             duration_us,
             max_stop_us: manifest.processes().map(|(_, p)| p.stop_us).max().unwrap_or(0),
             max_held_us: held_us,
+            max_store_us: manifest.processes().map(|(_, p)| p.store_us).max().unwrap_or(0),
             phase1_us,
             phase2_us,
         };

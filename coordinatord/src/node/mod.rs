@@ -1,6 +1,7 @@
 //! The node (process manager): this host's registry of programs, its part of each checkpoint
 //! and restore, and the child processes it restored.
 
+mod background;
 mod handle;
 mod netrestore;
 mod phases;

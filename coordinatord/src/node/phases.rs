@@ -6,10 +6,11 @@
 
 use super::Node;
 use crate::dump::precopy::{precopy, Precopy};
+use crate::dump::state::Fixed;
 use crate::dump::{dump_parked, read_slots, sockets, Dumped, PageTarget};
 use crate::registry::Proc;
 use anyhow::{anyhow, bail, Context};
-use ckpt_format::{read_record, write_record, CheckpointDir, ProcessEntry, ProcessImage, RecordKind};
+use ckpt_format::{read_record, write_record, CheckpointDir, PageStoreWriter, ProcessEntry, ProcessImage, RecordKind};
 use ckpt_proto::{AppMsg, CheckpointMode, ConnEnd, NodeMsg};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
@@ -29,8 +30,17 @@ pub struct Pending {
     pub mode: CheckpointMode,
     /// Per pid: the previous checkpoint this one is incremental to.
     pub bases: HashMap<i32, (String, ProcessImage)>,
-    /// Per pid: memory copied before the stop (taken by the dump).
-    pub pre: std::sync::Mutex<HashMap<i32, Precopy>>,
+    /// Per pid: what was made ready before the stop (taken by the dump).
+    pub prepared: std::sync::Mutex<HashMap<i32, Prepared>>,
+}
+
+/// What is read and opened for a process before it is parked, to keep its stop short.
+#[derive(Default)]
+pub struct Prepared {
+    /// Memory copied while it ran (not in stop-the-world mode).
+    pre: Option<Precopy>,
+    fixed: Option<Fixed>,
+    store: Option<PageStoreWriter>,
 }
 
 fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
@@ -103,7 +113,7 @@ impl Node {
             bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);
         }
         let procs = self.registry.alive();
-        let (bases, pre) = self.precopy_all(&procs, mode);
+        let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));
         let mut stopped: Vec<Arc<Proc>> = Vec::new();
         for p in &procs {
             let pid = p.reg.pid;
@@ -139,7 +149,7 @@ impl Node {
             shut: Instant::now(),
             mode,
             bases,
-            pre: std::sync::Mutex::new(pre),
+            prepared: std::sync::Mutex::new(prepared),
         });
         Ok(ends)
     }
@@ -221,6 +231,7 @@ impl Node {
         let mut result: anyhow::Result<()> = Ok(());
         for (p, s) in procs.iter().zip(&streams) {
             let pid = p.reg.pid;
+            let t_park = Instant::now();
             let r = (|| {
                 s.set_read_timeout(Some(Duration::from_millis(PARK_TIMEOUT_MS as u64 + 20_000)))?;
                 ckpt_proto::send(
@@ -240,7 +251,10 @@ impl Node {
                 }
             })();
             match r {
-                Ok(()) => parked.push((p, s, Instant::now())),
+                Ok(()) => {
+                    tracing::debug!(pid, park_us = t_park.elapsed().as_micros() as u64, "parked");
+                    parked.push((p, s, Instant::now()))
+                }
                 Err(e) => {
                     result = Err(e);
                     break;
@@ -267,13 +281,21 @@ impl Node {
         }
         let mut dumped: Vec<(i32, Dumped, u64)> = Vec::new();
         if result.is_ok() {
+            // The first process is read on this thread: waking another core can take longer
+            // than reading a small process.
             let outcomes: Vec<anyhow::Result<Dumped>> = std::thread::scope(|sc| {
                 let hs: Vec<_> = parked
                     .iter()
+                    .skip(1)
                     .map(|(p, _, _)| sc.spawn(|| self.dump_one(pending, p)))
                     .collect();
-                hs.into_iter()
-                    .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("dump thread panicked"))))
+                let first = parked.first().map(|(p, _, _)| self.dump_one(pending, p));
+                first
+                    .into_iter()
+                    .chain(
+                        hs.into_iter()
+                            .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("dump thread panicked")))),
+                    )
                     .collect()
             });
             for ((p, _, _), o) in parked.iter().zip(outcomes) {
@@ -306,9 +328,17 @@ impl Node {
         let held_us = shut.elapsed().as_micros() as u64;
         drop(streams);
         result?;
+        // Stored while the programs run.
+        let t_store = Instant::now();
+        let images = super::background::run(|| {
+            dumped
+                .into_iter()
+                .map(|(pid, d, stop_us)| Ok((pid, d.finish()?, stop_us)))
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        let store_us = t_store.elapsed().as_micros() as u64;
         let mut entries = Vec::new();
-        for (pid, d, stop_us) in dumped {
-            let image = d.finish()?;
+        for (pid, image, stop_us) in images {
             write_record(&dir.meta_path(&self.host, pid), RecordKind::Process, &image)?;
             tracing::info!(pid, stop_us, bytes = image.stored_bytes(), parent = ?image.parent, "process checkpointed");
             entries.push(ProcessEntry {
@@ -321,42 +351,63 @@ impl Node {
                 mapped_bytes: image.mapped_bytes(),
                 stop_us,
                 held_us,
+                store_us,
             });
         }
         Ok(entries)
     }
 
-    /// Chooses each process's base and, unless in stop-the-world mode, copies its tracked
-    /// memory while it still runs. A process whose pre-copy fails gets a full checkpoint.
-    fn precopy_all(
+    /// Chooses each process's base, opens its page store, reads what of its state does not
+    /// change and, unless in stop-the-world mode, copies its tracked memory while it still
+    /// runs. A process whose pre-copy fails gets a full checkpoint.
+    fn prepare_all(
         &self,
+        dir: &CheckpointDir,
         procs: &[Arc<Proc>],
         mode: CheckpointMode,
-    ) -> (HashMap<i32, (String, ProcessImage)>, HashMap<i32, Precopy>) {
+    ) -> (HashMap<i32, (String, ProcessImage)>, HashMap<i32, Prepared>) {
         let mut bases = HashMap::new();
-        let mut pre = HashMap::new();
+        let mut prepared = HashMap::new();
         for p in procs {
             let pid = p.reg.pid;
+            let mut ready = Prepared {
+                fixed: Fixed::read(pid).ok(),
+                store: self.open_store(dir, pid).ok(),
+                pre: None,
+            };
             let base = if mode.full { None } else { self.base(p) };
             if let Err(e) = track(p) {
                 tracing::warn!(pid, "cannot register memory for tracking: {e:#}");
             }
+            let mut use_base = true;
             if !mode.stop_the_world {
-                match precopy(pid, base.as_ref().map(|(_, b)| b)) {
-                    Ok(copy) => {
-                        pre.insert(pid, copy);
-                    }
+                match precopy(pid, self.own_store(&dir.id, pid), base.as_ref().map(|(_, b)| b)) {
+                    Ok(copy) => ready.pre = Some(copy),
                     Err(e) => {
                         tracing::warn!(pid, "pre-copy failed, storing it in full: {e}");
-                        continue;
+                        use_base = false;
                     }
                 }
             }
-            if let Some(b) = base {
+            if let Some(b) = base.filter(|_| use_base) {
                 bases.insert(pid, b);
             }
+            prepared.insert(pid, ready);
         }
-        (bases, pre)
+        (bases, prepared)
+    }
+
+    /// Creates the page store of process `pid` in `dir`.
+    fn open_store(&self, dir: &CheckpointDir, pid: i32) -> anyhow::Result<PageStoreWriter> {
+        let pdir = dir.process_dir(&self.host, pid);
+        std::fs::create_dir_all(&pdir).with_context(|| format!("cannot create {}", pdir.display()))?;
+        let store = PageStoreWriter::create(&dir.pages_path(&self.host, pid))?;
+        Ok(if self.compress { store.compressed(3) } else { store })
+    }
+
+    /// The page store of process `pid` in checkpoint `id`, as images name it.
+    fn own_store(&self, id: &str, pid: i32) -> String {
+        format!("{id}/{}/{pid}/pages.img", self.host)
     }
 
     /// This process's previous committed checkpoint.
@@ -370,19 +421,24 @@ impl Node {
     fn dump_one(&self, pending: &Pending, p: &Proc) -> anyhow::Result<Dumped> {
         let dir = &pending.dir;
         let pid = p.reg.pid;
-        let pdir = dir.process_dir(&self.host, pid);
-        std::fs::create_dir_all(&pdir).with_context(|| format!("cannot create {}", pdir.display()))?;
         let slots = read_slots(&p.reg)?;
-        let own = format!("{}/{}/{pid}/pages.img", dir.id, self.host);
-        let base = pending.bases.get(&pid).map(|(i, b)| (i.as_str(), b));
-        let path = dir.pages_path(&self.host, pid);
+        let ready = pending
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&pid)
+            .unwrap_or_default();
+        let store = match ready.store {
+            Some(s) => s,
+            None => self.open_store(dir, pid)?,
+        };
         let target = PageTarget {
-            path: &path,
-            rel: own,
-            base,
-            pre: pending.pre.lock().unwrap_or_else(|e| e.into_inner()).remove(&pid),
+            store,
+            rel: self.own_store(&dir.id, pid),
+            base: pending.bases.get(&pid).map(|(i, b)| (i.as_str(), b)),
+            pre: ready.pre,
+            fixed: ready.fixed,
             stop_the_world: pending.mode.stop_the_world,
-            compress: self.compress,
         };
         Ok(dump_parked(&p.reg, &slots, target)?)
     }

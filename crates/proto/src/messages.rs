@@ -156,6 +156,8 @@ pub struct CheckpointReport {
     pub max_stop_us: u64,
     /// The longest time any process had its communication gate shut.
     pub max_held_us: u64,
+    /// The longest time storing a host's pages took after its programs ran again.
+    pub max_store_us: u64,
     /// Time to stop communication everywhere (phase 1).
     pub phase1_us: u64,
     /// Time of the local checkpoints (phase 2).

@@ -13,7 +13,7 @@ struct PageRegion {
 }
 
 #[repr(C)]
-#[derive(Default)]
+#[derive(Default, Clone, Copy)]
 struct PmScanArg {
     size: u64,
     flags: u64,
@@ -47,24 +47,26 @@ const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64)
 const PM_SCAN_WP_MATCHING: u64 = 1;
 const PM_SCAN_CHECK_WPASYNC: u64 = 2;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
+const PAGE_IS_FILE: u64 = 1 << 2;
+const PAGE_IS_PRESENT: u64 = 1 << 3;
+const PAGE_IS_SWAPPED: u64 = 1 << 4;
+const PAGE_IS_PFNZERO: u64 = 1 << 5;
 
-/// Ranges of [start, end) written since last protected; with `rearm`, they are protected
-/// again atomically with the read.
-pub fn written(pagemap: &std::fs::File, start: u64, end: u64, rearm: bool) -> std::io::Result<Vec<(u64, u64)>> {
+/// Runs PAGEMAP_SCAN over [start, end) with the given flags and category masks; the matching
+/// ranges, adjacent ones merged.
+fn scan(pagemap: &std::fs::File, start: u64, end: u64, template: &PmScanArg) -> std::io::Result<Vec<(u64, u64)>> {
     let mut out: Vec<(u64, u64)> = Vec::new();
     let mut vec = vec![PageRegion::default(); 1024];
     let mut at = start;
     while at < end {
         let mut arg = PmScanArg {
             size: std::mem::size_of::<PmScanArg>() as u64,
-            flags: PM_SCAN_CHECK_WPASYNC | if rearm { PM_SCAN_WP_MATCHING } else { 0 },
             start: at,
             end,
             vec: vec.as_mut_ptr() as u64,
             vec_len: vec.len() as u64,
-            category_mask: PAGE_IS_WRITTEN,
-            return_mask: PAGE_IS_WRITTEN,
-            ..Default::default()
+            walk_end: 0,
+            ..*template
         };
         // SAFETY: arg and vec are valid for the ioctl; the kernel writes at most vec_len regions.
         let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
@@ -83,6 +85,44 @@ pub fn written(pagemap: &std::fs::File, start: u64, end: u64, rearm: bool) -> st
         at = arg.walk_end;
     }
     Ok(out)
+}
+
+/// Ranges of [start, end) written since last protected; with `rearm`, they are protected
+/// again atomically with the read.
+pub fn written(pagemap: &std::fs::File, start: u64, end: u64, rearm: bool) -> std::io::Result<Vec<(u64, u64)>> {
+    let arg = PmScanArg {
+        flags: PM_SCAN_CHECK_WPASYNC | if rearm { PM_SCAN_WP_MATCHING } else { 0 },
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..Default::default()
+    };
+    scan(pagemap, start, end, &arg)
+}
+
+/// Ranges of [start, end) whose pages exist (present or swapped) and are not the zero page:
+/// the only ones that can hold data. Much cheaper than reading the pagemap of a sparse range.
+pub fn populated(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let arg = PmScanArg {
+        category_inverted: PAGE_IS_PFNZERO,
+        category_mask: PAGE_IS_PFNZERO,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    scan(pagemap, start, end, &arg)
+}
+
+/// Ranges of [start, end), in a private file mapping, whose pages were copied away from the
+/// file (present and anonymous, or swapped out): the only ones that differ from the file.
+pub fn modified_private(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let arg = PmScanArg {
+        category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    scan(pagemap, start, end, &arg)
 }
 
 /// Write-protects every page of [start, end) (a range just registered for tracking), so that

@@ -136,6 +136,8 @@ pub fn stat_mm(pid: i32) -> Result<StatMm, ProcError> {
 /// The parts of /proc/PID/status the checkpointer needs.
 #[derive(Debug, Clone, Default)]
 pub struct Status {
+    /// The thread's name (comm).
+    pub name: String,
     pub umask: u32,
     pub uid: [u32; 3],
     pub gid: [u32; 3],
@@ -164,6 +166,7 @@ pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
             ]
         };
         match k {
+            "Name" => st.name = v.to_string(),
             "Umask" => st.umask = u32::from_str_radix(v, 8).unwrap_or(0o022),
             "Uid" => st.uid = ids(v),
             "Gid" => st.gid = ids(v),

@@ -1,6 +1,6 @@
 //! Incremental-checkpoint benchmark (issue 4):
 //!
-//!   cargo run --release -p ckpt-tests --bin bench_incr -- [--sizes 256,1024,4096] [--reps 3]
+//!   cargo run --release -p ckpt-tests --bin bench_incr -- [--sizes 256,1024,4096] [--reps 3] [--rows 1,2,3,4]
 //!
 //! For each size, a program (`examples/dirty_stall.c`) that filled its memory writes 10% of its
 //! pages at random between checkpoints. After a first full checkpoint, each measured
@@ -8,9 +8,10 @@
 //! incremental), with `--stop-the-world` (incremental, but read and written while the program
 //! is stopped) and with `--stop-the-world --full` (the DMTCP-like baseline); and with
 //! `ckptd --compress`. Printed, as medians: how long the program was stopped (its own
-//! longest stall), the checkpoint's wall time, the bytes it stored, its store rate against the
-//! disk's write rate measured in the same run, and the time of a 10% write round with dirty
-//! tracking armed against the same round before tracking (the tracking slowdown).
+//! longest stall, the same measured over a quiet stretch as the machine's noise floor, and
+//! ckptd's own count), the checkpoint's wall time, the bytes it stored, its store rate
+//! against the disk's write rate measured in the same run, and the time of a 10% write round
+//! with dirty tracking armed against the same round before tracking (the tracking slowdown).
 //!
 //! Uses the release binaries (`target/release`) unless CKPT_BIN_DIR is set.
 
@@ -21,7 +22,12 @@ use std::time::{Duration, Instant};
 
 struct Sample {
     stall_ms: f64,
+    /// The program's longest stall over as long a time without a checkpoint: the machine's own.
+    idle_ms: f64,
+    /// How long ckptd had it parked.
+    stop_ms: f64,
     ckpt_ms: f64,
+    store_ms: f64,
     stored_mib: f64,
     round_ratio: f64,
 }
@@ -91,9 +97,12 @@ fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sa
         bail!("first checkpoint failed: {}", String::from_utf8_lossy(&first.stderr));
     }
     let mut out = Vec::new();
+    let mut window = Duration::from_millis(250);
     for _ in 0..reps {
         let tracked = round(&app, pid)?;
         maxgap(&app, pid)?;
+        std::thread::sleep(window);
+        let idle = maxgap(&app, pid)?;
         let mut args = vec!["checkpoint", "--json"];
         args.extend_from_slice(mode);
         let o = d.ckptctl_timeout(&args, Duration::from_secs(600));
@@ -102,9 +111,17 @@ fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sa
         }
         let stall = maxgap(&app, pid)?;
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        if std::env::var_os("BENCH_VERBOSE").is_some() {
+            eprintln!("stall_us {stall} report {v}");
+        }
+        let ms = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1000.0;
+        window = Duration::from_secs_f64(ms("duration_us") / 1000.0);
         out.push(Sample {
             stall_ms: stall as f64 / 1000.0,
-            ckpt_ms: v["duration_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            idle_ms: idle as f64 / 1000.0,
+            stop_ms: ms("max_stop_us"),
+            ckpt_ms: ms("duration_us"),
+            store_ms: ms("max_store_us"),
             stored_mib: v["stored_bytes"].as_f64().unwrap_or(0.0) / 1048576.0,
             round_ratio: tracked as f64 / untracked.max(1) as f64,
         });
@@ -124,12 +141,23 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let sizes = arg_list(&args, "--sizes", "256,1024,4096");
     let reps = arg_list(&args, "--reps", "3").first().copied().unwrap_or(3) as usize;
+    // Rows to run, by number (1 incremental, 2 compressed, 3 stop-the-world, 4 full): all by default.
+    let rows = arg_list(&args, "--rows", "1,2,3,4");
     println!("bench_incr: 10% of the pages written between checkpoints, {reps} checkpoints per row, medians");
     println!(
-        "{:>8} | {:<14} | {:>9} | {:>9} | {:>10} | {:>12} | {:>10} | {:>16}",
-        "size MiB", "mode", "stall ms", "ckpt ms", "stored MiB", "store MB/s", "disk MB/s", "tracking slowdown"
+        "{:>8} | {:<14} | {:>8} | {:>8} | {:>8} | {:>8} | {:>10} | {:>10} | {:>9} | {:>17}",
+        "size MiB",
+        "mode",
+        "stall ms",
+        "idle ms",
+        "stop ms",
+        "ckpt ms",
+        "stored MiB",
+        "store MB/s",
+        "disk MB/s",
+        "tracking slowdown"
     );
-    println!("{}", "-".repeat(106));
+    println!("{}", "-".repeat(128));
     for &size in &sizes {
         let modes: [(&str, &[&str], &[&str]); 4] = [
             ("incremental", &[], &[]),
@@ -137,22 +165,33 @@ fn main() -> Result<()> {
             ("stop-the-world", &[], &["--stop-the-world"]),
             ("full, stopped", &[], &["--stop-the-world", "--full"]),
         ];
-        for (name, daemon, mode) in modes {
+        for (i, (name, daemon, mode)) in modes.into_iter().enumerate() {
+            if !rows.contains(&(i as u64 + 1)) {
+                continue;
+            }
             let (s, disk) = run(size, daemon, mode, reps).with_context(|| format!("{size} MiB {name}"))?;
-            let ckpt = med(s.iter().map(|x| x.ckpt_ms));
             let stored = med(s.iter().map(|x| x.stored_mib));
+            let store = med(s.iter().map(|x| x.store_ms));
             println!(
-                "{:>8} | {:<14} | {:>9.2} | {:>9.1} | {:>10.1} | {:>12.0} | {:>10.0} | {:>15.2}x",
+                "{:>8} | {:<14} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.1} | {:>10.1} | {:>10.0} | {:>9.0} | {:>16.2}x",
                 size,
                 name,
                 med(s.iter().map(|x| x.stall_ms)),
-                ckpt,
+                med(s.iter().map(|x| x.idle_ms)),
+                med(s.iter().map(|x| x.stop_ms)),
+                med(s.iter().map(|x| x.ckpt_ms)),
                 stored,
-                stored * 1.048_576 / (ckpt / 1000.0).max(1e-9),
+                stored * 1.048_576 / (store / 1000.0).max(1e-9),
                 disk,
                 med(s.iter().map(|x| x.round_ratio)),
             );
         }
     }
+    println!(
+        "stall: the program's own longest stall during the checkpoint; idle: the same over as long a time \
+         without one (this machine's noise); stop: how long ckptd had it parked; store MB/s: stored bytes \
+         over the time from its release until they were durable (in stop-the-world modes, that part is \
+         written while it is parked)"
+    );
     Ok(())
 }
