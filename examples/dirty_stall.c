@@ -4,7 +4,8 @@
  *
  *   dirty_stall MiB PCT
  *   SIGUSR2: write PCT% of the pages; prints "round <n> us <time it took>"
- *   SIGUSR1: prints "maxgap_us <longest stall since the last SIGUSR1>" and resets it
+ *   SIGUSR1: prints "gap <us> end_us <wall-clock µs when it ended>" for each stall over 500 µs
+ *            (the last 256), then "maxgap_us <longest stall since the last SIGUSR1>", and resets
  * First line: "ready pages <n> pid <pid>". */
 #define _GNU_SOURCE
 #include <signal.h>
@@ -19,6 +20,12 @@
 static volatile sig_atomic_t want_round, want_report;
 static void on_usr2(int s) { (void)s; want_round = 1; }
 static void on_usr1(int s) { (void)s; want_report = 1; }
+
+static uint64_t wall_us(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static uint64_t now_us(void) {
     struct timespec ts;
@@ -38,11 +45,19 @@ int main(int argc, char **argv) {
     signal(SIGUSR1, on_usr1);
     printf("ready pages %zu pid %d\n", pages, getpid());
     uint64_t rng = 88172645463325252ULL, rounds = 0, maxgap = 0, last = now_us();
+    enum { KEEP = 256 };
+    uint64_t gaps[KEEP][2];
+    size_t ngaps = 0;
     struct timespec nap = {0, 200000};
     for (;;) {
         nanosleep(&nap, NULL);
         uint64_t t = now_us();
         if (t - last > maxgap) maxgap = t - last;
+        if (t - last > 500) {
+            gaps[ngaps % KEEP][0] = t - last;
+            gaps[ngaps % KEEP][1] = wall_us();
+            ngaps++;
+        }
         last = t;
         if (want_round) {
             want_round = 0;
@@ -57,8 +72,12 @@ int main(int argc, char **argv) {
         }
         if (want_report) {
             want_report = 0;
+            for (size_t i = ngaps > KEEP ? ngaps - KEEP : 0; i < ngaps; i++)
+                printf("gap %llu end_us %llu\n", (unsigned long long)gaps[i % KEEP][0],
+                       (unsigned long long)gaps[i % KEEP][1]);
             printf("maxgap_us %llu\n", (unsigned long long)maxgap);
             maxgap = 0;
+            ngaps = 0;
             last = now_us();
         }
     }

@@ -30,6 +30,8 @@ pub struct ProcessEntry {
     /// Bytes of page data stored for this process in this checkpoint.
     pub stored_bytes: u64,
     pub mapped_bytes: u64,
+    /// When its threads were parked (µs since the Unix epoch): the instant its image shows.
+    pub parked_at_us: u64,
     /// How long the process's threads were parked.
     pub stop_us: u64,
     /// How long its communication gate was shut (phase 1 to resume).

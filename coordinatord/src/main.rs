@@ -2,6 +2,7 @@
 //! local checkpoints and restores) and the manager.
 
 mod dump;
+mod hot;
 mod manager;
 mod node;
 mod registry;

@@ -55,6 +55,8 @@ static NEXT_SLOT: AtomicU32 = AtomicU32::new(0);
 const RSEQ_SIG: u32 = 0x5305_3053;
 /// How long the parked control thread waits for ckptd to finish reading the process.
 const DUMP_TIMEOUT_MS: i32 = 600_000;
+/// How long the control thread, parked last, polls for ckptd's answer before it sleeps.
+const RESUME_SPIN_NS: u64 = 20_000_000;
 
 /// Scratch used by the control thread only.
 struct Scratch {
@@ -167,6 +169,8 @@ fn control_park(session: u32) {
     let sent = ckpt_proto::encode_small(&AppMsg::Parked { nthreads: p.nthreads }, &mut buf)
         .is_some_and(|n| sys::write_all(fd, &buf[..n]));
     if sent {
+        // The stop is short: stay on the CPU to see the answer at once.
+        sys::spin_until_readable(fd, RESUME_SPIN_NS);
         // Resume and Abort both let the threads go; EOF or a timeout (ckptd died) too.
         let _ = read_node_msg(fd, DUMP_TIMEOUT_MS);
     }
@@ -288,8 +292,13 @@ pub fn park_all(timeout_ms: u32) -> Result<(), (ParkFailure, i32)> {
             }
         }
         let parked = PARKED.load(Acquire);
-        if !new && parked >= alive {
-            break;
+        if parked >= alive {
+            if !new {
+                break;
+            }
+            // Every thread signaled is parked already: list again at once for threads made
+            // meanwhile (waiting for a wake-up that already happened would sleep the timeout).
+            continue;
         }
         if now_ns() > deadline {
             let stuck = first_unparked(&s.signaled[..s.nsignaled]);

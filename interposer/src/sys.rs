@@ -70,6 +70,29 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Waits up to `spin_ns` for `fd` to become readable by polling it, yielding the CPU between
+/// polls, rather than sleeping: on an idle core, being woken can take longer than the whole
+/// wait. Async-signal-safe; returns whether it is readable.
+pub fn spin_until_readable(fd: i32, spin_ns: u64) -> bool {
+    let until = now_ns() + spin_ns;
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd; a zero timeout never blocks.
+        if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+            return true;
+        }
+        if now_ns() > until {
+            return false;
+        }
+        // SAFETY: sched_yield has no arguments.
+        unsafe { libc::sched_yield() };
+    }
+}
+
 /// Writes all of `buf` to `fd`.
 pub fn write_all(fd: i32, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {

@@ -48,6 +48,27 @@ impl Batch {
         Batch { data: self.data, runs }
     }
 
+    /// Forgets the parts of its runs inside `ranges` (sorted, merged): pages read again later.
+    pub fn drop_ranges(&mut self, ranges: &[(u64, u64)]) {
+        let mut kept = Vec::with_capacity(self.runs.len());
+        for &(addr, off, len) in &self.runs {
+            let end = addr + len as u64;
+            let mut at = addr;
+            // The ranges that may overlap [addr, end), in order.
+            let first = ranges.partition_point(|&(_, re)| re <= addr);
+            for &(rs, re) in ranges[first..].iter().take_while(|&&(rs, _)| rs < end) {
+                if rs > at {
+                    kept.push((at, off + (at - addr) as usize, (rs - at) as usize));
+                }
+                at = at.max(re);
+            }
+            if at < end {
+                kept.push((at, off + (at - addr) as usize, (end - at) as usize));
+            }
+        }
+        self.runs = kept;
+    }
+
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.runs.iter().map(|&(a, _, l)| (a, a + l as u64))
     }
@@ -245,5 +266,29 @@ impl Captured {
             mappings[m].pages.extend(runs);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Batch;
+
+    #[test]
+    fn drop_ranges_keeps_what_lies_outside() {
+        let p = 4096u64;
+        let mut b = Batch {
+            data: vec![0; 10 * p as usize],
+            // Two runs: pages 0..6 at offset 0, pages 20..24 at offset 6 pages.
+            runs: vec![(0, 0, 6 * p as usize), (20 * p, 6 * p as usize, 4 * p as usize)],
+        };
+        // Drop page 1, pages 4..21 (the end of the first run and the start of the second).
+        b.drop_ranges(&[(p, 2 * p), (4 * p, 21 * p)]);
+        let pu = p as usize;
+        assert_eq!(
+            b.runs,
+            vec![(0, 0, pu), (2 * p, 2 * pu, 2 * pu), (21 * p, 7 * pu, 3 * pu)]
+        );
+        b.drop_ranges(&[(0, 100 * p)]);
+        assert!(b.runs.is_empty());
     }
 }

@@ -4,12 +4,13 @@ use super::copy::{walk_pages, Captured, Want};
 use super::precopy::Precopy;
 use super::DumpError;
 use ckpt_format::{
-    FileId, Mapping, MappingKind, PageRun, PageStoreWriter, ProcessImage, SpecialMapping, PROT_EXEC, PROT_READ,
-    PROT_WRITE,
+    FileId, Mapping, MappingKind, PageRun, PageStoreWriter, ProcessImage, SpecialMapping, PAGE_SIZE, PROT_EXEC,
+    PROT_READ, PROT_WRITE,
 };
 use ckpt_sys::procfs::{self, MapEntry};
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 
 use ckpt_sys::pagemap::{holds_data, PM_FILE, PM_PRESENT, PM_SWAPPED};
 
@@ -114,7 +115,7 @@ pub fn dump_memory(
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let io = |what: &str| super::io_err(pid, what);
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
-    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
+    let pagemap = Arc::new(File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?);
     // Registrations are only made while parked and only lost while running, so the list taken
     // at pre-copy time can only be too long; a mapping no longer registered reads as entirely
     // written, which stores it in full.
@@ -155,8 +156,7 @@ pub fn dump_memory(
         // Which ranges to read now, and the base's runs still valid for this mapping.
         let (ranges, mut runs): (Vec<(u64, u64)>, Vec<PageRun>) = if delta {
             // A scan that failed means the mapping is no longer registered: all of it.
-            let delta =
-                ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true).unwrap_or_else(|_| vec![(e.start, e.end)]);
+            let delta = scan_written(&pagemap, e.start, e.end).unwrap_or_else(|_| vec![(e.start, e.end)]);
             // The base's runs still valid here, worked out (and renumbered) during the pre-copy
             // when there was one (a run the delta rewrites stays, under the newer pages: harmless).
             let inherited = match (&mut pre_m, base) {
@@ -184,9 +184,9 @@ pub fn dump_memory(
         if let Some(p) = pre_m {
             let delta = merge_ranges(ranges.clone());
             for mut b in p.batches {
-                // Runs written again since are read anew below: no need to keep them twice.
+                // Pages written again since are read anew below: no need to keep them twice.
                 if !delta.is_empty() {
-                    b.runs.retain(|&(a, _, l)| !inside(&delta, a, a + l as u64));
+                    b.drop_ranges(&delta);
                 }
                 if !b.runs.is_empty() {
                     captured.take(idx, b, &mut runs, store)?;
@@ -248,6 +248,27 @@ pub fn dump_memory(
         captured,
         stores,
     })
+}
+
+/// Below this, a mapping's scan is not worth splitting.
+const SPLIT_SCAN: u64 = 64 << 20;
+
+/// The pages of [start, end) written since they were last protected, protected again. The
+/// page-table walk grows with the memory size: a big range is walked half here, half on the
+/// helper kept on a CPU during the stop.
+fn scan_written(pagemap: &Arc<File>, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    if end - start < SPLIT_SCAN {
+        return ckpt_sys::pagemap::written(pagemap, start, end, true);
+    }
+    let mid = start + ((end - start) / 2) / PAGE_SIZE * PAGE_SIZE;
+    let other = pagemap.clone();
+    let (a, b) = crate::hot::join(
+        || ckpt_sys::pagemap::written(pagemap, start, mid, true),
+        move || ckpt_sys::pagemap::written(&other, mid, end, true),
+    );
+    let mut v = a?;
+    v.extend(b?);
+    Ok(v)
 }
 
 /// This checkpoint's stores (its own first, then those of `base` it still refers to) and, for

@@ -16,8 +16,6 @@ use std::fs::File;
 pub struct PreMapping {
     /// Pages as they were when read (a later write shows up in the tracking).
     pub batches: Vec<Batch>,
-    /// Ranges found written since the base (the whole mapping without a base).
-    pub written: Vec<(u64, u64)>,
     /// The base's runs this mapping still needs (store numbers as in the new checkpoint).
     pub inherited: Vec<ckpt_format::PageRun>,
     /// Where an older copy of a page exists (inherited runs, copied pages), sorted and merged.
@@ -37,8 +35,15 @@ fn anonymous(path: &str) -> bool {
     path.is_empty() || path == "[heap]" || path == "[stack]" || path.starts_with("[anon:")
 }
 
+/// Rounds of pre-copy at most: each copies what was written during the one before.
+const MAX_ROUNDS: usize = 4;
+/// A round that finds fewer pages written than this is the last: the stop copies the rest.
+const SETTLED_PAGES: u64 = 256;
+
 /// Copies what a checkpoint against `base` needs of the tracked memory of `pid`, which runs;
-/// `own_store` is the new checkpoint's page store, as its image will name it.
+/// `own_store` is the new checkpoint's page store, as its image will name it. Like a live
+/// migration, it copies again what was written during the copy, in rounds, while the rounds
+/// get smaller; what a program keeps rewriting faster than that is left to the stop.
 pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Result<Precopy, DumpError> {
     let (_, store_map) = store_numbers(own_store, base);
     let io = |what: &str| super::io_err(pid, what);
@@ -47,10 +52,13 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
     let mut out = Precopy::default();
-    for e in maps
+    let regions: Vec<&procfs::MapEntry> = maps
         .iter()
         .filter(|e| !e.shared && anonymous(&e.path) && tracked.contains(&(e.start, e.end)))
-    {
+        .collect();
+    // Pages only read map the zero page: nothing to copy.
+    let populated = |v: u64, _| ckpt_sys::pagemap::holds_data(v);
+    for e in &regions {
         let mut m = PreMapping::default();
         let ranges = if base.is_some() {
             ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true).map_err(io("written pages"))?
@@ -58,8 +66,6 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
             vec![(e.start, e.end)]
         };
-        // Pages only read map the zero page: nothing to copy.
-        let populated = |v: u64, _| ckpt_sys::pagemap::holds_data(v);
         walk_pages(pid, &mem, &pagemap, &ranges, Some(&populated), |b| {
             m.batches.push(b);
             Ok(())
@@ -73,6 +79,42 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             )
             .ok_or(DumpError::BadBase { pid })?;
         }
+        out.mappings.insert((e.start, e.end), m);
+    }
+    let mut last = u64::MAX;
+    for _ in 1..MAX_ROUNDS {
+        let mut pages = 0;
+        for e in &regions {
+            let Some(m) = out.mappings.get_mut(&(e.start, e.end)) else {
+                continue;
+            };
+            // Not registered any more: the stop reads all of it.
+            let Ok(again) = ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true) else {
+                continue;
+            };
+            if again.is_empty() {
+                continue;
+            }
+            pages += again.iter().map(|r| (r.1 - r.0) / ckpt_format::PAGE_SIZE).sum::<u64>();
+            let again = merge_ranges(again);
+            for b in &mut m.batches {
+                b.drop_ranges(&again);
+            }
+            m.batches.retain(|b| !b.runs.is_empty());
+            walk_pages(pid, &mem, &pagemap, &again, Some(&populated), |b| {
+                m.batches.push(b);
+                Ok(())
+            })
+            .map_err(|e| e.into_dump(pid))?;
+        }
+        tracing::debug!(pid, pages, "pre-copy round");
+        // Settled, or not getting smaller: the program writes as fast as this copies.
+        if pages < SETTLED_PAGES || pages * 2 > last {
+            break;
+        }
+        last = pages;
+    }
+    for m in out.mappings.values_mut() {
         m.cover = merge_ranges(
             m.inherited
                 .iter()
@@ -80,8 +122,6 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
                 .chain(m.batches.iter().flat_map(|b| b.ranges()))
                 .collect(),
         );
-        m.written = ranges;
-        out.mappings.insert((e.start, e.end), m);
     }
     out.tracked = tracked;
     Ok(out)

@@ -251,6 +251,7 @@ impl Manager {
             stored_bytes: manifest.stored_bytes(),
             duration_us,
             max_stop_us: manifest.processes().map(|(_, p)| p.stop_us).max().unwrap_or(0),
+            first_parked_at_us: manifest.processes().map(|(_, p)| p.parked_at_us).min().unwrap_or(0),
             max_held_us: held_us,
             max_store_us: manifest.processes().map(|(_, p)| p.store_us).max().unwrap_or(0),
             phase1_us,

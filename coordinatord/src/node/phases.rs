@@ -66,6 +66,37 @@ fn track(p: &Proc) -> anyhow::Result<()> {
     }
 }
 
+/// A process parked by phase 2.
+struct Stopped<'a> {
+    proc: &'a Arc<Proc>,
+    stream: &'a MutexGuard<'a, std::os::unix::net::UnixStream>,
+    at: Instant,
+    at_unix_us: u64,
+    stop_us: u64,
+    dumped: Option<Dumped>,
+}
+
+fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// For each TCP end between local programs, the bytes its peer has sent (once all are parked).
+fn local_expectations(procs: &[Arc<Proc>]) -> Vec<(String, String, u64)> {
+    let ends = conn_ends(procs);
+    let sent: HashMap<(&str, &str), u64> = ends
+        .iter()
+        .map(|e| ((e.local.as_str(), e.peer.as_str()), e.sent))
+        .collect();
+    ends.iter()
+        .filter_map(|e| {
+            sent.get(&(e.peer.as_str(), e.local.as_str()))
+                .map(|&n| (e.local.clone(), e.peer.clone(), n))
+        })
+        .collect()
+}
+
 /// Tells every gated program to open its gate again.
 fn reopen(procs: &[Arc<Proc>]) {
     for p in procs {
@@ -227,7 +258,8 @@ impl Node {
     fn local_checkpoint(&self, pending: &Pending) -> anyhow::Result<Vec<ProcessEntry>> {
         let (dir, procs, shut) = (&pending.dir, &pending.procs[..], pending.shut);
         let streams: Vec<_> = procs.iter().map(|p| talk(p)).collect();
-        let mut parked = Vec::new();
+        let warm = crate::hot::warm();
+        let mut parked: Vec<Stopped> = Vec::new();
         let mut result: anyhow::Result<()> = Ok(());
         for (p, s) in procs.iter().zip(&streams) {
             let pid = p.reg.pid;
@@ -253,7 +285,14 @@ impl Node {
             match r {
                 Ok(()) => {
                     tracing::debug!(pid, park_us = t_park.elapsed().as_micros() as u64, "parked");
-                    parked.push((p, s, Instant::now()))
+                    parked.push(Stopped {
+                        proc: p,
+                        stream: s,
+                        at: Instant::now(),
+                        at_unix_us: unix_us(),
+                        stop_us: 0,
+                        dumped: None,
+                    })
                 }
                 Err(e) => {
                     result = Err(e);
@@ -265,21 +304,8 @@ impl Node {
         // Every local program is parked (the barrier): intra-host communication has stopped.
         // Bytes sent on local connections until now must be in their receivers' queues.
         if result.is_ok() {
-            let ends = conn_ends(procs);
-            let sent: HashMap<(&str, &str), u64> = ends
-                .iter()
-                .map(|e| ((e.local.as_str(), e.peer.as_str()), e.sent))
-                .collect();
-            let expect: Vec<(String, String, u64)> = ends
-                .iter()
-                .filter_map(|e| {
-                    sent.get(&(e.peer.as_str(), e.local.as_str()))
-                        .map(|&n| (e.local.clone(), e.peer.clone(), n))
-                })
-                .collect();
-            result = self.drain(procs, &expect);
+            result = self.drain(procs, &local_expectations(procs));
         }
-        let mut dumped: Vec<(i32, Dumped, u64)> = Vec::new();
         if result.is_ok() {
             // The first process is read on this thread: waking another core can take longer
             // than reading a small process.
@@ -287,9 +313,9 @@ impl Node {
                 let hs: Vec<_> = parked
                     .iter()
                     .skip(1)
-                    .map(|(p, _, _)| sc.spawn(|| self.dump_one(pending, p)))
+                    .map(|st| sc.spawn(|| self.dump_one(pending, st.proc)))
                     .collect();
-                let first = parked.first().map(|(p, _, _)| self.dump_one(pending, p));
+                let first = parked.first().map(|st| self.dump_one(pending, st.proc));
                 first
                     .into_iter()
                     .chain(
@@ -298,9 +324,9 @@ impl Node {
                     )
                     .collect()
             });
-            for ((p, _, _), o) in parked.iter().zip(outcomes) {
+            for (st, o) in parked.iter_mut().zip(outcomes) {
                 match o {
-                    Ok(d) => dumped.push((p.reg.pid, d, 0)),
+                    Ok(d) => st.dumped = Some(d),
                     Err(e) if result.is_ok() => result = Err(e),
                     Err(_) => {}
                 }
@@ -312,33 +338,36 @@ impl Node {
         } else {
             NodeMsg::Abort
         };
-        for (p, s, t) in &parked {
-            let stop_us = t.elapsed().as_micros() as u64;
-            if let Err(e) = ckpt_proto::send(s, &verdict, &[]) {
+        for st in &mut parked {
+            st.stop_us = st.at.elapsed().as_micros() as u64;
+            if let Err(e) = ckpt_proto::send(st.stream, &verdict, &[]) {
                 if result.is_ok() {
-                    result = Err(lost(p.reg.pid)(e));
+                    result = Err(lost(st.proc.reg.pid)(e));
                 }
             }
-            if let Some(d) = dumped.iter_mut().find(|d| d.0 == p.reg.pid) {
-                d.2 = stop_us;
-            }
         }
+        drop(warm);
         // The gates open when the manager ends the checkpoint everywhere (`finish`); this is
         // how long they were shut until this host's part was read.
         let held_us = shut.elapsed().as_micros() as u64;
+        let parked: Vec<(u64, u64, Dumped)> = parked
+            .into_iter()
+            .filter_map(|st| Some((st.at_unix_us, st.stop_us, st.dumped?)))
+            .collect();
         drop(streams);
         result?;
         // Stored while the programs run.
         let t_store = Instant::now();
         let images = super::background::run(|| {
-            dumped
+            parked
                 .into_iter()
-                .map(|(pid, d, stop_us)| Ok((pid, d.finish()?, stop_us)))
+                .map(|(at, stop_us, d)| Ok((at, stop_us, d.finish()?)))
                 .collect::<anyhow::Result<Vec<_>>>()
         })?;
         let store_us = t_store.elapsed().as_micros() as u64;
         let mut entries = Vec::new();
-        for (pid, image, stop_us) in images {
+        for (parked_at_us, stop_us, image) in images {
+            let pid = image.pid;
             write_record(&dir.meta_path(&self.host, pid), RecordKind::Process, &image)?;
             tracing::info!(pid, stop_us, bytes = image.stored_bytes(), parent = ?image.parent, "process checkpointed");
             entries.push(ProcessEntry {
@@ -349,6 +378,7 @@ impl Node {
                 parent: image.parent.clone(),
                 stored_bytes: image.stored_bytes(),
                 mapped_bytes: image.mapped_bytes(),
+                parked_at_us,
                 stop_us,
                 held_us,
                 store_us,

@@ -154,6 +154,8 @@ pub struct CheckpointReport {
     pub duration_us: u64,
     /// The longest time any process had its threads parked.
     pub max_stop_us: u64,
+    /// When the first process was parked (µs since the Unix epoch).
+    pub first_parked_at_us: u64,
     /// The longest time any process had its communication gate shut.
     pub max_held_us: u64,
     /// The longest time storing a host's pages took after its programs ran again.

@@ -21,7 +21,10 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 struct Sample {
+    /// The program's longest stall while the checkpoint ran.
     stall_ms: f64,
+    /// Its stall around the stop (500 µs when it was shorter than that).
+    at_stop_ms: f64,
     /// The program's longest stall over as long a time without a checkpoint: the machine's own.
     idle_ms: f64,
     /// How long ckptd had it parked.
@@ -75,12 +78,29 @@ fn round(app: &App, pid: i32) -> Result<u64> {
     field_u64(&l, "us").context("round line without time")
 }
 
-fn maxgap(app: &App, pid: i32) -> Result<u64> {
+/// The program's stalls since the last call: the longest, and those over 500 µs as
+/// (length, end) in wall-clock µs.
+fn stalls(app: &App, pid: i32) -> Result<(u64, Vec<(u64, u64)>)> {
     send_signal(pid, libc::SIGUSR1)?;
+    let mut gaps = Vec::new();
     let l = app
-        .wait_line(|l| l.starts_with("maxgap_us "), Duration::from_secs(30))
+        .wait_line(
+            |l| {
+                if l.starts_with("gap ") {
+                    if let (Some(g), Some(e)) = (field_u64(l, "gap"), field_u64(l, "end_us")) {
+                        gaps.push((g, e));
+                    }
+                }
+                l.starts_with("maxgap_us ")
+            },
+            Duration::from_secs(30),
+        )
         .context("no maxgap line")?;
-    field_u64(&l, "maxgap_us").context("bad maxgap line")
+    Ok((field_u64(&l, "maxgap_us").context("bad maxgap line")?, gaps))
+}
+
+fn maxgap(app: &App, pid: i32) -> Result<u64> {
+    Ok(stalls(app, pid)?.0)
 }
 
 fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sample>, f64)> {
@@ -109,8 +129,20 @@ fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sa
         if !o.status.success() {
             bail!("checkpoint failed: {}", String::from_utf8_lossy(&o.stderr));
         }
-        let stall = maxgap(&app, pid)?;
+        let (stall, gaps) = stalls(&app, pid)?;
         let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        // The stall that spans the stop: it began before the program was parked and ended
+        // after it was let go (a 200 µs nap at most away on either side).
+        let (at, stop) = (
+            v["first_parked_at_us"].as_u64().unwrap_or(0),
+            v["max_stop_us"].as_u64().unwrap_or(0),
+        );
+        let at_stop = gaps
+            .iter()
+            .filter(|&&(g, end)| end >= at + stop && end - g <= at + 300)
+            .map(|&(g, _)| g)
+            .max()
+            .unwrap_or(500);
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!("stall_us {stall} report {v}");
         }
@@ -118,6 +150,7 @@ fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sa
         window = Duration::from_secs_f64(ms("duration_us") / 1000.0);
         out.push(Sample {
             stall_ms: stall as f64 / 1000.0,
+            at_stop_ms: at_stop as f64 / 1000.0,
             idle_ms: idle as f64 / 1000.0,
             stop_ms: ms("max_stop_us"),
             ckpt_ms: ms("duration_us"),
@@ -145,10 +178,11 @@ fn main() -> Result<()> {
     let rows = arg_list(&args, "--rows", "1,2,3,4");
     println!("bench_incr: 10% of the pages written between checkpoints, {reps} checkpoints per row, medians");
     println!(
-        "{:>8} | {:<14} | {:>8} | {:>8} | {:>8} | {:>8} | {:>10} | {:>10} | {:>9} | {:>17}",
+        "{:>8} | {:<14} | {:>8} | {:>8} | {:>8} | {:>8} | {:>8} | {:>10} | {:>10} | {:>9} | {:>17}",
         "size MiB",
         "mode",
         "stall ms",
+        "at stop",
         "idle ms",
         "stop ms",
         "ckpt ms",
@@ -157,7 +191,7 @@ fn main() -> Result<()> {
         "disk MB/s",
         "tracking slowdown"
     );
-    println!("{}", "-".repeat(128));
+    println!("{}", "-".repeat(139));
     for &size in &sizes {
         let modes: [(&str, &[&str], &[&str]); 4] = [
             ("incremental", &[], &[]),
@@ -173,10 +207,11 @@ fn main() -> Result<()> {
             let stored = med(s.iter().map(|x| x.stored_mib));
             let store = med(s.iter().map(|x| x.store_ms));
             println!(
-                "{:>8} | {:<14} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.1} | {:>10.1} | {:>10.0} | {:>9.0} | {:>16.2}x",
+                "{:>8} | {:<14} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.1} | {:>10.1} | {:>10.0} | {:>9.0} | {:>16.2}x",
                 size,
                 name,
                 med(s.iter().map(|x| x.stall_ms)),
+                med(s.iter().map(|x| x.at_stop_ms)),
                 med(s.iter().map(|x| x.idle_ms)),
                 med(s.iter().map(|x| x.stop_ms)),
                 med(s.iter().map(|x| x.ckpt_ms)),
@@ -188,8 +223,9 @@ fn main() -> Result<()> {
         }
     }
     println!(
-        "stall: the program's own longest stall during the checkpoint; idle: the same over as long a time \
-         without one (this machine's noise); stop: how long ckptd had it parked; store MB/s: stored bytes \
+        "stall: the program's own longest stall during the checkpoint; at stop: its stall that spans the \
+         stop; idle: its longest stall over as long a time without a checkpoint (this machine's noise); \
+         stop: how long ckptd had it parked; store MB/s: stored bytes \
          over the time from its release until they were durable (in stop-the-world modes, that part is \
          written while it is parked)"
     );
