@@ -49,7 +49,9 @@ impl Batch {
     }
 
     /// Forgets the parts of its runs inside `ranges` (sorted, merged): pages read again later.
-    pub fn drop_ranges(&mut self, ranges: &[(u64, u64)]) {
+    /// With `compact`, a batch left mostly empty keeps only what is left. Returns the buffer
+    /// given up, if any.
+    pub fn drop_ranges(&mut self, ranges: &[(u64, u64)], compact: bool) -> Option<Vec<u8>> {
         let mut kept = Vec::with_capacity(self.runs.len());
         for &(addr, off, len) in &self.runs {
             let end = addr + len as u64;
@@ -67,10 +69,56 @@ impl Batch {
             }
         }
         self.runs = kept;
+        if self.runs.is_empty() {
+            return Some(std::mem::take(&mut self.data));
+        }
+        // Mostly dropped: keep only what is left, so that rounds of copying do not pile up.
+        let left: usize = self.runs.iter().map(|r| r.2).sum();
+        if compact && left * 2 < self.data.len() {
+            let mut data = Vec::with_capacity(left);
+            for r in &mut self.runs {
+                let at = data.len();
+                data.extend_from_slice(&self.data[r.1..r.1 + r.2]);
+                r.1 = at;
+            }
+            return Some(std::mem::replace(&mut self.data, data));
+        }
+        None
     }
 
     pub fn ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.runs.iter().map(|&(a, _, l)| (a, a + l as u64))
+    }
+}
+
+/// Buffers given up by batches whose pages were read again, for the next batches: their
+/// memory is already in place, which saves a fault per page while the program is parked.
+#[derive(Default)]
+pub struct Pool {
+    bufs: Vec<Vec<u8>>,
+}
+
+impl Pool {
+    pub fn give(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > 0 {
+            self.bufs.push(buf);
+        }
+    }
+
+    /// A buffer of `len` bytes (contents unspecified: the caller overwrites them).
+    fn take(&mut self, len: usize) -> Vec<u8> {
+        match self.bufs.iter().position(|b| b.capacity() >= len) {
+            Some(i) => {
+                let mut b = self.bufs.swap_remove(i);
+                if b.len() >= len {
+                    b.truncate(len);
+                } else {
+                    b.resize(len, 0);
+                }
+                b
+            }
+            None => vec![0u8; len],
+        }
     }
 }
 
@@ -103,6 +151,7 @@ pub fn walk_pages(
     pid: i32,
     mem: &File,
     pagemap: &File,
+    pool: &mut Pool,
     ranges: &[(u64, u64)],
     want: Option<Want<'_>>,
     mut f: impl FnMut(Batch) -> Result<(), DumpError>,
@@ -112,7 +161,7 @@ pub fn walk_pages(
     let mut batched = 0u64;
     let mut flush = |runs: &mut Vec<(u64, u64)>| -> Result<(), WalkError> {
         let total: u64 = runs.iter().map(|r| r.1).sum();
-        let mut data = vec![0u8; total as usize];
+        let mut data = pool.take(total as usize);
         if !read_batch(pid, runs, &mut data) {
             let mut at = 0usize;
             for &(addr, len) in runs.iter() {
@@ -282,13 +331,13 @@ mod tests {
             runs: vec![(0, 0, 6 * p as usize), (20 * p, 6 * p as usize, 4 * p as usize)],
         };
         // Drop page 1, pages 4..21 (the end of the first run and the start of the second).
-        b.drop_ranges(&[(p, 2 * p), (4 * p, 21 * p)]);
+        assert!(b.drop_ranges(&[(p, 2 * p), (4 * p, 21 * p)], true).is_none());
         let pu = p as usize;
         assert_eq!(
             b.runs,
             vec![(0, 0, pu), (2 * p, 2 * pu, 2 * pu), (21 * p, 7 * pu, 3 * pu)]
         );
-        b.drop_ranges(&[(0, 100 * p)]);
+        assert_eq!(b.drop_ranges(&[(0, 100 * p)], true).map(|d| d.len()), Some(10 * pu));
         assert!(b.runs.is_empty());
     }
 }

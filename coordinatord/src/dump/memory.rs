@@ -124,6 +124,7 @@ pub fn dump_memory(
         None => procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?,
     };
     let (stores, store_map) = store_numbers(own_store, base);
+    let mut pool = pre.as_mut().map(|p| std::mem::take(&mut p.pool)).unwrap_or_default();
     // The baseline writes pages to disk while the program is stopped.
     let mut captured = Captured::new(if stop_the_world { 0 } else { u64::MAX });
     let t_start = std::time::Instant::now();
@@ -186,7 +187,9 @@ pub fn dump_memory(
             for mut b in p.batches {
                 // Pages written again since are read anew below: no need to keep them twice.
                 if !delta.is_empty() {
-                    b.drop_ranges(&delta);
+                    if let Some(buf) = b.drop_ranges(&delta, false) {
+                        pool.give(buf);
+                    }
                 }
                 if !b.runs.is_empty() {
                     captured.take(idx, b, &mut runs, store)?;
@@ -225,7 +228,7 @@ pub fn dump_memory(
                 Some(f) => (f, None),
                 None => (&ranges, Some(&want)),
             };
-            walk_pages(pid, &mem, &pagemap, ranges, want, |batch| {
+            walk_pages(pid, &mem, &pagemap, &mut pool, ranges, want, |batch| {
                 let batch = if select == Select::All { batch.nonzero() } else { batch };
                 captured.take(idx, batch, &mut runs, store)
             })

@@ -3,7 +3,7 @@
 //! re-armed; once it is parked, only what was written since has to be copied. This keeps the
 //! stop short whatever the size of the memory.
 
-use super::copy::{walk_pages, Batch};
+use super::copy::{walk_pages, Batch, Pool};
 use super::memory::{inherited_runs, merge_ranges, renumber, store_numbers};
 use super::DumpError;
 use ckpt_format::ProcessImage;
@@ -29,6 +29,8 @@ pub struct Precopy {
     pub mappings: HashMap<(u64, u64), PreMapping>,
     /// Mappings registered for tracking at the time.
     pub tracked: Vec<(u64, u64)>,
+    /// Buffers of copies superseded since.
+    pub pool: Pool,
 }
 
 fn anonymous(path: &str) -> bool {
@@ -66,7 +68,7 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
             vec![(e.start, e.end)]
         };
-        walk_pages(pid, &mem, &pagemap, &ranges, Some(&populated), |b| {
+        walk_pages(pid, &mem, &pagemap, &mut out.pool, &ranges, Some(&populated), |b| {
             m.batches.push(b);
             Ok(())
         })
@@ -81,7 +83,15 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
         }
         out.mappings.insert((e.start, e.end), m);
     }
-    let mut last = u64::MAX;
+    let copied = |out: &Precopy| -> u64 {
+        out.mappings
+            .values()
+            .flat_map(|m| m.batches.iter())
+            .flat_map(|b| b.runs.iter())
+            .map(|r| r.2 as u64 / ckpt_format::PAGE_SIZE)
+            .sum()
+    };
+    let mut last = copied(&out);
     for _ in 1..MAX_ROUNDS {
         let mut pages = 0;
         for e in &regions {
@@ -98,10 +108,12 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             pages += again.iter().map(|r| (r.1 - r.0) / ckpt_format::PAGE_SIZE).sum::<u64>();
             let again = merge_ranges(again);
             for b in &mut m.batches {
-                b.drop_ranges(&again);
+                if let Some(buf) = b.drop_ranges(&again, true) {
+                    out.pool.give(buf);
+                }
             }
             m.batches.retain(|b| !b.runs.is_empty());
-            walk_pages(pid, &mem, &pagemap, &again, Some(&populated), |b| {
+            walk_pages(pid, &mem, &pagemap, &mut out.pool, &again, Some(&populated), |b| {
                 m.batches.push(b);
                 Ok(())
             })
