@@ -270,7 +270,7 @@ fn scan_written(pagemap: &Arc<File>, start: u64, end: u64) -> std::io::Result<Ve
         move || ckpt_sys::pagemap::written(&other, mid, end, true),
     );
     let mut v = a?;
-    v.extend(b?);
+    v.extend(b.unwrap_or_else(|| Err(std::io::Error::other("the scan helper failed")))?);
     Ok(v)
 }
 
