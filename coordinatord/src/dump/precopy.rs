@@ -4,7 +4,7 @@
 //! stop short whatever the size of the memory.
 
 use super::copy::{walk_pages, Batch, Pool};
-use super::memory::{inherited_runs, merge_ranges, renumber, store_numbers};
+use super::memory::{inherited_runs, inside, merge_ranges, renumber, store_numbers};
 use super::DumpError;
 use ckpt_format::ProcessImage;
 use ckpt_sys::procfs;
@@ -37,6 +37,23 @@ fn anonymous(path: &str) -> bool {
     path.is_empty() || path == "[heap]" || path == "[stack]" || path.starts_with("[anon:")
 }
 
+/// Where an older copy of a page exists: the base's runs still in use, pages copied so far.
+fn cover_of(m: &PreMapping) -> Vec<(u64, u64)> {
+    merge_ranges(
+        m.inherited
+            .iter()
+            .map(|r| (r.addr, r.addr + r.len))
+            .chain(m.batches.iter().flat_map(|b| b.ranges()))
+            .collect(),
+    )
+}
+
+/// Which written pages to copy: those holding data, and those gone (freed, or only read since)
+/// where an older copy exists, which their zeros must override.
+fn wanted(older: &[(u64, u64)]) -> impl Fn(u64, u64) -> bool + '_ {
+    move |v, addr| ckpt_sys::pagemap::holds_data(v) || inside(older, addr, addr + 1)
+}
+
 /// Rounds of pre-copy at most: each copies what was written during the one before.
 const MAX_ROUNDS: usize = 4;
 /// A round that finds fewer pages written than this is the last: the stop copies the rest.
@@ -58,8 +75,6 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
         .iter()
         .filter(|e| !e.shared && anonymous(&e.path) && tracked.contains(&(e.start, e.end)))
         .collect();
-    // Pages only read map the zero page: nothing to copy.
-    let populated = |v: u64, _| ckpt_sys::pagemap::holds_data(v);
     for e in &regions {
         let mut m = PreMapping::default();
         let ranges = if base.is_some() {
@@ -68,11 +83,6 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
             vec![(e.start, e.end)]
         };
-        walk_pages(pid, &mem, &pagemap, &mut out.pool, &ranges, Some(&populated), |b| {
-            m.batches.push(b);
-            Ok(())
-        })
-        .map_err(|e| e.into_dump(pid))?;
         // Worked out now rather than while the program is stopped.
         if let Some(b) = base {
             m.inherited = renumber(
@@ -81,6 +91,20 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             )
             .ok_or(DumpError::BadBase { pid })?;
         }
+        let older = cover_of(&m);
+        walk_pages(
+            pid,
+            &mem,
+            &pagemap,
+            &mut out.pool,
+            &ranges,
+            Some(&wanted(&older)),
+            |b| {
+                m.batches.push(b);
+                Ok(())
+            },
+        )
+        .map_err(|e| e.into_dump(pid))?;
         out.mappings.insert((e.start, e.end), m);
     }
     let copied = |out: &Precopy| -> u64 {
@@ -107,13 +131,14 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             }
             pages += again.iter().map(|r| (r.1 - r.0) / ckpt_format::PAGE_SIZE).sum::<u64>();
             let again = merge_ranges(again);
+            let older = cover_of(m);
             for b in &mut m.batches {
                 if let Some(buf) = b.drop_ranges(&again, true) {
                     out.pool.give(buf);
                 }
             }
             m.batches.retain(|b| !b.runs.is_empty());
-            walk_pages(pid, &mem, &pagemap, &mut out.pool, &again, Some(&populated), |b| {
+            walk_pages(pid, &mem, &pagemap, &mut out.pool, &again, Some(&wanted(&older)), |b| {
                 m.batches.push(b);
                 Ok(())
             })
@@ -127,13 +152,7 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
         last = pages;
     }
     for m in out.mappings.values_mut() {
-        m.cover = merge_ranges(
-            m.inherited
-                .iter()
-                .map(|r| (r.addr, r.addr + r.len))
-                .chain(m.batches.iter().flat_map(|b| b.ranges()))
-                .collect(),
-        );
+        m.cover = cover_of(m);
     }
     out.tracked = tracked;
     Ok(out)
