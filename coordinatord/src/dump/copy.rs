@@ -143,7 +143,7 @@ impl WalkError {
 }
 
 /// Selects pages by their pagemap entry and address.
-pub type Want<'a> = &'a dyn Fn(u64, u64) -> bool;
+pub type Want<'a> = &'a (dyn Fn(u64, u64) -> bool + Sync);
 
 /// Reads the pages of `ranges` that `want(pagemap entry, address)` selects (all of them
 /// without `want`) and hands them to `f` in batches (many small ranges share a batch).

@@ -1,6 +1,6 @@
 //! Memory: which mappings exist, which of their pages hold data, and those pages.
 
-use super::copy::{walk_pages, Captured, Want};
+use super::copy::{walk_pages, Captured, Pool, WalkError, Want};
 use super::precopy::Precopy;
 use super::DumpError;
 use ckpt_format::{
@@ -228,11 +228,46 @@ pub fn dump_memory(
                 Some(f) => (f, None),
                 None => (&ranges, Some(&want)),
             };
-            walk_pages(pid, &mem, &pagemap, &mut pool, ranges, want, |batch| {
+            // A big delta (a program that rewrites its memory faster than the pre-copy can
+            // follow) is read on two cores: the program waits for all of it.
+            let (here, there) = if stop_the_world {
+                (ranges.to_vec(), Vec::new())
+            } else {
+                split_copy(ranges)
+            };
+            let (mem, pagemap) = (&mem, &*pagemap);
+            let other = std::thread::scope(|sc| {
+                let other = (!there.is_empty()).then(|| {
+                    sc.spawn(move || {
+                        let (mut spare, mut got) = (Pool::default(), Vec::new());
+                        walk_pages(pid, mem, pagemap, &mut spare, &there, want, |b| {
+                            got.push(b);
+                            Ok(())
+                        })
+                        .map(|_| got)
+                    })
+                });
+                walk_pages(pid, mem, pagemap, &mut pool, &here, want, |batch| {
+                    let batch = if select == Select::All { batch.nonzero() } else { batch };
+                    captured.take(idx, batch, &mut runs, store)
+                })
+                .map_err(|e| e.into_dump(pid))?;
+                other
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(WalkError::Io(
+                                "memory".into(),
+                                std::io::Error::other("a copy thread failed"),
+                            ))
+                        })
+                    })
+                    .transpose()
+                    .map_err(|e| e.into_dump(pid))
+            })?;
+            for batch in other.into_iter().flatten() {
                 let batch = if select == Select::All { batch.nonzero() } else { batch };
-                captured.take(idx, batch, &mut runs, store)
-            })
-            .map_err(|e| e.into_dump(pid))?;
+                captured.take(idx, batch, &mut runs, store)?;
+            }
         }
         mappings.push(Mapping {
             start: e.start,
@@ -251,6 +286,34 @@ pub fn dump_memory(
         captured,
         stores,
     })
+}
+
+/// Address ranges [start, end).
+type Ranges = Vec<(u64, u64)>;
+
+/// Below this, a copy made while the program is parked is not worth a second thread.
+const SPLIT_COPY: u64 = 32 << 20;
+
+/// Splits `ranges` into two parts of about the same number of bytes, cutting a range at a page
+/// if need be (the second part is empty when they are small).
+fn split_copy(ranges: &[(u64, u64)]) -> (Ranges, Ranges) {
+    let total: u64 = ranges.iter().map(|r| r.1 - r.0).sum();
+    if total < SPLIT_COPY {
+        return (ranges.to_vec(), Vec::new());
+    }
+    let (mut here, mut there) = (Vec::new(), Vec::new());
+    let mut left = total / 2 / PAGE_SIZE * PAGE_SIZE;
+    for &(s, e) in ranges {
+        let take = (e - s).min(left);
+        if take > 0 {
+            here.push((s, s + take));
+        }
+        if s + take < e {
+            there.push((s + take, e));
+        }
+        left -= take;
+    }
+    (here, there)
 }
 
 /// Below this, a mapping's scan is not worth splitting.
