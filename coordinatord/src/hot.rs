@@ -2,8 +2,8 @@
 //! longer than the work it would share (an idle core may have to be woken first, which in a
 //! virtual machine costs up to milliseconds), so the helper is warmed before the stop: it
 //! polls for work, yielding the CPU to anything runnable, until the stop's work is done (or
-//! for 20 ms at most). The
-//! stop then splits its one job that grows with the memory size, the page-table scan, in two.
+//! for 20 ms at most). The stop then splits its one job that grows with the memory size, the
+//! page-table scan, in two.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
