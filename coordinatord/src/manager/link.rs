@@ -91,17 +91,26 @@ pub fn join(node: Arc<Node>, manager: String, secret: Vec<u8>) {
     }
 }
 
-fn join_once(node: &Node, manager: &str, secret: &[u8]) -> anyhow::Result<()> {
-    let mut s = TcpStream::connect(manager).with_context(|| format!("connect {manager}"))?;
+/// Connects to the manager and authenticates as `hello` says; `unreachable` describes a
+/// failed connection.
+fn dial(
+    manager: &str,
+    secret: &[u8],
+    hello: PeerHello,
+    unreachable: impl FnOnce() -> String,
+) -> anyhow::Result<TcpStream> {
+    let mut s = TcpStream::connect(manager).with_context(unreachable)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    auth::connect(
-        &mut s,
-        secret,
-        PeerHello::Node {
-            version: PROTO_VERSION,
-            host: node.host.clone(),
-        },
-    )?;
+    auth::connect(&mut s, secret, hello)?;
+    Ok(s)
+}
+
+fn join_once(node: &Node, manager: &str, secret: &[u8]) -> anyhow::Result<()> {
+    let hello = PeerHello::Node {
+        version: PROTO_VERSION,
+        host: node.host.clone(),
+    };
+    let mut s = dial(manager, secret, hello, || format!("connect {manager}"))?;
     s.set_read_timeout(None)?;
     tracing::info!(manager, "joined the manager");
     loop {
@@ -117,16 +126,13 @@ fn join_once(node: &Node, manager: &str, secret: &[u8]) -> anyhow::Result<()> {
 
 /// A joined node forwards `ckptctl` requests to the manager.
 pub fn forward(manager: &str, secret: &[u8], host: &str, req: &CtlRequest) -> anyhow::Result<CtlReply> {
-    let mut s = TcpStream::connect(manager).with_context(|| format!("the manager {manager} is unreachable"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    auth::connect(
-        &mut s,
-        secret,
-        PeerHello::Ctl {
-            version: PROTO_VERSION,
-            host: host.to_string(),
-        },
-    )?;
+    let hello = PeerHello::Ctl {
+        version: PROTO_VERSION,
+        host: host.to_string(),
+    };
+    let mut s = dial(manager, secret, hello, || {
+        format!("the manager {manager} is unreachable")
+    })?;
     s.set_read_timeout(Some(CALL_TIMEOUT * 2))?;
     write_frame(&mut s, req)?;
     read_frame(&mut s).with_context(|| format!("the manager {manager} did not answer"))
