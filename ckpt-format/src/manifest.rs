@@ -38,6 +38,11 @@ pub struct ProcessEntry {
     pub held_us: u64,
     /// How long storing its pages took once it ran again, until they were durable.
     pub store_us: u64,
+    /// Bytes written just before the stop that were left in place, protected, and read once
+    /// it ran again (its store window).
+    pub window_bytes: u64,
+    /// Pages of the store window a thread of the process wrote to, and waited for.
+    pub window_faults: u64,
 }
 
 impl Manifest {

@@ -44,6 +44,10 @@ struct Args {
     /// Compress page stores with zstd (on worker threads)
     #[arg(long)]
     compress: bool,
+    /// Copy everything written since the pre-copy while the program is stopped, instead of
+    /// storing long written stretches while it runs (a write to one then waits for its page)
+    #[arg(long)]
+    no_store_window: bool,
     /// File holding the cluster secret (required with --manager-listen or --join)
     #[arg(long, value_name = "FILE")]
     secret: Option<PathBuf>,
@@ -98,7 +102,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
     let host = args.host_name.unwrap_or_else(ckpt_sys::paths::hostname);
-    let node = Arc::new(node::Node::new(host, store, restorer, args.compress));
+    let mut node = node::Node::new(host, store, restorer, args.compress);
+    node.store_window = !args.no_store_window;
+    let node = Arc::new(node);
     let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
         (Some(p), _) => manager::auth::load_secret(p)?,
         (None, true) => bail!("--manager-listen and --join need --secret FILE (the same cluster secret on every node)"),

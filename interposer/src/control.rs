@@ -145,7 +145,27 @@ fn serve() {
             }
             NodeMsg::Track => {
                 crate::pages::register_all();
-                Some(AppMsg::Tracked)
+                // ckptd gets the store window and the tracker along with the answer; only its
+                // copy of the window stays open.
+                let window = crate::pages::window();
+                let tracker = crate::pages::UFFD.load(Acquire);
+                let fds: &[i32] = if window >= 0 && tracker >= 0 {
+                    &[window, tracker]
+                } else {
+                    &[]
+                };
+                let fd = CONTROL_FD.load(Acquire);
+                // SAFETY: as above.
+                let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+                let sent = ckpt_proto::send(&stream, &AppMsg::Tracked, fds);
+                if window >= 0 {
+                    // SAFETY: closing the descriptor made just above.
+                    unsafe { libc::close(window) };
+                }
+                if sent.is_err() {
+                    return;
+                }
+                None
             }
             NodeMsg::Registered => None,
         };

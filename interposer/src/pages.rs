@@ -6,6 +6,11 @@
 //!
 //! `register_all` runs on the control thread before each checkpoint; a range registered then
 //! reads as entirely written until ckptd arms it while reading it. It allocates nothing.
+//!
+//! `window` makes a second userfaultfd, in synchronous mode, for ckptd alone: memory written
+//! just before a stop moves to it while its pages are stored, so that a write to one of them
+//! waits for that page to be copied. The program keeps no descriptor of it; when ckptd closes
+//! its own (or dies), the kernel drops every registration and wakes every waiter.
 
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicI32, Ordering::*};
@@ -13,6 +18,9 @@ use std::sync::atomic::{AtomicI32, Ordering::*};
 pub static UFFD: AtomicI32 = AtomicI32::new(-1);
 
 const UFFD_API: u64 = 0xAA;
+const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
+const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
 const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
 const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
 /// `_IOWR(0xAA, 0x3F, struct uffdio_api)` and `_IOWR(0xAA, 0x00, struct uffdio_register)`.
@@ -38,6 +46,21 @@ struct UffdioRegister {
 /// Creates the tracking userfaultfd; -1 when the kernel cannot (tracking is then off and every
 /// checkpoint is full).
 pub fn create() -> i32 {
+    with_features(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
+}
+
+/// A userfaultfd for one store window (see the module's comment); -1 when the kernel cannot,
+/// and ckptd then copies what was written last while the program is stopped. Unmapping,
+/// moving or discarding its memory is reported to it, so that ckptd knows when pages it has
+/// not stored yet are gone.
+pub fn window() -> i32 {
+    // Unpopulated pages are protected too: a page absent at the stop must read as absent.
+    with_features(
+        UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_WP_UNPOPULATED,
+    )
+}
+
+fn with_features(features: u64) -> i32 {
     // SAFETY: userfaultfd returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
     if fd < 0 {
@@ -45,7 +68,7 @@ pub fn create() -> i32 {
     }
     let mut api = UffdioApi {
         api: UFFD_API,
-        features: UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED,
+        features,
         ioctls: 0,
     };
     // SAFETY: api is a valid uffdio_api.

@@ -163,6 +163,8 @@ pub struct CkptStats {
     pub phase1_us: Option<u64>,
     pub phase2_us: Option<u64>,
     pub max_held_us: Option<u64>,
+    pub window_bytes: u64,
+    pub window_faults: u64,
 }
 
 impl CkptStats {
@@ -185,6 +187,8 @@ impl CkptStats {
             phase1_us: u("phase1_us"),
             phase2_us: u("phase2_us"),
             max_held_us: u("max_held_us"),
+            window_bytes: u("window_bytes").unwrap_or(0),
+            window_faults: u("window_faults").unwrap_or(0),
         })
     }
 }

@@ -12,6 +12,10 @@
 //!   - SIGUSR1 -> `verify ok`: every page matches the log (pages never
 //!     written read back as zero).
 //!
+//! The program writes faster than the pre-copy can follow, so most of what it wrote last is
+//! left in place at the stop and read while it runs (the store window): at least one
+//! checkpoint must have done so with the program's writes waiting on pages not read yet.
+//!
 //! All checks are made and reported together at the end, so one run tells
 //! which checkpoints restore correctly.  Budget for the optional restores:
 //! `CKPT_CONSISTENCY_BUDGET_S` (default 180 s since the test started).
@@ -137,14 +141,27 @@ fn dirty_log_20_incremental_checkpoints_each_restores_exactly() -> Result<()> {
     note!("stored_bytes per checkpoint (MiB):");
     for (i, t) in taken.iter().enumerate() {
         eprintln!(
-            "    #{:2} id {:>4} parent {:>6} stored {:8.1} MiB  duration {:6} ms  max_stop {:6} ms",
+            "    #{:2} id {:>4} parent {:>6} stored {:8.1} MiB  duration {:6} ms  max_stop {:6} ms  \
+             store window {:7.1} MiB, {:5} writes waited",
             i + 1,
             t.stats.id,
             t.parent.as_deref().unwrap_or("-"),
             mib(t.stats.stored_bytes),
             t.stats.duration_us / 1000,
-            t.stats.max_stop_us / 1000
+            t.stats.max_stop_us / 1000,
+            mib(t.stats.window_bytes),
+            t.stats.window_faults
         );
+    }
+    // This program rewrites its memory faster than the pre-copy follows: what it wrote last
+    // must be left in place and stored while it runs, its writes waiting page by page (the
+    // restores below check that those pages are the stop instant's).
+    if !taken
+        .iter()
+        .any(|t| t.stats.window_bytes > 0 && t.stats.window_faults > 0)
+    {
+        problems
+            .push("no checkpoint stored pages through the store window while the program wrote to them".to_string());
     }
 
     // The live program is consistent too (the harness, not the restore).

@@ -106,7 +106,7 @@ impl Pool {
     }
 
     /// A buffer of `len` bytes (contents unspecified: the caller overwrites them).
-    fn take(&mut self, len: usize) -> Vec<u8> {
+    pub fn take(&mut self, len: usize) -> Vec<u8> {
         match self.bufs.iter().position(|b| b.capacity() >= len) {
             Some(i) => {
                 let mut b = self.bufs.swap_remove(i);
@@ -229,7 +229,7 @@ pub fn walk_pages(
 
 /// Reads `runs` of process `pid` into `data` in one process_vm_readv; false if it could not
 /// read them all.
-fn read_batch(pid: i32, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
+pub(super) fn read_batch(pid: i32, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
     let local = [libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),

@@ -2,6 +2,7 @@
 
 use super::copy::{walk_pages, Captured, Pool, WalkError, Want};
 use super::precopy::Precopy;
+use super::window::{Fds, Window};
 use super::DumpError;
 use ckpt_format::{
     FileId, Mapping, MappingKind, PageRun, PageStoreWriter, ProcessImage, SpecialMapping, PAGE_SIZE, PROT_EXEC,
@@ -92,6 +93,8 @@ pub struct MemoryDump {
     pub mappings: Vec<Mapping>,
     pub special: Vec<SpecialMapping>,
     pub captured: Captured,
+    /// Pages left in place, protected, to be read once the program runs.
+    pub window: Option<Window>,
     /// Page stores the runs point into (the first is this checkpoint's own).
     pub stores: Vec<String>,
 }
@@ -103,15 +106,18 @@ fn anon_kind(k: &MappingKind) -> bool {
 /// Reads the maps, selects pages via pagemap and copies them. With `base` (this process's
 /// previous checkpoint), memory tracked since then contributes only the pages written since,
 /// and refers to the base's runs for the rest; with `pre`, what was copied before the stop is
-/// used and only what changed since is read now. Tracked memory is re-armed either way.
+/// used and only what changed since is read now. Tracked memory is re-armed either way. With
+/// `window`, long ranges written since the pre-copy are left in place (see `window`).
 pub fn dump_memory(
     pid: i32,
     own_store: String,
     base: Option<&ProcessImage>,
     mut pre: Option<Precopy>,
+    window: Option<Fds>,
     stop_the_world: bool,
     store: &mut PageStoreWriter,
 ) -> Result<MemoryDump, DumpError> {
+    let mut window = window.filter(|_| !stop_the_world).map(Window::new);
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let io = |what: &str| super::io_err(pid, what);
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
@@ -181,9 +187,14 @@ pub fn dump_memory(
             Some(p) => std::mem::take(&mut p.cover),
             None => merge_ranges(runs.iter().map(|r| (r.addr, r.addr + r.len)).collect()),
         };
+        // Long, dense written stretches stay in place, protected, instead of being copied now.
+        let (ranges, deferred) = match &mut window {
+            Some(w) if delta => w.defer(idx, ranges),
+            _ => (ranges, Vec::new()),
+        };
         // Pages copied before the stop come first; what changed since goes over them.
         if let Some(p) = pre_m {
-            let delta = merge_ranges(ranges.clone());
+            let delta = merge_ranges(ranges.iter().chain(&deferred).copied().collect());
             for mut b in p.batches {
                 // Pages written again since are read anew below: no need to keep them twice.
                 if !delta.is_empty() {
@@ -279,11 +290,21 @@ pub fn dump_memory(
             pages: runs,
         });
     }
-    tracing::debug!(pid, captured = captured.bytes(), took = ?t_start.elapsed(), "memory read");
+    tracing::debug!(
+        pid,
+        captured = captured.bytes(),
+        deferred = window.as_ref().map_or(0, |w| w.bytes()),
+        took = ?t_start.elapsed(),
+        "memory read"
+    );
     Ok(MemoryDump {
         mappings,
         special,
         captured,
+        // The buffers of pre-copied pages written again are in memory already: the window's
+        // reading fills them instead of faulting in new ones. An empty window is kept too:
+        // closing it makes the kernel walk the mappings, which is for after the stop.
+        window: window.map(|w| w.with_pool(pool)),
         stores,
     })
 }

@@ -7,6 +7,7 @@ mod memory;
 pub mod precopy;
 pub mod sockets;
 pub mod state;
+pub mod window;
 
 use ckpt_format::{FormatError, PageStoreWriter, ProcessImage};
 use ckpt_proto::slots::ProcSlot;
@@ -42,6 +43,8 @@ pub enum DumpError {
         #[source]
         source: std::io::Error,
     },
+    #[error("process {pid} {what} memory while its last-written pages were being stored; the checkpoint was given up, take it again")]
+    WindowLost { pid: i32, what: String },
     #[error(transparent)]
     Format(#[from] FormatError),
 }
@@ -79,6 +82,9 @@ pub struct Dumped {
     pub image: ProcessImage,
     pub store: PageStoreWriter,
     pub captured: copy::Captured,
+    pub window: Option<window::Window>,
+    /// What reading the window took.
+    pub served: window::Served,
 }
 
 /// Where and how a parked process's pages are stored, and what was read of it beforehand.
@@ -93,6 +99,8 @@ pub struct PageTarget<'a> {
     pub pre: Option<precopy::Precopy>,
     /// State read before the stop.
     pub fixed: Option<state::Fixed>,
+    /// The store window the interposer handed over.
+    pub window: Option<window::Fds>,
     /// Write pages while the program is stopped (the baseline mode).
     pub stop_the_world: bool,
 }
@@ -110,7 +118,15 @@ pub fn dump_parked(reg: &Registration, slots: &ProcSlot, t: PageTarget<'_>) -> R
     let t_state = t0.elapsed();
     image.fds = fds;
     let mut store = t.store;
-    let m = memory::dump_memory(pid, t.rel, t.base.map(|(_, b)| b), t.pre, t.stop_the_world, &mut store)?;
+    let m = memory::dump_memory(
+        pid,
+        t.rel,
+        t.base.map(|(_, b)| b),
+        t.pre,
+        t.window,
+        t.stop_the_world,
+        &mut store,
+    )?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
     image.special = m.special;
@@ -120,10 +136,30 @@ pub fn dump_parked(reg: &Registration, slots: &ProcSlot, t: PageTarget<'_>) -> R
         image,
         store,
         captured: m.captured,
+        window: m.window,
+        served: Default::default(),
     })
 }
 
 impl Dumped {
+    /// Right after the program runs again: reads the pages left in its store window (a
+    /// thread of the program may be waiting on one of them).
+    pub fn serve_window(&mut self) -> Result<(), DumpError> {
+        let Some(w) = self.window.take().filter(|w| !w.is_empty()) else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        let bytes = w.bytes();
+        self.served = w.serve(
+            self.image.pid,
+            &mut self.captured,
+            &mut self.store,
+            &mut self.image.mappings,
+        )?;
+        tracing::debug!(pid = self.image.pid, bytes, faults = self.served.faults, took = ?t.elapsed(), "store window read");
+        Ok(())
+    }
+
     /// After the program runs again: writes the copied pages and makes the store durable.
     pub fn finish(mut self) -> Result<ProcessImage, DumpError> {
         let t = std::time::Instant::now();

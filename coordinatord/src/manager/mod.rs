@@ -254,6 +254,8 @@ impl Manager {
             first_parked_at_us: manifest.processes().map(|(_, p)| p.parked_at_us).min().unwrap_or(0),
             max_held_us: held_us,
             max_store_us: manifest.processes().map(|(_, p)| p.store_us).max().unwrap_or(0),
+            window_bytes: manifest.processes().map(|(_, p)| p.window_bytes).sum(),
+            window_faults: manifest.processes().map(|(_, p)| p.window_faults).sum(),
             phase1_us,
             phase2_us,
         };

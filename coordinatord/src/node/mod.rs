@@ -24,6 +24,9 @@ pub struct Node {
     pub reaper: Reaper,
     /// Page stores are zstd-compressed.
     pub compress: bool,
+    /// Long stretches written just before a stop are stored while the program runs (see
+    /// `dump::window`) rather than copied while it waits.
+    pub store_window: bool,
     /// The checkpoint between phase 1 and its end, on this node.
     pub pending: Mutex<Option<phases::Pending>>,
     /// The restore between its prepare and connect steps.
@@ -43,6 +46,7 @@ impl Node {
             restorer,
             reaper: Default::default(),
             compress,
+            store_window: true,
             pending: Default::default(),
             pending_restore: Default::default(),
             last_restored: Default::default(),

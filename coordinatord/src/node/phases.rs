@@ -41,6 +41,7 @@ pub struct Prepared {
     pre: Option<Precopy>,
     fixed: Option<Fixed>,
     store: Option<PageStoreWriter>,
+    window: Option<crate::dump::window::Fds>,
 }
 
 fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
@@ -51,18 +52,19 @@ fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
     move |e| anyhow!("process {pid} stopped answering ({e}); it may have exited")
 }
 
-/// Has `p` register its memory for dirty-page tracking (while it runs, before a checkpoint).
-fn track(p: &Proc) -> anyhow::Result<()> {
+/// Has `p` register its memory for dirty-page tracking (while it runs, before a checkpoint);
+/// the store window it hands over, if any.
+fn track(p: &Proc) -> anyhow::Result<Option<crate::dump::window::Fds>> {
     let pid = p.reg.pid;
     if p.reg.uffd_fd < 0 {
-        return Ok(());
+        return Ok(None);
     }
     let s = talk(p);
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     ckpt_proto::send(&s, &NodeMsg::Track, &[]).map_err(lost(pid))?;
-    match ckpt_proto::recv::<AppMsg>(&s).map_err(lost(pid))?.0 {
-        AppMsg::Tracked => Ok(()),
-        other => bail!("process {pid} answered {other:?} to track"),
+    match ckpt_proto::recv::<AppMsg>(&s).map_err(lost(pid))? {
+        (AppMsg::Tracked, fds) => Ok(crate::dump::window::Fds::new(fds)),
+        (other, _) => bail!("process {pid} answered {other:?} to track"),
     }
 }
 
@@ -358,15 +360,32 @@ impl Node {
         result?;
         // Stored while the programs run.
         let t_store = Instant::now();
+        // First what was left in place: a program's thread may wait on one of those pages, so
+        // this runs at normal priority, one thread per process (empty windows just close).
+        let mut parked = parked;
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = parked
+                .iter_mut()
+                .filter(|(_, _, d)| d.window.is_some())
+                .map(|(_, _, d)| sc.spawn(move || d.serve_window()))
+                .collect();
+            hs.into_iter().try_for_each(|h| match h.join() {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => Err(anyhow!("store window thread panicked")),
+            })
+        })?;
         let images = super::background::run(|| {
             parked
                 .into_iter()
-                .map(|(at, stop_us, d)| Ok((at, stop_us, d.finish()?)))
+                .map(|(at, stop_us, d)| {
+                    let (window_bytes, window_faults) = (d.served.bytes, d.served.faults);
+                    Ok((at, stop_us, window_bytes, window_faults, d.finish()?))
+                })
                 .collect::<anyhow::Result<Vec<_>>>()
         })?;
         let store_us = t_store.elapsed().as_micros() as u64;
         let mut entries = Vec::new();
-        for (parked_at_us, stop_us, image) in images {
+        for (parked_at_us, stop_us, window_bytes, window_faults, image) in images {
             let pid = image.pid;
             write_record(&dir.meta_path(&self.host, pid), RecordKind::Process, &image)?;
             tracing::info!(pid, stop_us, bytes = image.stored_bytes(), parent = ?image.parent, "process checkpointed");
@@ -382,6 +401,8 @@ impl Node {
                 stop_us,
                 held_us,
                 store_us,
+                window_bytes,
+                window_faults,
             });
         }
         Ok(entries)
@@ -404,10 +425,12 @@ impl Node {
                 fixed: Fixed::read(pid).ok(),
                 store: self.open_store(dir, pid).ok(),
                 pre: None,
+                window: None,
             };
             let base = if mode.full { None } else { self.base(p) };
-            if let Err(e) = track(p) {
-                tracing::warn!(pid, "cannot register memory for tracking: {e:#}");
+            match track(p) {
+                Ok(w) => ready.window = w.filter(|_| self.store_window),
+                Err(e) => tracing::warn!(pid, "cannot register memory for tracking: {e:#}"),
             }
             let mut use_base = true;
             if !mode.stop_the_world {
@@ -468,6 +491,7 @@ impl Node {
             base: pending.bases.get(&pid).map(|(i, b)| (i.as_str(), b)),
             pre: ready.pre,
             fixed: ready.fixed,
+            window: ready.window,
             stop_the_world: pending.mode.stop_the_world,
         };
         Ok(dump_parked(&p.reg, &slots, target)?)

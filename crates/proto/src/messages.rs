@@ -54,7 +54,9 @@ pub enum AppMsg {
     },
     /// Phase 1 done: the gate is shut and no send-family call is in the kernel.
     CommStopped,
-    /// Every private anonymous writable mapping is registered for tracking.
+    /// Every private anonymous writable mapping is registered for tracking. When the kernel
+    /// allows, two fds ride along: a fresh synchronous write-protect userfaultfd for the store
+    /// window, and the tracker.
     Tracked,
     /// A send stayed blocked in the kernel past the timeout; the gate is open again.
     CommStopFailed,
@@ -160,6 +162,10 @@ pub struct CheckpointReport {
     pub max_held_us: u64,
     /// The longest time storing a host's pages took after its programs ran again.
     pub max_store_us: u64,
+    /// Bytes read from store windows once the programs ran again, and the pages of them a
+    /// program's thread waited for.
+    pub window_bytes: u64,
+    pub window_faults: u64,
     /// Time to stop communication everywhere (phase 1).
     pub phase1_us: u64,
     /// Time of the local checkpoints (phase 2).

@@ -4,3 +4,4 @@ pub mod pagemap;
 pub mod paths;
 pub mod procfs;
 pub mod spawn;
+pub mod uffd;

@@ -1,0 +1,131 @@
+//! userfaultfd operations ckptd performs on a program's descriptors (received from its
+//! interposer): they act on the program's memory, whichever process calls them.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+/// `_IOWR(0xAA, 0x00, struct uffdio_register)` and friends.
+const UFFDIO_REGISTER: u64 = 0xc020_aa00;
+const UFFDIO_UNREGISTER: u64 = 0x8010_aa01;
+const UFFDIO_WAKE: u64 = 0x8010_aa02;
+const UFFDIO_WRITEPROTECT: u64 = 0xc018_aa06;
+const UFFDIO_REGISTER_MODE_WP: u64 = 2;
+const UFFDIO_WRITEPROTECT_MODE_WP: u64 = 1;
+
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+const UFFD_EVENT_REMAP: u8 = 0x14;
+const UFFD_EVENT_REMOVE: u8 = 0x15;
+const UFFD_EVENT_UNMAP: u8 = 0x16;
+const MSG_SIZE: usize = 32;
+
+#[repr(C)]
+struct Range {
+    start: u64,
+    len: u64,
+}
+
+#[repr(C)]
+struct Register {
+    range: Range,
+    mode: u64,
+    ioctls: u64,
+}
+
+#[repr(C)]
+struct WriteProtect {
+    range: Range,
+    mode: u64,
+}
+
+fn ioctl<T>(fd: BorrowedFd<'_>, req: u64, arg: &mut T) -> io::Result<()> {
+    loop {
+        // SAFETY: `arg` is the structure `req` expects; the kernel only touches that memory.
+        let r = unsafe { libc::ioctl(fd.as_raw_fd(), req as _, arg as *mut T) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        // EAGAIN: the address space was changing under the call; it is safe to repeat.
+        if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+            return Err(e);
+        }
+    }
+}
+
+/// Registers [start, start+len) for write-protect faults.
+pub fn register_wp(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    let mut r = Register {
+        range: Range { start, len },
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    ioctl(fd, UFFDIO_REGISTER, &mut r)
+}
+
+/// Ends the registration of [start, start+len) (the kernel clears its write-protection).
+pub fn unregister(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    ioctl(fd, UFFDIO_UNREGISTER, &mut Range { start, len })
+}
+
+/// Write-protects [start, start+len), or lifts the protection and wakes whoever waits on it.
+pub fn write_protect(fd: BorrowedFd<'_>, start: u64, len: u64, on: bool) -> io::Result<()> {
+    let mut w = WriteProtect {
+        range: Range { start, len },
+        mode: if on { UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
+    };
+    ioctl(fd, UFFDIO_WRITEPROTECT, &mut w)
+}
+
+/// Wakes the threads waiting on a fault in [start, start+len).
+pub fn wake(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
+    ioctl(fd, UFFDIO_WAKE, &mut Range { start, len })
+}
+
+/// What a userfaultfd reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A thread waits on a fault at this address.
+    Fault { addr: u64 },
+    /// [from, from+len) moved to `to` (mremap).
+    Remap { from: u64, to: u64, len: u64 },
+    /// [start, end) was discarded (madvise DONTNEED or REMOVE).
+    Remove { start: u64, end: u64 },
+    /// [start, end) was unmapped.
+    Unmap { start: u64, end: u64 },
+}
+
+/// Reads the events waiting on a non-blocking userfaultfd (none: an empty list). Each one
+/// read lets the thread that caused an unmap, move or discard go on.
+pub fn read_events(fd: BorrowedFd<'_>) -> io::Result<Vec<Event>> {
+    let mut buf = [0u8; MSG_SIZE * 64];
+    // SAFETY: reading into our own buffer.
+    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(Vec::new()),
+            _ => Err(e),
+        };
+    }
+    let word = |m: &[u8], i: usize| u64::from_ne_bytes(m[8 + 8 * i..16 + 8 * i].try_into().unwrap_or_default());
+    Ok(buf[..n as usize]
+        .chunks_exact(MSG_SIZE)
+        .filter_map(|m| match m[0] {
+            UFFD_EVENT_PAGEFAULT => Some(Event::Fault { addr: word(m, 1) }),
+            UFFD_EVENT_REMAP => Some(Event::Remap {
+                from: word(m, 0),
+                to: word(m, 1),
+                len: word(m, 2),
+            }),
+            UFFD_EVENT_REMOVE => Some(Event::Remove {
+                start: word(m, 0),
+                end: word(m, 1),
+            }),
+            UFFD_EVENT_UNMAP => Some(Event::Unmap {
+                start: word(m, 0),
+                end: word(m, 1),
+            }),
+            _ => None,
+        })
+        .collect())
+}
