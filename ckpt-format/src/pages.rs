@@ -108,8 +108,8 @@ impl PageStoreWriter {
     }
 
     /// Appends many pieces of memory at once, each cut into runs; when compressing, the runs
-    /// are compressed on worker threads (one per core) and written in order. `out[i]` receives
-    /// the runs of `pieces[i]`.
+    /// are compressed on worker threads (one per core) and written in order while the next
+    /// ones are compressed. `out[i]` receives the runs of `pieces[i]`.
     pub fn append_many(&mut self, pieces: &[(u64, &[u8])], out: &mut [&mut Vec<PageRun>]) -> Result<(), FormatError> {
         // Without compression, workers do not pay: checksums are cheaper than handing them out.
         let Some(level) = self.compress else {
@@ -131,30 +131,42 @@ impl PageStoreWriter {
             .map(|n| n.get())
             .unwrap_or(1)
             .max(1);
-        let per = jobs.len().div_ceil(workers).max(1);
-        let encoded: Option<Vec<Vec<Encoded>>> = std::thread::scope(|s| {
-            let hs: Vec<_> = jobs
-                .chunks(per)
-                .map(|part| {
-                    s.spawn(move || {
-                        let mut z = Compressor::new(level).ok();
-                        part.iter()
-                            .map(|&(_, a, d)| encode(a, d, z.as_mut()))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            hs.into_iter().map(|h| h.join().ok()).collect()
-        });
-        let encoded: Vec<Encoded> = encoded
-            .ok_or_else(|| FormatError::io(&self.path, std::io::Error::other("a compression worker failed")))?
-            .into_iter()
-            .flatten()
-            .collect();
-        for ((i, _, _), e) in jobs.iter().zip(encoded) {
-            self.write_encoded(e, out[*i])?;
-        }
-        Ok(())
+        // Workers take runs in turn; this thread writes each as soon as those before it are
+        // written, so the disk is busy while they compress.
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Encoded)>(workers * 4);
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                let (tx, jobs, next) = (tx.clone(), &jobs, &next);
+                s.spawn(move || {
+                    let mut z = Compressor::new(level).ok();
+                    loop {
+                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(_, a, d)) = jobs.get(k) else { break };
+                        if tx.send((k, encode(a, d, z.as_mut()))).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            drop(tx);
+            let mut ready = std::collections::BTreeMap::new();
+            let mut want = 0;
+            for (k, e) in rx {
+                ready.insert(k, e);
+                while let Some(e) = ready.remove(&want) {
+                    self.write_encoded(e, out[jobs[want].0])?;
+                    want += 1;
+                }
+            }
+            if want < jobs.len() {
+                return Err(FormatError::io(
+                    &self.path,
+                    std::io::Error::other("a compression worker failed"),
+                ));
+            }
+            Ok(())
+        })
     }
 
     /// Appends the bytes of memory starting at `addr`, cut into runs of at most

@@ -48,6 +48,9 @@ struct Args {
     /// storing long written stretches while it runs (a write to one then waits for its page)
     #[arg(long)]
     no_store_window: bool,
+    /// Testing hook: wait this long before reading store windows
+    #[arg(long, hide = true, default_value_t = 0)]
+    test_window_delay_ms: u64,
     /// File holding the cluster secret (required with --manager-listen or --join)
     #[arg(long, value_name = "FILE")]
     secret: Option<PathBuf>,
@@ -104,6 +107,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let host = args.host_name.unwrap_or_else(ckpt_sys::paths::hostname);
     let mut node = node::Node::new(host, store, restorer, args.compress);
     node.store_window = !args.no_store_window;
+    node.window_delay = std::time::Duration::from_millis(args.test_window_delay_ms);
     let node = Arc::new(node);
     let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
         (Some(p), _) => manager::auth::load_secret(p)?,

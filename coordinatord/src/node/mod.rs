@@ -27,6 +27,8 @@ pub struct Node {
     /// Long stretches written just before a stop are stored while the program runs (see
     /// `dump::window`) rather than copied while it waits.
     pub store_window: bool,
+    /// A testing hook: how long to wait before reading store windows.
+    pub window_delay: std::time::Duration,
     /// The checkpoint between phase 1 and its end, on this node.
     pub pending: Mutex<Option<phases::Pending>>,
     /// The restore between its prepare and connect steps.
@@ -47,6 +49,7 @@ impl Node {
             reaper: Default::default(),
             compress,
             store_window: true,
+            window_delay: Default::default(),
             pending: Default::default(),
             pending_restore: Default::default(),
             last_restored: Default::default(),

@@ -363,6 +363,12 @@ impl Node {
         // First what was left in place: a program's thread may wait on one of those pages, so
         // this runs at normal priority, one thread per process (empty windows just close).
         let mut parked = parked;
+        if parked
+            .iter()
+            .any(|(_, _, d)| d.window.as_ref().is_some_and(|w| !w.is_empty()))
+        {
+            std::thread::sleep(self.window_delay);
+        }
         std::thread::scope(|sc| {
             let hs: Vec<_> = parked
                 .iter_mut()
