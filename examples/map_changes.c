@@ -20,7 +20,9 @@
  *   3 sbrk+     sbrk(+4 MiB) and fill the new part of the heap;
  *   4 sbrk-     sbrk(-2 MiB);
  *   5 dontneed  MADV_DONTNEED on 1 MiB + 3 pages in the middle of the
- *               mremapped region: that part must read back as zero;
+ *               mremapped region: that part must read back as zero; and on
+ *               7 pages of the newest file mapping (from the cycle before),
+ *               three of them modified: those must read back as the file;
  *   6 file      create a 2 MiB file, fill it, mmap it MAP_PRIVATE
  *               read-write, close the fd, modify every third page.
  * Every step also rewrites a 1 MiB "ticker" region (made at start) with a
@@ -89,7 +91,7 @@ struct region {
     uint64_t seed;  /* anon/heap/ticker/blocker; file: seed of the file */
     uint64_t seed2; /* file: seed of the modified pages */
     uint64_t base;  /* word index of addr in the pattern */
-    size_t zlo, zhi; /* byte range (relative to addr) that must be zero */
+    size_t zlo, zhi; /* byte range (relative to addr) that must be zero (file: the file's) */
 };
 
 struct hole {
@@ -148,12 +150,13 @@ static void die(const char *what)
 static uint64_t expected(const struct region *r, size_t j)
 {
     size_t off = j * 8;
-    if (off >= r->zlo && off < r->zhi)
-        return 0;
     if (r->kind == K_FILE) {
         size_t page = off / PAGE;
-        return pattern(page % 3 == 0 ? r->seed2 : r->seed, j);
+        int reverted = off >= r->zlo && off < r->zhi;
+        return pattern(page % 3 == 0 && !reverted ? r->seed2 : r->seed, j);
     }
+    if (off >= r->zlo && off < r->zhi)
+        return 0;
     return pattern(r->seed, r->base + j);
 }
 
@@ -332,6 +335,18 @@ static const char *do_step(void)
             die("madvise(MADV_DONTNEED)");
         r->zlo = lo;
         r->zhi = hi;
+        /* A private file mapping's discarded pages go back to the file's contents. */
+        for (int i = nregions - 1; i >= 0; i--) {
+            struct region *f = &regions[i];
+            if (f->kind != K_FILE || !f->live)
+                continue;
+            size_t flo = 30 * PAGE, fhi = 37 * PAGE;
+            if (madvise(f->addr + flo, fhi - flo, MADV_DONTNEED) != 0)
+                die("madvise(MADV_DONTNEED) on a file mapping");
+            f->zlo = flo;
+            f->zhi = fhi;
+            break;
+        }
         return "dontneed";
     }
     case 6: {

@@ -1,5 +1,6 @@
 //! The page management unit's in-process half: a userfaultfd in asynchronous write-protect
-//! mode, and the registration of the program's private anonymous writable memory with it.
+//! mode, and the registration of the program's private writable memory with it (anonymous,
+//! and private file mappings).
 //! ckptd reads and re-arms the written pages from the outside (PAGEMAP_SCAN on
 //! /proc/PID/pagemap); the kernel drops a registration when a mapping is moved or replaced, so
 //! such memory is stored in full at the next checkpoint.
@@ -125,7 +126,10 @@ fn consider(line: &[u8], uffd: i32) {
     };
     let path = fields.nth(3).unwrap_or(b"");
     let anon = path.is_empty() || path == b"[heap]" || path == b"[stack]" || path.starts_with(b"[anon:");
-    if perms != b"rw-p" || !anon || path == ckpt_proto::RESTORER_VMA_NAME.as_bytes() {
+    // A private file mapping's pages copied on write are its own data (.data, a file mapped
+    // MAP_PRIVATE and written): async write-protect tracks any kind of memory.
+    let file = path.starts_with(b"/") && !path.starts_with(b"/dev/") && !path.ends_with(b" (deleted)");
+    if perms != b"rw-p" || !(anon || file) || path == ckpt_proto::RESTORER_VMA_NAME.as_bytes() {
         return;
     }
     let Some(dash) = range.iter().position(|&c| c == b'-') else {
@@ -144,7 +148,8 @@ fn consider(line: &[u8], uffd: i32) {
     unsafe { libc::ioctl(uffd, UFFDIO_REGISTER as _, &mut reg) };
 }
 
-/// Registers every private anonymous writable mapping (already registered ones stay so).
+/// Registers every private writable mapping, anonymous or of a file (already registered ones
+/// stay so).
 pub fn register_all() {
     let uffd = UFFD.load(Acquire);
     if uffd < 0 {

@@ -13,7 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use ckpt_sys::pagemap::{holds_data, PM_FILE, PM_PRESENT, PM_SWAPPED};
+use ckpt_sys::pagemap::{holds_data, modified};
 
 /// Finds the ranges of a mapping that hold data, through the pagemap.
 type Finder = fn(&File, u64, u64) -> std::io::Result<Vec<(u64, u64)>>;
@@ -103,6 +103,12 @@ fn anon_kind(k: &MappingKind) -> bool {
     matches!(k, MappingKind::Anon | MappingKind::Heap | MappingKind::Stack)
 }
 
+/// Memory whose pages are tracked and stored incrementally: anonymous memory, and private
+/// file mappings (their copied-on-write pages).
+fn incremental_kind(k: &MappingKind) -> bool {
+    anon_kind(k) || matches!(k, MappingKind::File(_))
+}
+
 /// Reads the maps, selects pages via pagemap and copies them. With `base` (this process's
 /// previous checkpoint), memory tracked since then contributes only the pages written since,
 /// and refers to the base's runs for the rest; with `pre`, what was copied before the stop is
@@ -151,7 +157,7 @@ pub fn dump_memory(
         }
         let (kind, select) = classify(pid, e, &mut seen)?;
         let is_tracked = tracked.contains(&(e.start, e.end));
-        let incremental = is_tracked && anon_kind(&kind);
+        let incremental = is_tracked && incremental_kind(&kind) && select != Select::None;
         let mut pre_m = pre
             .as_mut()
             .and_then(|p| p.mappings.remove(&(e.start, e.end)))
@@ -187,6 +193,20 @@ pub fn dump_memory(
             Some(p) => std::mem::take(&mut p.cover),
             None => merge_ranges(runs.iter().map(|r| (r.addr, r.addr + r.len)).collect()),
         };
+        // A page of a file mapping discarded since its older copy keeps its protection (the
+        // kernel leaves a marker): it does not read as written, but no longer differs from the
+        // file. Such pages are found where the older copies are, and read again (so are pages
+        // swapped out there: harmless).
+        let ranges = if delta && select == Select::Modified && !cover.is_empty() {
+            let mut now = Vec::new();
+            for &(s, e) in &cover {
+                now.extend(ckpt_sys::pagemap::copied_present(&pagemap, s, e).map_err(io("pagemap"))?);
+            }
+            let reverted = subtract(&cover, &merge_ranges(now));
+            merge_ranges(ranges.into_iter().chain(reverted).collect())
+        } else {
+            ranges
+        };
         // Long, dense written stretches stay in place, protected, instead of being copied now.
         let (ranges, deferred) = match &mut window {
             Some(w) if delta => w.defer(idx, ranges),
@@ -213,7 +233,7 @@ pub fn dump_memory(
         // mapping is often empty, and most of a private file mapping is the file's.
         let found = match select {
             Select::Populated if !layered => Some(ckpt_sys::pagemap::populated as Finder),
-            Select::Modified => Some(ckpt_sys::pagemap::modified_private as Finder),
+            Select::Modified if !layered => Some(ckpt_sys::pagemap::modified_private as Finder),
             _ => None,
         }
         .and_then(|find| {
@@ -230,7 +250,9 @@ pub fn dump_memory(
                 match select {
                     Select::Populated if layered => populated || covered(addr),
                     Select::Populated => populated,
-                    Select::Modified => v & PM_SWAPPED != 0 || (v & PM_PRESENT != 0 && v & PM_FILE == 0),
+                    // A page back to the file's contents where an older copy exists is read: the
+                    // file's page must override that copy.
+                    Select::Modified => modified(v) || (layered && covered(addr)),
                     Select::All => true,
                     Select::None => false,
                 }
@@ -392,12 +414,12 @@ pub(crate) fn renumber(runs: Vec<PageRun>, store_map: &[u32]) -> Option<Vec<Page
         .collect()
 }
 
-/// The runs of `base`'s anonymous memory overlapping [start, end) that are not entirely within
+/// The runs of `base`'s tracked memory overlapping [start, end) that are not entirely within
 /// `rewritten` (sorted, merged): what a new image of that memory still needs from the base.
 pub(crate) fn inherited_runs(base: &ProcessImage, start: u64, end: u64, rewritten: &[(u64, u64)]) -> Vec<PageRun> {
     base.mappings
         .iter()
-        .filter(|m| anon_kind(&m.kind) && m.start < end && m.end > start)
+        .filter(|m| incremental_kind(&m.kind) && m.start < end && m.end > start)
         .flat_map(|m| m.pages.iter())
         .filter(|r| r.addr < end && r.addr + r.len > start && !inside(rewritten, r.addr, r.addr + r.len))
         .copied()
@@ -408,6 +430,25 @@ pub(crate) fn inherited_runs(base: &ProcessImage, start: u64, end: u64, rewritte
 pub(crate) fn inside(ranges: &[(u64, u64)], s: u64, e: u64) -> bool {
     let i = ranges.partition_point(|&(rs, _)| rs <= s);
     i > 0 && e <= ranges[i - 1].1
+}
+
+/// The parts of `a` outside `b` (both sorted, merged).
+pub(crate) fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(s, e) in a {
+        let mut at = s;
+        let first = b.partition_point(|&(_, be)| be <= s);
+        for &(bs, be) in b[first..].iter().take_while(|&&(bs, _)| bs < e) {
+            if bs > at {
+                out.push((at, bs));
+            }
+            at = at.max(be);
+        }
+        if at < e {
+            out.push((at, e));
+        }
+    }
+    out
 }
 
 /// Sorted, merged copy of possibly overlapping ranges.
@@ -421,4 +462,18 @@ pub(crate) fn merge_ranges(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subtract;
+
+    #[test]
+    fn subtract_keeps_what_lies_outside() {
+        let a = [(0, 10), (20, 30), (40, 50)];
+        let b = [(5, 22), (25, 26), (45, 60)];
+        assert_eq!(subtract(&a, &b), vec![(0, 5), (22, 25), (26, 30), (40, 45)]);
+        assert_eq!(subtract(&a, &[]), a.to_vec());
+        assert!(subtract(&a, &[(0, 100)]).is_empty());
+    }
 }

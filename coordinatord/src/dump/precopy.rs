@@ -37,6 +37,11 @@ fn anonymous(path: &str) -> bool {
     path.is_empty() || path == "[heap]" || path == "[stack]" || path.starts_with("[anon:")
 }
 
+/// A private mapping of a file that is still there: its pages copied on write are tracked.
+fn file_backed(path: &str) -> bool {
+    path.starts_with('/') && !path.starts_with("/dev/") && !path.ends_with(" (deleted)")
+}
+
 /// Where an older copy of a page exists: the base's runs still in use, pages copied so far.
 fn cover_of(m: &PreMapping) -> Vec<(u64, u64)> {
     merge_ranges(
@@ -48,10 +53,18 @@ fn cover_of(m: &PreMapping) -> Vec<(u64, u64)> {
     )
 }
 
-/// Which written pages to copy: those holding data, and those gone (freed, or only read since)
-/// where an older copy exists, which their zeros must override.
-fn wanted(older: &[(u64, u64)]) -> impl Fn(u64, u64) -> bool + '_ {
-    move |v, addr| ckpt_sys::pagemap::holds_data(v) || inside(older, addr, addr + 1)
+/// Which written pages to copy: those holding data (in a file mapping, those copied away from
+/// the file), and those gone (freed, or only read since) where an older copy exists, which
+/// their zeros (or the file's contents) must override.
+fn wanted(older: &[(u64, u64)], file: bool) -> impl Fn(u64, u64) -> bool + '_ {
+    move |v, addr| {
+        let data = if file {
+            ckpt_sys::pagemap::modified(v)
+        } else {
+            ckpt_sys::pagemap::holds_data(v)
+        };
+        data || inside(older, addr, addr + 1)
+    }
 }
 
 /// Rounds of pre-copy at most: each copies what was written during the one before.
@@ -73,7 +86,7 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
     let mut out = Precopy::default();
     let regions: Vec<&procfs::MapEntry> = maps
         .iter()
-        .filter(|e| !e.shared && anonymous(&e.path) && tracked.contains(&(e.start, e.end)))
+        .filter(|e| !e.shared && (anonymous(&e.path) || file_backed(&e.path)) && tracked.contains(&(e.start, e.end)))
         .collect();
     for e in &regions {
         let mut m = PreMapping::default();
@@ -98,7 +111,7 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
             &pagemap,
             &mut out.pool,
             &ranges,
-            Some(&wanted(&older)),
+            Some(&wanted(&older, file_backed(&e.path))),
             |b| {
                 m.batches.push(b);
                 Ok(())
@@ -138,7 +151,8 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
                 }
             }
             m.batches.retain(|b| !b.runs.is_empty());
-            walk_pages(pid, &mem, &pagemap, &mut out.pool, &again, Some(&wanted(&older)), |b| {
+            let want = wanted(&older, file_backed(&e.path));
+            walk_pages(pid, &mem, &pagemap, &mut out.pool, &again, Some(&want), |b| {
                 m.batches.push(b);
                 Ok(())
             })

@@ -42,6 +42,12 @@ pub fn holds_data(entry: u64) -> bool {
     entry & (PM_PRESENT | PM_SWAPPED) != 0 && !zero
 }
 
+/// Whether a page of a private file mapping behind a pagemap entry was copied away from the
+/// file (present and anonymous, or swapped out).
+pub fn modified(entry: u64) -> bool {
+    entry & PM_SWAPPED != 0 || (entry & PM_PRESENT != 0 && entry & PM_FILE == 0)
+}
+
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
 const PAGEMAP_SCAN: u64 = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as u64) << 16) | ((b'f' as u64) << 8) | 16;
 const PM_SCAN_WP_MATCHING: u64 = 1;
@@ -120,6 +126,19 @@ pub fn modified_private(pagemap: &std::fs::File, start: u64, end: u64) -> std::i
         category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
         category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
         return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    scan(pagemap, start, end, &arg)
+}
+
+/// Ranges of [start, end), in a private file mapping, whose pages are present copies away
+/// from the file. Unlike [`modified_private`], this leaves out non-present entries: the
+/// kernel marks a discarded, write-protected file page with one that reads as swapped.
+pub fn copied_present(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let arg = PmScanArg {
+        category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO | PAGE_IS_PRESENT,
+        return_mask: PAGE_IS_PRESENT,
         ..Default::default()
     };
     scan(pagemap, start, end, &arg)
