@@ -12,6 +12,8 @@ pub const PAGE_SIZE: u64 = 4096;
 /// can verify while streaming.
 pub const RUN_MAX_BYTES: u64 = 1 << 20;
 const MAGIC: [u8; 8] = *b"CKPTPAGE";
+/// Compressed runs are handed between threads in groups of about this many bytes.
+const GROUP_BYTES: usize = 1 << 20;
 /// The header takes a whole page so that page data stays page-aligned in the file.
 const HEADER_LEN: u64 = PAGE_SIZE;
 
@@ -131,19 +133,34 @@ impl PageStoreWriter {
             .map(|n| n.get())
             .unwrap_or(1)
             .max(1);
-        // Workers take runs in turn; this thread writes each as soon as those before it are
+        // Runs go out in groups of about a megabyte: a program's scattered pages make many
+        // one-page runs, and handing each over alone costs more than compressing it. Workers
+        // take groups in turn; this thread writes each as soon as those before it are
         // written, so the disk is busy while they compress.
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let (mut from, mut bytes) = (0, 0);
+        for (k, job) in jobs.iter().enumerate() {
+            bytes += job.2.len();
+            if bytes >= GROUP_BYTES || k + 1 == jobs.len() {
+                groups.push(from..k + 1);
+                (from, bytes) = (k + 1, 0);
+            }
+        }
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Encoded)>(workers * 4);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Encoded>)>(workers * 2);
         std::thread::scope(|s| {
             for _ in 0..workers {
-                let (tx, jobs, next) = (tx.clone(), &jobs, &next);
+                let (tx, jobs, groups, next) = (tx.clone(), &jobs, &groups, &next);
                 s.spawn(move || {
                     let mut z = Compressor::new(level).ok();
                     loop {
-                        let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(&(_, a, d)) = jobs.get(k) else { break };
-                        if tx.send((k, encode(a, d, z.as_mut()))).is_err() {
+                        let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(range) = groups.get(g) else { break };
+                        let enc = jobs[range.clone()]
+                            .iter()
+                            .map(|&(_, a, d)| encode(a, d, z.as_mut()))
+                            .collect();
+                        if tx.send((g, enc)).is_err() {
                             break;
                         }
                     }
@@ -152,14 +169,16 @@ impl PageStoreWriter {
             drop(tx);
             let mut ready = std::collections::BTreeMap::new();
             let mut want = 0;
-            for (k, e) in rx {
-                ready.insert(k, e);
-                while let Some(e) = ready.remove(&want) {
-                    self.write_encoded(e, out[jobs[want].0])?;
+            for (g, enc) in rx {
+                ready.insert(g, enc);
+                while let Some(enc) = ready.remove(&want) {
+                    for (k, e) in groups[want].clone().zip(enc) {
+                        self.write_encoded(e, out[jobs[k].0])?;
+                    }
                     want += 1;
                 }
             }
-            if want < jobs.len() {
+            if want < groups.len() {
                 return Err(FormatError::io(
                     &self.path,
                     std::io::Error::other("a compression worker failed"),
