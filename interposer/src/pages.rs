@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicI32, Ordering::*};
 pub static UFFD: AtomicI32 = AtomicI32::new(-1);
 
 const UFFD_API: u64 = 0xAA;
+/// userfaultfd(2) flag: only faults raised in user mode are reported.
+const UFFD_USER_MODE_ONLY: i32 = 1;
 const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
 const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
 const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
@@ -47,7 +49,13 @@ struct UffdioRegister {
 /// Creates the tracking userfaultfd; -1 when the kernel cannot (tracking is then off and every
 /// checkpoint is full).
 pub fn create() -> i32 {
-    with_features(UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED)
+    let features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
+    match with_features(features, 0) {
+        // An unprivileged program may only watch its own user-mode faults; that is enough to
+        // track writes, which async write-protect resolves in the kernel whoever writes.
+        -1 => with_features(features, UFFD_USER_MODE_ONLY),
+        fd => fd,
+    }
 }
 
 /// A userfaultfd for one store window (see the module's comment); -1 when the kernel cannot,
@@ -56,14 +64,17 @@ pub fn create() -> i32 {
 /// not stored yet are gone.
 pub fn window() -> i32 {
     // Unpopulated pages are protected too: a page absent at the stop must read as absent.
+    // Never user-mode only: a system call writing to a protected page must wait for it, not
+    // fail.
     with_features(
         UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_WP_UNPOPULATED,
+        0,
     )
 }
 
-fn with_features(features: u64) -> i32 {
+fn with_features(features: u64, flags: i32) -> i32 {
     // SAFETY: userfaultfd returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK | flags) } as i32;
     if fd < 0 {
         return -1;
     }
