@@ -198,11 +198,8 @@ pub fn dump_memory(
         // file. Such pages are found where the older copies are, and read again (so are pages
         // swapped out there: harmless).
         let ranges = if delta && select == Select::Modified && !cover.is_empty() {
-            let mut now = Vec::new();
-            for &(s, e) in &cover {
-                now.extend(ckpt_sys::pagemap::copied_present(&pagemap, s, e).map_err(io("pagemap"))?);
-            }
-            let reverted = subtract(&cover, &merge_ranges(now));
+            let now = ckpt_sys::pagemap::copied_present(&pagemap, e.start, e.end).map_err(io("pagemap"))?;
+            let reverted = subtract(&cover, &now);
             merge_ranges(ranges.into_iter().chain(reverted).collect())
         } else {
             ranges
