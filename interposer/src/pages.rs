@@ -139,7 +139,8 @@ fn consider(line: &[u8], uffd: i32) {
     let anon = path.is_empty() || path == b"[heap]" || path == b"[stack]" || path.starts_with(b"[anon:");
     // A private file mapping's pages copied on write are its own data (.data, a file mapped
     // MAP_PRIVATE and written): async write-protect tracks any kind of memory.
-    let file = path.starts_with(b"/") && !path.starts_with(b"/dev/") && !path.ends_with(b" (deleted)");
+    let deleted = fields.any(|f| f == b"(deleted)");
+    let file = path.starts_with(b"/") && !path.starts_with(b"/dev/") && !deleted;
     if perms != b"rw-p" || !(anon || file) || path == ckpt_proto::RESTORER_VMA_NAME.as_bytes() {
         return;
     }
