@@ -30,6 +30,11 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
+/// The number following `key` in a whitespace separated line.
+pub fn field_u64(line: &str, key: &str) -> Option<u64> {
+    field(line, key)?.parse().ok()
+}
+
 /// True if `text` contains `n` as a whole number (not part of a larger one).
 pub fn contains_number(text: &str, n: i64) -> bool {
     let want = n.to_string();
@@ -151,6 +156,11 @@ pub fn median(v: &[f64]) -> f64 {
     }
 }
 
+/// Median of the values (see [`median`]).
+pub fn median_of(v: impl Iterator<Item = f64>) -> f64 {
+    median(&v.collect::<Vec<f64>>())
+}
+
 /// What `ckptctl checkpoint --json` reports.  The phase fields are `None`
 /// when the binaries do not report them.
 #[derive(Clone, Debug, Default)]
@@ -196,7 +206,19 @@ impl CkptStats {
 /// The numbers following each of `keys` in a line (`fields_u64("tick 3 compute 10 sends 2", &["compute", "sends"])
 /// == Some(vec![10, 2])`).
 pub fn fields_u64(line: &str, keys: &[&str]) -> Option<Vec<u64>> {
-    keys.iter().map(|k| field(line, k)?.parse().ok()).collect()
+    keys.iter().map(|k| field_u64(line, k)).collect()
+}
+
+/// The comma-separated numbers after `--name` in `args` (`default` when it is absent), for
+/// the benchmarks' options (`--sizes 256,1024`).
+pub fn list_arg(args: &[String], name: &str, default: &str) -> Vec<u64> {
+    let v = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+        .unwrap_or(default);
+    v.split(',').filter_map(|s| s.trim().parse().ok()).collect()
 }
 
 /// `(host, pid)` of each process in the output of `ckptctl status --json`.

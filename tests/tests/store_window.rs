@@ -9,7 +9,7 @@ use ckpt_tests::*;
 use std::time::{Duration, Instant};
 
 fn writes_of(l: &str) -> Option<u64> {
-    l.starts_with("beat ").then(|| field(l, "writes")?.parse().ok())?
+    l.starts_with("beat ").then(|| field_u64(l, "writes"))?
 }
 
 #[test]

@@ -35,26 +35,6 @@ struct Sample {
     round_ratio: f64,
 }
 
-fn arg_list(args: &[String], name: &str, default: &str) -> Vec<u64> {
-    let v = args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-        .unwrap_or(default);
-    v.split(',').filter_map(|s| s.trim().parse().ok()).collect()
-}
-
-fn field_u64(line: &str, key: &str) -> Option<u64> {
-    let mut it = line.split_whitespace();
-    while let Some(w) = it.next() {
-        if w == key {
-            return it.next()?.parse().ok();
-        }
-    }
-    None
-}
-
 /// Writes `mib` MiB to a file under `dir` and fsyncs it: the disk's rate in MB/s.
 fn disk_rate(dir: &std::path::Path, mib: u64) -> Result<f64> {
     let path = dir.join("disk-rate.tmp");
@@ -168,20 +148,16 @@ fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sa
     Ok((out, disk))
 }
 
-fn med(v: impl Iterator<Item = f64>) -> f64 {
-    median(&v.collect::<Vec<f64>>())
-}
-
 fn main() -> Result<()> {
     init();
     if !is_root() {
         bail!("the benchmark restores pids and needs root");
     }
     let args: Vec<String> = std::env::args().collect();
-    let sizes = arg_list(&args, "--sizes", "256,1024,4096");
-    let reps = arg_list(&args, "--reps", "3").first().copied().unwrap_or(3) as usize;
+    let sizes = list_arg(&args, "--sizes", "256,1024,4096");
+    let reps = list_arg(&args, "--reps", "3").first().copied().unwrap_or(3) as usize;
     // Rows to run, by number (1 incremental, 2 compressed, 3 stop-the-world, 4 full): all by default.
-    let rows = arg_list(&args, "--rows", "1,2,3,4");
+    let rows = list_arg(&args, "--rows", "1,2,3,4");
     println!("bench_incr: 10% of the pages written between checkpoints, {reps} checkpoints per row, medians");
     println!(
         "{:>8} | {:<14} | {:>8} | {:>8} | {:>8} | {:>8} | {:>8} | {:>10} | {:>10} | {:>9} | {:>17}",
@@ -210,23 +186,23 @@ fn main() -> Result<()> {
                 continue;
             }
             let (s, disk) = run(size, daemon, mode, reps).with_context(|| format!("{size} MiB {name}"))?;
-            let stored = med(s.iter().map(|x| x.stored_mib));
+            let stored = median_of(s.iter().map(|x| x.stored_mib));
             // Stopped modes write the pages while the program is parked: that time counts too.
             let stopped = mode.contains(&"--stop-the-world");
-            let store = med(s.iter().map(|x| x.store_ms + if stopped { x.stop_ms } else { 0.0 }));
+            let store = median_of(s.iter().map(|x| x.store_ms + if stopped { x.stop_ms } else { 0.0 }));
             println!(
                 "{:>8} | {:<14} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.2} | {:>8.1} | {:>10.1} | {:>10.0} | {:>9.0} | {:>16.2}x",
                 size,
                 name,
-                med(s.iter().map(|x| x.stall_ms)),
-                med(s.iter().map(|x| x.at_stop_ms)),
-                med(s.iter().map(|x| x.idle_ms)),
-                med(s.iter().map(|x| x.stop_ms)),
-                med(s.iter().map(|x| x.ckpt_ms)),
+                median_of(s.iter().map(|x| x.stall_ms)),
+                median_of(s.iter().map(|x| x.at_stop_ms)),
+                median_of(s.iter().map(|x| x.idle_ms)),
+                median_of(s.iter().map(|x| x.stop_ms)),
+                median_of(s.iter().map(|x| x.ckpt_ms)),
                 stored,
                 stored * 1.048_576 / (store / 1000.0).max(1e-9),
                 disk,
-                med(s.iter().map(|x| x.round_ratio)),
+                median_of(s.iter().map(|x| x.round_ratio)),
             );
         }
     }

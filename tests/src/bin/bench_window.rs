@@ -28,24 +28,12 @@ struct Sample {
     rate: f64,
 }
 
-fn arg_list(args: &[String], name: &str, default: &str) -> Vec<u64> {
-    let v = args
-        .iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .map(String::as_str)
-        .unwrap_or(default);
-    v.split(',').filter_map(|s| s.trim().parse().ok()).collect()
-}
-
 /// The write count of the program's next `round` line, and when it arrived.
 fn next_round(app: &App) -> Result<(u64, Instant)> {
     let l = app
         .wait_line(|l| l.starts_with("round "), Duration::from_secs(60))
         .context("dirty_log printed no round line")?;
-    let n = field(&l, "writes")
-        .and_then(|w| w.parse().ok())
-        .context("round line without writes")?;
+    let n = field_u64(&l, "writes").context("round line without writes")?;
     Ok((n, Instant::now()))
 }
 
@@ -93,18 +81,14 @@ fn run(size: u64, daemon: &[&str], reps: usize) -> Result<Vec<Sample>> {
     Ok(out)
 }
 
-fn med(v: impl Iterator<Item = f64>) -> f64 {
-    median(&v.collect::<Vec<f64>>())
-}
-
 fn main() -> Result<()> {
     init();
     if !is_root() {
         bail!("the benchmark needs root");
     }
     let args: Vec<String> = std::env::args().collect();
-    let sizes = arg_list(&args, "--sizes", "256,1024");
-    let reps = arg_list(&args, "--reps", "5").first().copied().unwrap_or(5) as usize;
+    let sizes = list_arg(&args, "--sizes", "256,1024");
+    let reps = list_arg(&args, "--reps", "5").first().copied().unwrap_or(5) as usize;
     println!("bench_window: dirty_log writing random pages as fast as it can, {reps} checkpoints per row, medians");
     println!(
         "{:>8} | {:<16} | {:>8} | {:>8} | {:>10} | {:>10} | {:>12} | {:>10}",
@@ -119,12 +103,12 @@ fn main() -> Result<()> {
                 "{:>8} | {:<16} | {:>8.1} | {:>8.0} | {:>10.1} | {:>10.1} | {:>12.0} | {:>9.2}x",
                 size,
                 name,
-                med(s.iter().map(|x| x.stop_ms)),
-                med(s.iter().map(|x| x.ckpt_ms)),
-                med(s.iter().map(|x| x.stored_mib)),
-                med(s.iter().map(|x| x.window_mib)),
-                med(s.iter().map(|x| x.waited)),
-                med(s.iter().map(|x| x.rate)),
+                median_of(s.iter().map(|x| x.stop_ms)),
+                median_of(s.iter().map(|x| x.ckpt_ms)),
+                median_of(s.iter().map(|x| x.stored_mib)),
+                median_of(s.iter().map(|x| x.window_mib)),
+                median_of(s.iter().map(|x| x.waited)),
+                median_of(s.iter().map(|x| x.rate)),
             );
         }
     }
