@@ -13,49 +13,22 @@
 //! waits for that page to be copied. The program keeps no descriptor of it; when ckptd closes
 //! its own (or dies), the kernel drops every registration and wakes every waiter.
 
+use ckpt_sys::uffd;
 use std::cell::UnsafeCell;
+use std::os::fd::{BorrowedFd, IntoRawFd};
 use std::sync::atomic::{AtomicI32, Ordering::*};
 
 pub static UFFD: AtomicI32 = AtomicI32::new(-1);
 
-const UFFD_API: u64 = 0xAA;
-/// userfaultfd(2) flag: only faults raised in user mode are reported.
-const UFFD_USER_MODE_ONLY: i32 = 1;
-const UFFD_FEATURE_EVENT_REMAP: u64 = 1 << 2;
-const UFFD_FEATURE_EVENT_REMOVE: u64 = 1 << 3;
-const UFFD_FEATURE_EVENT_UNMAP: u64 = 1 << 6;
-const UFFD_FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
-const UFFD_FEATURE_WP_ASYNC: u64 = 1 << 15;
-/// `_IOWR(0xAA, 0x3F, struct uffdio_api)` and `_IOWR(0xAA, 0x00, struct uffdio_register)`.
-const UFFDIO_API: u64 = 0xc018_aa3f;
-const UFFDIO_REGISTER: u64 = 0xc020_aa00;
-const UFFDIO_REGISTER_MODE_WP: u64 = 2;
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
-#[repr(C)]
-struct UffdioRegister {
-    start: u64,
-    len: u64,
-    mode: u64,
-    ioctls: u64,
-}
-
 /// Creates the tracking userfaultfd; -1 when the kernel cannot (tracking is then off and every
 /// checkpoint is full).
 pub fn create() -> i32 {
-    let features = UFFD_FEATURE_WP_ASYNC | UFFD_FEATURE_WP_UNPOPULATED;
-    match with_features(features, 0) {
-        // An unprivileged program may only watch its own user-mode faults; that is enough to
-        // track writes, which async write-protect resolves in the kernel whoever writes.
-        -1 => with_features(features, UFFD_USER_MODE_ONLY),
-        fd => fd,
-    }
+    let features = uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
+    // An unprivileged program may only watch its own user-mode faults; that is enough to track
+    // writes, which async write-protect resolves in the kernel whoever writes.
+    uffd::open(0, features)
+        .or_else(|_| uffd::open(uffd::USER_MODE_ONLY, features))
+        .map_or(-1, IntoRawFd::into_raw_fd)
 }
 
 /// A userfaultfd for one store window (see the module's comment); -1 when the kernel cannot,
@@ -66,30 +39,11 @@ pub fn window() -> i32 {
     // Unpopulated pages are protected too: a page absent at the stop must read as absent.
     // Never user-mode only: a system call writing to a protected page must wait for it, not
     // fail.
-    with_features(
-        UFFD_FEATURE_EVENT_REMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_WP_UNPOPULATED,
-        0,
-    )
-}
-
-fn with_features(features: u64, flags: i32) -> i32 {
-    // SAFETY: userfaultfd returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK | flags) } as i32;
-    if fd < 0 {
-        return -1;
-    }
-    let mut api = UffdioApi {
-        api: UFFD_API,
-        features,
-        ioctls: 0,
-    };
-    // SAFETY: api is a valid uffdio_api.
-    if unsafe { libc::ioctl(fd, UFFDIO_API as _, &mut api) } != 0 {
-        // SAFETY: closing our own fd.
-        unsafe { libc::close(fd) };
-        return -1;
-    }
-    fd
+    let features = uffd::FEATURE_EVENT_REMAP
+        | uffd::FEATURE_EVENT_REMOVE
+        | uffd::FEATURE_EVENT_UNMAP
+        | uffd::FEATURE_WP_UNPOPULATED;
+    uffd::open(0, features).map_or(-1, IntoRawFd::into_raw_fd)
 }
 
 /// After a restore: a new tracker at the fd number the program's image recorded (the restorer
@@ -129,7 +83,8 @@ fn hex(s: &[u8]) -> Option<u64> {
     Some(v)
 }
 
-/// One line of /proc/self/maps: registers it if it is private anonymous writable memory.
+/// One line of /proc/self/maps: registers it if it is private writable memory, anonymous or
+/// of a file.
 fn consider(line: &[u8], uffd: i32) {
     let mut fields = line.split(|&c| c == b' ').filter(|f| !f.is_empty());
     let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
@@ -150,14 +105,10 @@ fn consider(line: &[u8], uffd: i32) {
     let (Some(start), Some(end)) = (hex(&range[..dash]), hex(&range[dash + 1..])) else {
         return;
     };
-    let mut reg = UffdioRegister {
-        start,
-        len: end - start,
-        mode: UFFDIO_REGISTER_MODE_WP,
-        ioctls: 0,
-    };
-    // SAFETY: registering our own memory; failure leaves the range untracked (stored in full).
-    unsafe { libc::ioctl(uffd, UFFDIO_REGISTER as _, &mut reg) };
+    // SAFETY: `uffd` is the tracker, open for the whole call.
+    let uffd = unsafe { BorrowedFd::borrow_raw(uffd) };
+    // Failure leaves the range untracked: it is stored in full.
+    let _ = uffd::register_wp(uffd, start, end - start);
 }
 
 /// Registers every private writable mapping, anonymous or of a file (already registered ones

@@ -1,10 +1,22 @@
-//! userfaultfd operations ckptd performs on a program's descriptors (received from its
-//! interposer): they act on the program's memory, whichever process calls them.
+//! The userfaultfd ABI, in one place: the interposer creates its descriptors and registers
+//! memory with them; ckptd, given them, registers, protects and answers faults. Each call acts
+//! on the memory of the process that created the descriptor, whichever process makes it.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
-/// `_IOWR(0xAA, 0x00, struct uffdio_register)` and friends.
+/// userfaultfd(2) flag: only faults raised in user mode are reported.
+pub const USER_MODE_ONLY: i32 = 1;
+pub const FEATURE_EVENT_REMAP: u64 = 1 << 2;
+pub const FEATURE_EVENT_REMOVE: u64 = 1 << 3;
+pub const FEATURE_EVENT_UNMAP: u64 = 1 << 6;
+pub const FEATURE_WP_UNPOPULATED: u64 = 1 << 13;
+pub const FEATURE_WP_ASYNC: u64 = 1 << 15;
+
+const UFFD_API: u64 = 0xAA;
+/// `_IOWR(0xAA, 0x3F, struct uffdio_api)`, `_IOWR(0xAA, 0x00, struct uffdio_register)` and
+/// friends.
+const UFFDIO_API: u64 = 0xc018_aa3f;
 const UFFDIO_REGISTER: u64 = 0xc020_aa00;
 const UFFDIO_UNREGISTER: u64 = 0x8010_aa01;
 const UFFDIO_WAKE: u64 = 0x8010_aa02;
@@ -17,6 +29,13 @@ const UFFD_EVENT_REMAP: u8 = 0x14;
 const UFFD_EVENT_REMOVE: u8 = 0x15;
 const UFFD_EVENT_UNMAP: u8 = 0x16;
 const MSG_SIZE: usize = 32;
+
+#[repr(C)]
+struct Api {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
 
 #[repr(C)]
 struct Range {
@@ -50,6 +69,25 @@ fn ioctl<T>(fd: BorrowedFd<'_>, req: u64, arg: &mut T) -> io::Result<()> {
             return Err(e);
         }
     }
+}
+
+/// A new non-blocking, close-on-exec userfaultfd of the calling process with `features`
+/// enabled (`flags`: [`USER_MODE_ONLY`] or 0). Allocates nothing.
+pub fn open(flags: i32, features: u64) -> io::Result<OwnedFd> {
+    // SAFETY: userfaultfd returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK | flags) } as i32;
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just created and nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut api = Api {
+        api: UFFD_API,
+        features,
+        ioctls: 0,
+    };
+    ioctl(fd.as_fd(), UFFDIO_API, &mut api)?;
+    Ok(fd)
 }
 
 /// Registers [start, start+len) for write-protect faults.
