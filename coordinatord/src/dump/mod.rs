@@ -142,10 +142,15 @@ pub fn dump_parked(reg: &Registration, slots: &ProcSlot, t: PageTarget<'_>) -> R
 }
 
 impl Dumped {
+    /// Whether pages were left in place, to be read by [`Dumped::serve_window`].
+    pub fn has_window(&self) -> bool {
+        self.window.as_ref().is_some_and(|w| !w.is_empty())
+    }
+
     /// Right after the program runs again: reads the pages left in its store window (a
     /// thread of the program may be waiting on one of them).
     pub fn serve_window(&mut self) -> Result<(), DumpError> {
-        let Some(w) = self.window.take().filter(|w| !w.is_empty()) else {
+        let Some(w) = self.window.take_if(|w| !w.is_empty()) else {
             return Ok(());
         };
         let t = std::time::Instant::now();

@@ -361,18 +361,16 @@ impl Node {
         // Stored while the programs run.
         let t_store = Instant::now();
         // First what was left in place: a program's thread may wait on one of those pages, so
-        // this runs at normal priority, one thread per process (empty windows just close).
+        // this runs at normal priority, one thread per process (empty windows close with the
+        // rest, once stored).
         let mut parked = parked;
-        if parked
-            .iter()
-            .any(|(_, _, d)| d.window.as_ref().is_some_and(|w| !w.is_empty()))
-        {
+        if parked.iter().any(|(_, _, d)| d.has_window()) {
             std::thread::sleep(self.window_delay);
         }
         std::thread::scope(|sc| {
             let hs: Vec<_> = parked
                 .iter_mut()
-                .filter(|(_, _, d)| d.window.is_some())
+                .filter(|(_, _, d)| d.has_window())
                 .map(|(_, _, d)| sc.spawn(move || d.serve_window()))
                 .collect();
             hs.into_iter().try_for_each(|h| match h.join() {
