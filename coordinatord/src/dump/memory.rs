@@ -1,9 +1,8 @@
 //! Memory: which mappings exist, which of their pages hold data, and those pages.
 
 use super::copy::{walk_pages, Captured, Pool, WalkError, Want};
-use super::precopy::Precopy;
-use super::window::{Fds, Window};
-use super::DumpError;
+use super::window::Window;
+use super::{DumpError, PageTarget};
 use ckpt_format::{
     FileId, Mapping, MappingKind, PageRun, PageStoreWriter, ProcessImage, SpecialMapping, PAGE_SIZE, PROT_EXEC,
     PROT_READ, PROT_WRITE,
@@ -93,6 +92,8 @@ pub struct MemoryDump {
     pub mappings: Vec<Mapping>,
     pub special: Vec<SpecialMapping>,
     pub captured: Captured,
+    /// The page store, still to receive the captured pages.
+    pub store: PageStoreWriter,
     /// Pages left in place, protected, to be read once the program runs.
     pub window: Option<Window>,
     /// Page stores the runs point into (the first is this checkpoint's own).
@@ -109,24 +110,26 @@ fn incremental_kind(k: &MappingKind) -> bool {
     anon_kind(k) || matches!(k, MappingKind::File(_))
 }
 
-/// Reads the maps, selects pages via pagemap and copies them. With `base` (this process's
-/// previous checkpoint), memory tracked since then contributes only the pages written since,
-/// and refers to the base's runs for the rest; with `pre`, what was copied before the stop is
-/// used and only what changed since is read now. Tracked memory is re-armed either way. With
-/// `window`, long ranges written since the pre-copy are left in place (see `window`).
-pub fn dump_memory(
-    pid: i32,
-    own_store: String,
-    base: Option<&ProcessImage>,
-    mut pre: Option<Precopy>,
-    window: Option<Fds>,
-    stop_the_world: bool,
-    store: &mut PageStoreWriter,
-) -> Result<MemoryDump, DumpError> {
+/// Reads the maps, selects pages via pagemap (`mem`: /proc/PID/mem) and copies them into
+/// `t`'s store. With a base (this process's previous checkpoint), memory tracked since then
+/// contributes only the pages written since, and refers to the base's runs for the rest; with
+/// a pre-copy, what was copied before the stop is used and only what changed since is read
+/// now. Tracked memory is re-armed either way. With a window, long ranges written since the
+/// pre-copy are left in place (see `window`).
+pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump, DumpError> {
+    let PageTarget {
+        store: mut page_store,
+        rel: own_store,
+        base,
+        mut pre,
+        window,
+        stop_the_world,
+        ..
+    } = t;
+    let (base, store) = (base.map(|(_, b)| b), &mut page_store);
     let mut window = window.filter(|_| !stop_the_world).map(Window::new);
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let io = |what: &str| super::io_err(pid, what);
-    let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
     let pagemap = Arc::new(File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?);
     // Registrations are only made while parked and only lost while running, so the list taken
     // at pre-copy time can only be too long; a mapping no longer registered reads as entirely
@@ -265,7 +268,7 @@ pub fn dump_memory(
             } else {
                 split_copy(ranges)
             };
-            let (mem, pagemap) = (&mem, &*pagemap);
+            let pagemap = &*pagemap;
             let other = std::thread::scope(|sc| {
                 let other = (!there.is_empty()).then(|| {
                     sc.spawn(move || {
@@ -324,6 +327,7 @@ pub fn dump_memory(
         // reading fills them instead of faulting in new ones. An empty window is kept too:
         // closing it makes the kernel walk the mappings, which is for after the stop.
         window: window.map(|w| w.with_pool(pool)),
+        store: page_store,
         stores,
     })
 }

@@ -12,6 +12,7 @@ pub mod window;
 use ckpt_format::{FormatError, PageStoreWriter, ProcessImage};
 use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::Registration;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 
 #[derive(Debug, thiserror::Error)]
@@ -59,14 +60,9 @@ pub(crate) fn io_err(pid: i32, what: &str) -> impl Fn(std::io::Error) -> DumpErr
     }
 }
 
-/// Reads the interposer's slots out of the parked program.
-pub fn read_slots(reg: &Registration) -> Result<Box<ProcSlot>, DumpError> {
+/// Reads the interposer's slots out of the parked program (`mem`: its /proc/PID/mem).
+fn read_slots(reg: &Registration, mem: &File) -> Result<Box<ProcSlot>, DumpError> {
     let pid = reg.pid;
-    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).map_err(|source| DumpError::Io {
-        pid,
-        what: "memory".into(),
-        source,
-    })?;
     let mut buf = vec![0u8; std::mem::size_of::<ProcSlot>()];
     mem.read_exact_at(&mut buf, reg.slot_addr)
         .map_err(|source| DumpError::Io {
@@ -85,6 +81,8 @@ pub struct Dumped {
     pub window: Option<window::Window>,
     /// What reading the window took.
     pub served: window::Served,
+    /// Its /proc/PID/mem, opened once for the stop and the window.
+    mem: File,
 }
 
 /// Where and how a parked process's pages are stored, and what was read of it beforehand.
@@ -106,38 +104,32 @@ pub struct PageTarget<'a> {
 }
 
 /// Reads a parked process: fds, kernel state and a copy of its memory.
-pub fn dump_parked(reg: &Registration, slots: &ProcSlot, t: PageTarget<'_>) -> Result<Dumped, DumpError> {
+pub fn dump_parked(reg: &Registration, mut t: PageTarget<'_>) -> Result<Dumped, DumpError> {
     let pid = reg.pid;
     let t0 = std::time::Instant::now();
+    let mem = File::open(format!("/proc/{pid}/mem")).map_err(io_err(pid, "memory"))?;
+    let slots = &*read_slots(reg, &mem)?;
     // fds first: an unsupported one fails the checkpoint before any page is copied. All of it
     // on this thread: waking another core costs more than the work itself while the program
     // waits.
     let fds = fds::dump_fds(pid, reg.control_fd, reg.uffd_fd)?;
     let t_fds = t0.elapsed();
-    let mut image = state::dump_state(reg, slots, t.fixed)?;
+    let mut image = state::dump_state(reg, slots, t.fixed.take())?;
     let t_state = t0.elapsed();
     image.fds = fds;
-    let mut store = t.store;
-    let m = memory::dump_memory(
-        pid,
-        t.rel,
-        t.base.map(|(_, b)| b),
-        t.pre,
-        t.window,
-        t.stop_the_world,
-        &mut store,
-    )?;
+    image.parent = t.base.map(|(id, _)| id.to_string());
+    let m = memory::dump_memory(pid, &mem, t)?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
     image.special = m.special;
     image.stores = m.stores;
-    image.parent = t.base.map(|(id, _)| id.to_string());
     Ok(Dumped {
         image,
-        store,
+        store: m.store,
         captured: m.captured,
         window: m.window,
         served: Default::default(),
+        mem,
     })
 }
 
@@ -157,6 +149,7 @@ impl Dumped {
         let bytes = w.bytes();
         self.served = w.serve(
             self.image.pid,
+            &self.mem,
             &mut self.captured,
             &mut self.store,
             &mut self.image.mappings,

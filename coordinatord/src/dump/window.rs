@@ -145,11 +145,11 @@ impl Window {
     pub fn serve(
         mut self,
         pid: i32,
+        mem: &File,
         captured: &mut Captured,
         store: &mut PageStoreWriter,
         mappings: &mut [Mapping],
     ) -> Result<Served, DumpError> {
-        let mem = File::open(format!("/proc/{pid}/mem")).map_err(io_err(pid, "memory"))?;
         let mut st = State {
             pid,
             mem,
@@ -209,9 +209,9 @@ fn release(w: &Window, pid: i32, s: u64, e: u64) -> Result<(), DumpError> {
 }
 
 /// Progress through a window.
-struct State {
+struct State<'a> {
     pid: i32,
-    mem: File,
+    mem: &'a File,
     /// Per deferred range: where reading in order has reached.
     next: Vec<u64>,
     /// Pages taken ahead of that, for a writer.
@@ -219,7 +219,7 @@ struct State {
     served: Served,
 }
 
-impl State {
+impl State<'_> {
     /// Whether page `addr` of deferred range `i` still waits to be read.
     fn unread(&self, w: &Window, i: usize, addr: u64) -> bool {
         addr >= self.next[i] && addr < w.deferred[i].end && !self.early.contains(&addr)

@@ -7,7 +7,7 @@
 use super::Node;
 use crate::dump::precopy::{precopy, Precopy};
 use crate::dump::state::Fixed;
-use crate::dump::{dump_parked, read_slots, sockets, Dumped, PageTarget};
+use crate::dump::{dump_parked, sockets, Dumped, PageTarget};
 use crate::registry::Proc;
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{read_record, write_record, CheckpointDir, PageStoreWriter, ProcessEntry, ProcessImage, RecordKind};
@@ -478,7 +478,6 @@ impl Node {
     fn dump_one(&self, pending: &Pending, p: &Proc) -> anyhow::Result<Dumped> {
         let dir = &pending.dir;
         let pid = p.reg.pid;
-        let slots = read_slots(&p.reg)?;
         let ready = pending
             .prepared
             .lock()
@@ -498,6 +497,6 @@ impl Node {
             window: ready.window,
             stop_the_world: pending.mode.stop_the_world,
         };
-        Ok(dump_parked(&p.reg, &slots, target)?)
+        Ok(dump_parked(&p.reg, target)?)
     }
 }
