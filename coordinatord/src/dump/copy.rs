@@ -162,14 +162,7 @@ pub fn walk_pages(
     let mut flush = |runs: &mut Vec<(u64, u64)>| -> Result<(), WalkError> {
         let total: u64 = runs.iter().map(|r| r.1).sum();
         let mut data = pool.take(total as usize);
-        if !read_batch(pid, runs, &mut data) {
-            let mut at = 0usize;
-            for &(addr, len) in runs.iter() {
-                mem.read_exact_at(&mut data[at..at + len as usize], addr)
-                    .map_err(|e| WalkError::Io(format!("memory at {addr:#x}"), e))?;
-                at += len as usize;
-            }
-        }
+        read_runs(pid, mem, runs, &mut data)?;
         let mut at = 0usize;
         let mut placed = Vec::with_capacity(runs.len());
         for &(addr, len) in runs.iter() {
@@ -227,9 +220,24 @@ pub fn walk_pages(
     Ok(())
 }
 
+/// Reads `runs` (address, length) of process `pid` into `data`, one after the other: in one
+/// process_vm_readv, or through its /proc/PID/mem `mem` for what that cannot read.
+pub(super) fn read_runs(pid: i32, mem: &File, runs: &[(u64, u64)], data: &mut [u8]) -> Result<(), WalkError> {
+    if read_batch(pid, runs, data) {
+        return Ok(());
+    }
+    let mut at = 0usize;
+    for &(addr, len) in runs {
+        mem.read_exact_at(&mut data[at..at + len as usize], addr)
+            .map_err(|e| WalkError::Io(format!("memory at {addr:#x}"), e))?;
+        at += len as usize;
+    }
+    Ok(())
+}
+
 /// Reads `runs` of process `pid` into `data` in one process_vm_readv; false if it could not
 /// read them all.
-pub(super) fn read_batch(pid: i32, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
+fn read_batch(pid: i32, runs: &[(u64, u64)], data: &mut [u8]) -> bool {
     let local = [libc::iovec {
         iov_base: data.as_mut_ptr().cast(),
         iov_len: data.len(),

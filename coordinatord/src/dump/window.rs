@@ -11,14 +11,13 @@
 //! ranges are registered with the tracker again before the next checkpoint, which therefore
 //! reads them in full.
 
-use super::copy::{read_batch, Batch, Captured, Pool};
+use super::copy::{read_runs, Batch, Captured, Pool};
 use super::{io_err, DumpError};
 use ckpt_format::{Mapping, PageStoreWriter, PAGE_SIZE};
 use ckpt_sys::uffd::{self, Event};
 use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::FileExt;
 
 /// Written ranges closer than this are taken together, with the pages between them (read
 /// again, harmlessly: same contents).
@@ -313,12 +312,8 @@ impl State<'_> {
                 end += PAGE_SIZE;
             }
             let len = (end - p) as usize;
-            let to = &mut b.data[at..at + len];
-            if !read_batch(self.pid, &[(p, len as u64)], to) {
-                self.mem
-                    .read_exact_at(to, p)
-                    .map_err(io_err(self.pid, "memory in the store window"))?;
-            }
+            read_runs(self.pid, self.mem, &[(p, len as u64)], &mut b.data[at..at + len])
+                .map_err(|e| e.into_dump(self.pid))?;
             b.runs.push((p, at, len));
             at += len;
             p = end;
