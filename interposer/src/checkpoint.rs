@@ -174,6 +174,8 @@ fn control_park(session: u32) {
         // Resume and Abort both let the threads go; EOF or a timeout (ckptd died) too.
         let _ = read_node_msg(fd, DUMP_TIMEOUT_MS);
     }
+    // Files were copied while their writes were held; the image is taken.
+    crate::gate::release_files();
     release(session);
 }
 

@@ -109,8 +109,8 @@ fn serve() {
             }
         };
         let reply = match msg {
-            NodeMsg::CommStop { timeout_ms } => {
-                gated = gate::shut(timeout_ms);
+            NodeMsg::CommStop { timeout_ms, hold_files } => {
+                gated = gate::shut(timeout_ms, &hold_files);
                 Some(if gated {
                     AppMsg::CommStopped
                 } else {

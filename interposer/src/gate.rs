@@ -111,8 +111,10 @@ fn busy() -> bool {
 }
 
 /// Shuts the gate and waits until no inter-host send is in the kernel. False on timeout (a
-/// send blocked on a peer that does not read): the gate is then opened again.
-pub fn shut(timeout_ms: u32) -> bool {
+/// send blocked on a peer that does not read): the gate is then opened again. Writes to
+/// `hold_files` (device, inode) are to be held until [`release_files`].
+pub fn shut(timeout_ms: u32, hold_files: &[(u64, u64)]) -> bool {
+    let _ = hold_files;
     hosts::refresh_local_addrs();
     STOP.store(1, SeqCst);
     let deadline = sys::now_ns() + timeout_ms as u64 * 1_000_000;
@@ -128,6 +130,10 @@ pub fn shut(timeout_ms: u32) -> bool {
         futex_wait(&CHANGED, seen, 1_000_000);
     }
 }
+
+/// The park is over: held file writes may go on (inter-host sends stay held until [`open`]).
+/// Called from the control thread's park handler: must not allocate or lock.
+pub fn release_files() {}
 
 pub fn open() {
     STOP.store(0, SeqCst);

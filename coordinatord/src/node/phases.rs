@@ -157,6 +157,7 @@ impl Node {
                     &s,
                     &NodeMsg::CommStop {
                         timeout_ms: COMM_STOP_TIMEOUT_MS,
+                        hold_files: Vec::new(),
                     },
                     &[],
                 )

@@ -73,9 +73,12 @@ pub enum ParkFailure {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum NodeMsg {
     Registered,
-    /// Phase 1: shut the communication gate and answer `CommStopped`.
+    /// Phase 1: shut the communication gate and answer `CommStopped`. Writes to the files
+    /// named in `hold_files` (device, inode) are held too, until the process's park ends, so
+    /// that ckptd can copy them meanwhile.
     CommStop {
         timeout_ms: u32,
+        hold_files: Vec<(u64, u64)>,
     },
     /// Open the gate again (the checkpoint was aborted before phase 2).
     CommResume,
