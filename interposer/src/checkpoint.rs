@@ -5,7 +5,7 @@
 //! Everything here runs either in a signal handler or while other threads are parked (and may
 //! hold the malloc lock), so it never allocates and takes no lock.
 
-use crate::sys::{self, futex_wait, futex_wake, gettid, now_ns};
+use crate::sys::{self, futex_wait, futex_wake, gettid, now_ns, raw6};
 use ckpt_proto::slots::{KSigAction, ProcSlot, MAX_THREADS};
 use ckpt_proto::{AppMsg, NodeMsg, ParkFailure};
 use std::cell::UnsafeCell;
@@ -25,6 +25,11 @@ impl Slots {
     }
     fn get(&self) -> *mut ProcSlot {
         self.0.get()
+    }
+    /// Where the restorer writes its nonce.
+    pub fn nonce_addr(&self) -> u64 {
+        // SAFETY: a field address inside the static; nothing is read.
+        unsafe { &raw const (*self.get()).nonce as u64 }
     }
     /// The word the restorer sets; the control thread clears it.
     pub fn take_restored(&self) -> bool {
@@ -79,6 +84,7 @@ pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t,
     let session = SESSION.load(Acquire);
     if session != RELEASED.load(Acquire) {
         let tid = gettid();
+        crate::restart::on_park(uc);
         record_thread(tid, uc as u64);
         if tid == CONTROL_TID.load(Relaxed) {
             control_park(session);
@@ -93,8 +99,23 @@ pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t,
                 futex_wait(&RELEASED, r, 0);
             }
         }
+        reblock_if_asked(tid, uc);
+        crate::restart::on_release(uc, PARK_SIGNAL.load(Relaxed));
     }
     sys::set_errno(saved_errno);
+}
+
+/// A thread that blocks the park signal itself parked only because ckptd unblocked it from
+/// outside: it resumes with the signal blocked again, as the program left it.
+fn reblock_if_asked(tid: i32, uc: *mut libc::c_void) {
+    // SAFETY: ckptd wrote the list before it let this thread take the signal; read-only here.
+    let asked = unsafe { (*SLOTS.get()).reblock.contains(&tid) };
+    let sig = PARK_SIGNAL.load(Relaxed);
+    if asked && sig > 0 {
+        let uc = uc as *mut libc::ucontext_t;
+        // SAFETY: the first 8 bytes of uc_sigmask are the kernel's mask restored by sigreturn.
+        unsafe { *(&raw mut (*uc).uc_sigmask as *mut u64) |= 1u64 << (sig - 1) };
+    }
 }
 
 fn record_thread(tid: i32, uc_addr: u64) {
@@ -107,18 +128,30 @@ fn record_thread(tid: i32, uc_addr: u64) {
     let mut head = 0u64;
     let mut len = 0u64;
     let mut clear = 0u64;
-    // SAFETY: each call writes one value through a valid pointer to a local.
-    unsafe {
-        libc::syscall(libc::SYS_arch_prctl, 0x1003 /* ARCH_GET_FS */, &mut fs as *mut u64);
-        libc::syscall(libc::SYS_arch_prctl, 0x1004 /* ARCH_GET_GS */, &mut gs as *mut u64);
-        libc::syscall(
-            libc::SYS_get_robust_list,
+    // Each call writes one value through a valid pointer to a local.
+    raw6(
+        libc::SYS_arch_prctl,
+        [0x1003 /* ARCH_GET_FS */, &mut fs as *mut u64 as u64, 0, 0, 0, 0],
+    );
+    raw6(
+        libc::SYS_arch_prctl,
+        [0x1004 /* ARCH_GET_GS */, &mut gs as *mut u64 as u64, 0, 0, 0, 0],
+    );
+    raw6(
+        libc::SYS_get_robust_list,
+        [0, &mut head as *mut u64 as u64, &mut len as *mut u64 as u64, 0, 0, 0],
+    );
+    raw6(
+        libc::SYS_prctl,
+        [
+            40, /* PR_GET_TID_ADDRESS */
+            &mut clear as *mut u64 as u64,
             0,
-            &mut head as *mut u64,
-            &mut len as *mut u64,
-        );
-        libc::prctl(40 /* PR_GET_TID_ADDRESS */, &mut clear as *mut u64);
-    }
+            0,
+            0,
+            0,
+        ],
+    );
     let rseq_size = RSEQ_SIZE.load(Relaxed);
     // SAFETY: slot `idx` was handed to this thread alone by NEXT_SLOT.
     let slot = unsafe { &mut (*SLOTS.get()).threads[idx] };
@@ -148,22 +181,20 @@ fn control_park(session: u32) {
     let p = unsafe { &mut *SLOTS.get() };
     p.nthreads = NEXT_SLOT.load(Acquire).min(MAX_THREADS as u32);
     p.control_tid = CONTROL_TID.load(Relaxed);
-    // SAFETY: brk(0) only queries; rt_sigaction/getitimer write into the slot arrays.
-    unsafe {
-        p.brk = libc::syscall(libc::SYS_brk, 0) as u64;
-        for (i, sa) in p.sigactions.iter_mut().enumerate() {
-            *sa = KSigAction::default();
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                i as i64 + 1,
-                0usize,
-                sa as *mut KSigAction,
-                8usize,
-            );
-        }
-        for (i, it) in p.itimers.iter_mut().enumerate() {
-            libc::syscall(libc::SYS_getitimer, i as i64, it as *mut _);
-        }
+    p.control_fd = fd;
+    p.uffd_fd = crate::pages::UFFD.load(Relaxed);
+    p.park_signal = PARK_SIGNAL.load(Relaxed);
+    // brk(0) only queries; rt_sigaction/getitimer write into the slot arrays.
+    p.brk = raw6(libc::SYS_brk, [0; 6]) as u64;
+    for (i, sa) in p.sigactions.iter_mut().enumerate() {
+        *sa = KSigAction::default();
+        raw6(
+            libc::SYS_rt_sigaction,
+            [i as u64 + 1, 0, sa as *mut KSigAction as u64, 8, 0, 0],
+        );
+    }
+    for (i, it) in p.itimers.iter_mut().enumerate() {
+        raw6(libc::SYS_getitimer, [i as u64, it as *mut _ as u64, 0, 0, 0, 0]);
     }
     let mut buf = [0u8; 64];
     let sent = ckpt_proto::encode_small(&AppMsg::Parked { nthreads: p.nthreads }, &mut buf)
@@ -199,20 +230,28 @@ fn release(session: u32) {
 
 /// Lists this process's threads into `out` with raw getdents64; returns how many.
 fn list_tasks(dents: &mut [u8], out: &mut [i32; MAX_THREADS]) -> Option<usize> {
-    // SAFETY: a NUL-terminated literal path.
-    let dfd = unsafe {
-        libc::open(
-            c"/proc/self/task".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
+    // A NUL-terminated literal path.
+    let dfd = sys::sys6(
+        libc::SYS_open,
+        [
+            c"/proc/self/task".as_ptr() as u64,
+            (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    ) as i32;
     if dfd < 0 {
         return None;
     }
     let mut n = 0;
     loop {
-        // SAFETY: dents is a valid writable buffer of the given length.
-        let got = unsafe { libc::syscall(libc::SYS_getdents64, dfd, dents.as_mut_ptr(), dents.len()) };
+        // dents is a valid writable buffer of the given length.
+        let got = raw6(
+            libc::SYS_getdents64,
+            [dfd as u64, dents.as_mut_ptr() as u64, dents.len() as u64, 0, 0, 0],
+        );
         if got <= 0 {
             break;
         }
@@ -243,8 +282,7 @@ fn list_tasks(dents: &mut [u8], out: &mut [i32; MAX_THREADS]) -> Option<usize> {
             off += reclen;
         }
     }
-    // SAFETY: dfd is ours.
-    unsafe { libc::close(dfd) };
+    sys::close(dfd);
     Some(n)
 }
 
@@ -259,6 +297,8 @@ pub fn park_all(timeout_ms: u32) -> Result<(), (ParkFailure, i32)> {
     let s = unsafe { &mut *SCRATCH.0.get() };
     let mut tasks = [0i32; MAX_THREADS];
     s.nsignaled = 0;
+    // SAFETY: no thread is parked yet, so none reads the list; ckptd writes it during the park.
+    unsafe { (*SLOTS.get()).reblock = [0; ckpt_proto::slots::MAX_REBLOCK] };
     NEXT_SLOT.store(0, Release);
     PARKED.store(0, Release);
     let session = RELEASED.load(Acquire).wrapping_add(1);

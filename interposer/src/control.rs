@@ -5,8 +5,9 @@ use crate::{gate, signals, sys};
 use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::{AppMsg, Hello, NodeMsg, Registration, Welcome, PROTO_VERSION};
 use std::mem::ManuallyDrop;
-use std::os::fd::{FromRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::*;
 
 /// Called from the library constructor (and in a forked child): registers with ckptd and
@@ -23,28 +24,50 @@ pub fn start() {
         PARK_SIGNAL.store(sig, Relaxed);
         find_rseq();
         signals::resolve();
+        crate::restart::NONCE_ADDR.store(SLOTS.nonce_addr(), Relaxed);
         if !signals::install_park_handler(sig) {
             warn("cannot install the park signal handler");
             return;
         }
-        crate::pages::UFFD.store(crate::pages::create(), std::sync::atomic::Ordering::Release);
+        crate::pages::UFFD.store(crate::fds::protect(crate::pages::create()), Release);
         // SAFETY: registering a fork handler with a plain extern "C" fn.
         unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
     }
-    let stream = match register(std::path::Path::new(&path)) {
-        Ok(s) => s,
-        Err(e) => {
-            warn(&format!("not under checkpoint control: {e}"));
+    let path = PathBuf::from(path);
+    // Registered before main runs; should ckptd not answer now, the control thread keeps trying.
+    match register(&path) {
+        Ok(fd) => CONTROL_FD.store(fd, Release),
+        Err(Failure::Refused(why)) => {
+            warn(&format!("not under checkpoint control: {why}"));
             return;
         }
-    };
-    CONTROL_FD.store(stream.into_raw_fd(), Release);
+        Err(Failure::Unreachable(why)) => warn(&format!("not under checkpoint control until ckptd answers: {why}")),
+    }
+    // The thread starts with every signal blocked (it inherits this thread's mask), so that
+    // none of the program's lands on it before it sets its own.
+    let all: u64 = !0;
+    let mut before: u64 = 0;
+    sys::raw6(
+        libc::SYS_rt_sigprocmask,
+        [
+            libc::SIG_SETMASK as u64,
+            &all as *const u64 as u64,
+            &mut before as *mut u64 as u64,
+            8,
+            0,
+            0,
+        ],
+    );
     let spawned = std::thread::Builder::new()
         .name("ckpt-control".into())
         .stack_size(256 << 10)
-        .spawn(|| {
-            let _ = std::panic::catch_unwind(serve);
+        .spawn(move || {
+            let _ = std::panic::catch_unwind(|| serve(&path));
         });
+    sys::raw6(
+        libc::SYS_rt_sigprocmask,
+        [libc::SIG_SETMASK as u64, &before as *const u64 as u64, 0, 8, 0, 0],
+    );
     if spawned.is_err() {
         warn("cannot start the control thread");
     }
@@ -55,13 +78,23 @@ fn warn(msg: &str) {
     sys::write_all(2, line.as_bytes());
 }
 
-fn register(path: &std::path::Path) -> Result<UnixStream, String> {
-    let s = UnixStream::connect(path).map_err(|e| format!("cannot reach ckptd at {}: {e}", path.display()))?;
-    let io = |e: ckpt_proto::FrameError| format!("ckptd at {}: {e}", path.display());
-    ckpt_proto::send(&s, &Hello::App { version: PROTO_VERSION }, &[]).map_err(io)?;
-    match ckpt_proto::recv::<Welcome>(&s).map_err(io)?.0 {
+enum Failure {
+    /// ckptd is not there (yet, or any more): worth trying again.
+    Unreachable(String),
+    /// ckptd answered no: trying again would not help.
+    Refused(String),
+}
+
+/// Connects and registers; the connection's fd, moved to the interposer's high numbers.
+fn register(path: &Path) -> Result<i32, Failure> {
+    let gone = |e: &dyn std::fmt::Display| Failure::Unreachable(format!("ckptd at {}: {e}", path.display()));
+    let s = UnixStream::connect(path).map_err(|e| gone(&e))?;
+    // SAFETY: the fd protect returns is the same connection, now ours at a high number.
+    let s = unsafe { UnixStream::from_raw_fd(crate::fds::protect(s.into_raw_fd())) };
+    ckpt_proto::send(&s, &Hello::App { version: PROTO_VERSION }, &[]).map_err(|e| gone(&e))?;
+    match ckpt_proto::recv::<Welcome>(&s).map_err(|e| gone(&e))?.0 {
         Welcome::Ok { .. } => {}
-        Welcome::Refused { reason } => return Err(format!("ckptd refused: {reason}")),
+        Welcome::Refused { reason } => return Err(Failure::Refused(format!("ckptd refused it: {reason}"))),
     }
     let pid = sys::getpid();
     let reg = Registration {
@@ -72,41 +105,77 @@ fn register(path: &std::path::Path) -> Result<UnixStream, String> {
         args: std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect(),
         slot_addr: SLOTS.addr(),
         slot_len: std::mem::size_of::<ProcSlot>() as u64,
-        control_fd: std::os::fd::AsRawFd::as_raw_fd(&s),
+        control_fd: s.as_raw_fd(),
         park_signal: PARK_SIGNAL.load(Relaxed),
         uffd_fd: crate::pages::UFFD.load(Relaxed),
     };
-    ckpt_proto::send(&s, &AppMsg::Register(reg), &[]).map_err(io)?;
-    match ckpt_proto::recv::<NodeMsg>(&s).map_err(io)?.0 {
-        NodeMsg::Registered => Ok(s),
-        other => Err(format!("ckptd answered {other:?} to registration")),
+    ckpt_proto::send(&s, &AppMsg::Register(reg), &[]).map_err(|e| gone(&e))?;
+    match ckpt_proto::recv::<NodeMsg>(&s).map_err(|e| gone(&e))?.0 {
+        NodeMsg::Registered => {}
+        _ => return Err(Failure::Refused("ckptd did not accept the registration".into())),
+    }
+    allow_tracing_by(&s);
+    Ok(s.into_raw_fd())
+}
+
+/// Where Yama restricts ptrace to ancestors, lets ckptd (the peer) attach to this process: it
+/// does so only to unblock the park signal in a thread that blocks it.
+fn allow_tracing_by(s: &UnixStream) {
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid out-pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r == 0 && cred.pid > 0 {
+        // Fails harmlessly where Yama is absent.
+        sys::raw6(
+            libc::SYS_prctl,
+            [libc::PR_SET_PTRACER as u64, cred.pid as u64, 0, 0, 0, 0],
+        );
     }
 }
 
-/// The control thread: waits for ckptd's requests, one at a time.
-fn serve() {
+/// How often a program whose ckptd went away tries to register again.
+const RECONNECT_MS: u64 = 250;
+
+/// The control thread: waits for ckptd's requests, one at a time; when ckptd goes away, keeps
+/// trying to register again (a restarted ckptd finds every program back within a second).
+fn serve(path: &Path) {
     CONTROL_TID.store(sys::gettid(), Release);
     gate::bypass_this_thread();
+    mask_all_but_park();
     let mut gated = false;
     loop {
-        // The socket may be replaced under us by a restore (same fd number, new peer), so the
-        // stream is rebuilt from the fd number for every message.
-        let fd = CONTROL_FD.load(Acquire);
-        // SAFETY: fd is our control connection; ManuallyDrop keeps it open.
-        let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+        if CONTROL_FD.load(Acquire) < 0 {
+            match register(path) {
+                Ok(fd) => CONTROL_FD.store(fd, Release),
+                Err(Failure::Refused(why)) => {
+                    warn(&format!("no longer under checkpoint control: {why}"));
+                    return;
+                }
+                Err(Failure::Unreachable(_)) => {
+                    std::thread::sleep(std::time::Duration::from_millis(RECONNECT_MS));
+                    continue;
+                }
+            }
+        }
         // A program never stays gated for long without word from ckptd.
-        if gated && !readable(fd, GATED_MAX_MS) {
+        if gated && !readable(CONTROL_FD.load(Acquire), GATED_MAX_MS) {
             gate::open();
             gated = false;
             continue;
         }
-        let msg = match ckpt_proto::recv::<NodeMsg>(&stream) {
-            Ok((m, _)) => m,
-            // ckptd went away: the program carries on, uncontrolled.
-            Err(_) => {
-                gate::open();
-                return;
-            }
+        let Some(msg) = read_msg() else {
+            lost_link();
+            gated = false;
+            continue;
         };
         let reply = match msg {
             NodeMsg::CommStop { timeout_ms, hold_files } => {
@@ -154,30 +223,98 @@ fn serve() {
                 } else {
                     &[]
                 };
-                let fd = CONTROL_FD.load(Acquire);
-                // SAFETY: as above.
-                let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-                let sent = ckpt_proto::send(&stream, &AppMsg::Tracked, fds);
+                let sent = send(&AppMsg::Tracked, fds);
                 if window >= 0 {
-                    // SAFETY: closing the descriptor made just above.
-                    unsafe { libc::close(window) };
+                    sys::close(window);
                 }
-                if sent.is_err() {
-                    return;
+                if !sent {
+                    lost_link();
+                    gated = false;
                 }
                 None
             }
             NodeMsg::Registered => None,
         };
         if let Some(reply) = reply {
-            let fd = CONTROL_FD.load(Acquire);
-            // SAFETY: as above.
-            let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
-            if ckpt_proto::send(&stream, &reply, &[]).is_err() {
-                return;
+            if !send(&reply, &[]) {
+                lost_link();
+                gated = false;
             }
         }
     }
+}
+
+/// ckptd went away: the program carries on uncontrolled, its gate open, until it registers
+/// with a ckptd again.
+fn lost_link() {
+    gate::open();
+    let fd = CONTROL_FD.swap(-1, AcqRel);
+    if fd >= 0 {
+        sys::close(fd);
+    }
+}
+
+/// The control thread takes the park signal and no other: a signal the program sends to
+/// itself must reach one of its own threads (a program that blocks it everywhere and waits for
+/// it with `sigwaitinfo` must not be killed by its default action landing here), and the mask
+/// it inherited (a forked child's is often "everything blocked") must not keep it from parking.
+fn mask_all_but_park() {
+    let sig = PARK_SIGNAL.load(Relaxed);
+    let mut set: u64 = !0;
+    if sig > 0 {
+        set &= !(1u64 << (sig - 1));
+    }
+    sys::raw6(
+        libc::SYS_rt_sigprocmask,
+        [libc::SIG_SETMASK as u64, &set as *const u64 as u64, 0, 8, 0, 0],
+    );
+}
+
+/// One message from ckptd. Every read names the connection by its current number: a program
+/// that puts something at our number moves the connection first (see `fds`).
+fn read_msg() -> Option<NodeMsg> {
+    let mut len = [0u8; 4];
+    read_full(&mut len)?;
+    let n = u32::from_le_bytes(len);
+    if n > ckpt_proto::frame::MAX_FRAME {
+        return None;
+    }
+    let mut payload = vec![0u8; n as usize];
+    read_full(&mut payload)?;
+    ckpt_proto::decode_small(&payload)
+}
+
+fn read_full(buf: &mut [u8]) -> Option<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let fd = CONTROL_FD.load(Acquire);
+        let n = sys::sys6(
+            libc::SYS_read,
+            [
+                fd as u64,
+                buf[got..].as_mut_ptr() as u64,
+                (buf.len() - got) as u64,
+                0,
+                0,
+                0,
+            ],
+        );
+        if n < 0 && sys::errno() == libc::EINTR {
+            continue;
+        }
+        if n <= 0 {
+            return None;
+        }
+        got += n as usize;
+    }
+    Some(())
+}
+
+fn send(msg: &AppMsg, fds: &[i32]) -> bool {
+    let fd = CONTROL_FD.load(Acquire);
+    // SAFETY: fd is our control connection; ManuallyDrop keeps it open.
+    let stream = ManuallyDrop::new(unsafe { UnixStream::from_raw_fd(fd) });
+    ckpt_proto::send(&stream, msg, fds).is_ok()
 }
 
 /// How long the gate may stay shut without a message from ckptd.
@@ -190,8 +327,7 @@ fn readable(fd: i32, timeout_ms: i32) -> bool {
         revents: 0,
     };
     loop {
-        // SAFETY: pfd is a valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let r = sys::poll(&mut pfd, timeout_ms);
         if r < 0 && sys::errno() == libc::EINTR {
             continue;
         }
@@ -216,16 +352,15 @@ fn find_rseq() {
 extern "C" fn after_fork_child() {
     let fd = CONTROL_FD.swap(-1, AcqRel);
     if fd >= 0 {
-        // SAFETY: the inherited control fd belongs to the parent's registration.
-        unsafe { libc::close(fd) };
+        // The inherited control fd belongs to the parent's registration.
+        sys::close(fd);
     }
     CONTROL_TID.store(0, Release);
     // The parent's tracker watches the parent's memory.
     let uffd = crate::pages::UFFD.swap(-1, AcqRel);
     if uffd >= 0 {
-        // SAFETY: the inherited fd is ours to close.
-        unsafe { libc::close(uffd) };
+        sys::close(uffd);
     }
-    crate::pages::UFFD.store(crate::pages::create(), Release);
+    crate::pages::UFFD.store(crate::fds::protect(crate::pages::create()), Release);
     let _ = std::panic::catch_unwind(start);
 }

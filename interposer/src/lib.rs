@@ -11,11 +11,14 @@
 
 mod checkpoint;
 mod control;
+mod fds;
 mod gate;
 mod hosts;
 mod pages;
+mod restart;
 mod signals;
 mod sys;
+mod syscall;
 
 /// Runs before the program's `main`: registers and starts the control thread.
 extern "C" fn ckpt_init() {

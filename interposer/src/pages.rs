@@ -52,11 +52,9 @@ pub fn recreate() {
     let old = UFFD.load(Acquire);
     let new = create();
     if old >= 0 && new >= 0 && new != old {
-        // SAFETY: dup3 onto our own recorded number, then close the temporary.
-        unsafe {
-            libc::dup3(new, old, libc::O_CLOEXEC);
-            libc::close(new);
-        }
+        // Onto our own recorded number, then the temporary goes.
+        crate::sys::dup3(new, old, libc::O_CLOEXEC);
+        crate::sys::close(new);
     } else if new >= 0 {
         UFFD.store(new, Release);
     }
@@ -148,6 +146,5 @@ pub fn register_all() {
             have = 0;
         }
     }
-    // SAFETY: closing the fd we opened.
-    unsafe { libc::close(fd) };
+    crate::sys::close(fd);
 }

@@ -1,21 +1,77 @@
 //! Raw system calls used while threads are parked: no allocation, no locks, errno untouched
 //! where the caller cares.
+//!
+//! The interposer exports `syscall`, `close`, `dup2`, `poll`… for the program; a call from inside
+//! the interposer to libc's function of the same name would land in its own wrapper. Everything
+//! here therefore enters the kernel directly.
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
+/// A system call with up to six arguments, straight into the kernel: the raw return value
+/// (`-errno` on failure), errno untouched.
+#[inline(always)]
+pub fn raw6(nr: i64, a: [u64; 6]) -> i64 {
+    let ret: i64;
+    // SAFETY: the `syscall` instruction clobbers only rax, rcx and r11 (declared); memory the
+    // arguments point to is the caller's responsibility, as with libc's syscall().
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r9") a[5],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
+/// Like [`raw6`], setting errno on failure the way libc's wrappers do: -1 and errno.
+pub fn sys6(nr: i64, a: [u64; 6]) -> i64 {
+    let r = raw6(nr, a);
+    if (-4095..0).contains(&r) {
+        set_errno(-r as i32);
+        return -1;
+    }
+    r
+}
+
+pub fn close(fd: i32) -> i64 {
+    sys6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+}
+
+pub fn dup3(old: i32, new: i32, flags: i32) -> i64 {
+    sys6(libc::SYS_dup3, [old as u64, new as u64, flags as u64, 0, 0, 0])
+}
+
+/// `fcntl(fd, cmd, arg)` without going through libc.
+pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> i64 {
+    sys6(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0])
+}
+
+pub fn poll(pfd: &mut libc::pollfd, timeout_ms: i32) -> i64 {
+    sys6(
+        libc::SYS_poll,
+        [pfd as *mut libc::pollfd as u64, 1, timeout_ms as i64 as u64, 0, 0, 0],
+    )
+}
+
 pub fn gettid() -> i32 {
-    // SAFETY: gettid has no preconditions.
-    unsafe { libc::syscall(libc::SYS_gettid) as i32 }
+    raw6(libc::SYS_gettid, [0; 6]) as i32
 }
 
 pub fn getpid() -> i32 {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() }
+    raw6(libc::SYS_getpid, [0; 6]) as i32
 }
 
 pub fn tgkill(pid: i32, tid: i32, sig: i32) -> i64 {
-    // SAFETY: sending a signal has no memory-safety preconditions.
-    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, sig) }
+    sys6(libc::SYS_tgkill, [pid as u64, tid as u64, sig as u64, 0, 0, 0])
 }
 
 pub fn errno() -> i32 {
@@ -39,28 +95,33 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
     } else {
         &ts as *const libc::timespec
     };
-    // SAFETY: `word` is a valid aligned u32 for the duration of the call; FUTEX_WAIT only reads it.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-            expected,
-            tsp,
-        );
-    }
+    // `word` is a valid aligned u32 for the duration of the call; FUTEX_WAIT only reads it.
+    raw6(
+        libc::SYS_futex,
+        [
+            word.as_ptr() as u64,
+            (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
+            expected as u64,
+            tsp as u64,
+            0,
+            0,
+        ],
+    );
 }
 
 pub fn futex_wake(word: &AtomicU32, n: i32) {
-    // SAFETY: FUTEX_WAKE only uses the address as a key.
-    unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
-            n,
-        );
-    }
+    // FUTEX_WAKE only uses the address as a key.
+    raw6(
+        libc::SYS_futex,
+        [
+            word.as_ptr() as u64,
+            (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
+            n as u64,
+            0,
+            0,
+            0,
+        ],
+    );
 }
 
 pub fn now_ns() -> u64 {
@@ -81,24 +142,25 @@ pub fn spin_until_readable(fd: i32, spin_ns: u64) -> bool {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: pfd is a valid pollfd; a zero timeout never blocks.
-        if unsafe { libc::poll(&mut pfd, 1, 0) } != 0 {
+        // A zero timeout never blocks.
+        if poll(&mut pfd, 0) != 0 {
             return true;
         }
         if now_ns() > until {
             return false;
         }
-        // SAFETY: sched_yield has no arguments.
-        unsafe { libc::sched_yield() };
+        raw6(libc::SYS_sched_yield, [0; 6]);
     }
 }
 
 /// Writes all of `buf` to `fd`.
 pub fn write_all(fd: i32, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
-        // Raw syscall: libc's write is our own gated wrapper.
-        // SAFETY: buf is a valid readable slice.
-        let n = unsafe { libc::syscall(libc::SYS_write, fd, buf.as_ptr(), buf.len()) };
+        // Raw syscall: libc's write is our own gated wrapper. buf is a valid readable slice.
+        let n = sys6(
+            libc::SYS_write,
+            [fd as u64, buf.as_ptr() as u64, buf.len() as u64, 0, 0, 0],
+        );
         if n < 0 && errno() == libc::EINTR {
             continue;
         }
@@ -119,16 +181,25 @@ pub fn read_exact_timeout(fd: i32, buf: &mut [u8], timeout_ms: i32) -> bool {
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: pfd is a valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        let r = poll(&mut pfd, timeout_ms);
         if r < 0 && errno() == libc::EINTR {
             continue;
         }
         if r <= 0 {
             return false;
         }
-        // SAFETY: the destination range is inside buf.
-        let n = unsafe { libc::syscall(libc::SYS_read, fd, buf[got..].as_mut_ptr(), buf.len() - got) };
+        // The destination range is inside buf.
+        let n = sys6(
+            libc::SYS_read,
+            [
+                fd as u64,
+                buf[got..].as_mut_ptr() as u64,
+                (buf.len() - got) as u64,
+                0,
+                0,
+                0,
+            ],
+        );
         if n < 0 && errno() == libc::EINTR {
             continue;
         }

@@ -112,7 +112,7 @@ pub fn dump_parked(reg: &Registration, mut t: PageTarget<'_>) -> Result<Dumped, 
     // fds first: an unsupported one fails the checkpoint before any page is copied. All of it
     // on this thread: waking another core costs more than the work itself while the program
     // waits.
-    let fds = fds::dump_fds(pid, reg.control_fd, reg.uffd_fd)?;
+    let fds = fds::dump_fds(pid, slots.control_fd, slots.uffd_fd)?;
     let t_fds = t0.elapsed();
     let mut image = state::dump_state(reg, slots, t.fixed.take())?;
     let t_state = t0.elapsed();

@@ -154,11 +154,11 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         mappings: Vec::new(),
         special: Vec::new(),
         fds: Vec::new(),
-        control_fd: reg.control_fd,
+        control_fd: slots.control_fd,
         restored_flag_addr: reg.slot_addr + ProcSlot::RESTORED_OFFSET,
         pages_len: 0,
         stores: Vec::new(),
         parent: None,
-        uffd_fd: reg.uffd_fd,
+        uffd_fd: slots.uffd_fd,
     })
 }

@@ -5,6 +5,8 @@
 
 /// Threads a process may have for a checkpoint to be taken.
 pub const MAX_THREADS: usize = 1024;
+/// Threads whose park signal ckptd may unblock in one park (see [`ProcSlot::reblock`]).
+pub const MAX_REBLOCK: usize = 64;
 pub const SLOT_MAGIC: u64 = 0x544f_4c53_5450_4b43; // "CKPTSLOT"
 
 /// One parked thread.
@@ -51,8 +53,19 @@ pub struct ProcSlot {
     pub magic: u64,
     /// Set to 1 by the restorer; the control thread sees it when it resumes.
     pub restored: u64,
+    /// Set by the restorer to a value no earlier restore used: threads resuming a timed call
+    /// learn from it that they were restored (their deadlines then start again).
+    pub nonce: u64,
     pub nthreads: u32,
     pub control_tid: i32,
+    /// The interposer's own descriptors and park signal as they are at this park (a program
+    /// can make the descriptors move; see the interposer's `fds`).
+    pub control_fd: i32,
+    pub uffd_fd: i32,
+    pub park_signal: i32,
+    /// Threads (tids, 0 = unused) that block the park signal themselves: ckptd unblocked it
+    /// from outside so that they could park, and they block it again as they resume.
+    pub reblock: [i32; MAX_REBLOCK],
     pub brk: u64,
     pub sigactions: [KSigAction; 64],
     pub itimers: [Itimerval; 3],
@@ -89,8 +102,13 @@ impl ProcSlot {
         Self {
             magic: SLOT_MAGIC,
             restored: 0,
+            nonce: 0,
             nthreads: 0,
             control_tid: 0,
+            control_fd: -1,
+            uffd_fd: -1,
+            park_signal: 0,
+            reblock: [0; MAX_REBLOCK],
             brk: 0,
             sigactions: [S; 64],
             itimers: [I; 3],
@@ -100,6 +118,10 @@ impl ProcSlot {
 
     /// Offset of `restored`, poked by the restorer.
     pub const RESTORED_OFFSET: u64 = std::mem::offset_of!(ProcSlot, restored) as u64;
+    /// Offset of `nonce`, poked by the restorer.
+    pub const NONCE_OFFSET: u64 = std::mem::offset_of!(ProcSlot, nonce) as u64;
+    /// Offset of `reblock`, written by ckptd while the process parks.
+    pub const REBLOCK_OFFSET: u64 = std::mem::offset_of!(ProcSlot, reblock) as u64;
 
     /// Rebuilds a slot from the bytes read out of the program's memory.
     pub fn from_bytes(bytes: &[u8]) -> Option<Box<ProcSlot>> {

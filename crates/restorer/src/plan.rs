@@ -244,6 +244,22 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         nr: 0,
         args: [img.restored_flag_addr, 1, 0, 0, 0, 0],
     });
+    // A value no earlier restore of this process used: its threads' timed calls start their
+    // remaining time again from now.
+    p.ops.push(Op {
+        kind: POKE,
+        flags: 0,
+        nr: 0,
+        args: [
+            img.restored_flag_addr - ckpt_proto::slots::ProcSlot::RESTORED_OFFSET
+                + ckpt_proto::slots::ProcSlot::NONCE_OFFSET,
+            restore_nonce(),
+            0,
+            0,
+            0,
+            0,
+        ],
+    });
 
     // 4. Process-wide kernel state.
     let mm = &img.mm;
@@ -415,4 +431,13 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) {
             0,
         );
     }
+}
+
+/// Never the same twice on a machine, never 0: the time, with the pid to tell apart restores
+/// started in the same nanosecond.
+fn restore_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    (t ^ ((std::process::id() as u64) << 40)) | 1
 }
