@@ -7,6 +7,7 @@ mod manager;
 mod node;
 mod registry;
 mod server;
+mod unblock;
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -57,6 +58,10 @@ struct Args {
 }
 
 fn main() {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(unblock::HELPER_ARG) {
+        std::process::exit(unblock::helper_main(&argv[2..]));
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -84,6 +84,8 @@ pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t,
     let session = SESSION.load(Acquire);
     if session != RELEASED.load(Acquire) {
         let tid = gettid();
+        // Before the frame is read, so that a restored thread gets its own mask back too.
+        reblock_if_asked(tid, uc);
         crate::restart::on_park(uc);
         record_thread(tid, uc as u64);
         if tid == CONTROL_TID.load(Relaxed) {
@@ -99,14 +101,14 @@ pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t,
                 futex_wait(&RELEASED, r, 0);
             }
         }
-        reblock_if_asked(tid, uc);
         crate::restart::on_release(uc, PARK_SIGNAL.load(Relaxed));
     }
     sys::set_errno(saved_errno);
 }
 
-/// A thread that blocks the park signal itself parked only because ckptd unblocked it from
-/// outside: it resumes with the signal blocked again, as the program left it.
+/// A thread that blocks the park signal itself parks only because ckptd unblocked it from
+/// outside (having listed it first): it resumes with the signal blocked again, as the program
+/// left it, here and in any process restored from this park.
 fn reblock_if_asked(tid: i32, uc: *mut libc::c_void) {
     // SAFETY: ckptd wrote the list before it let this thread take the signal; read-only here.
     let asked = unsafe { (*SLOTS.get()).reblock.contains(&tid) };

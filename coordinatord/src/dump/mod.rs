@@ -50,6 +50,11 @@ pub enum DumpError {
     Format(#[from] FormatError),
 }
 
+/// Words of the failures that another try of the same checkpoint gets past: memory the store
+/// window held was discarded, threads came or went while parking. The manager looks for them in
+/// the messages nodes send.
+pub const TRY_AGAIN: [&str; 2] = ["while its last-written pages were being stored", "; try again"];
+
 /// Maps an I/O error while reading `what` of process `pid`.
 pub(crate) fn io_err(pid: i32, what: &str) -> impl Fn(std::io::Error) -> DumpError {
     let what = what.to_string();
@@ -166,5 +171,27 @@ impl Dumped {
         self.image.pages_len = self.store.finish()?;
         tracing::debug!(pid = self.image.pid, ?written, durable = ?t.elapsed(), "stored");
         Ok(self.image)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DumpError, TRY_AGAIN};
+
+    #[test]
+    fn retryable_failures_say_so() {
+        let lost = DumpError::WindowLost {
+            pid: 1,
+            what: "discarded".into(),
+        };
+        let threads = DumpError::ThreadMismatch {
+            pid: 1,
+            parked: 2,
+            listed: 3,
+        };
+        for e in [lost, threads] {
+            let m = e.to_string();
+            assert!(TRY_AGAIN.iter().any(|w| m.contains(w)), "{m}");
+        }
     }
 }

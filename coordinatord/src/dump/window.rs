@@ -180,8 +180,13 @@ impl Window {
                     used = 0;
                 }
                 used = st.read_into(s, e, &mut buf, used)?;
-                release(&self, pid, s, e)?;
+                // Read before any discard of it could happen (a discard waits for its event to
+                // be read): the range counts as read even if an event must be read first.
                 st.next[i] = e;
+                while !release(&self, pid, s, e)? {
+                    st.answer(&self, captured, store, mappings)?;
+                    std::thread::yield_now();
+                }
             }
             buf.data.truncate(used);
             st.served.bytes += used as u64;
@@ -195,16 +200,21 @@ impl Window {
     }
 }
 
-/// Lifts the protection of [s, e) once read, waking its waiters. The range must still be the
+/// Lifts the protection of [s, e) once read, waking its waiters; false when the address space
+/// is changing (an event waits to be read first; then try again). The range must still be the
 /// window's: if it was unmapped or moved, what was just read may not be its pages.
-fn release(w: &Window, pid: i32, s: u64, e: u64) -> Result<(), DumpError> {
-    uffd::write_protect(w.fds.window.as_fd(), s, e - s, false).map_err(|err| match err.raw_os_error() {
-        Some(libc::ENOENT) => DumpError::WindowLost {
-            pid,
-            what: "unmapped or moved".into(),
+fn release(w: &Window, pid: i32, s: u64, e: u64) -> Result<bool, DumpError> {
+    match uffd::write_protect(w.fds.window.as_fd(), s, e - s, false) {
+        Ok(()) => Ok(true),
+        Err(err) => match err.raw_os_error() {
+            Some(libc::EAGAIN) => Ok(false),
+            Some(libc::ENOENT) => Err(DumpError::WindowLost {
+                pid,
+                what: "unmapped or moved".into(),
+            }),
+            _ => Err(io_err(pid, "the store window")(err)),
         },
-        _ => io_err(pid, "the store window")(err),
-    })
+    }
 }
 
 /// Progress through a window.
@@ -239,10 +249,23 @@ impl State<'_> {
         mappings: &mut [Mapping],
     ) -> Result<(), DumpError> {
         let fd = w.fds.window.as_fd();
+        // Pages read for a waiting writer whose release must wait for an event to be read.
+        let mut unreleased: Vec<u64> = Vec::new();
         loop {
             let events = uffd::read_events(fd).map_err(io_err(self.pid, "the store window"))?;
+            let mut still = Vec::new();
+            for page in unreleased.drain(..) {
+                if !release(w, self.pid, page, page + PAGE_SIZE)? {
+                    still.push(page);
+                }
+            }
+            unreleased = still;
             if events.is_empty() {
-                return Ok(());
+                if unreleased.is_empty() {
+                    return Ok(());
+                }
+                std::thread::yield_now();
+                continue;
             }
             for ev in events {
                 match ev {
@@ -264,7 +287,9 @@ impl State<'_> {
                                 self.early.insert(page);
                                 self.served.faults += 1;
                                 self.served.bytes += PAGE_SIZE;
-                                release(w, self.pid, page, page + PAGE_SIZE)?;
+                                if !release(w, self.pid, page, page + PAGE_SIZE)? {
+                                    unreleased.push(page);
+                                }
                             }
                             // Read already: the thread faulted just before its page was released.
                             None => {
@@ -290,6 +315,13 @@ impl State<'_> {
             .enumerate()
             .any(|(i, d)| s < d.end && e > self.next[i]);
         if hit {
+            tracing::debug!(
+                pid = self.pid,
+                what,
+                start = format_args!("{s:#x}"),
+                end = format_args!("{e:#x}"),
+                "store window lost pages"
+            );
             return Err(DumpError::WindowLost {
                 pid: self.pid,
                 what: what.to_string(),

@@ -24,6 +24,17 @@ pub struct Manager {
     busy: Mutex<()>,
 }
 
+/// How many times one `ckptctl checkpoint` may be tried (see [`Manager::checkpoint`]).
+const CHECKPOINT_TRIES: u32 = 3;
+
+/// Whether another try of the checkpoint would get past `e`, by its words (nodes report
+/// failures as text). A process that exited after it was parked is read no more: its absence
+/// from the next try is the consistent cut.
+fn retryable(e: &anyhow::Error) -> bool {
+    let m = format!("{e:#}");
+    crate::dump::TRY_AGAIN.iter().any(|w| m.contains(w))
+}
+
 #[derive(Clone)]
 enum Target {
     Local(Arc<Node>),
@@ -138,8 +149,26 @@ impl Manager {
         }
     }
 
+    /// Takes a checkpoint. A failure another try gets past (a program discarded memory the
+    /// store window still held, a process exited while parked, threads changed under the park)
+    /// is tried again at once, the last time without store windows: the programs only saw
+    /// another short stop, and the user a checkpoint that succeeded.
     pub fn checkpoint(&self, hold_phase1_ms: u32, mode: CheckpointMode) -> anyhow::Result<CheckpointReport> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mode = mode;
+        for attempt in 1.. {
+            match self.checkpoint_once(hold_phase1_ms, mode) {
+                Err(e) if attempt < CHECKPOINT_TRIES && retryable(&e) => {
+                    tracing::info!(attempt, "checkpoint tried again: {e:#}");
+                    mode.no_window = true;
+                }
+                r => return r,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    fn checkpoint_once(&self, hold_phase1_ms: u32, mode: CheckpointMode) -> anyhow::Result<CheckpointReport> {
         let t0 = Instant::now();
         let targets = self.targets();
         let dir = self

@@ -48,6 +48,11 @@ fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
     p.stream.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The process has exited (or is a zombie): it cannot answer any more.
+fn exited(pid: i32) -> bool {
+    !ckpt_sys::procfs::alive(pid)
+}
+
 fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
     move |e| anyhow!("process {pid} stopped answering ({e}); it may have exited")
 }
@@ -171,6 +176,11 @@ impl Node {
                 }
             })();
             if let Err(e) = r {
+                if exited(pid) {
+                    // Gone before its communication stopped: not in this checkpoint.
+                    self.leave_out(&dir, pid);
+                    continue;
+                }
                 reopen(&stopped);
                 return Err(e.context(format!("host {}", self.host)));
             }
@@ -277,7 +287,8 @@ impl Node {
                     &[],
                 )
                 .map_err(lost(pid))?;
-                match ckpt_proto::recv::<AppMsg>(s).map_err(lost(pid))?.0 {
+                let answer = super::park::answer(self, p, s, Duration::from_millis(PARK_TIMEOUT_MS as u64 + 20_000));
+                match answer.map_err(lost(pid))? {
                     AppMsg::Parked { .. } => Ok(()),
                     AppMsg::ParkFailed { reason, tid } => {
                         bail!("process {pid}: thread {tid} could not be stopped ({reason:?})")
@@ -296,6 +307,11 @@ impl Node {
                         stop_us: 0,
                         dumped: None,
                     })
+                }
+                Err(_) if exited(pid) => {
+                    // Gone before it could be parked: not in this checkpoint (it was not at its
+                    // instant, which is when the last process parks).
+                    self.leave_out(dir, pid);
                 }
                 Err(e) => {
                     result = Err(e);
@@ -434,7 +450,7 @@ impl Node {
             };
             let base = if mode.full { None } else { self.base(p) };
             match track(p) {
-                Ok(w) => ready.window = w.filter(|_| self.store_window),
+                Ok(w) => ready.window = w.filter(|_| self.store_window && !mode.no_window),
                 Err(e) => tracing::warn!(pid, "cannot register memory for tracking: {e:#}"),
             }
             let mut use_base = true;
@@ -453,6 +469,12 @@ impl Node {
             prepared.insert(pid, ready);
         }
         (bases, prepared)
+    }
+
+    /// A process that exited before it was parked: whatever was prepared for it goes.
+    fn leave_out(&self, dir: &CheckpointDir, pid: i32) {
+        tracing::info!(pid, id = dir.id, "process exited before it was parked: left out of the checkpoint");
+        let _ = std::fs::remove_dir_all(dir.process_dir(&self.host, pid));
     }
 
     /// Creates the page store of process `pid` in `dir`.
@@ -498,6 +520,13 @@ impl Node {
             window: ready.window,
             stop_the_world: pending.mode.stop_the_world,
         };
-        Ok(dump_parked(&p.reg, target)?)
+        dump_parked(&p.reg, target).map_err(|e| {
+            if exited(pid) {
+                // Killed while parked: the next try's cut is taken without it.
+                anyhow!("process {pid} exited while it was being read; try again")
+            } else {
+                e.into()
+            }
+        })
     }
 }

@@ -82,6 +82,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
                 mode: ckpt_proto::CheckpointMode {
                     full: *full,
                     stop_the_world: *stop_the_world,
+                    no_window: false,
                 },
             },
             vec![],

@@ -207,6 +207,9 @@ pub struct CheckpointMode {
     pub full: bool,
     /// The plain baseline: no copy before the stop, pages written to disk while parked.
     pub stop_the_world: bool,
+    /// Copy what was written last while the programs are parked, without a store window
+    /// (the manager's second try after a program discarded memory the window held).
+    pub no_window: bool,
 }
 
 /// One end of a TCP connection as phase 1 saw it.

@@ -220,9 +220,17 @@ fn jump(r: &plan::Region, plan: &plan::Plan, status: i32) -> anyhow::Result<Infa
         {
             return Err(std::io::Error::last_os_error()).context("mprotect of the restorer code");
         }
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
+        // Every signal blocked, libc's own included (its sigprocmask leaves the two it uses
+        // internally unblocked): the pending signals the plan raises again must wait for each
+        // thread's own mask, which its sigreturn puts back.
+        let all: u64 = !0;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &all as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
         let entry: extern "C" fn(u64) -> ! = std::mem::transmute(r.base as *const ());
         entry(r.header)
     }

@@ -144,6 +144,8 @@ pub struct Status {
     pub groups: Vec<u32>,
     pub shd_pnd: u64,
     pub sig_pnd: u64,
+    /// Signals the thread blocks.
+    pub sig_blk: u64,
     pub state: char,
 }
 
@@ -173,6 +175,7 @@ pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
             "Groups" => st.groups = v.split_whitespace().filter_map(|x| x.parse().ok()).collect(),
             "ShdPnd" => st.shd_pnd = u64::from_str_radix(v, 16).unwrap_or(0),
             "SigPnd" => st.sig_pnd = u64::from_str_radix(v, 16).unwrap_or(0),
+            "SigBlk" => st.sig_blk = u64::from_str_radix(v, 16).unwrap_or(0),
             "State" => st.state = v.chars().next().unwrap_or('?'),
             _ => {}
         }

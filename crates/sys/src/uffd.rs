@@ -64,8 +64,9 @@ fn ioctl<T>(fd: BorrowedFd<'_>, req: u64, arg: &mut T) -> io::Result<()> {
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        // EAGAIN: the address space was changing under the call; it is safe to repeat.
-        if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) {
+        // EAGAIN (the address space is changing: an event waits to be read) goes back to the
+        // caller: repeating here could wait forever on the caller itself reading that event.
+        if e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
         }
     }
