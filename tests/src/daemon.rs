@@ -26,6 +26,8 @@ pub struct Daemon {
     pid: i32,
     bin_dir: PathBuf,
     app_pids: Arc<Mutex<Vec<i32>>>,
+    /// Extra ckptd arguments, for [`Daemon::restart`].
+    extra: Vec<String>,
 }
 
 impl Daemon {
@@ -58,34 +60,61 @@ impl Daemon {
         let store = dir.path().join("store");
         fs::create_dir_all(&store)?;
         let log = dir.path().join("ckptd.log");
-        let logf = File::create(&log)?;
-        let child = spawn_tracked(
-            Command::new(&ckptd)
-                .arg("--socket")
-                .arg(&socket)
-                .arg("--store")
-                .arg(&store)
-                .args(extra)
-                .env("NO_COLOR", "1")
-                .stdin(Stdio::null())
-                .stdout(logf.try_clone()?)
-                .stderr(logf),
-        )?;
-        let pid = child.id() as i32;
+        File::create(&log)?;
         let mut d = Daemon {
             dir,
             socket,
             store,
             log,
-            child: Some(child),
-            pid,
+            child: None,
+            pid: 0,
             bin_dir: bin_dir.to_path_buf(),
             app_pids: Arc::new(Mutex::new(Vec::new())),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
+        d.launch(&ckptd)?;
+        Ok(d)
+    }
+
+    /// Kills ckptd with `sig` (SIGKILL: a crash; SIGTERM: a clean stop), waits for it, and
+    /// starts a new one on the same socket and store (its log goes on in the same file). The
+    /// programs it had go on running.
+    pub fn restart(&mut self, sig: i32) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            send_signal(child.id() as i32, sig)?;
+            let (_, timed_out) = wait_child_timeout(&mut child, Duration::from_secs(10))?;
+            if timed_out {
+                bail!("ckptd did not exit within 10s of signal {sig}\n{}", self.context());
+            }
+            untrack(self.pid);
+        }
+        let ckptd = self.bin_dir.join("ckptd");
+        self.launch(&ckptd)
+    }
+
+    /// Starts ckptd (log appended) and waits until its socket accepts.
+    fn launch(&mut self, ckptd: &Path) -> Result<()> {
+        let logf = fs::OpenOptions::new().append(true).create(true).open(&self.log)?;
+        let child = spawn_tracked(
+            Command::new(ckptd)
+                .arg("--socket")
+                .arg(&self.socket)
+                .arg("--store")
+                .arg(&self.store)
+                .args(&self.extra)
+                .env("NO_COLOR", "1")
+                .stdin(Stdio::null())
+                .stdout(logf.try_clone()?)
+                .stderr(logf),
+        )?;
+        self.pid = child.id() as i32;
+        self.child = Some(child);
+        let pid = self.pid;
+        let d = self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if UnixStream::connect(&d.socket).is_ok() {
-                return Ok(d);
+                return Ok(());
             }
             if let Some(st) = d.child.as_mut().unwrap().try_wait()? {
                 untrack(pid);

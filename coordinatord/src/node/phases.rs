@@ -53,6 +53,22 @@ fn exited(pid: i32) -> bool {
     !ckpt_sys::procfs::alive(pid)
 }
 
+/// The process behind this registration is gone: it exited, or its connection hung up (it
+/// called exec, and the program it became registers anew).
+fn gone(pid: i32, s: &std::os::unix::net::UnixStream) -> bool {
+    if exited(pid) {
+        return true;
+    }
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(s),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: pfd is a valid pollfd; zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+}
+
 fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
     move |e| anyhow!("process {pid} stopped answering ({e}); it may have exited")
 }
@@ -176,7 +192,7 @@ impl Node {
                 }
             })();
             if let Err(e) = r {
-                if exited(pid) {
+                if gone(pid, &talk(p)) {
                     // Gone before its communication stopped: not in this checkpoint.
                     self.leave_out(&dir, pid);
                     continue;
@@ -308,7 +324,7 @@ impl Node {
                         dumped: None,
                     })
                 }
-                Err(_) if exited(pid) => {
+                Err(_) if gone(pid, s) => {
                     // Gone before it could be parked: not in this checkpoint (it was not at its
                     // instant, which is when the last process parks).
                     self.leave_out(dir, pid);
@@ -473,7 +489,11 @@ impl Node {
 
     /// A process that exited before it was parked: whatever was prepared for it goes.
     fn leave_out(&self, dir: &CheckpointDir, pid: i32) {
-        tracing::info!(pid, id = dir.id, "process exited before it was parked: left out of the checkpoint");
+        tracing::info!(
+            pid,
+            id = dir.id,
+            "process exited before it was parked: left out of the checkpoint"
+        );
         let _ = std::fs::remove_dir_all(dir.process_dir(&self.host, pid));
     }
 

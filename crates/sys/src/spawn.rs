@@ -60,14 +60,25 @@ pub fn spawn_with_pid(
     };
     let nfds = fds.len() as i32;
 
-    // SAFETY: a fork-like clone3 (no CLONE_VM): the child gets a copy of this address space and
-    // runs only the raw calls below before execve or _exit.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
+    // A pid whose process was just reaped can stay taken for a moment (its last threads are
+    // still being torn down): try again briefly while nothing in /proc holds it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    let (ret, err) = loop {
+        // SAFETY: a fork-like clone3 (no CLONE_VM): the child gets a copy of this address
+        // space and runs only the raw calls below before execve or _exit.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        let err = std::io::Error::last_os_error();
+        let taken = ret < 0 && err.raw_os_error() == Some(libc::EEXIST);
+        if !taken || std::path::Path::new(&format!("/proc/{pid}")).exists() || std::time::Instant::now() > deadline {
+            break (ret, err);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     };
     if ret == 0 {
         // SAFETY: child side; only async-signal-safe libc calls on data prepared before clone3.
@@ -95,7 +106,6 @@ pub fn spawn_with_pid(
         }
     }
     if ret < 0 {
-        let err = std::io::Error::last_os_error();
         return Err(match err.raw_os_error() {
             Some(libc::EEXIST) => SpawnError::PidInUse(pid, describe_pid(pid)),
             Some(libc::EPERM) => SpawnError::NoPermission(pid),
