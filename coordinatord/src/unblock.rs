@@ -17,14 +17,14 @@ use std::time::Duration;
 /// First argument that makes `ckptd` the helper: `ckptd HELPER_ARG PID SIGNAL SLOT_ADDR TID…`.
 pub const HELPER_ARG: &str = "--unblock-park-signal";
 
-/// Threads of `pid` that block `sig` while it is pending for them.
+/// Threads of `pid` asleep with `sig` blocked while it is pending for them.
 pub fn stuck_threads(pid: i32, sig: i32) -> Vec<i32> {
     let bit = 1u64 << (sig - 1);
     let tids = ckpt_sys::procfs::list_numeric(&format!("/proc/{pid}/task")).unwrap_or_default();
     tids.into_iter()
         .filter(|&t| {
             ckpt_sys::procfs::status(pid, Some(t))
-                .is_ok_and(|st| st.sig_blk & bit != 0 && (st.sig_pnd | st.shd_pnd) & bit != 0 && st.state != 'Z')
+                .is_ok_and(|st| st.sig_blk & bit != 0 && (st.sig_pnd | st.shd_pnd) & bit != 0 && st.state == 'S')
         })
         .collect()
 }

@@ -10,9 +10,13 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-/// How long a program may take to park before ckptd looks for threads that block the signal.
-const FIRST_LOOK: Duration = Duration::from_millis(20);
-const LOOK_EVERY: Duration = Duration::from_millis(50);
+/// How long a program may take to park before ckptd looks for threads that block the signal,
+/// and how often it looks again. Only a thread found asleep with the signal blocked and pending
+/// at two looks in a row is helped: glibc blocks every signal for a moment in threads being
+/// created or exiting (a detached thread's stack is handed back before it exits: running a
+/// handler there would corrupt another thread's stack), and those finish by themselves.
+const FIRST_LOOK: Duration = Duration::from_millis(50);
+const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 /// The program's answer to `Park` (sent already on `s`), within `timeout`.
 pub fn answer(node: &Node, p: &Proc, s: &UnixStream, timeout: Duration) -> Result<AppMsg, FrameError> {
@@ -20,6 +24,7 @@ pub fn answer(node: &Node, p: &Proc, s: &UnixStream, timeout: Duration) -> Resul
     let start = Instant::now();
     let mut wait = FIRST_LOOK;
     let mut helped: Vec<i32> = Vec::new();
+    let mut seen: Vec<i32> = Vec::new();
     loop {
         if readable(s, wait) {
             return ckpt_proto::recv::<AppMsg>(s).map(|(m, _)| m);
@@ -29,10 +34,13 @@ pub fn answer(node: &Node, p: &Proc, s: &UnixStream, timeout: Duration) -> Resul
         }
         wait = LOOK_EVERY;
         let sig = park_signal(p);
-        let stuck: Vec<i32> = crate::unblock::stuck_threads(pid, sig)
-            .into_iter()
-            .filter(|t| !helped.contains(t))
+        let now = crate::unblock::stuck_threads(pid, sig);
+        let stuck: Vec<i32> = now
+            .iter()
+            .copied()
+            .filter(|t| seen.contains(t) && !helped.contains(t))
             .collect();
+        seen = now;
         if stuck.is_empty() {
             continue;
         }

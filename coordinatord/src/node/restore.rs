@@ -15,7 +15,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -61,7 +61,7 @@ impl Node {
                 }
                 let pages = paths;
                 for t in &image.threads {
-                    if Path::new(&format!("/proc/{}", t.tid)).exists() {
+                    if !ckpt_sys::spawn::free_within(t.tid, Duration::from_secs(1)) {
                         let who = ckpt_sys::spawn::describe_pid(t.tid);
                         let what = if t.tid == image.pid { "pid" } else { "thread id" };
                         bail!(

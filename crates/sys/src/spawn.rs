@@ -30,6 +30,22 @@ pub struct CloneArgs {
     pub cgroup: u64,
 }
 
+/// Whether `pid` (a process or a thread) is free, waiting up to `timeout` for it to become so:
+/// a process killed just before may still be tearing its threads down.
+pub fn free_within(pid: i32, timeout: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    let path = format!("/proc/{pid}");
+    loop {
+        if !std::path::Path::new(&path).exists() {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Who holds `pid`, for the error message.
 pub fn describe_pid(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
