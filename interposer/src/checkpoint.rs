@@ -305,7 +305,9 @@ pub fn park_all(timeout_ms: u32) -> Result<(), (ParkFailure, i32)> {
     PARKED.store(0, Release);
     let session = RELEASED.load(Acquire).wrapping_add(1);
     SESSION.store(session, Release);
-    let deadline = now_ns() + timeout_ms as u64 * 1_000_000;
+    let started = now_ns();
+    let deadline = started + timeout_ms as u64 * 1_000_000;
+    let mut leader_checked = false;
 
     let fail = |why, tid| {
         release(session);
@@ -348,6 +350,13 @@ pub fn park_all(timeout_ms: u32) -> Result<(), (ParkFailure, i32)> {
             let stuck = first_unparked(&s.signaled[..s.nsignaled]);
             return fail(ParkFailure::Timeout, stuck);
         }
+        // A main thread that called pthread_exit stays listed, a zombie that never parks.
+        if !leader_checked && now_ns() > started + LEADER_CHECK_NS {
+            leader_checked = true;
+            if pid != me && s.signaled[..s.nsignaled].contains(&pid) && zombie(&mut s.dents) {
+                return fail(ParkFailure::LeaderExited, pid);
+            }
+        }
         futex_wait(&PARKED, parked, 2_000_000);
     }
     if sys::tgkill(pid, me, sig) != 0 {
@@ -355,6 +364,41 @@ pub fn park_all(timeout_ms: u32) -> Result<(), (ParkFailure, i32)> {
     }
     // The handler ran on this thread before tgkill returned: the session is over.
     Ok(())
+}
+
+/// How long parking may take before the control thread checks whether the main thread exited.
+const LEADER_CHECK_NS: u64 = 20_000_000;
+
+/// Whether this process's main thread is a zombie (read with raw calls into `buf`).
+fn zombie(buf: &mut [u8]) -> bool {
+    let fd = sys::sys6(
+        libc::SYS_open,
+        [
+            c"/proc/self/stat".as_ptr() as u64,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    if fd < 0 {
+        return false;
+    }
+    let n = sys::sys6(
+        libc::SYS_read,
+        [fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0],
+    );
+    sys::close(fd as i32);
+    if n <= 0 {
+        return false;
+    }
+    // "pid (comm) S …": the state follows the last ')'.
+    let text = &buf[..n as usize];
+    text.iter()
+        .rposition(|&c| c == b')')
+        .and_then(|i| text.get(i + 2))
+        .is_some_and(|&c| c == b'Z')
 }
 
 /// A signaled thread with no slot yet: the one that did not stop.

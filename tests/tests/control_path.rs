@@ -186,3 +186,31 @@ fn shell_loop_starting_short_lived_children() -> Result<()> {
     checkpoint_and_restore_each(&d, app, |_| Ok(()))?;
     Ok(())
 }
+
+#[test]
+fn process_whose_main_thread_exited_is_refused_by_name() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let app = d.run_example("main_exit", &[])?;
+    let t = app.expect_tick(LINE_TIMEOUT)?;
+    ensure!(
+        d.status_pids()? == vec![app.pid],
+        "it is still under checkpoint control"
+    );
+    let out = d.ckptctl(&["checkpoint"]);
+    ensure!(
+        !out.status.success(),
+        "the checkpoint should be refused: {}",
+        describe(&out)
+    );
+    let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    note!("ckptctl said: {msg}");
+    ensure!(
+        msg.lines().count() == 1 && msg.contains("main thread") && msg.contains(&app.pid.to_string()),
+        "one line naming the process and its exited main thread: {msg:?}"
+    );
+    let t = app.drain_last_tick().unwrap_or(t);
+    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
+        .context("the program keeps running")?;
+    Ok(())
+}

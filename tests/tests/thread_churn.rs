@@ -57,7 +57,9 @@ fn threads_created_and_joined_as_fast_as_possible() -> Result<()> {
     app.kill9()?;
     app.disarm();
     for id in &ids {
-        let mut r = d.restore_ok(id, pid).with_context(|| format!("restoring checkpoint {id}"))?;
+        let mut r = d
+            .restore_ok(id, pid)
+            .with_context(|| format!("restoring checkpoint {id}"))?;
         let t = r.expect_tick(LINE_TIMEOUT)?;
         r.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
             .with_context(|| format!("restored from {id}"))?;

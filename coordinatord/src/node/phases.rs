@@ -307,7 +307,7 @@ impl Node {
                 match answer.map_err(lost(pid))? {
                     AppMsg::Parked { .. } => Ok(()),
                     AppMsg::ParkFailed { reason, tid } => {
-                        bail!("process {pid}: thread {tid} could not be stopped ({reason:?})")
+                        bail!("process {pid}: thread {tid} could not be stopped: {reason}")
                     }
                     other => bail!("process {pid} answered {other:?} to park"),
                 }

@@ -67,6 +67,21 @@ pub enum ParkFailure {
     Timeout,
     TooManyThreads,
     Signal,
+    /// The main thread has exited (`pthread_exit` in `main`) while the others run on.
+    LeaderExited,
+}
+
+impl std::fmt::Display for ParkFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ParkFailure::Timeout => "it did not stop in time",
+            ParkFailure::TooManyThreads => "the process has more threads than ckpt can park",
+            ParkFailure::Signal => "the park signal could not be sent",
+            ParkFailure::LeaderExited => {
+                "it is the main thread and has exited while the other threads run on; ckpt cannot checkpoint such a process yet"
+            }
+        })
+    }
 }
 
 /// ckptd → interposer.

@@ -147,6 +147,8 @@ pub struct Status {
     /// Signals the thread blocks.
     pub sig_blk: u64,
     pub state: char,
+    /// Threads of the process.
+    pub threads: u32,
 }
 
 pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
@@ -177,6 +179,7 @@ pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
             "SigPnd" => st.sig_pnd = u64::from_str_radix(v, 16).unwrap_or(0),
             "SigBlk" => st.sig_blk = u64::from_str_radix(v, 16).unwrap_or(0),
             "State" => st.state = v.chars().next().unwrap_or('?'),
+            "Threads" => st.threads = v.parse().unwrap_or(0),
             _ => {}
         }
     }
@@ -261,7 +264,9 @@ pub fn cmdline(pid: i32) -> Result<Vec<String>, ProcError> {
 /// True when `pid` names a live (not zombie) process.
 pub fn alive(pid: i32) -> bool {
     match status(pid, None) {
-        Ok(st) => st.state != 'Z' && st.state != 'X',
+        // A zombie main thread with threads still running (pthread_exit in main) is a live
+        // process.
+        Ok(st) => (st.state != 'Z' && st.state != 'X') || st.threads > 1,
         Err(_) => false,
     }
 }
