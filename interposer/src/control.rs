@@ -41,7 +41,9 @@ pub fn start() {
             warn(&format!("not under checkpoint control: {why}"));
             return;
         }
-        Err(Failure::Unreachable(why)) => warn(&format!("not under checkpoint control until ckptd answers: {why}")),
+        // Silently: ckpt-run checked that ckptd answers, so this is a child started while it is
+        // away (restarting), and the program's stderr is not ours to write on.
+        Err(Failure::Unreachable(_)) => {}
     }
     // The thread starts with every signal blocked (it inherits this thread's mask), so that
     // none of the program's lands on it before it sets its own.
