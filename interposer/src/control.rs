@@ -43,7 +43,7 @@ pub fn start() {
         }
         // Silently: ckpt-run checked that ckptd answers, so this is a child started while it is
         // away (restarting), and the program's stderr is not ours to write on.
-        Err(Failure::Unreachable(_)) => {}
+        Err(Failure::Unreachable) => {}
     }
     // The thread starts with every signal blocked (it inherits this thread's mask), so that
     // none of the program's lands on it before it sets its own.
@@ -82,14 +82,14 @@ fn warn(msg: &str) {
 
 enum Failure {
     /// ckptd is not there (yet, or any more): worth trying again.
-    Unreachable(String),
+    Unreachable,
     /// ckptd answered no: trying again would not help.
     Refused(String),
 }
 
 /// Connects and registers; the connection's fd, moved to the interposer's high numbers.
 fn register(path: &Path) -> Result<i32, Failure> {
-    let gone = |e: &dyn std::fmt::Display| Failure::Unreachable(format!("ckptd at {}: {e}", path.display()));
+    let gone = |_: &dyn std::fmt::Display| Failure::Unreachable;
     let s = UnixStream::connect(path).map_err(|e| gone(&e))?;
     // SAFETY: the fd protect returns is the same connection, now ours at a high number.
     let s = unsafe { UnixStream::from_raw_fd(crate::fds::protect(s.into_raw_fd())) };
@@ -162,7 +162,7 @@ fn serve(path: &Path) {
                     warn(&format!("no longer under checkpoint control: {why}"));
                     return;
                 }
-                Err(Failure::Unreachable(_)) => {
+                Err(Failure::Unreachable) => {
                     std::thread::sleep(std::time::Duration::from_millis(RECONNECT_MS));
                     continue;
                 }
