@@ -7,7 +7,7 @@ pub mod link;
 
 use crate::node::Node;
 use anyhow::{anyhow, bail, Context};
-use ckpt_format::{HostEntry, Manifest};
+use ckpt_format::{FileRule, HostEntry, Manifest};
 use ckpt_proto::{CheckpointMode, CheckpointReport, CtlReply, CtlRequest, EndPlan, FromNode, ToNode};
 use link::RemoteNode;
 use std::collections::HashMap;
@@ -100,13 +100,17 @@ impl Manager {
             CtlRequest::Ping => CtlReply::Pong {
                 version: ckpt_proto::PROTO_VERSION,
             },
-            CtlRequest::Checkpoint { hold_phase1_ms, mode } => self
-                .checkpoint(hold_phase1_ms, mode)
+            CtlRequest::Checkpoint {
+                hold_phase1_ms,
+                mode,
+                file_policies,
+            } => self
+                .checkpoint(hold_phase1_ms, mode, &file_policies)
                 .map(CtlReply::Checkpointed)
                 .unwrap_or_else(err),
-            CtlRequest::Restore { id } => self
-                .restore(&id)
-                .map(|pids| CtlReply::Restored { id, pids })
+            CtlRequest::Restore { id, file_policies } => self
+                .restore(&id, &file_policies)
+                .map(|(pids, files)| CtlReply::Restored { id, pids, files })
                 .unwrap_or_else(err),
             CtlRequest::Status => {
                 let rs = par(&self.targets(), |_| ToNode::Status);
@@ -138,7 +142,12 @@ impl Manager {
         }
     }
 
-    pub fn checkpoint(&self, hold_phase1_ms: u32, mode: CheckpointMode) -> anyhow::Result<CheckpointReport> {
+    pub fn checkpoint(
+        &self,
+        hold_phase1_ms: u32,
+        mode: CheckpointMode,
+        file_policies: &[FileRule],
+    ) -> anyhow::Result<CheckpointReport> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let t0 = Instant::now();
         let targets = self.targets();
@@ -160,7 +169,12 @@ impl Manager {
         };
 
         // Phase 1: communication stops everywhere; each node reports its connection ends.
-        let p1 = first_error(par(&targets, |_| ToNode::Phase1 { id: id.clone(), mode })).map_err(abort)?;
+        let p1 = first_error(par(&targets, |_| ToNode::Phase1 {
+            id: id.clone(),
+            mode,
+            file_policies: file_policies.to_vec(),
+        }))
+        .map_err(abort)?;
         let phase1_us = t0.elapsed().as_micros() as u64;
         // Inter-host sends are held from here until every node was told the checkpoint is over.
         let gates_shut = Instant::now();
@@ -199,11 +213,12 @@ impl Manager {
         let phase2_us = t2.elapsed().as_micros() as u64;
         let mut hosts = Vec::new();
         for (t, r) in targets.iter().zip(p2) {
-            if let FromNode::Phase2Done { processes } = r {
+            if let FromNode::Phase2Done { processes, files } = r {
                 if !processes.is_empty() {
                     hosts.push(HostEntry {
                         host: t.host().to_string(),
                         processes,
+                        files,
                     });
                 }
             }
@@ -268,7 +283,9 @@ impl Manager {
         Ok(report)
     }
 
-    pub fn restore(&self, id: &str) -> anyhow::Result<Vec<i32>> {
+    /// Restores checkpoint `id`: every node checks everything first (images, pids, files) and
+    /// nothing changes unless all agree. Returns the pids and what was done to files.
+    pub fn restore(&self, id: &str, file_policies: &[FileRule]) -> anyhow::Result<(Vec<i32>, Vec<String>)> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let (_, manifest) = self.node.store.get(id)?;
         let all = self.targets();
@@ -287,7 +304,30 @@ impl Manager {
             let _ = par(&targets, |_| ToNode::RestoreAbort { id: id.to_string() });
             e
         };
-        let prepared = first_error(par(&targets, |_| ToNode::RestorePrepare { id: id.to_string() })).map_err(abort)?;
+        let prepared = par(&targets, |_| ToNode::RestorePrepare {
+            id: id.to_string(),
+            file_policies: file_policies.to_vec(),
+        });
+        // Every node's reasons, in one line: the user fixes them all at once.
+        let refusals: Vec<String> = targets
+            .iter()
+            .zip(&prepared)
+            .filter_map(|(t, r)| {
+                let e = r.as_ref().err()?;
+                Some(if targets.len() > 1 {
+                    format!("host {}: {e:#}", t.host())
+                } else {
+                    format!("{e:#}")
+                })
+            })
+            .collect();
+        if !refusals.is_empty() {
+            return Err(abort(anyhow!(
+                "restore of {id} refused, nothing was changed: {}",
+                refusals.join("; ")
+            )));
+        }
+        let prepared = first_error(prepared)?;
         let mut ends = Vec::new();
         for (t, r) in targets.iter().zip(prepared) {
             if let FromNode::RestorePrepared { ends: e } = r {
@@ -317,12 +357,13 @@ impl Manager {
             plan: plan_for(t.host()),
         }))
         .map_err(abort)?;
-        Ok(restored
-            .into_iter()
-            .flat_map(|r| match r {
-                FromNode::Restored { pids } => pids,
-                _ => Vec::new(),
-            })
-            .collect())
+        let (mut pids, mut files) = (Vec::new(), Vec::new());
+        for r in restored {
+            if let FromNode::Restored { pids: p, files: f } = r {
+                pids.extend(p);
+                files.extend(f);
+            }
+        }
+        Ok((pids, files))
     }
 }
