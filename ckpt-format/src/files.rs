@@ -14,6 +14,7 @@ pub const FILE_BLOCK: u64 = 64 << 10;
 /// What a restore does with a file the program wrote to. Ordered: when holders of one file
 /// imply different policies, the greatest wins.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
 pub enum FilePolicy {
     /// Nothing checked, nothing changed; the fd is reopened at its offset.
     Keep,

@@ -256,28 +256,35 @@ impl FileRestore {
                 Action::PutBack(i) => {
                     let f = &self.files.files[*i];
                     let FileContent::Snapshot(s) = &f.content else { continue };
-                    self.put_back(&f.path, s).map(|(ident, n)| {
+                    self.put_back(&f.path, s).map(|(ident, before, n)| {
                         done.put_back.insert(f.path.clone(), ident);
-                        format!("rolled back {} to the checkpoint ({n} blocks rewritten)", f.path)
+                        (n > 0 || before != s.size).then(|| {
+                            format!(
+                                "rolled back {} to its {} bytes at the checkpoint ({n} blocks rewritten, it had {before} bytes)",
+                                f.path, s.size
+                            )
+                        })
                     })
                 }
                 Action::Cut(i, why) => {
                     let f = &self.files.files[*i];
                     let FileContent::Append(m) = &f.content else { continue };
-                    cut(&f.path, m.size)
-                        .map(|cut| format!("cut {} back to {} bytes, {cut} bytes less ({why})", f.path, m.size))
+                    cut(&f.path, m.size).map(|cut| {
+                        (cut > 0).then(|| format!("cut {} back to {} bytes, {cut} bytes less ({why})", f.path, m.size))
+                    })
                 }
-                Action::Leave(i, Some(why)) => Ok(format!(
+                Action::Leave(i, Some(why)) => Ok(Some(format!(
                     "left {} as it is ({why}); lines the restored program wrote after the checkpoint may appear twice",
                     self.files.files[*i].path
-                )),
+                ))),
                 Action::Leave(_, None) => continue,
             };
             match r {
-                Ok(note) => {
+                Ok(Some(note)) => {
                     tracing::info!("{note}");
                     done.notes.push(note);
                 }
+                Ok(None) => {}
                 Err(e) => {
                     let path = match a {
                         Action::PutBack(i) | Action::Cut(i, _) | Action::Leave(i, _) => &self.files.files[*i].path,
@@ -290,8 +297,9 @@ impl FileRestore {
     }
 
     /// Writes snapshot `s` back at `path` in place (creating it if gone): only the blocks
-    /// that differ are written. Returns the result's identity and how many blocks were written.
-    fn put_back(&self, path: &str, s: &Snapshot) -> std::io::Result<(Ident, u64)> {
+    /// that differ are written. Returns the result's identity, the size it had before and how
+    /// many blocks were written.
+    fn put_back(&self, path: &str, s: &Snapshot) -> std::io::Result<(Ident, u64, u64)> {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -338,7 +346,7 @@ impl FileRestore {
             libc::fchmod(f.as_raw_fd(), s.mode);
         }
         f.sync_all()?;
-        Ok((Ident::of(&f.metadata()?), written))
+        Ok((Ident::of(&f.metadata()?), now, written))
     }
 }
 
