@@ -3,7 +3,9 @@
  * DB is opened O_RDWR|O_CREAT: every ~10 ms record n (64 bytes naming n) is written at slot
  * n % 64 (slot i at offset i * 4096), then every slot written so far is read back and compared
  * with what this program last wrote there (kept in memory): "MISMATCH slot <i> ..." on a
- * difference. LOG is opened O_WRONLY|O_APPEND and gets "line <n>\n" each time.
+ * difference. LOG is opened O_WRONLY|O_APPEND and gets "line <n>\n" each time. A region of
+ * DB that never changes (1 MiB at offset 1 MiB, written once at the start) is checked at
+ * every tick: "MISMATCH static byte <i>" on a difference.
  * Prints "tick <k> ok" after every 20 records (k = 1, 2, ...).
  */
 #define _GNU_SOURCE
@@ -17,8 +19,12 @@
 #define SLOTS 64
 #define REC 64
 
+#define STATIC_AT (1 << 20)
+#define STATIC_LEN (1 << 20)
+
 static char expect[SLOTS][REC];
 static int used[SLOTS];
+static unsigned char region[STATIC_LEN], back[STATIC_LEN];
 
 static void record(char *buf, unsigned long long n)
 {
@@ -37,6 +43,12 @@ int main(int argc, char **argv)
     int log = open(argv[2], O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (db < 0 || log < 0) {
         fprintf(stderr, "open: %s\n", strerror(errno));
+        return 2;
+    }
+    for (int i = 0; i < STATIC_LEN; i++)
+        region[i] = (unsigned char)(i * 31 + 7);
+    if (pwrite(db, region, STATIC_LEN, STATIC_AT) != STATIC_LEN) {
+        fprintf(stderr, "write: %s\n", strerror(errno));
         return 2;
     }
     struct timespec d = {0, 10000000L};
@@ -62,8 +74,19 @@ int main(int argc, char **argv)
                 return 3;
             }
         }
-        if (n % 20 == 0)
+        if (n % 20 == 0) {
+            if (pread(db, back, STATIC_LEN, STATIC_AT) != STATIC_LEN) {
+                printf("MISMATCH static region unreadable\n");
+                return 3;
+            }
+            for (int i = 0; i < STATIC_LEN; i++) {
+                if (back[i] != region[i]) {
+                    printf("MISMATCH static byte %d: %d, expected %d\n", i, back[i], region[i]);
+                    return 3;
+                }
+            }
             printf("tick %llu ok\n", n / 20);
+        }
         nanosleep(&d, NULL);
     }
 }

@@ -13,17 +13,22 @@ fn sha(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("read {}", path.display()))
 }
 
-/// The policy `ckptctl show --json` gives `path`.
-fn shown_policy(d: &Daemon, id: &str, path: &Path) -> Result<String> {
+/// What `ckptctl show --json` says of the file at `path`.
+fn shown_file(d: &Daemon, id: &str, path: &Path) -> Result<serde_json::Value> {
     let json = d.ckptctl_ok(&["show", id, "--json"])?;
     let v: serde_json::Value = serde_json::from_str(&json)?;
     let hosts = v["manifest"]["hosts"].as_array().context("manifest.hosts")?;
     for f in hosts.iter().flat_map(|h| h["files"].as_array().into_iter().flatten()) {
         if f["path"].as_str() == path.to_str() {
-            return Ok(f["policy"].as_str().unwrap_or_default().to_string());
+            return Ok(f.clone());
         }
     }
     bail!("ckptctl show --json lists no file {}:\n{json}", path.display())
+}
+
+/// The policy `ckptctl show --json` gives `path`.
+fn shown_policy(d: &Daemon, id: &str, path: &Path) -> Result<String> {
+    Ok(shown_file(d, id, path)?["policy"].as_str().unwrap_or_default().to_string())
 }
 
 /// Acceptance 2: one refused file (a log whose start was rewritten, a data file written by
@@ -210,5 +215,73 @@ fn shared_mapping_in_tmp_restores() -> Result<()> {
     r.expect_consecutive_ticks(t, 5, true, LINE_TIMEOUT)?;
     note!("restore said: {}", r.stderr().trim());
     kill9_and_wait(pid)?;
+    Ok(())
+}
+
+/// Snapshots are incremental (a block equal to the parent checkpoint's is referred to, not
+/// stored), and deleting the parent folds the blocks a later checkpoint needs into it: that
+/// checkpoint still restores (the program checks every byte of its data file).
+#[test]
+fn snapshot_blocks_survive_deleting_their_parent() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let db = d.dir().join("data.bin");
+    let log = d.dir().join("pair.log");
+    let mut app = d.run_example("file_pair", &[db.to_str().unwrap(), log.to_str().unwrap()])?;
+    let pid = app.pid;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let c1 = d.checkpoint_app(&app)?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let c2 = d.checkpoint_app(&app)?;
+    let f = shown_file(&d, &c2.id, &db)?;
+    let (size, stored) = (f["size"].as_u64().unwrap_or(0), f["stored_bytes"].as_u64().unwrap_or(0));
+    note!("checkpoint {}: data.bin is {size} bytes, {stored} stored by it", c2.id);
+    ensure!(
+        size >= 2 << 20 && stored > 0 && stored <= 256 << 10,
+        "the second checkpoint should store only the blocks written since the first ({stored} of {size})"
+    );
+    d.ckptctl_ok(&["delete", &c1.id])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    app.kill9()?;
+    let r = d.restore_ok(&c2.id, pid)?;
+    let t = r.expect_tick(LINE_TIMEOUT)?;
+    c2.check_resumed(t, &r)?;
+    r.expect_consecutive_ticks(t, 3, true, LINE_TIMEOUT)?;
+    kill9_and_wait(pid)?;
+    Ok(())
+}
+
+/// A damaged file block store makes the restore refuse in one line and change nothing.
+#[test]
+fn damaged_file_blocks_refused() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let db = d.dir().join("data.bin");
+    let log = d.dir().join("pair.log");
+    let mut app = d.run_example("file_pair", &[db.to_str().unwrap(), log.to_str().unwrap()])?;
+    let pid = app.pid;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let cp = d.checkpoint_app(&app)?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    app.kill9()?;
+    let blocks = walk_dir(&d.ckpt_dir(&cp.id))?
+        .into_iter()
+        .find(|p| p.ends_with("files.blocks"))
+        .context("no files.blocks in the checkpoint")?;
+    let mut bytes = std::fs::read(&blocks)?;
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x55;
+    std::fs::write(&blocks, &bytes)?;
+    let before = sha(&db)?;
+    let out = d.ckptctl(&["restore", &cp.id]);
+    let msg = expect_failure_one_line(&out, "restore with a damaged block store")?;
+    note!("ckptctl said: {msg}");
+    ensure!(
+        msg.contains("nothing was changed") && msg.contains("files.blocks"),
+        "the message should name the damaged store: {msg}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    ensure!(!proc_exists(pid), "pid {pid} exists after a refused restore");
+    ensure!(sha(&db)? == before, "the refused restore changed data.bin");
     Ok(())
 }
