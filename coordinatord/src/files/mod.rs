@@ -58,3 +58,6 @@ pub fn set_fd_policies(images: &mut [&mut ProcessImage], decided: &[policy::Deci
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -33,7 +33,7 @@ pub enum Action {
 
 /// What applying changed: one line per file for the summary, and the identity of each file
 /// put back (for the restorer's check of mapped files).
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub struct Applied {
     pub notes: Vec<String>,
     pub put_back: HashMap<String, Ident>,
