@@ -28,7 +28,10 @@ fn shown_file(d: &Daemon, id: &str, path: &Path) -> Result<serde_json::Value> {
 
 /// The policy `ckptctl show --json` gives `path`.
 fn shown_policy(d: &Daemon, id: &str, path: &Path) -> Result<String> {
-    Ok(shown_file(d, id, path)?["policy"].as_str().unwrap_or_default().to_string())
+    Ok(shown_file(d, id, path)?["policy"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
 }
 
 /// Acceptance 2: one refused file (a log whose start was rewritten, a data file written by
@@ -283,5 +286,57 @@ fn damaged_file_blocks_refused() -> Result<()> {
     std::thread::sleep(Duration::from_millis(300));
     ensure!(!proc_exists(pid), "pid {pid} exists after a refused restore");
     ensure!(sha(&db)? == before, "the refused restore changed data.bin");
+    Ok(())
+}
+
+/// Writes to snapshot files wait while the gate is shut (phase 1 until the park ends): with
+/// phase 1 held 3 s by the testing hook, a program writing to its data file stalls that long,
+/// and one writing only to a log (append, not held) goes on.
+#[test]
+fn writes_to_snapshot_files_wait_in_phase1() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let db = d.dir().join("data.bin");
+    let pair_log = d.dir().join("pair.log");
+    let lines = d.dir().join("lines.log");
+    let pair = d.run_example("file_pair", &[db.to_str().unwrap(), pair_log.to_str().unwrap()])?;
+    let logger = d.run_example("append_lines", &[lines.to_str().unwrap()])?;
+    pair.expect_tick(LINE_TIMEOUT)?;
+    logger.expect_tick(LINE_TIMEOUT)?;
+    pair.drain();
+    logger.drain();
+    let t0 = std::time::Instant::now();
+    d.ckptctl_ok(&["checkpoint", "--hold-phase1-ms", "3000"])?;
+    let took = t0.elapsed();
+    pair.expect_tick(LINE_TIMEOUT)?;
+    pair.expect_tick(LINE_TIMEOUT)?;
+    logger.expect_tick(LINE_TIMEOUT)?;
+    let ticks = |app: &App| -> Vec<std::time::Instant> {
+        app.history_lines()
+            .into_iter()
+            .filter(|l| tick_num(&l.text).is_some())
+            .map(|l| l.at)
+            .collect()
+    };
+    // The longest pause ending after the checkpoint began.
+    let gap = ticks(&pair)
+        .windows(2)
+        .filter(|w| w[1] >= t0)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let logger_ticks = ticks(&logger)
+        .into_iter()
+        .filter(|&at| at >= t0 && at < t0 + took)
+        .count();
+    note!("checkpoint took {took:?}; file_pair's longest pause {gap:?}; append_lines ticked {logger_ticks} times meanwhile");
+    ensure!(
+        gap >= Duration::from_millis(2500),
+        "file_pair's writes to its data file should wait while phase 1 is held (longest pause {gap:?})"
+    );
+    ensure!(
+        logger_ticks >= 2,
+        "append_lines writes only to a log and should go on while phase 1 is held ({logger_ticks} ticks)"
+    );
     Ok(())
 }

@@ -132,6 +132,16 @@ impl FileRestore {
             match (&f.content, policy) {
                 (_, FilePolicy::Keep) => actions.push(Action::Leave(i, None)),
                 (FileContent::Snapshot(_), FilePolicy::Snapshot) => {
+                    let parent = Path::new(&f.path).parent().unwrap_or(Path::new("/"));
+                    if !parent.is_dir() {
+                        problems.push(format!(
+                            "{}: its directory {} is gone; create it, or {}",
+                            f.path,
+                            parent.display(),
+                            self.keep_hint(&f.path)
+                        ));
+                        continue;
+                    }
                     if !forced {
                         if let Proof::Foreign { pid, comm } = watch.proof(&self.id, key) {
                             problems.push(format!(

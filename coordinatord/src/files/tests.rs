@@ -94,7 +94,11 @@ fn incremental_holes_put_back_and_companions() {
     let actions = r.check(&[], &watch).unwrap();
     assert!(matches!(actions[..], [Action::PutBack(0)]));
     let done = r.apply(&actions).unwrap();
-    assert_eq!(std::fs::read(&path).unwrap(), want, "content as at the second checkpoint");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        want,
+        "content as at the second checkpoint"
+    );
     let aside = t.path().join(format!("data.db-journal.ckpt-aside-{second}"));
     assert_eq!(std::fs::read(aside).unwrap(), b"hot");
     assert!(done.notes.iter().any(|n| n.contains("set aside")));
