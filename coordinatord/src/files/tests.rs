@@ -76,7 +76,7 @@ fn incremental_holes_put_back_and_companions() {
     assert_eq!(s1.stored_bytes(), 2 * FILE_BLOCK + 1000);
 
     // Only block 2 changes: the next checkpoint stores it alone.
-    f.write_all_at(&vec![3u8; 10], 2 * FILE_BLOCK + 5).unwrap();
+    f.write_all_at(&[3u8; 10], 2 * FILE_BLOCK + 5).unwrap();
     let second = take(&store, &path, false);
     let (s2, stores) = snapshot_of(&store, &second);
     assert_eq!(s2.stored_bytes(), FILE_BLOCK);
