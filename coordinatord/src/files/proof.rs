@@ -49,8 +49,8 @@ struct State {
     handles: HashMap<Vec<u8>, FileKey>,
     /// Per file, per (pid, is one of ours): the last event and the command.
     writers: HashMap<FileKey, HashMap<(i32, bool), Writer>>,
-    /// pidfds of the processes ckptd checkpointed or restored.
-    ours: HashMap<i32, OwnedFd>,
+    /// The processes ckptd checkpointed or restored: a pidfd and the start time of each.
+    ours: HashMap<i32, (OwnedFd, Option<u64>)>,
     /// Checkpoints by id: when their processes were parked, which, and which files.
     marks: HashMap<String, Mark>,
 }
@@ -108,7 +108,8 @@ impl Watch {
         }
     }
 
-    /// A process ckptd checkpointed or restored: its writes count as the checkpoint's.
+    /// A process ckptd checkpointed or restored (adopted before it runs, for a restored one):
+    /// its writes count as the checkpoint's.
     pub fn adopt(&self, pid: i32) {
         let Some(inner) = &self.inner else { return };
         // SAFETY: pidfd_open with plain integers.
@@ -116,7 +117,7 @@ impl Watch {
         if fd >= 0 {
             // SAFETY: a fresh fd that we own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            inner.lock().ours.insert(pid, fd);
+            inner.lock().ours.insert(pid, (fd, start_time(pid)));
         }
     }
 
@@ -319,7 +320,7 @@ impl Inner {
             let Some(&key) = st.handles.get(&handle_key(&rec[4..12], htype, handle)) else {
                 continue;
             };
-            let ours = st.ours.get(&pid).is_some_and(|fd| is_ours(fd, pid));
+            let ours = st.ours.get(&pid).is_some_and(|(fd, start)| is_ours(fd, *start, pid));
             let seq = st.seq;
             st.writers
                 .entry(key)
@@ -335,11 +336,22 @@ impl Inner {
 }
 
 /// Whether the writer `pid` is the process ckptd holds `pidfd` of: it still runs, or it is
-/// gone and nobody has its pid (it wrote, then died before the event was read).
-fn is_ours(pidfd: &OwnedFd, pid: i32) -> bool {
+/// dying or gone and no other process has its pid (it wrote, then was killed before the event
+/// was read).
+fn is_ours(pidfd: &OwnedFd, start: Option<u64>, pid: i32) -> bool {
     // SAFETY: signal 0 through a pidfd we hold only checks that the process exists.
     let alive = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, 0usize, 0) } == 0;
-    alive || !std::path::Path::new(&format!("/proc/{pid}")).exists()
+    alive || {
+        let now = start_time(pid);
+        now.is_none() || now == start
+    }
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat), if it exists.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn comm_of(pid: i32) -> String {

@@ -237,6 +237,9 @@ impl Node {
         }
         node.reaper.forget(pid);
         let child = ckpt_sys::spawn::spawn_with_pid(pid, &prog, &argv, &envp, &fds)?;
+        // The restorer becomes the program: its writes to the checkpoint's files are the
+        // checkpoint's own from its first instant.
+        node.files.watch.adopt(child);
         drop(status_w);
         drop(theirs);
         tracing::info!(pid = child, id, "restorer started");
@@ -300,8 +303,6 @@ impl Node {
             uffd_fd: p.image.uffd_fd,
         };
         node.registry.insert(reg, ours, Some(id.to_string()));
-        // Its writes to the checkpoint's files from now on are the checkpoint's own.
-        node.files.watch.adopt(pid);
         tracing::info!(pid, id, "process restored");
         Ok(pid)
     }
