@@ -4,13 +4,14 @@
 //! writable); both copies are incremental (a block equal to the parent checkpoint's, or to the
 //! phase-1 copy, is referenced). Logs get their size and samples of the bytes before it.
 
-use super::policy::Decided;
+use super::policy::{self, Decided, Use};
+use super::proof::Watch;
 use super::FileKey;
 use anyhow::Context;
 use ckpt_format::{
     block_hash, create_private_dir, sample_ranges, write_host_files, AppendMark, Block, BlockStoreWriter,
-    CheckpointDir, FileContent, FilePolicy, FileRecord, FileRule, FileSummary, HostFiles, Sample, Snapshot, Store,
-    FILE_BLOCK,
+    CheckpointDir, FileContent, FilePolicy, FileRecord, FileRule, FileSummary, HostFiles, ProcessImage, Sample,
+    Snapshot, Store, FILE_BLOCK,
 };
 use std::collections::HashMap;
 use std::fs::File;
@@ -126,9 +127,26 @@ impl Capture {
         }
     }
 
+    /// Before the gates shut: the policies of the files the running processes (pid, control
+    /// fd) write to, and the snapshot files whose writes the gates are to hold.
+    pub fn before_stop(&self, running: &[(i32, i32)]) -> (Vec<Decided>, Vec<FileKey>) {
+        let uses: Vec<Use> = running
+            .iter()
+            .flat_map(|&(pid, control)| policy::uses_of_running(pid, control))
+            .collect();
+        let decided = policy::decide(&uses, &self.rules);
+        let hold = decided
+            .iter()
+            .filter(|d| d.policy == FilePolicy::Snapshot)
+            .map(|d| d.key)
+            .collect();
+        (decided, hold)
+    }
+
     /// Phase 1: copies every snapshot file while its writes are held. A file that cannot be
     /// read now is copied while parked.
     pub fn precopy(&mut self, decided: &[Decided]) {
+        let t = std::time::Instant::now();
         for d in decided.iter().filter(|d| d.policy == FilePolicy::Snapshot) {
             let r = (|| -> anyhow::Result<Copied> {
                 let f = File::open(&d.open)?;
@@ -144,12 +162,49 @@ impl Capture {
             }
         }
         self.copied.0 = self.writer.as_ref().map_or(0, |w| w.len());
+        tracing::debug!(
+            bytes = self.copied.0,
+            us = t.elapsed().as_micros() as u64,
+            "files copied while their writes are held"
+        );
     }
 
-    /// While the processes are parked: the record of every file, copying again the snapshot
-    /// files that changed since phase 1 (or were not copied then) and those mapped shared
-    /// writable.
-    pub fn at_park(&mut self, decided: &[Decided]) -> anyhow::Result<Vec<FileRecord>> {
+    /// While every process is parked: decides each file's policy over all its holders, writes
+    /// it into their fds, takes the files (see [`Capture::records`]), then has `watch` note
+    /// who writes to them from this instant (checkpoint `id`).
+    pub fn at_park(
+        &mut self,
+        images: &mut [&mut ProcessImage],
+        watch: &Watch,
+        id: &str,
+    ) -> anyhow::Result<Vec<FileRecord>> {
+        let t = std::time::Instant::now();
+        let uses: Vec<Use> = images.iter().flat_map(|i| policy::uses_of_image(i)).collect();
+        let decided = policy::decide(&uses, &self.rules);
+        super::set_fd_policies(images, &decided);
+        let records = self.records(&decided)?;
+        let pids: Vec<i32> = images.iter().map(|i| i.pid).collect();
+        for &pid in &pids {
+            watch.adopt(pid);
+        }
+        let watched: Vec<_> = decided
+            .iter()
+            .filter(|d| d.policy != FilePolicy::Keep)
+            .map(|d| (d.key, d.open.clone()))
+            .collect();
+        watch.mark(id, &pids, &watched);
+        tracing::debug!(
+            files = records.len(),
+            bytes = self.copied.1,
+            us = t.elapsed().as_micros() as u64,
+            "files taken while parked"
+        );
+        Ok(records)
+    }
+
+    /// The record of every file, copying again the snapshot files that changed since phase 1
+    /// (or were not copied then) and those mapped shared writable.
+    pub fn records(&mut self, decided: &[Decided]) -> anyhow::Result<Vec<FileRecord>> {
         let before = self.writer.as_ref().map_or(0, |w| w.len());
         let mut out = Vec::new();
         for d in decided {

@@ -31,7 +31,7 @@ fn take(store: &Store, path: &std::path::Path, precopy: bool) -> String {
     if precopy {
         c.precopy(&d);
     }
-    let records = c.at_park(&d).unwrap();
+    let records = c.records(&d).unwrap();
     c.finish(records).unwrap();
     let m = Manifest {
         id: dir.id.clone(),

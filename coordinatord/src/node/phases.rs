@@ -9,12 +9,11 @@ use crate::dump::precopy::{precopy, Precopy};
 use crate::dump::state::Fixed;
 use crate::dump::{dump_parked, sockets, Dumped, PageTarget};
 use crate::files::capture::Capture;
-use crate::files::policy;
 use crate::registry::Proc;
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{
-    read_record, write_record, CheckpointDir, FilePolicy, FileRecord, FileRule, FileSummary, PageStoreWriter,
-    ProcessEntry, ProcessImage, RecordKind,
+    read_record, write_record, CheckpointDir, FileRule, FileSummary, PageStoreWriter, ProcessEntry, ProcessImage,
+    RecordKind,
 };
 use ckpt_proto::{AppMsg, CheckpointMode, ConnEnd, NodeMsg};
 use std::collections::HashMap;
@@ -156,16 +155,8 @@ impl Node {
         let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));
         // The files to snapshot: their writes are held from the gate's shutting to the park.
         let mut files = Capture::begin(&self.store, &dir, &self.host, self.files.rules_for(rules));
-        let uses: Vec<policy::Use> = procs
-            .iter()
-            .flat_map(|p| policy::uses_of_running(p.reg.pid, p.reg.control_fd))
-            .collect();
-        let decided = policy::decide(&uses, &files.rules);
-        let hold: Vec<(u64, u64)> = decided
-            .iter()
-            .filter(|d| d.policy == FilePolicy::Snapshot)
-            .map(|d| d.key)
-            .collect();
+        let running: Vec<(i32, i32)> = procs.iter().map(|p| (p.reg.pid, p.reg.control_fd)).collect();
+        let (decided, hold) = files.before_stop(&running);
         let mut stopped: Vec<Arc<Proc>> = Vec::new();
         for p in &procs {
             let pid = p.reg.pid;
@@ -198,12 +189,6 @@ impl Node {
         let ends = conn_ends(&stopped);
         let shut = Instant::now();
         files.precopy(&decided);
-        tracing::debug!(
-            files = hold.len(),
-            bytes = files.copied.0,
-            us = shut.elapsed().as_micros() as u64,
-            "files copied while their writes are held"
-        );
         *pending = Some(Pending {
             dir,
             procs: stopped,
@@ -376,9 +361,12 @@ impl Node {
                 .iter_mut()
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
                 .collect();
-            match self.files_at_park(pending, &mut images) {
-                Ok(r) => file_records = r,
-                Err(e) => result = Err(e),
+            let mut files = pending.files.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = files.as_mut() {
+                match f.at_park(&mut images, &self.files.watch, &dir.id) {
+                    Ok(r) => file_records = r,
+                    Err(e) => result = Err(e),
+                }
             }
         }
         tracing::debug!(dump_us = t_parked.elapsed().as_micros() as u64, "parked work");
@@ -462,38 +450,6 @@ impl Node {
             });
         }
         Ok((entries, file_summaries))
-    }
-
-    /// While every process is parked: decides each file's policy over all its holders, writes
-    /// it into their fds, copies the snapshot files that changed since phase 1 and takes the
-    /// logs' sizes; then has ckptd watch those files' writers from this instant.
-    fn files_at_park(&self, pending: &Pending, images: &mut [&mut ProcessImage]) -> anyhow::Result<Vec<FileRecord>> {
-        let mut guard = pending.files.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(capture) = guard.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let t = Instant::now();
-        let uses: Vec<policy::Use> = images.iter().flat_map(|i| policy::uses_of_image(i)).collect();
-        let decided = policy::decide(&uses, &capture.rules);
-        crate::files::set_fd_policies(images, &decided);
-        let records = capture.at_park(&decided)?;
-        let pids: Vec<i32> = images.iter().map(|i| i.pid).collect();
-        for &pid in &pids {
-            self.files.watch.adopt(pid);
-        }
-        let watched: Vec<_> = decided
-            .iter()
-            .filter(|d| d.policy != FilePolicy::Keep)
-            .map(|d| (d.key, d.open.clone()))
-            .collect();
-        self.files.watch.mark(&pending.dir.id, &pids, &watched);
-        tracing::debug!(
-            files = records.len(),
-            bytes = capture.copied.1,
-            us = t.elapsed().as_micros() as u64,
-            "files taken while parked"
-        );
-        Ok(records)
     }
 
     /// Chooses each process's base, opens its page store, reads what of its state does not
