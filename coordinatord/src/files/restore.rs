@@ -28,6 +28,7 @@ pub struct FileRestore {
 pub enum Action {
     PutBack(usize),
     Cut(usize, String),
+    /// Left as it is; the note for the summary, if any.
     Leave(usize, Option<String>),
 }
 
@@ -154,17 +155,24 @@ impl FileRestore {
                     actions.push(Action::PutBack(i));
                 }
                 (FileContent::Append(mark), FilePolicy::Append | FilePolicy::Snapshot) => {
+                    let force_cut = forced && policy == FilePolicy::Snapshot;
                     match check_log(&f.path, mark) {
-                        Err(why) if !(forced && why.1) => {
+                        Err(why) if !(force_cut && why.1) => {
                             problems.push(format!("{}: {}; {}", f.path, why.0, self.keep_hint(&f.path)));
                             continue;
                         }
                         _ => {}
                     }
-                    if forced && policy == FilePolicy::Snapshot {
+                    if force_cut {
                         actions.push(Action::Cut(i, "forced with --file-policy".into()));
                         continue;
                     }
+                    let left = |why: String| {
+                        format!(
+                            "left {} as it is ({why}); lines the restored program wrote after the checkpoint may appear twice",
+                            f.path
+                        )
+                    };
                     match watch.proof(&self.id, key) {
                         Proof::Proven => actions.push(Action::Cut(
                             i,
@@ -172,14 +180,20 @@ impl FileRestore {
                         )),
                         Proof::Foreign { pid, comm } => actions.push(Action::Leave(
                             i,
-                            Some(format!("pid {pid} ({comm}) wrote to it since the checkpoint")),
+                            Some(left(format!("pid {pid} ({comm}) wrote to it since the checkpoint"))),
                         )),
-                        Proof::Unknown(why) => actions.push(Action::Leave(i, Some(why))),
+                        Proof::Unknown(why) => actions.push(Action::Leave(i, Some(left(why)))),
                     }
                 }
                 // A policy the record cannot serve (snapshot of a file that was not copied,
                 // append of a file recorded as a snapshot or kept): leave it.
-                _ => actions.push(Action::Leave(i, Some(format!("no {policy} data was taken for it")))),
+                _ => actions.push(Action::Leave(
+                    i,
+                    Some(format!(
+                        "left {} as it is (the checkpoint took no {policy} record of it)",
+                        f.path
+                    )),
+                )),
             }
         }
         problems.extend(self.check_mapped(images));
@@ -283,10 +297,7 @@ impl FileRestore {
                         (cut > 0).then(|| format!("cut {} back to {} bytes, {cut} bytes less ({why})", f.path, m.size))
                     })
                 }
-                Action::Leave(i, Some(why)) => Ok(Some(format!(
-                    "left {} as it is ({why}); lines the restored program wrote after the checkpoint may appear twice",
-                    self.files.files[*i].path
-                ))),
+                Action::Leave(_, Some(note)) => Ok(Some(note.clone())),
                 Action::Leave(_, None) => continue,
             };
             match r {

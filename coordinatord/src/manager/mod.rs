@@ -352,11 +352,30 @@ impl Manager {
                 })
                 .collect()
         };
-        let restored = first_error(par(&targets, |t| ToNode::RestoreConnect {
+        let restored = par(&targets, |t| ToNode::RestoreConnect {
             id: id.to_string(),
             plan: plan_for(t.host()),
-        }))
-        .map_err(abort)?;
+        });
+        if restored.iter().any(|r| r.is_err()) {
+            // Nodes apply their files independently: say what the others already changed.
+            let mut why: Vec<String> = restored
+                .iter()
+                .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+                .collect();
+            for (t, r) in targets.iter().zip(&restored) {
+                if let Ok(FromNode::Restored { files, .. }) = r {
+                    if !files.is_empty() {
+                        why.push(format!(
+                            "host {} had already changed files: {}",
+                            t.host(),
+                            files.join("; ")
+                        ));
+                    }
+                }
+            }
+            return Err(abort(anyhow!("{}", why.join("; "))));
+        }
+        let restored = first_error(restored)?;
         let (mut pids, mut files) = (Vec::new(), Vec::new());
         for r in restored {
             if let FromNode::Restored { pids: p, files: f } = r {

@@ -78,14 +78,16 @@ impl Node {
                 planned.push(Planned { image, meta, pages });
             }
         }
-        let files = FileRestore::open(&self.store, &dir, &self.host, rules).map_err(|e| anyhow!(e))?;
         let images: Vec<&ProcessImage> = planned.iter().map(|p| &p.image).collect();
-        if let Err(p) = files.check(&images, &self.files.watch) {
-            problems.extend(p);
+        let files = FileRestore::open(&self.store, &dir, &self.host, rules);
+        match &files {
+            Ok(f) => problems.extend(f.check(&images, &self.files.watch).err().unwrap_or_default()),
+            Err(e) => problems.push(e.clone()),
         }
-        if !problems.is_empty() {
-            bail!("{}", problems.join("; "));
-        }
+        let files = match files {
+            Ok(f) if problems.is_empty() => f,
+            _ => bail!("{}", problems.join("; ")),
+        };
         let mut ends = Vec::new();
         let mut listeners = HashMap::new();
         for p in &planned {
