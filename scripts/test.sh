@@ -14,6 +14,8 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 [ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The sqlite tests check databases with the sqlite3 CLI (python3's sqlite3 module writes them).
+[ -x /usr/bin/sqlite3 ] || missing+=(sqlite3)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test.sh: installing: ${missing[*]}" >&2

@@ -22,6 +22,10 @@ pub enum FormatError {
     Checksum { path: PathBuf, what: String },
     #[error("{path}: format version {found} is newer than this ckpt supports ({supported}); upgrade ckpt to read it")]
     Version { path: PathBuf, found: u32, supported: u32 },
+    #[error(
+        "{path}: written by an older ckpt (format {found}; this one reads {oldest} and later); take a new checkpoint"
+    )]
+    Old { path: PathBuf, found: u32, oldest: u32 },
     #[error("{path}: cannot decode {what}: {msg}")]
     Decode {
         path: PathBuf,

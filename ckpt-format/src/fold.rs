@@ -1,5 +1,5 @@
-//! Deleting a checkpoint that others build on: the pages they still need from it are copied
-//! into a store of their own first ("folded"), then it goes.
+//! Deleting a checkpoint that others build on: the pages and file blocks they still need from
+//! it are copied into stores of their own first ("folded"), then it goes.
 
 use crate::{
     read_record, write_record, FormatError, Manifest, PageStoreReader, PageStoreWriter, ProcessImage, RecordKind, Store,
@@ -38,6 +38,8 @@ impl Store {
                     }
                     touched = true;
                 }
+                // Blocks of snapshot files kept in the doomed checkpoint's block store.
+                touched |= self.fold_files(&child_dir, &h.host, &prefix, id)?;
             }
             if touched {
                 if manifest.parent.as_deref() == Some(id) {

@@ -220,16 +220,17 @@ pub struct FdImage {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FdKind {
-    /// A regular file, reopened at its offset. For a file open for writing, the size and a CRC of
-    /// its last bytes at checkpoint time: at restore the file is cut back to that size (what was
-    /// written after the checkpoint is written again by the restored program).
+    /// A regular file, reopened at its offset; one open for writing has the policy of its file
+    /// (see [`crate::FilePolicy`]; what the policy needs is in the host's file records), and
+    /// one with the append policy is positioned at the file's end.
     File {
         path: String,
         pos: u64,
         size: u64,
         writable: bool,
-        tail_len: u64,
-        tail_crc: u32,
+        dev: u64,
+        ino: u64,
+        policy: Option<crate::FilePolicy>,
     },
     Dir {
         path: String,
@@ -298,6 +299,12 @@ pub struct SockOpts {
 impl FdKind {
     pub fn describe(&self) -> String {
         match self {
+            FdKind::File {
+                path,
+                pos,
+                policy: Some(p),
+                ..
+            } => format!("file {path} @{pos} ({p})"),
             FdKind::File { path, pos, .. } => format!("file {path} @{pos}"),
             FdKind::Dir { path } => format!("dir {path}"),
             FdKind::CharDev { path, .. } => format!("device {path}"),

@@ -4,8 +4,12 @@
 //! metadata record (`meta.img`) and a page store (`pages.img`); the global `MANIFEST` is written
 //! last and its presence is the commit point. Every record carries a magic, a format version and a
 //! CRC32C of its payload, so a torn, truncated or corrupted file is refused with a clear message.
+//! Per host, `files.img` and `files.blocks` hold the files a restore puts back or checks (see
+//! [`files`]).
 
+mod blocks;
 mod error;
+pub mod files;
 mod fold;
 mod image;
 mod manifest;
@@ -13,7 +17,9 @@ mod pages;
 mod record;
 mod store;
 
+pub use blocks::{block_hash, open_block_stores, BlockStoreReader, BlockStoreWriter};
 pub use error::FormatError;
+pub use files::*;
 pub use image::*;
 pub use manifest::*;
 pub use pages::{PageStoreReader, PageStoreWriter, PAGE_SIZE, RUN_MAX_BYTES};

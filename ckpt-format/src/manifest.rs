@@ -17,6 +17,8 @@ pub struct Manifest {
 pub struct HostEntry {
     pub host: String,
     pub processes: Vec<ProcessEntry>,
+    /// The files the host's processes wrote to, with their policies.
+    pub files: Vec<crate::FileSummary>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

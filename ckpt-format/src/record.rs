@@ -5,8 +5,11 @@ use serde::{de::DeserializeOwned, Serialize};
 use std::io::Write;
 use std::path::Path;
 
-/// Version of the format written by this build. Readers accept any version up to this one.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the format written by this build. Readers accept versions from
+/// [`OLDEST_READABLE`] up to this one.
+pub const FORMAT_VERSION: u32 = 2;
+/// Version 2 gave files a policy (`FdKind::File`, the manifest's file list, `files.img`).
+pub const OLDEST_READABLE: u32 = 2;
 
 const MAGIC: [u8; 8] = *b"CKPTREC\0";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 4;
@@ -17,6 +20,7 @@ const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 4;
 pub enum RecordKind {
     Manifest = 1,
     Process = 2,
+    Files = 3,
 }
 
 impl RecordKind {
@@ -24,6 +28,7 @@ impl RecordKind {
         match self {
             RecordKind::Manifest => "manifest",
             RecordKind::Process => "process metadata",
+            RecordKind::Files => "file records",
         }
     }
 }
@@ -98,6 +103,13 @@ pub fn read_record<T: DeserializeOwned>(path: &Path, kind: RecordKind) -> Result
             path: path.to_owned(),
             found: version,
             supported: FORMAT_VERSION,
+        });
+    }
+    if version < OLDEST_READABLE {
+        return Err(FormatError::Old {
+            path: path.to_owned(),
+            found: version,
+            oldest: OLDEST_READABLE,
         });
     }
     if u32_at(12) != kind as u32 {

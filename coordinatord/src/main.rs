@@ -2,6 +2,7 @@
 //! local checkpoints and restores) and the manager.
 
 mod dump;
+mod files;
 mod hot;
 mod manager;
 mod node;
@@ -55,6 +56,11 @@ struct Args {
     /// File holding the cluster secret (required with --manager-listen or --join)
     #[arg(long, value_name = "FILE")]
     secret: Option<PathBuf>,
+    /// Policy of the files matching GLOB in every checkpoint: snapshot (saved and put back),
+    /// append (a log: checked, cut back only with proof nobody else wrote) or keep (left
+    /// alone). Repeatable; the first match wins, after `ckptctl checkpoint --file-policy`
+    #[arg(long, value_name = "GLOB=POLICY")]
+    file_policy: Vec<ckpt_format::FileRule>,
 }
 
 fn main() {
@@ -113,6 +119,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut node = node::Node::new(host, store, restorer, args.compress);
     node.store_window = !args.no_store_window;
     node.window_delay = std::time::Duration::from_millis(args.test_window_delay_ms);
+    node.files.rules = args.file_policy;
     let node = Arc::new(node);
     let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
         (Some(p), _) => manager::auth::load_secret(p)?,

@@ -5,12 +5,16 @@
 //! the fd it is sending on, and the control thread acknowledges phase 1 once no inter-host
 //! send is in flight.
 //!
+//! The same gate holds writes to given files (the snapshot files ckptd copies while their
+//! writes wait): the write family, `ftruncate` and `fallocate` on an fd whose (device, inode),
+//! found by `fstat` only while the gate is shut, is in a fixed table wait until the park ends.
+//!
 //! Outside a checkpoint a wrapper costs two stores to this thread's slot and one load.
 
 use crate::hosts;
 use crate::sys::{self, futex_wait, futex_wake};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicUsize, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 static STOP: AtomicU32 = AtomicU32::new(0);
 /// Bumped when an in-flight call ends while the gate is shut, to wake the control thread.
@@ -22,6 +26,17 @@ static IN_FLIGHT: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
 static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
 /// Calls in flight from threads beyond SLOTS, counted without their fd (waited for in full).
 static OVERFLOW: AtomicU32 = AtomicU32::new(0);
+
+/// Files whose writes are held: (device, inode) pairs, the first HOLD_N valid. Written by the
+/// control thread before the gate shuts; read by the wrappers while it is shut.
+const HOLD_MAX: usize = 256;
+static HOLD_DEV: [AtomicU64; HOLD_MAX] = [const { AtomicU64::new(0) }; HOLD_MAX];
+static HOLD_INO: [AtomicU64; HOLD_MAX] = [const { AtomicU64::new(0) }; HOLD_MAX];
+static HOLD_N: AtomicUsize = AtomicUsize::new(0);
+/// More files than the table holds: every regular file is held.
+static HOLD_ALL: AtomicBool = AtomicBool::new(false);
+/// 1 while file writes are held (futex word the held writers wait on).
+static FILES: AtomicU32 = AtomicU32::new(0);
 
 thread_local! {
     /// Set on the control thread, which must talk to ckptd while the gate is shut.
@@ -64,6 +79,24 @@ fn unmark(slot: i32) {
     }
 }
 
+/// Whether `fd` is a regular file whose writes are held now. Raw syscalls only.
+fn held_file(fd: i32) -> bool {
+    if FILES.load(SeqCst) == 0 {
+        return false;
+    }
+    // SAFETY: fstat into a local struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: st is a valid out-pointer.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+        return false;
+    }
+    if HOLD_ALL.load(SeqCst) {
+        return true;
+    }
+    let n = HOLD_N.load(SeqCst).min(HOLD_MAX);
+    (0..n).any(|i| HOLD_DEV[i].load(Relaxed) == st.st_dev && HOLD_INO[i].load(Relaxed) == st.st_ino)
+}
+
 /// Before a send-family call on `fd` (to `dest`, when the call names one). Returns the slot
 /// to pass to [`leave`].
 fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> i32 {
@@ -78,12 +111,17 @@ fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> i32
             return slot;
         }
         let saved = sys::errno();
-        if !hosts::leaves_host(fd, dest) {
+        let files = FILES.load(SeqCst);
+        if dest.is_none() && files != 0 && held_file(fd) {
+            unmark(slot);
+            futex_wait(&FILES, files, 0);
+        } else if hosts::leaves_host(fd, dest) {
+            unmark(slot);
+            futex_wait(&STOP, stop, 0);
+        } else {
             sys::set_errno(saved);
             return slot;
         }
-        unmark(slot);
-        futex_wait(&STOP, stop, 0);
         sys::set_errno(saved);
     }
 }
@@ -106,16 +144,22 @@ fn busy() -> bool {
     let n = NEXT_SLOT.load(SeqCst).min(SLOTS);
     IN_FLIGHT[..n].iter().any(|s| {
         let fd = s.load(SeqCst);
-        fd >= 0 && hosts::leaves_host(fd, None)
+        fd >= 0 && (hosts::leaves_host(fd, None) || held_file(fd))
     })
 }
 
-/// Shuts the gate and waits until no inter-host send is in the kernel. False on timeout (a
-/// send blocked on a peer that does not read): the gate is then opened again. Writes to
-/// `hold_files` (device, inode) are to be held until [`release_files`].
+/// Shuts the gate and waits until no inter-host send and no write to a held file is in the
+/// kernel. False on timeout (a send blocked on a peer that does not read): the gate is then
+/// opened again. Writes to `hold_files` (device, inode) are held until [`release_files`].
 pub fn shut(timeout_ms: u32, hold_files: &[(u64, u64)]) -> bool {
-    let _ = hold_files;
     hosts::refresh_local_addrs();
+    for (i, &(dev, ino)) in hold_files.iter().take(HOLD_MAX).enumerate() {
+        HOLD_DEV[i].store(dev, Relaxed);
+        HOLD_INO[i].store(ino, Relaxed);
+    }
+    HOLD_N.store(hold_files.len().min(HOLD_MAX), SeqCst);
+    HOLD_ALL.store(hold_files.len() > HOLD_MAX, SeqCst);
+    FILES.store(u32::from(!hold_files.is_empty()), SeqCst);
     STOP.store(1, SeqCst);
     let deadline = sys::now_ns() + timeout_ms as u64 * 1_000_000;
     loop {
@@ -133,9 +177,15 @@ pub fn shut(timeout_ms: u32, hold_files: &[(u64, u64)]) -> bool {
 
 /// The park is over: held file writes may go on (inter-host sends stay held until [`open`]).
 /// Called from the control thread's park handler: must not allocate or lock.
-pub fn release_files() {}
+pub fn release_files() {
+    if FILES.swap(0, SeqCst) != 0 {
+        futex_wake(&FILES, i32::MAX);
+    }
+}
 
+/// Opens the gate: sends and held file writes go on (the checkpoint is over or aborted).
 pub fn open() {
+    release_files();
     STOP.store(0, SeqCst);
     futex_wake(&STOP, i32::MAX);
 }
@@ -199,3 +249,7 @@ gated!(sendfile, c"sendfile", (out: c_int, inp: c_int, off: *mut off_t, n: size_
 gated!(sendfile64, c"sendfile64", (out: c_int, inp: c_int, off: *mut off64_t, n: size_t) -> ssize_t, out, None);
 gated!(splice, c"splice", (fin: c_int, offin: *mut loff_t, fout: c_int, offout: *mut loff_t, n: size_t, flags: c_uint) -> ssize_t, fout, None);
 gated!(copy_file_range, c"copy_file_range", (fin: c_int, offin: *mut loff_t, fout: c_int, offout: *mut loff_t, n: size_t, flags: c_uint) -> ssize_t, fout, None);
+gated!(ftruncate, c"ftruncate", (fd: c_int, len: off_t) -> c_int, fd, None);
+gated!(ftruncate64, c"ftruncate64", (fd: c_int, len: off64_t) -> c_int, fd, None);
+gated!(fallocate, c"fallocate", (fd: c_int, mode: c_int, off: off_t, len: off_t) -> c_int, fd, None);
+gated!(fallocate64, c"fallocate64", (fd: c_int, mode: c_int, off: off64_t, len: off64_t) -> c_int, fd, None);

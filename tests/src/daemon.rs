@@ -275,8 +275,15 @@ impl Daemon {
     /// (whose `pid` is `pid`, the restored program).  Does not wait for
     /// ckptctl; see [`Daemon::restore_ok`].
     pub fn restore(&self, id: &str, pid: i32) -> Result<App> {
-        let c = self.ckptctl_cmd(&["restore", id]);
-        App::spawn(c, &format!("ckptctl restore {id} (pid {pid})"), Some(pid), self)
+        self.restore_args(id, pid, &[])
+    }
+
+    /// [`Daemon::restore`] with more `ckptctl restore` arguments.
+    pub fn restore_args(&self, id: &str, pid: i32, extra: &[&str]) -> Result<App> {
+        let mut args = vec!["restore", id];
+        args.extend(extra);
+        let c = self.ckptctl_cmd(&args);
+        App::spawn(c, &format!("ckptctl {} (pid {pid})", args.join(" ")), Some(pid), self)
     }
 
     /// [`Daemon::restore`], then waits (120 s) for ckptctl to exit 0.

@@ -3,12 +3,7 @@
 use super::DumpError;
 use ckpt_format::{FdImage, FdKind};
 use ckpt_sys::procfs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-
-/// Bytes at the end of a file open for writing whose CRC is kept, to notice at restore that
-/// the file was rewritten rather than appended to.
-const TAIL_LEN: u64 = 64 << 10;
 
 /// Major numbers of terminals: the tty/console majors and the pty slaves.
 fn is_tty(rdev: u64) -> bool {
@@ -19,21 +14,6 @@ fn is_tty(rdev: u64) -> bool {
 fn kcmp_same_file(pid: i32, a: i32, b: i32) -> bool {
     // SAFETY: kcmp only compares kernel objects; KCMP_FILE = 0.
     unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, 0, a, b) == 0 }
-}
-
-fn tail_crc(path: &str, size: u64) -> (u64, u32) {
-    let len = size.min(TAIL_LEN);
-    let read = || -> std::io::Result<u32> {
-        let mut f = std::fs::File::open(path)?;
-        f.seek(SeekFrom::Start(size - len))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact(&mut buf)?;
-        Ok(crc32c::crc32c(&buf))
-    };
-    match read() {
-        Ok(c) => (len, c),
-        Err(_) => (0, 0),
-    }
 }
 
 pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>, DumpError> {
@@ -62,15 +42,15 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
             if target.ends_with(" (deleted)") {
                 return Err(unsupported(format!("a deleted file ({target})")));
             }
-            let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
-            let (tail_len, tail_crc) = if writable { tail_crc(&link, meta.size()) } else { (0, 0) };
+            // The policy of a file written to is decided over all its holders (crate::files).
             FdKind::File {
                 path: target.clone(),
                 pos: info.pos,
                 size: meta.size(),
-                writable,
-                tail_len,
-                tail_crc,
+                writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+                dev: meta.dev(),
+                ino: meta.ino(),
+                policy: None,
             }
         } else if ft.is_dir() {
             FdKind::Dir { path: target.clone() }

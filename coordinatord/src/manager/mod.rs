@@ -7,7 +7,7 @@ pub mod link;
 
 use crate::node::Node;
 use anyhow::{anyhow, bail, Context};
-use ckpt_format::{HostEntry, Manifest};
+use ckpt_format::{FileRule, HostEntry, Manifest};
 use ckpt_proto::{CheckpointMode, CheckpointReport, CtlReply, CtlRequest, EndPlan, FromNode, ToNode};
 use link::RemoteNode;
 use std::collections::HashMap;
@@ -111,13 +111,17 @@ impl Manager {
             CtlRequest::Ping => CtlReply::Pong {
                 version: ckpt_proto::PROTO_VERSION,
             },
-            CtlRequest::Checkpoint { hold_phase1_ms, mode } => self
-                .checkpoint(hold_phase1_ms, mode)
+            CtlRequest::Checkpoint {
+                hold_phase1_ms,
+                mode,
+                file_policies,
+            } => self
+                .checkpoint(hold_phase1_ms, mode, &file_policies)
                 .map(CtlReply::Checkpointed)
                 .unwrap_or_else(err),
-            CtlRequest::Restore { id } => self
-                .restore(&id)
-                .map(|pids| CtlReply::Restored { id, pids })
+            CtlRequest::Restore { id, file_policies } => self
+                .restore(&id, &file_policies)
+                .map(|(pids, files)| CtlReply::Restored { id, pids, files })
                 .unwrap_or_else(err),
             CtlRequest::Status => {
                 let rs = par(&self.targets(), |_| ToNode::Status);
@@ -153,11 +157,16 @@ impl Manager {
     /// store window still held, a process exited while parked, threads changed under the park)
     /// is tried again at once, the last time without store windows: the programs only saw
     /// another short stop, and the user a checkpoint that succeeded.
-    pub fn checkpoint(&self, hold_phase1_ms: u32, mode: CheckpointMode) -> anyhow::Result<CheckpointReport> {
+    pub fn checkpoint(
+        &self,
+        hold_phase1_ms: u32,
+        mode: CheckpointMode,
+        file_policies: &[FileRule],
+    ) -> anyhow::Result<CheckpointReport> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let mut mode = mode;
         for attempt in 1.. {
-            match self.checkpoint_once(hold_phase1_ms, mode) {
+            match self.checkpoint_once(hold_phase1_ms, mode, file_policies) {
                 Err(e) if attempt < CHECKPOINT_TRIES && retryable(&e) => {
                     tracing::info!(attempt, "checkpoint tried again: {e:#}");
                     mode.no_window = true;
@@ -168,7 +177,12 @@ impl Manager {
         unreachable!("the loop returns")
     }
 
-    fn checkpoint_once(&self, hold_phase1_ms: u32, mode: CheckpointMode) -> anyhow::Result<CheckpointReport> {
+    fn checkpoint_once(
+        &self,
+        hold_phase1_ms: u32,
+        mode: CheckpointMode,
+        file_policies: &[FileRule],
+    ) -> anyhow::Result<CheckpointReport> {
         let t0 = Instant::now();
         let targets = self.targets();
         let dir = self
@@ -189,7 +203,12 @@ impl Manager {
         };
 
         // Phase 1: communication stops everywhere; each node reports its connection ends.
-        let p1 = first_error(par(&targets, |_| ToNode::Phase1 { id: id.clone(), mode })).map_err(abort)?;
+        let p1 = first_error(par(&targets, |_| ToNode::Phase1 {
+            id: id.clone(),
+            mode,
+            file_policies: file_policies.to_vec(),
+        }))
+        .map_err(abort)?;
         let phase1_us = t0.elapsed().as_micros() as u64;
         // Inter-host sends are held from here until every node was told the checkpoint is over.
         let gates_shut = Instant::now();
@@ -228,11 +247,12 @@ impl Manager {
         let phase2_us = t2.elapsed().as_micros() as u64;
         let mut hosts = Vec::new();
         for (t, r) in targets.iter().zip(p2) {
-            if let FromNode::Phase2Done { processes } = r {
+            if let FromNode::Phase2Done { processes, files } = r {
                 if !processes.is_empty() {
                     hosts.push(HostEntry {
                         host: t.host().to_string(),
                         processes,
+                        files,
                     });
                 }
             }
@@ -297,7 +317,9 @@ impl Manager {
         Ok(report)
     }
 
-    pub fn restore(&self, id: &str) -> anyhow::Result<Vec<i32>> {
+    /// Restores checkpoint `id`: every node checks everything first (images, pids, files) and
+    /// nothing changes unless all agree. Returns the pids and what was done to files.
+    pub fn restore(&self, id: &str, file_policies: &[FileRule]) -> anyhow::Result<(Vec<i32>, Vec<String>)> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let (_, manifest) = self.node.store.get(id)?;
         let all = self.targets();
@@ -316,7 +338,30 @@ impl Manager {
             let _ = par(&targets, |_| ToNode::RestoreAbort { id: id.to_string() });
             e
         };
-        let prepared = first_error(par(&targets, |_| ToNode::RestorePrepare { id: id.to_string() })).map_err(abort)?;
+        let prepared = par(&targets, |_| ToNode::RestorePrepare {
+            id: id.to_string(),
+            file_policies: file_policies.to_vec(),
+        });
+        // Every node's reasons, in one line: the user fixes them all at once.
+        let refusals: Vec<String> = targets
+            .iter()
+            .zip(&prepared)
+            .filter_map(|(t, r)| {
+                let e = r.as_ref().err()?;
+                Some(if targets.len() > 1 {
+                    format!("host {}: {e:#}", t.host())
+                } else {
+                    format!("{e:#}")
+                })
+            })
+            .collect();
+        if !refusals.is_empty() {
+            return Err(abort(anyhow!(
+                "restore of {id} refused, nothing was changed: {}",
+                refusals.join("; ")
+            )));
+        }
+        let prepared = first_error(prepared)?;
         let mut ends = Vec::new();
         for (t, r) in targets.iter().zip(prepared) {
             if let FromNode::RestorePrepared { ends: e } = r {
@@ -341,17 +386,37 @@ impl Manager {
                 })
                 .collect()
         };
-        let restored = first_error(par(&targets, |t| ToNode::RestoreConnect {
+        let restored = par(&targets, |t| ToNode::RestoreConnect {
             id: id.to_string(),
             plan: plan_for(t.host()),
-        }))
-        .map_err(abort)?;
-        Ok(restored
-            .into_iter()
-            .flat_map(|r| match r {
-                FromNode::Restored { pids } => pids,
-                _ => Vec::new(),
-            })
-            .collect())
+        });
+        if restored.iter().any(|r| r.is_err()) {
+            // Nodes apply their files independently: say what the others already changed.
+            let mut why: Vec<String> = restored
+                .iter()
+                .filter_map(|r| r.as_ref().err().map(|e| format!("{e:#}")))
+                .collect();
+            for (t, r) in targets.iter().zip(&restored) {
+                if let Ok(FromNode::Restored { files, .. }) = r {
+                    if !files.is_empty() {
+                        why.push(format!(
+                            "host {} had already changed files: {}",
+                            t.host(),
+                            files.join("; ")
+                        ));
+                    }
+                }
+            }
+            return Err(abort(anyhow!("{}", why.join("; "))));
+        }
+        let restored = first_error(restored)?;
+        let (mut pids, mut files) = (Vec::new(), Vec::new());
+        for r in restored {
+            if let FromNode::Restored { pids: p, files: f } = r {
+                pids.extend(p);
+                files.extend(f);
+            }
+        }
+        Ok((pids, files))
     }
 }

@@ -9,31 +9,35 @@ impl Node {
             message: format!("{e:#}"),
         };
         match req {
-            ToNode::Phase1 { id, mode } => {
+            ToNode::Phase1 {
+                id,
+                mode,
+                file_policies,
+            } => {
                 let dir = match self.store.dir_for(&id) {
                     Ok(d) => d,
                     Err(e) => return failed(e.into()),
                 };
-                self.phase1(dir, mode)
+                self.phase1(dir, mode, &file_policies)
                     .map(|ends| FromNode::Phase1Done { ends })
                     .unwrap_or_else(failed)
             }
             ToNode::Phase2 { id, expect } => self
                 .phase2(&id, &expect)
-                .map(|processes| FromNode::Phase2Done { processes })
+                .map(|(processes, files)| FromNode::Phase2Done { processes, files })
                 .unwrap_or_else(failed),
             ToNode::Finish { id, commit } => {
                 self.finish(&id, commit);
                 FromNode::Done
             }
             ToNode::Status => FromNode::Status(self.status()),
-            ToNode::RestorePrepare { id } => self
-                .restore_prepare(&id)
+            ToNode::RestorePrepare { id, file_policies } => self
+                .restore_prepare(&id, &file_policies)
                 .map(|ends| FromNode::RestorePrepared { ends })
                 .unwrap_or_else(failed),
             ToNode::RestoreConnect { id, plan } => self
                 .restore_connect(&id, &plan)
-                .map(|pids| FromNode::Restored { pids })
+                .map(|(pids, files)| FromNode::Restored { pids, files })
                 .unwrap_or_else(failed),
             ToNode::RestoreAbort { id } => {
                 self.restore_abort(&id);

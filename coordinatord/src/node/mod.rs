@@ -38,6 +38,8 @@ pub struct Node {
     pub last_restored: Mutex<(String, Vec<i32>)>,
     /// stdio handed over by a local `ckptctl restore`, for the processes restored here.
     pub restore_stdio: Mutex<Vec<std::os::fd::OwnedFd>>,
+    /// The file contract: default overrides and the watch of who writes to files.
+    pub files: crate::files::Files,
 }
 
 impl Node {
@@ -55,6 +57,7 @@ impl Node {
             pending_restore: Default::default(),
             last_restored: Default::default(),
             restore_stdio: Default::default(),
+            files: crate::files::Files::new(Vec::new()),
         }
     }
 }

@@ -1,16 +1,20 @@
 //! The node's part of a checkpoint. Phase 1 shuts the communication gate of every local
-//! program and reports the kernel's byte counts of each TCP connection end. Phase 2 waits
-//! until every byte the peers sent has arrived, parks every local program (the per-host
-//! barrier: intra-host communication stops here), reads each one, lets them all run again and
-//! makes the images durable.
+//! program (holding writes to the files to snapshot), reports the kernel's byte counts of each
+//! TCP connection end and copies those files. Phase 2 waits until every byte the peers sent
+//! has arrived, parks every local program (the per-host barrier: intra-host communication stops
+//! here), reads each one and its files, lets them all run again and makes the images durable.
 
 use super::Node;
 use crate::dump::precopy::{precopy, Precopy};
 use crate::dump::state::Fixed;
 use crate::dump::{dump_parked, sockets, Dumped, PageTarget};
+use crate::files::capture::Capture;
 use crate::registry::Proc;
 use anyhow::{anyhow, bail, Context};
-use ckpt_format::{read_record, write_record, CheckpointDir, PageStoreWriter, ProcessEntry, ProcessImage, RecordKind};
+use ckpt_format::{
+    read_record, write_record, CheckpointDir, FileRule, FileSummary, PageStoreWriter, ProcessEntry, ProcessImage,
+    RecordKind,
+};
 use ckpt_proto::{AppMsg, CheckpointMode, ConnEnd, NodeMsg};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
@@ -32,6 +36,8 @@ pub struct Pending {
     pub bases: HashMap<i32, (String, ProcessImage)>,
     /// Per pid: what was made ready before the stop (taken by the dump).
     pub prepared: std::sync::Mutex<HashMap<i32, Prepared>>,
+    /// The files of the checkpoint, copied in phase 1 (taken by phase 2).
+    pub files: std::sync::Mutex<Option<Capture>>,
 }
 
 /// What is read and opened for a process before it is parked, to keep its stop short.
@@ -161,13 +167,17 @@ fn conn_ends(procs: &[Arc<Proc>]) -> Vec<ConnEnd> {
 }
 
 impl Node {
-    pub fn phase1(&self, dir: CheckpointDir, mode: CheckpointMode) -> anyhow::Result<Vec<ConnEnd>> {
+    pub fn phase1(&self, dir: CheckpointDir, mode: CheckpointMode, rules: &[FileRule]) -> anyhow::Result<Vec<ConnEnd>> {
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = pending.as_ref() {
             bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);
         }
         let procs = self.registry.alive();
         let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));
+        // The files to snapshot: their writes are held from the gate's shutting to the park.
+        let mut files = Capture::begin(&self.store, &dir, &self.host, self.files.rules_for(rules));
+        let running: Vec<(i32, i32)> = procs.iter().map(|p| (p.reg.pid, p.reg.control_fd)).collect();
+        let (decided, hold) = files.before_stop(&running);
         let mut stopped: Vec<Arc<Proc>> = Vec::new();
         for p in &procs {
             let pid = p.reg.pid;
@@ -178,7 +188,7 @@ impl Node {
                     &s,
                     &NodeMsg::CommStop {
                         timeout_ms: COMM_STOP_TIMEOUT_MS,
-                        hold_files: Vec::new(),
+                        hold_files: hold.clone(),
                     },
                     &[],
                 )
@@ -203,19 +213,26 @@ impl Node {
             stopped.push(p.clone());
         }
         let ends = conn_ends(&stopped);
+        let shut = Instant::now();
+        files.precopy(&decided);
         *pending = Some(Pending {
             dir,
             procs: stopped,
-            shut: Instant::now(),
+            shut,
             mode,
             bases,
             prepared: std::sync::Mutex::new(prepared),
+            files: std::sync::Mutex::new(Some(files)),
         });
         Ok(ends)
     }
 
     /// `expect`: for each (local, peer) end, the bytes its peer has sent.
-    pub fn phase2(&self, id: &str, expect: &[(String, String, u64)]) -> anyhow::Result<Vec<ProcessEntry>> {
+    pub fn phase2(
+        &self,
+        id: &str,
+        expect: &[(String, String, u64)],
+    ) -> anyhow::Result<(Vec<ProcessEntry>, Vec<FileSummary>)> {
         let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let Some(p) = pending.as_ref().filter(|p| p.dir.id == id) else {
             bail!("host {}: checkpoint {id} has no phase 1 here", self.host);
@@ -233,6 +250,9 @@ impl Node {
             // was aborted, the next one must be full.
             for proc in &p.procs {
                 *proc.track_base.lock().unwrap_or_else(|e| e.into_inner()) = commit.then(|| id.to_string());
+            }
+            if !commit {
+                self.files.watch.forget(id);
             }
             if !commit && p.dir.path.exists() {
                 let host_dir = p.dir.path.join(&self.host);
@@ -284,7 +304,7 @@ impl Node {
     }
 
     /// Parks every local program, reads each, releases them all, makes the images durable.
-    fn local_checkpoint(&self, pending: &Pending) -> anyhow::Result<Vec<ProcessEntry>> {
+    fn local_checkpoint(&self, pending: &Pending) -> anyhow::Result<(Vec<ProcessEntry>, Vec<FileSummary>)> {
         let (dir, procs, shut) = (&pending.dir, &pending.procs[..], pending.shut);
         let streams: Vec<_> = procs.iter().map(|p| talk(p)).collect();
         let warm = crate::hot::warm();
@@ -367,6 +387,20 @@ impl Node {
                 }
             }
         }
+        let mut file_records = Vec::new();
+        if result.is_ok() {
+            let mut images: Vec<&mut ProcessImage> = parked
+                .iter_mut()
+                .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
+                .collect();
+            let mut files = pending.files.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(f) = files.as_mut() {
+                match f.at_park(&mut images, &self.files.watch, &dir.id) {
+                    Ok(r) => file_records = r,
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
         tracing::debug!(dump_us = t_parked.elapsed().as_micros() as u64, "parked work");
         let verdict = if result.is_ok() {
             NodeMsg::Resume
@@ -420,6 +454,11 @@ impl Node {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
         })?;
+        let files = pending.files.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let file_summaries = match files {
+            Some(f) => f.finish(file_records)?,
+            None => Vec::new(),
+        };
         let store_us = t_store.elapsed().as_micros() as u64;
         let mut entries = Vec::new();
         for (parked_at_us, stop_us, window_bytes, window_faults, image) in images {
@@ -442,7 +481,7 @@ impl Node {
                 window_faults,
             });
         }
-        Ok(entries)
+        Ok((entries, file_summaries))
     }
 
     /// Chooses each process's base, opens its page store, reads what of its state does not

@@ -1,11 +1,13 @@
-//! Restoring this host's processes of a checkpoint: check everything first, then start one
-//! restorer per process with the checkpointed pid, and wait until each program is back and its
-//! control thread has reconnected.
+//! Restoring this host's processes of a checkpoint: check everything first (images, pids,
+//! every file), then put the files back and start one restorer per process with the
+//! checkpointed pid, and wait until each program is back and its control thread has
+//! reconnected.
 
 use super::netrestore::{self, Key};
+use crate::files::restore::{Applied, FileRestore};
 use crate::node::{describe_status, Node};
 use anyhow::{anyhow, bail, Context};
-use ckpt_format::{read_record, FdKind, PageStoreReader, ProcessImage, RecordKind};
+use ckpt_format::{read_record, FdKind, FileRule, MappingKind, PageStoreReader, ProcessImage, RecordKind};
 use ckpt_proto::restore_status::{self, Status};
 use ckpt_proto::{AppMsg, EndPlan, Registration, RestoreEnd, SocketFds};
 use std::collections::HashMap;
@@ -32,15 +34,18 @@ pub struct PendingRestore {
     id: String,
     planned: Vec<Planned>,
     listeners: HashMap<Key, TcpListener>,
+    files: FileRestore,
 }
 
 impl Node {
-    /// Reads and verifies every image of this host and checks that pids and tids are free, so
-    /// that a bad image or a taken pid changes nothing; opens a rendezvous listener for each
-    /// connection end that will accept.
-    pub fn restore_prepare(&self, id: &str) -> anyhow::Result<Vec<RestoreEnd>> {
+    /// Reads and verifies every image of this host, checks that pids and tids are free and
+    /// that every file can be brought back as its policy says, so that a bad image, a taken pid
+    /// or a file changed by someone else changes nothing (every reason in one error); opens a
+    /// rendezvous listener for each connection end that will accept.
+    pub fn restore_prepare(&self, id: &str, rules: &[FileRule]) -> anyhow::Result<Vec<RestoreEnd>> {
         let (dir, manifest) = self.store.get(id)?;
         let mut planned = Vec::new();
+        let mut problems = Vec::new();
         if let Some(host) = manifest.hosts.iter().find(|h| h.host == self.host) {
             for p in &host.processes {
                 let meta = dir.meta_path(&self.host, p.pid);
@@ -64,15 +69,25 @@ impl Node {
                     if !ckpt_sys::spawn::free_within(t.tid, Duration::from_secs(1)) {
                         let who = ckpt_sys::spawn::describe_pid(t.tid);
                         let what = if t.tid == image.pid { "pid" } else { "thread id" };
-                        bail!(
+                        problems.push(format!(
                             "{what} {} of checkpoint {id} is in use by another process ({who}); stop it, then restore again",
                             t.tid
-                        );
+                        ));
                     }
                 }
                 planned.push(Planned { image, meta, pages });
             }
         }
+        let images: Vec<&ProcessImage> = planned.iter().map(|p| &p.image).collect();
+        let files = FileRestore::open(&self.store, &dir, &self.host, rules);
+        match &files {
+            Ok(f) => problems.extend(f.check(&images, &self.files.watch).err().unwrap_or_default()),
+            Err(e) => problems.push(e.clone()),
+        }
+        let files = match files {
+            Ok(f) if problems.is_empty() => f,
+            _ => bail!("{}", problems.join("; ")),
+        };
         let mut ends = Vec::new();
         let mut listeners = HashMap::new();
         for p in &planned {
@@ -101,12 +116,18 @@ impl Node {
             id: id.to_string(),
             planned,
             listeners,
+            files,
         });
         Ok(ends)
     }
 
-    /// Re-creates the sockets and starts one restorer per process.
-    pub fn restore_connect(&self, id: &str, plan: &[(String, String, EndPlan)]) -> anyhow::Result<Vec<i32>> {
+    /// Re-creates the sockets, checks the files again and puts them back, then starts one
+    /// restorer per process. Returns the pids and what was done to files.
+    pub fn restore_connect(
+        &self,
+        id: &str,
+        plan: &[(String, String, EndPlan)],
+    ) -> anyhow::Result<(Vec<i32>, Vec<String>)> {
         let pending = self.pending_restore.lock().unwrap_or_else(|e| e.into_inner()).take();
         let Some(pending) = pending.filter(|p| p.id == id) else {
             bail!("host {}: restore of {id} was not prepared here", self.host);
@@ -120,6 +141,18 @@ impl Node {
         let mut sockets = netrestore::make_sockets(&images, &plan, &pending.listeners)
             .map_err(|e| e.context(format!("host {}", self.host)))?;
         sockets.extend(super::pipes::make_pipes(&images).context("re-creating pipes")?);
+        // The files may have changed since every node prepared: check again, then change them.
+        let actions = pending
+            .files
+            .check(&images, &self.files.watch)
+            .map_err(|p| anyhow!("restore of {id} refused, nothing was changed: {}", p.join("; ")))?;
+        let applied = match pending.files.apply(&actions) {
+            Ok(a) => a,
+            Err((e, done)) => bail!(
+                "restore of {id} failed while putting files back ({e}); {}",
+                changed_so_far(&done)
+            ),
+        };
         let mut started: Vec<i32> = Vec::new();
         for p in &pending.planned {
             let mine: Vec<(i32, OwnedFd)> = p
@@ -128,16 +161,21 @@ impl Node {
                 .iter()
                 .filter_map(|f| sockets.remove(&(p.image.pid, f.fd)).map(|s| (f.fd, s)))
                 .collect();
-            match self.start_one(id, p, &stdio, mine) {
+            let checks = mapped_checks(&p.image, &pending.files, &applied);
+            match self.start_one(id, p, &stdio, mine, &checks) {
                 Ok(pid) => started.push(pid),
                 Err(e) => {
                     self.kill_restored(&started);
-                    return Err(e.context(format!("host {}", self.host)));
+                    let e = e.context(format!("host {}", self.host));
+                    if applied.notes.is_empty() {
+                        return Err(e);
+                    }
+                    return Err(anyhow!("{e:#}; {}", changed_so_far(&applied)));
                 }
             }
         }
         *self.last_restored.lock().unwrap_or_else(|e| e.into_inner()) = (id.to_string(), started.clone());
-        Ok(started)
+        Ok((started, applied.notes))
     }
 
     /// The restore failed elsewhere: take back what this node restored for it.
@@ -158,7 +196,14 @@ impl Node {
         }
     }
 
-    fn start_one(&self, id: &str, p: &Planned, stdio: &[OwnedFd], sockets: Vec<(i32, OwnedFd)>) -> anyhow::Result<i32> {
+    fn start_one(
+        &self,
+        id: &str,
+        p: &Planned,
+        stdio: &[OwnedFd],
+        sockets: Vec<(i32, OwnedFd)>,
+        checks: &[String],
+    ) -> anyhow::Result<i32> {
         let node = self;
         let pid = p.image.pid;
         let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
@@ -185,12 +230,18 @@ impl Node {
             argv.push(CString::new("--pages")?);
             argv.push(CString::new(path.as_os_str().as_bytes())?);
         }
+        for a in checks {
+            argv.push(CString::new(a.as_str())?);
+        }
         let mut envp = vec![CString::new("GLIBC_TUNABLES=glibc.pthread.rseq=0")?];
         if let Ok(v) = std::env::var("RUST_LOG") {
             envp.push(CString::new(format!("RUST_LOG={v}"))?);
         }
         node.reaper.forget(pid);
         let child = ckpt_sys::spawn::spawn_with_pid(pid, &prog, &argv, &envp, &fds)?;
+        // The restorer becomes the program: its writes to the checkpoint's files are the
+        // checkpoint's own from its first instant.
+        node.files.watch.adopt(child);
         drop(status_w);
         drop(theirs);
         tracing::info!(pid = child, id, "restorer started");
@@ -256,6 +307,40 @@ impl Node {
         node.registry.insert(reg, ours, Some(id.to_string()));
         tracing::info!(pid, id, "process restored");
         Ok(pid)
+    }
+}
+
+/// The restorer's arguments for mapped files that are not unchanged: those put back are
+/// checked against what was written (`--mapped-file PATH DEV INO SIZE MTIME_NS`), those kept
+/// as they are not at all (`--mapped-any PATH`).
+fn mapped_checks(img: &ProcessImage, files: &FileRestore, applied: &Applied) -> Vec<String> {
+    let mut args = Vec::new();
+    for m in &img.mappings {
+        let MappingKind::File(id) = &m.kind else { continue };
+        if args.contains(&id.path) {
+            continue;
+        }
+        match (files.mapped_override(&id.path), applied.put_back.get(&id.path)) {
+            (Some(true), Some(i)) => args.extend([
+                "--mapped-file".to_string(),
+                id.path.clone(),
+                i.dev.to_string(),
+                i.ino.to_string(),
+                i.size.to_string(),
+                i.mtime_ns.to_string(),
+            ]),
+            (Some(false), _) => args.extend(["--mapped-any".to_string(), id.path.clone()]),
+            _ => {}
+        }
+    }
+    args
+}
+
+fn changed_so_far(done: &Applied) -> String {
+    if done.notes.is_empty() {
+        "no file was changed".to_string()
+    } else {
+        format!("files were already changed: {}", done.notes.join("; "))
     }
 }
 

@@ -37,6 +37,11 @@ enum Cmd {
         /// Keep communication stopped this long between the two phases (for testing)
         #[arg(long, default_value_t = 0, hide = true)]
         hold_phase1_ms: u32,
+        /// Policy of the files matching GLOB: snapshot (saved, put back at restore), append (a
+        /// log: checked, cut back only with proof nobody else wrote) or keep (left alone).
+        /// Repeatable; the first match wins, before ckptd's own --file-policy
+        #[arg(long, value_name = "GLOB=POLICY")]
+        file_policy: Vec<ckpt_format::FileRule>,
     },
     /// List the committed checkpoints
     List,
@@ -46,7 +51,14 @@ enum Cmd {
     Status,
     /// Bring back the processes of a checkpoint, with their pids; their terminal/pipe stdio
     /// becomes this command's
-    Restore { id: String },
+    Restore {
+        id: String,
+        /// For the files matching GLOB: keep leaves them as they are (unchecked), snapshot rolls
+        /// them back even when a check would refuse (a log: cut back without proof).
+        /// Repeatable; the first match wins
+        #[arg(long, value_name = "GLOB=POLICY")]
+        file_policy: Vec<ckpt_format::FileRule>,
+    },
     /// Delete a checkpoint
     Delete { id: String },
 }
@@ -76,6 +88,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
             hold_phase1_ms,
             full,
             stop_the_world,
+            file_policy,
         } => (
             CtlRequest::Checkpoint {
                 hold_phase1_ms: *hold_phase1_ms,
@@ -84,6 +97,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
                     stop_the_world: *stop_the_world,
                     no_window: false,
                 },
+                file_policies: file_policy.clone(),
             },
             vec![],
         ),
@@ -91,7 +105,13 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
         Cmd::Show { id } => (CtlRequest::Show { id: id.clone() }, vec![]),
         Cmd::Status => (CtlRequest::Status, vec![]),
         // Our stdio goes along: it becomes the restored programs' stdio.
-        Cmd::Restore { id } => (CtlRequest::Restore { id: id.clone() }, vec![0, 1, 2]),
+        Cmd::Restore { id, file_policy } => (
+            CtlRequest::Restore {
+                id: id.clone(),
+                file_policies: file_policy.clone(),
+            },
+            vec![0, 1, 2],
+        ),
         Cmd::Delete { id } => (CtlRequest::Delete { id: id.clone() }, vec![]),
     };
     match c.call(&req, &fds)? {

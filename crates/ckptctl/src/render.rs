@@ -1,6 +1,6 @@
 //! What ckptctl prints: short human text, or JSON with `--json`.
 
-use ckpt_format::{FdKind, MappingKind, ProcessImage};
+use ckpt_format::{FdKind, FilePolicy, FileSummary, MappingKind, ProcessImage};
 use ckpt_proto::CtlReply;
 use serde_json::json;
 
@@ -11,7 +11,7 @@ pub fn print(reply: &CtlReply, as_json: bool) {
             CtlReply::List(l) => serde_json::to_value(l),
             CtlReply::Show { manifest, images } => Ok(json!({ "manifest": manifest, "images": images })),
             CtlReply::Status(s) => Ok(json!({ "processes": s })),
-            CtlReply::Restored { id, pids } => Ok(json!({ "id": id, "pids": pids })),
+            CtlReply::Restored { id, pids, files } => Ok(json!({ "id": id, "pids": pids, "files": files })),
             CtlReply::Deleted { id } => Ok(json!({ "deleted": id })),
             CtlReply::Pong { version } => Ok(json!({ "version": version })),
             CtlReply::Error { message } => Ok(json!({ "error": message })),
@@ -65,6 +65,9 @@ pub fn print(reply: &CtlReply, as_json: bool) {
                     .map(|(_, p)| p.stop_us);
                 show_process(host, img, stop, &ends);
             }
+            for h in manifest.hosts.iter().filter(|h| !h.files.is_empty()) {
+                show_files(&h.host, &h.files);
+            }
         }
         CtlReply::Status(procs) => {
             println!("{:<8} {:<12} {:>7} {:<9} COMMAND", "PID", "HOST", "THREADS", "RESTORED");
@@ -79,9 +82,12 @@ pub fn print(reply: &CtlReply, as_json: bool) {
                 );
             }
         }
-        CtlReply::Restored { id, pids } => {
+        CtlReply::Restored { id, pids, files } => {
             let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
             eprintln!("restored checkpoint {id}: pid {}", pids.join(", "));
+            for f in files {
+                eprintln!("  {f}");
+            }
         }
         CtlReply::Deleted { id } => eprintln!("deleted checkpoint {id}"),
         CtlReply::Pong { version } => println!("ckptd protocol {version}"),
@@ -133,7 +139,10 @@ fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>, ends: &std
     for f in &img.fds {
         let note = match &f.kind {
             FdKind::Stdio { .. } => "  -> stdio of `ckptctl restore`",
-            FdKind::File { writable: true, .. } => "  -> cut back to its checkpointed size",
+            FdKind::File {
+                policy: Some(FilePolicy::Append),
+                ..
+            } => "  -> reopened at the end of the log",
             FdKind::TcpConn { local, peer, .. } if !ends.contains(&(peer.as_str(), local.as_str())) => {
                 "  -> peer not in the checkpoint: comes back reset"
             }
@@ -141,6 +150,31 @@ fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>, ends: &std
         };
         let dup = f.dup_of.map(|d| format!(" (same file as fd {d})")).unwrap_or_default();
         println!("    {:>3} {}{dup}{note}", f.fd, f.kind.describe());
+    }
+}
+
+/// The files a host's programs wrote to, with their policies.
+fn show_files(host: &str, files: &[FileSummary]) {
+    println!("\nfiles written on host {host}:");
+    for f in files {
+        let what = match f.policy {
+            FilePolicy::Snapshot => format!(
+                "{} ({} stored by this checkpoint) -> put back at restore",
+                bytes(f.size),
+                bytes(f.stored_bytes)
+            ),
+            FilePolicy::Append => format!(
+                "{} -> checked, cut back to it only if nobody else wrote to it since",
+                bytes(f.size)
+            ),
+            FilePolicy::Keep => "-> left as it is".to_string(),
+        };
+        println!("  {:<8} {}  {what}", f.policy.name(), f.path);
+        let pids: Vec<String> = f.pids.iter().map(|p| p.to_string()).collect();
+        println!("           why: {}; held by pid {}", f.why, pids.join(", "));
+        if !f.companions.is_empty() {
+            println!("           beside it then: {}", f.companions.join(", "));
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Every message exchanged between ckpt processes.
 
-use ckpt_format::{Manifest, ProcessImage};
+use ckpt_format::{FileRule, FileSummary, Manifest, ProcessImage};
 use serde::{Deserialize, Serialize};
 
 /// First message on every connection to ckptd.
@@ -114,9 +114,11 @@ pub enum NodeMsg {
 pub enum CtlRequest {
     Ping,
     /// `hold_phase1_ms` keeps every gate shut that long between the phases (a testing hook).
+    /// `file_policies` override the policies of files (first match wins; before ckptd's own).
     Checkpoint {
         hold_phase1_ms: u32,
         mode: CheckpointMode,
+        file_policies: Vec<FileRule>,
     },
     List,
     Show {
@@ -124,8 +126,11 @@ pub enum CtlRequest {
     },
     Status,
     /// Restore checkpoint `id`; the requester's stdin, stdout and stderr ride along as fds.
+    /// `file_policies`: `keep` leaves a file alone (unchecked), `snapshot` forces a rollback a
+    /// check would refuse.
     Restore {
         id: String,
+        file_policies: Vec<FileRule>,
     },
     Delete {
         id: String,
@@ -206,6 +211,8 @@ pub enum CtlReply {
     Restored {
         id: String,
         pids: Vec<i32>,
+        /// What the restore did to files (rolled back, cut back, left, set aside), one line each.
+        files: Vec<String>,
     },
     Deleted {
         id: String,
@@ -264,6 +271,7 @@ pub enum ToNode {
     Phase1 {
         id: String,
         mode: CheckpointMode,
+        file_policies: Vec<FileRule>,
     },
     /// For each (local, peer) end of this node, the bytes its peer has sent.
     Phase2 {
@@ -277,6 +285,7 @@ pub enum ToNode {
     Status,
     RestorePrepare {
         id: String,
+        file_policies: Vec<FileRule>,
     },
     RestoreConnect {
         id: String,
@@ -290,13 +299,25 @@ pub enum ToNode {
 /// Node → manager.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum FromNode {
-    Phase1Done { ends: Vec<ConnEnd> },
-    Phase2Done { processes: Vec<ckpt_format::ProcessEntry> },
+    Phase1Done {
+        ends: Vec<ConnEnd>,
+    },
+    Phase2Done {
+        processes: Vec<ckpt_format::ProcessEntry>,
+        files: Vec<FileSummary>,
+    },
     Done,
     Status(Vec<ProcessStatus>),
-    RestorePrepared { ends: Vec<RestoreEnd> },
-    Restored { pids: Vec<i32> },
-    Failed { message: String },
+    RestorePrepared {
+        ends: Vec<RestoreEnd>,
+    },
+    Restored {
+        pids: Vec<i32>,
+        files: Vec<String>,
+    },
+    Failed {
+        message: String,
+    },
 }
 
 /// First message on a TCP connection to the manager.

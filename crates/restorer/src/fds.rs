@@ -2,10 +2,9 @@
 //! needs (page stores, mapped files) at numbers above them.
 
 use anyhow::{bail, Context};
-use ckpt_format::{FdImage, FdKind, FileId, MappingKind, PageStoreReader, ProcessImage};
+use ckpt_format::{FdImage, FdKind, FileId, FilePolicy, MappingKind, PageStoreReader, ProcessImage};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::fd::{IntoRawFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
@@ -29,32 +28,6 @@ fn open(path: &str, flags: i32) -> anyhow::Result<RawFd> {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("cannot reopen {path}"));
     }
     Ok(fd)
-}
-
-/// Checks a file open for writing and cuts it back to its checkpointed size.
-fn rewind_written(path: &str, size: u64, tail_len: u64, tail_crc: u32) -> anyhow::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot reopen {path}"))?;
-    let now = f.metadata()?.len();
-    if now < size {
-        bail!("{path} is shorter ({now} bytes) than at the checkpoint ({size}); restoring would lose data");
-    }
-    if tail_len > 0 {
-        let mut buf = vec![0u8; tail_len as usize];
-        f.seek(SeekFrom::Start(size - tail_len))?;
-        f.read_exact(&mut buf)?;
-        if crc32c::crc32c(&buf) != tail_crc {
-            bail!("{path} was rewritten since the checkpoint (its content before offset {size} changed)");
-        }
-    }
-    if now > size {
-        f.set_len(size)
-            .with_context(|| format!("cannot cut {path} back to {size} bytes"))?;
-    }
-    Ok(())
 }
 
 /// Receives the sockets ckptd re-created for the program: fd number in the program → fd here,
@@ -91,24 +64,18 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
             FdKind::Control => control,
             // A placeholder: the restored interposer makes a new tracker at this number.
             FdKind::Uffd => open("/dev/null", libc::O_RDWR)?,
-            FdKind::File {
-                path,
-                pos,
-                size,
-                writable,
-                tail_len,
-                tail_crc,
-            } => {
-                if f.dup_of.is_none() && *writable {
-                    rewind_written(path, *size, *tail_len, *tail_crc)?;
-                }
-                reopen(f, path)?
-                    .inspect(|&fd| {
-                        // SAFETY: lseek on the fd just opened.
-                        unsafe { libc::lseek(fd, *pos as i64, libc::SEEK_SET) };
-                    })
-                    .unwrap_or(-1)
-            }
+            // ckptd checked and put back the files before starting us; a log's fd goes to its
+            // end (never inside what others wrote since), any other to its offset.
+            FdKind::File { path, pos, policy, .. } => reopen(f, path)?
+                .inspect(|&fd| {
+                    let (off, whence) = match policy {
+                        Some(FilePolicy::Append) => (0, libc::SEEK_END),
+                        _ => (*pos as i64, libc::SEEK_SET),
+                    };
+                    // SAFETY: lseek on the fd just opened.
+                    unsafe { libc::lseek(fd, off, whence) };
+                })
+                .unwrap_or(-1),
             FdKind::Dir { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. } | FdKind::Pipe { .. } => {
@@ -159,17 +126,41 @@ fn reopen(f: &FdImage, path: &str) -> anyhow::Result<Option<RawFd>> {
     Ok(Some(open(path, flags)?))
 }
 
-fn same_file(id: &FileId, meta: &std::fs::Metadata) -> bool {
-    let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
-    meta.dev() == id.dev && meta.ino() == id.ino && meta.size() == id.size && mtime == id.mtime_ns
+/// How a mapped file is checked: against its identity at the checkpoint, against the one ckptd
+/// gave it when it put the file back (a snapshot file), or not at all (kept as it is).
+pub enum MappedCheck {
+    Ident {
+        dev: u64,
+        ino: u64,
+        size: u64,
+        mtime_ns: i128,
+    },
+    Any,
 }
 
-/// Opens every mapped file (checking it is the one that was mapped) and fills a memfd for
-/// each shared mapping without a file. Returns fds by path and by mapping start.
+fn same_file(id: &FileId, meta: &std::fs::Metadata, check: Option<&MappedCheck>) -> bool {
+    let mtime = meta.mtime() as i128 * 1_000_000_000 + meta.mtime_nsec() as i128;
+    let now = (meta.dev(), meta.ino(), meta.size(), mtime);
+    match check {
+        None => now == (id.dev, id.ino, id.size, id.mtime_ns),
+        Some(MappedCheck::Ident {
+            dev,
+            ino,
+            size,
+            mtime_ns,
+        }) => now == (*dev, *ino, *size, *mtime_ns),
+        Some(MappedCheck::Any) => true,
+    }
+}
+
+/// Opens every mapped file (checking it is the one that was mapped, or the one ckptd put
+/// back) and fills a memfd for each shared mapping without a file. Returns fds by path and by
+/// mapping start.
 pub fn mapping_fds(
     img: &ProcessImage,
     stores: &[PageStoreReader],
     base: RawFd,
+    checks: &HashMap<String, MappedCheck>,
 ) -> anyhow::Result<(HashMap<String, RawFd>, HashMap<u64, RawFd>)> {
     let mut files = HashMap::new();
     let mut memfds = HashMap::new();
@@ -183,7 +174,7 @@ pub fn mapping_fds(
                     .open(&id.path)
                     .with_context(|| format!("cannot open mapped file {}", id.path))?;
                 let meta = f.metadata()?;
-                if !same_file(id, &meta) {
+                if !same_file(id, &meta, checks.get(&id.path)) {
                     bail!(
                         "mapped file {} changed since the checkpoint; restore needs the same file",
                         id.path

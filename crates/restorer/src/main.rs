@@ -22,6 +22,8 @@ struct Args {
     pages: Vec<PathBuf>,
     status_fd: i32,
     control_fd: i32,
+    /// Mapped files ckptd put back or keeps as they are.
+    mapped: std::collections::HashMap<String, fds::MappedCheck>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -29,11 +31,30 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut pages = Vec::new();
     let mut status_fd = 3;
     let mut control_fd = 4;
+    let mut mapped = std::collections::HashMap::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--meta" => meta = it.next().map(PathBuf::from),
             "--pages" => pages.extend(it.next().map(PathBuf::from)),
+            "--mapped-any" => {
+                mapped.insert(it.next().context("--mapped-any needs a path")?, fds::MappedCheck::Any);
+            }
+            "--mapped-file" => {
+                let path = it.next().context("--mapped-file needs a path")?;
+                let mut num =
+                    || -> anyhow::Result<i128> { Ok(it.next().context("--mapped-file needs 4 numbers")?.parse()?) };
+                let (dev, ino, size, mtime_ns) = (num()? as u64, num()? as u64, num()? as u64, num()?);
+                mapped.insert(
+                    path,
+                    fds::MappedCheck::Ident {
+                        dev,
+                        ino,
+                        size,
+                        mtime_ns,
+                    },
+                );
+            }
             _ if a.starts_with("--status-fd=") => status_fd = a["--status-fd=".len()..].parse()?,
             _ if a.starts_with("--control-fd=") => control_fd = a["--control-fd=".len()..].parse()?,
             _ => bail!("unknown argument {a}; ckpt-restore is started by ckptd"),
@@ -44,6 +65,7 @@ fn parse_args() -> anyhow::Result<Args> {
         pages,
         status_fd,
         control_fd,
+        mapped,
     })
 }
 
@@ -94,7 +116,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         stores.push(fds::lift(unsafe { libc::dup(r.file().as_raw_fd()) }, base)?);
         readers.push(r);
     }
-    let (files, memfds) = fds::mapping_fds(&img, &readers, base)?;
+    let (files, memfds) = fds::mapping_fds(&img, &readers, base, &args.mapped)?;
     // The blob reads pages with pread: compressed runs are unpacked into memory first.
     if let Some(unpacked) = fds::unpack_compressed(&mut img, &readers, stores.len() as u32)? {
         stores.push(fds::lift(unpacked, base)?);

@@ -1,0 +1,361 @@
+//! Who wrote to a file since a checkpoint. ckptd marks each append and snapshot file of a
+//! checkpoint with fanotify (`FAN_MODIFY` on the inode, notification class, events identified
+//! by file handle so that no file is opened per event) while its processes are parked, and a
+//! thread of its own reads the events, noting per file which pids modified it and when.
+//!
+//! A restore may cut a log back only when every write since the checkpoint came from the
+//! checkpoint's own processes ([`Proof::Proven`]); an overflow of the queue, a ckptd restart or
+//! no fanotify at all (an unprivileged ckptd) leave it unprovable, and the log is left alone.
+//! Writes through a shared mapping, and writes by a pid that exited and was reused before its
+//! event was read, are not seen.
+
+use super::FileKey;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+/// What ckptd knows about the writers of a file since a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    /// Only the checkpoint's processes wrote to it (or nobody did).
+    Proven,
+    /// Another process did.
+    Foreign { pid: i32, comm: String },
+    /// ckptd cannot tell.
+    Unknown(String),
+}
+
+pub struct Watch {
+    inner: Option<Arc<Inner>>,
+    /// Why there is no watch.
+    unavailable: String,
+}
+
+struct Inner {
+    fd: OwnedFd,
+    /// One reader at a time (the thread, or a caller syncing).
+    reading: Mutex<()>,
+    state: Mutex<State>,
+    me: i32,
+}
+
+#[derive(Default)]
+struct State {
+    /// Events read so far.
+    seq: u64,
+    /// `seq` when the queue last overflowed.
+    overflow_at: Option<u64>,
+    /// File handle (fsid, type, bytes) → file.
+    handles: HashMap<Vec<u8>, FileKey>,
+    /// Per file, per (pid, is one of ours): the last event and the command.
+    writers: HashMap<FileKey, HashMap<(i32, bool), Writer>>,
+    /// The processes ckptd checkpointed or restored: a pidfd and the start time of each.
+    ours: HashMap<i32, (OwnedFd, Option<u64>)>,
+    /// Checkpoints by id: when their processes were parked, which, and which files.
+    marks: HashMap<String, Mark>,
+}
+
+struct Writer {
+    last: u64,
+    comm: String,
+}
+
+#[derive(Clone)]
+struct Mark {
+    seq: u64,
+    pids: Vec<i32>,
+    files: HashSet<FileKey>,
+}
+
+impl Watch {
+    /// Starts watching (and its reader thread); without fanotify, a watch that proves nothing.
+    pub fn start() -> Self {
+        // SAFETY: fanotify_init with constant flags.
+        let fd = unsafe {
+            libc::fanotify_init(
+                libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_FID,
+                libc::O_RDONLY as u32,
+            )
+        };
+        if fd < 0 {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!("cannot watch files (fanotify: {e}): logs are never cut back at restore");
+            return Self {
+                inner: None,
+                unavailable: format!("ckptd cannot watch files (fanotify: {e})"),
+            };
+        }
+        let inner = Arc::new(Inner {
+            // SAFETY: fanotify_init returned a fresh fd that we own.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            reading: Mutex::new(()),
+            state: Mutex::new(State::default()),
+            me: std::process::id() as i32,
+        });
+        let reader = inner.clone();
+        let spawned = std::thread::Builder::new()
+            .name("file-watch".into())
+            .spawn(move || reader.run());
+        if let Err(e) = spawned {
+            return Self {
+                inner: None,
+                unavailable: format!("ckptd cannot watch files (no thread: {e})"),
+            };
+        }
+        Self {
+            inner: Some(inner),
+            unavailable: String::new(),
+        }
+    }
+
+    /// A process ckptd checkpointed or restored (adopted before it runs, for a restored one):
+    /// its writes count as the checkpoint's.
+    pub fn adopt(&self, pid: i32) {
+        let Some(inner) = &self.inner else { return };
+        // SAFETY: pidfd_open with plain integers.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
+        if fd >= 0 {
+            // SAFETY: a fresh fd that we own.
+            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            inner.lock().ours.insert(pid, (fd, start_time(pid)));
+        }
+    }
+
+    /// Marks the files (each opened through `open`, a path to its inode) of checkpoint `id`,
+    /// whose processes are parked now, and notes the instant. Files that cannot be marked are
+    /// left out (unprovable).
+    pub fn mark(&self, id: &str, pids: &[i32], files: &[(FileKey, String)]) {
+        let Some(inner) = &self.inner else { return };
+        let mut marked = HashSet::new();
+        for (key, open) in files {
+            match inner.add_mark(open) {
+                Ok(handle) => {
+                    inner.lock().handles.insert(handle, *key);
+                    marked.insert(*key);
+                }
+                Err(e) => tracing::warn!(path = open, "cannot watch file writers: {e}"),
+            }
+        }
+        // Writes before this instant are before the checkpoint.
+        inner.drain();
+        let mut st = inner.lock();
+        let seq = st.seq;
+        st.marks.insert(
+            id.to_string(),
+            Mark {
+                seq,
+                pids: pids.to_vec(),
+                files: marked,
+            },
+        );
+    }
+
+    /// The checkpoint was aborted.
+    pub fn forget(&self, id: &str) {
+        if let Some(inner) = &self.inner {
+            inner.lock().marks.remove(id);
+        }
+    }
+
+    /// Who wrote to `key` since checkpoint `id`, reading every event queued until now.
+    pub fn proof(&self, id: &str, key: FileKey) -> Proof {
+        let Some(inner) = &self.inner else {
+            return Proof::Unknown(self.unavailable.clone());
+        };
+        inner.drain();
+        let st = inner.lock();
+        let Some(mark) = st.marks.get(id) else {
+            return Proof::Unknown("ckptd did not watch it since the checkpoint (restarted since?)".into());
+        };
+        if !mark.files.contains(&key) {
+            return Proof::Unknown("ckptd could not watch it".into());
+        }
+        if st.overflow_at.is_some_and(|at| at > mark.seq) {
+            return Proof::Unknown("ckptd's watch lost events".into());
+        }
+        let foreign = st.writers.get(&key).and_then(|w| {
+            w.iter()
+                .filter(|(_, w)| w.last > mark.seq)
+                .find(|((pid, ours), _)| !*ours || !mark.pids.contains(pid))
+                .map(|((pid, _), w)| Proof::Foreign {
+                    pid: *pid,
+                    comm: w.comm.clone(),
+                })
+        });
+        foreign.unwrap_or(Proof::Proven)
+    }
+}
+
+/// The identity fanotify reports a file by: its file system's id, then its file handle.
+fn handle_key(fsid: &[u8], handle_type: i32, handle: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(fsid.len() + 4 + handle.len());
+    k.extend_from_slice(fsid);
+    k.extend_from_slice(&handle_type.to_ne_bytes());
+    k.extend_from_slice(handle);
+    k
+}
+
+const AT_HANDLE_FID: i32 = 0x200;
+const MAX_HANDLE_SZ: usize = 128;
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Marks the inode `open` leads to; returns the key its events will carry.
+    fn add_mark(&self, open: &str) -> std::io::Result<Vec<u8>> {
+        let file = std::fs::File::open(open)?;
+        // SAFETY: marking the inode of an fd we hold (NULL path: the fd itself).
+        let r = unsafe {
+            libc::fanotify_mark(
+                self.fd.as_raw_fd(),
+                libc::FAN_MARK_ADD,
+                libc::FAN_MODIFY,
+                file.as_raw_fd(),
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a zeroed statfs is a valid out-buffer.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: sfs is a valid out-pointer.
+        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut sfs) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: f_fsid is two plain ints.
+        let fsid: [u8; 8] = unsafe { std::mem::transmute(sfs.f_fsid) };
+        // struct file_handle: u32 bytes, i32 type, then the handle.
+        let mut buf = [0u8; 8 + MAX_HANDLE_SZ];
+        buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
+        let mut mount_id = 0;
+        let empty = c"";
+        let mut get = |flags: i32| {
+            // SAFETY: buf is a file_handle with room for MAX_HANDLE_SZ bytes.
+            unsafe {
+                libc::name_to_handle_at(
+                    file.as_raw_fd(),
+                    empty.as_ptr(),
+                    buf.as_mut_ptr().cast(),
+                    &mut mount_id,
+                    libc::AT_EMPTY_PATH | flags,
+                )
+            }
+        };
+        // The identifying handle is what fanotify reports; older kernels know only the other.
+        if get(AT_HANDLE_FID) != 0 && get(0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let n = (u32::from_ne_bytes(buf[..4].try_into().unwrap_or_default()) as usize).min(MAX_HANDLE_SZ);
+        let ty = i32::from_ne_bytes(buf[4..8].try_into().unwrap_or_default());
+        Ok(handle_key(&fsid, ty, &buf[8..8 + n]))
+    }
+
+    fn run(&self) {
+        loop {
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: pfd is a valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            self.drain();
+        }
+    }
+
+    /// Reads every queued event.
+    fn drain(&self) {
+        let _one = self.reading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            // SAFETY: reading into a buffer we own.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return;
+            }
+            self.events(&buf[..n as usize]);
+        }
+    }
+
+    fn events(&self, mut buf: &[u8]) {
+        const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
+        let mut st = self.lock();
+        while buf.len() >= META {
+            let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
+            let len = (u32_at(0) as usize).clamp(META, buf.len());
+            let meta_len = (u32_at(4) >> 16) as usize;
+            let mask = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or_default());
+            let pid = u32_at(20) as i32;
+            let info = &buf[meta_len.min(len)..len];
+            buf = &buf[len..];
+            st.seq += 1;
+            if mask & libc::FAN_Q_OVERFLOW != 0 {
+                tracing::warn!("file watch queue overflowed: logs written so far are not cut back");
+                st.overflow_at = Some(st.seq);
+                continue;
+            }
+            if pid == self.me {
+                continue;
+            }
+            // The first info record: header (type, pad, len), fsid, file_handle.
+            if info.len() < 4 + 8 + 8 || info[0] != 1 {
+                continue;
+            }
+            let rec_len = (u16::from_ne_bytes([info[2], info[3]]) as usize).min(info.len());
+            let rec = &info[..rec_len];
+            if rec.len() < 20 {
+                continue;
+            }
+            let hbytes = u32::from_ne_bytes(rec[12..16].try_into().unwrap_or_default()) as usize;
+            let htype = i32::from_ne_bytes(rec[16..20].try_into().unwrap_or_default());
+            let Some(handle) = rec.get(20..20 + hbytes) else {
+                continue;
+            };
+            let Some(&key) = st.handles.get(&handle_key(&rec[4..12], htype, handle)) else {
+                continue;
+            };
+            let ours = st.ours.get(&pid).is_some_and(|(fd, start)| is_ours(fd, *start, pid));
+            let seq = st.seq;
+            st.writers
+                .entry(key)
+                .or_default()
+                .entry((pid, ours))
+                .and_modify(|w| w.last = seq)
+                .or_insert_with(|| Writer {
+                    last: seq,
+                    comm: comm_of(pid),
+                });
+        }
+    }
+}
+
+/// Whether the writer `pid` is the process ckptd holds `pidfd` of: it still runs, or it is
+/// dying or gone and no other process has its pid (it wrote, then was killed before the event
+/// was read).
+fn is_ours(pidfd: &OwnedFd, start: Option<u64>, pid: i32) -> bool {
+    // SAFETY: signal 0 through a pidfd we hold only checks that the process exists.
+    let alive = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, 0usize, 0) } == 0;
+    alive || {
+        let now = start_time(pid);
+        now.is_none() || now == start
+    }
+}
+
+/// When process `pid` started (field 22 of /proc/PID/stat), if it exists.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn comm_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "exited".to_string())
+}
