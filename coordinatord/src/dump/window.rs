@@ -11,7 +11,7 @@
 //! ranges are registered with the tracker again before the next checkpoint, which therefore
 //! reads them in full.
 
-use super::copy::{read_runs, Batch, Captured, Pool};
+use super::copy::{read_runs, Batch, Captured, Pool, WalkError};
 use super::{io_err, DumpError};
 use ckpt_format::{Mapping, PageStoreWriter, PAGE_SIZE};
 use ckpt_sys::uffd::{self, Event};
@@ -344,8 +344,21 @@ impl State<'_> {
                 end += PAGE_SIZE;
             }
             let len = (end - p) as usize;
-            read_runs(self.pid, self.mem, &[(p, len as u64)], &mut b.data[at..at + len])
-                .map_err(|e| e.into_dump(self.pid))?;
+            read_runs(self.pid, self.mem, &[(p, len as u64)], &mut b.data[at..at + len]).map_err(|e| {
+                // Gone before it could be read: unmapped (a thread's stack handed back) or the
+                // whole process exited. What it held at the stop is lost to this try.
+                let gone = |what: &str| DumpError::WindowLost {
+                    pid: self.pid,
+                    what: what.into(),
+                };
+                match &e {
+                    WalkError::Io(_, src) if src.raw_os_error() == Some(libc::ESRCH) => gone("exited, taking"),
+                    WalkError::Io(_, src) if matches!(src.raw_os_error(), Some(libc::EIO | libc::EFAULT)) => {
+                        gone("unmapped")
+                    }
+                    _ => e.into_dump(self.pid),
+                }
+            })?;
             b.runs.push((p, at, len));
             at += len;
             p = end;
