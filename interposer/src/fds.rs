@@ -24,9 +24,8 @@ pub fn own(fd: i64) -> bool {
     fd >= 0 && cells().iter().any(|c| c.load(Acquire) as i64 == fd)
 }
 
-/// The lowest number the interposer's descriptors take: HIGH, or lower when the soft fd limit
-/// would not allow it.
-fn base() -> i32 {
+/// The soft limit on descriptors (read without libc).
+fn fd_limit() -> u64 {
     let mut lim = libc::rlimit64 {
         rlim_cur: 0,
         rlim_max: 0,
@@ -34,16 +33,15 @@ fn base() -> i32 {
     // A null new limit only reads.
     sys::raw6(
         libc::SYS_prlimit64,
-        [
-            0,
-            libc::RLIMIT_NOFILE as u64,
-            0,
-            &mut lim as *mut libc::rlimit64 as u64,
-            0,
-            0,
-        ],
+        [0, libc::RLIMIT_NOFILE as u64, 0, &mut lim as *mut libc::rlimit64 as u64, 0, 0],
     );
-    let cur = lim.rlim_cur.min(i32::MAX as u64) as i32;
+    lim.rlim_cur
+}
+
+/// The lowest number the interposer's descriptors take: HIGH, or lower when the soft fd limit
+/// would not allow it.
+fn base() -> i32 {
+    let cur = fd_limit().min(i32::MAX as u64) as i32;
     if cur > HIGH + 64 {
         HIGH
     } else {
@@ -164,22 +162,7 @@ pub unsafe extern "C" fn closefrom(low: c_int) {
     let saved = sys::errno();
     if close_range_around(low.max(0) as u32, u32::MAX, 0, real_close_range) < 0 {
         // As libc does when close_range is refused: close them one by one.
-        let mut lim = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        sys::raw6(
-            libc::SYS_prlimit64,
-            [
-                0,
-                libc::RLIMIT_NOFILE as u64,
-                0,
-                &mut lim as *mut libc::rlimit64 as u64,
-                0,
-                0,
-            ],
-        );
-        for fd in low.max(0) as u64..lim.rlim_cur.min(1 << 20) {
+        for fd in low.max(0) as u64..fd_limit().min(1 << 20) {
             if !own(fd as i64) {
                 sys::close(fd as i32);
             }

@@ -38,6 +38,39 @@ fn without_park(set: *const sigset_t, buf: &mut sigset_t) -> *const sigset_t {
     buf
 }
 
+/// Calls `f` with a timeout in milliseconds — the caller's first, then what is left of it —
+/// again each time a park interrupted it; its result.
+fn again_ms(mut call: Call, timeout: c_int, mut f: impl FnMut(c_int) -> c_int) -> c_int {
+    let mut t = timeout;
+    loop {
+        call.begin();
+        let r = f(t);
+        if r == -1 && call.again(sys::errno()) {
+            t = call.left_ms().unwrap_or(t);
+            continue;
+        }
+        return r;
+    }
+}
+
+/// Like [`again_ms`] with a timespec: the caller's, then one of ours with what is left.
+fn again_ts(mut call: Call, tmo: *const timespec, mut f: impl FnMut(*const timespec) -> c_int) -> c_int {
+    let mut left: timespec;
+    let mut t = tmo;
+    loop {
+        call.begin();
+        let r = f(t);
+        if r == -1 && call.again(sys::errno()) {
+            if let Some(ts) = call.left_ts() {
+                left = ts;
+                t = &left;
+            }
+            continue;
+        }
+        return r;
+    }
+}
+
 fn ns_of_ms(ms: c_int) -> Option<u64> {
     (ms > 0).then_some(ms as u64 * 1_000_000)
 }
@@ -49,39 +82,15 @@ fn mono(ns: Option<u64>) -> Call {
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
     let f = real!(c"poll", unsafe extern "C" fn(*mut pollfd, nfds_t, c_int) -> c_int, -1);
-    let mut call = mono(ns_of_ms(timeout));
-    let mut t = timeout;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, passed through.
-        let r = unsafe { f(fds, n, t) };
-        if r == -1 && call.again(sys::errno()) {
-            t = call.left_ms().unwrap_or(t);
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, passed through, with what is left of the timeout.
+    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(fds, n, t) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int, len: size_t) -> c_int {
-    let f = real!(
-        c"__poll_chk",
-        unsafe extern "C" fn(*mut pollfd, nfds_t, c_int, size_t) -> c_int,
-        -1
-    );
-    let mut call = mono(ns_of_ms(timeout));
-    let mut t = timeout;
-    loop {
-        call.begin();
-        // SAFETY: as for poll.
-        let r = unsafe { f(fds, n, t, len) };
-        if r == -1 && call.again(sys::errno()) {
-            t = call.left_ms().unwrap_or(t);
-            continue;
-        }
-        return r;
-    }
+    let f = real!(c"__poll_chk", unsafe extern "C" fn(*mut pollfd, nfds_t, c_int, size_t) -> c_int, -1);
+    // SAFETY: as for poll.
+    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(fds, n, t, len) })
 }
 
 type PpollFn = unsafe extern "C" fn(*mut pollfd, nfds_t, *const timespec, *const sigset_t) -> c_int;
@@ -92,22 +101,8 @@ pub unsafe extern "C" fn ppoll(fds: *mut pollfd, n: nfds_t, tmo: *const timespec
     // SAFETY: zeroed sigset_t is a valid value.
     let mut buf: sigset_t = unsafe { std::mem::zeroed() };
     let mask = without_park(mask, &mut buf);
-    let mut call = mono(ns_of(tmo));
-    let mut left: timespec;
-    let mut t = tmo;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, or our own timespec for what is left.
-        let r = unsafe { f(fds, n, t, mask) };
-        if r == -1 && call.again(sys::errno()) {
-            if let Some(ts) = call.left_ts() {
-                left = ts;
-                t = &left;
-            }
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, or our own timespec for what is left.
+    again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(fds, n, t, mask) })
 }
 
 #[no_mangle]
@@ -123,22 +118,8 @@ pub unsafe extern "C" fn __ppoll_chk(
     // SAFETY: zeroed sigset_t is a valid value.
     let mut buf: sigset_t = unsafe { std::mem::zeroed() };
     let mask = without_park(mask, &mut buf);
-    let mut call = mono(ns_of(tmo));
-    let mut left: timespec;
-    let mut t = tmo;
-    loop {
-        call.begin();
-        // SAFETY: as for ppoll.
-        let r = unsafe { f(fds, n, t, mask, len) };
-        if r == -1 && call.again(sys::errno()) {
-            if let Some(ts) = call.left_ts() {
-                left = ts;
-                t = &left;
-            }
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: as for ppoll.
+    again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(fds, n, t, mask, len) })
 }
 
 type SelectFn = unsafe extern "C" fn(c_int, *mut c_void, *mut c_void, *mut c_void, *mut timeval) -> c_int;
@@ -189,22 +170,8 @@ pub unsafe extern "C" fn pselect(
     // SAFETY: zeroed sigset_t is a valid value.
     let mut buf: sigset_t = unsafe { std::mem::zeroed() };
     let mask = without_park(mask, &mut buf);
-    let mut call = mono(ns_of(tmo));
-    let mut left: timespec;
-    let mut t = tmo;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, or our own timespec for what is left.
-        let ret = unsafe { f(n, r, w, e, t, mask) };
-        if ret == -1 && call.again(sys::errno()) {
-            if let Some(ts) = call.left_ts() {
-                left = ts;
-                t = &left;
-            }
-            continue;
-        }
-        return ret;
-    }
+    // SAFETY: the caller's arguments, or our own timespec for what is left.
+    again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(n, r, w, e, t, mask) })
 }
 
 type EpollWaitFn = unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int;
@@ -215,18 +182,8 @@ type EpollPwait2Fn =
 #[no_mangle]
 pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
     let f = real!(c"epoll_wait", EpollWaitFn, -1);
-    let mut call = mono(ns_of_ms(timeout));
-    let mut t = timeout;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, passed through.
-        let r = unsafe { f(ep, ev, max, t) };
-        if r == -1 && call.again(sys::errno()) {
-            t = call.left_ms().unwrap_or(t);
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, passed through, with what is left of the timeout.
+    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(ep, ev, max, t) })
 }
 
 #[no_mangle]
@@ -241,18 +198,8 @@ pub unsafe extern "C" fn epoll_pwait(
     // SAFETY: zeroed sigset_t is a valid value.
     let mut buf: sigset_t = unsafe { std::mem::zeroed() };
     let mask = without_park(mask, &mut buf);
-    let mut call = mono(ns_of_ms(timeout));
-    let mut t = timeout;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, passed through.
-        let r = unsafe { f(ep, ev, max, t, mask) };
-        if r == -1 && call.again(sys::errno()) {
-            t = call.left_ms().unwrap_or(t);
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, passed through, with what is left of the timeout.
+    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(ep, ev, max, t, mask) })
 }
 
 #[no_mangle]
@@ -267,22 +214,8 @@ pub unsafe extern "C" fn epoll_pwait2(
     // SAFETY: zeroed sigset_t is a valid value.
     let mut buf: sigset_t = unsafe { std::mem::zeroed() };
     let mask = without_park(mask, &mut buf);
-    let mut call = mono(ns_of(tmo));
-    let mut left: timespec;
-    let mut t = tmo;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, or our own timespec for what is left.
-        let r = unsafe { f(ep, ev, max, t, mask) };
-        if r == -1 && call.again(sys::errno()) {
-            if let Some(ts) = call.left_ts() {
-                left = ts;
-                t = &left;
-            }
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, or our own timespec for what is left.
+    again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(ep, ev, max, t, mask) })
 }
 
 type NanosleepFn = unsafe extern "C" fn(*const timespec, *mut timespec) -> c_int;
@@ -290,22 +223,8 @@ type NanosleepFn = unsafe extern "C" fn(*const timespec, *mut timespec) -> c_int
 #[no_mangle]
 pub unsafe extern "C" fn nanosleep(req: *const timespec, rem: *mut timespec) -> c_int {
     let f = real!(c"nanosleep", NanosleepFn, -1);
-    let mut call = mono(ns_of(req));
-    let mut left: timespec;
-    let mut t = req;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, or our own timespec for what is left.
-        let r = unsafe { f(t, rem) };
-        if r == -1 && call.again(sys::errno()) {
-            if let Some(ts) = call.left_ts() {
-                left = ts;
-                t = &left;
-            }
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, or our own timespec for what is left.
+    again_ts(mono(ns_of(req)), req, |t| unsafe { f(t, rem) })
 }
 
 /// The clock a relative sleep on `clock` is measured against: CPU-time clocks keep theirs, the
@@ -404,22 +323,8 @@ type SigtimedwaitFn = unsafe extern "C" fn(*const sigset_t, *mut libc::siginfo_t
 #[no_mangle]
 pub unsafe extern "C" fn sigtimedwait(set: *const sigset_t, info: *mut libc::siginfo_t, tmo: *const timespec) -> c_int {
     let f = real!(c"sigtimedwait", SigtimedwaitFn, -1);
-    let mut call = mono(ns_of(tmo));
-    let mut left: timespec;
-    let mut t = tmo;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, or our own timespec for what is left.
-        let r = unsafe { f(set, info, t) };
-        if r == -1 && call.again(sys::errno()) {
-            if let Some(ts) = call.left_ts() {
-                left = ts;
-                t = &left;
-            }
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, or our own timespec for what is left.
+    again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(set, info, t) })
 }
 
 /// Defines a wrapper that calls the real function again, unchanged, when a park interrupted it.
@@ -457,38 +362,16 @@ pub unsafe extern "C" fn sigsuspend(mask: *const sigset_t) -> c_int {
     // SAFETY: zeroed sigset_t is a valid value.
     let mut buf: sigset_t = unsafe { std::mem::zeroed() };
     let mask = without_park(mask, &mut buf);
-    let mut call = Call::plain();
-    loop {
-        call.begin();
-        // SAFETY: the caller's mask, or our copy of it.
-        let r = unsafe { f(mask) };
-        if r == -1 && call.again(sys::errno()) {
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's mask, or our copy of it.
+    again_ts(Call::plain(), std::ptr::null(), |_| unsafe { f(mask) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn semtimedop(id: c_int, ops: *mut libc::sembuf, n: size_t, tmo: *const timespec) -> c_int {
     type F = unsafe extern "C" fn(c_int, *mut libc::sembuf, size_t, *const timespec) -> c_int;
     let f = real!(c"semtimedop", F, -1);
-    let mut call = mono(ns_of(tmo));
-    let mut left: timespec;
-    let mut t = tmo;
-    loop {
-        call.begin();
-        // SAFETY: the caller's arguments, or our own timespec for what is left.
-        let r = unsafe { f(id, ops, n, t) };
-        if r == -1 && call.again(sys::errno()) {
-            if let Some(ts) = call.left_ts() {
-                left = ts;
-                t = &left;
-            }
-            continue;
-        }
-        return r;
-    }
+    // SAFETY: the caller's arguments, or our own timespec for what is left.
+    again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(id, ops, n, t) })
 }
 
 /// `syscall(SYS_futex, …)`: waits with a timeout end with EINTR when a handler runs (without
