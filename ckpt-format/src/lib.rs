@@ -4,12 +4,14 @@
 //! metadata record (`meta.img`) and a page store (`pages.img`); the global `MANIFEST` is written
 //! last and its presence is the commit point. Every record carries a magic, a format version and a
 //! CRC32C of its payload, so a torn, truncated or corrupted file is refused with a clear message.
+//! Everything in the store is its owner's alone (folders 0700, files 0600, see [`private`]).
 
 mod error;
 mod fold;
 mod image;
 mod manifest;
 mod pages;
+pub mod private;
 mod record;
 mod store;
 

@@ -5,6 +5,7 @@ mod dump;
 mod hot;
 mod manager;
 mod node;
+mod private;
 mod registry;
 mod server;
 
@@ -74,6 +75,13 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let socket = args.socket.unwrap_or_else(ckpt_sys::paths::default_socket);
     let store_dir = args.store.unwrap_or_else(ckpt_sys::paths::default_store);
+    // Inputs are checked before anything is made or changed.
+    let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
+        (Some(p), _) => manager::auth::load_secret(p)?,
+        (None, true) => bail!("--manager-listen and --join need --secret FILE (the same cluster secret on every node)"),
+        (None, false) => Vec::new(),
+    };
+    private::check_store(&store_dir)?;
     let store = ckpt_format::Store::open(&store_dir)
         .with_context(|| format!("cannot open the store {}", store_dir.display()))?;
     for id in store.sweep_incomplete() {
@@ -109,11 +117,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     node.store_window = !args.no_store_window;
     node.window_delay = std::time::Duration::from_millis(args.test_window_delay_ms);
     let node = Arc::new(node);
-    let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
-        (Some(p), _) => manager::auth::load_secret(p)?,
-        (None, true) => bail!("--manager-listen and --join need --secret FILE (the same cluster secret on every node)"),
-        (None, false) => Vec::new(),
-    };
     let role = match &args.join {
         Some(addr) => {
             let (n, a, s) = (node.clone(), addr.clone(), secret.clone());
