@@ -57,6 +57,13 @@ struct Args {
     secret: Option<PathBuf>,
 }
 
+/// What a clap error says, on one line: its lines up to the usage, without "error: ".
+fn usage_error(text: &str) -> String {
+    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let line = said.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -66,7 +73,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        // --help and --version are printed as they are; a bad argument gets one line.
+        if !e.use_stderr() {
+            e.exit();
+        }
+        eprintln!("ckptd: {}; see ckptd --help", usage_error(&e.to_string()));
+        std::process::exit(2);
+    });
+    if let Err(e) = run(args) {
         eprintln!("ckptd: {e:#}");
         std::process::exit(1);
     }
@@ -162,7 +177,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, "ckptd ready");
     let sig = stop.wait()?;
-    tracing::info!("{sig:?}: shutting down");
+    tracing::info!("{}: shutting down", sig.as_str());
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
