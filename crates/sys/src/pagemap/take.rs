@@ -17,6 +17,10 @@ type Ranges = Vec<(u64, u64)>;
 /// page tables that exist already (its markers allocate nothing).
 const ARM_GAP: u64 = 256 << 10;
 
+/// Written ranges may exceed where older copies are by this much and still be protected
+/// without a closer look (their holes cost at most this much address space in markers).
+const DIRECT_SLACK: u64 = 64 << 20;
+
 /// Which pages [`take`] looks for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Take {
@@ -54,10 +58,11 @@ impl Taken {
 /// where an older copy of a page exists, `file` whether the mapping is a private file mapping.
 /// Fails if the range is not registered for async write-protect.
 ///
-/// Three looks: the kernel's fast scan finds the written ranges; a scan of those alone tells
-/// which pages hold data (cheap over holes, which are skipped a page table at a time); only
-/// around those pages is the protection renewed, with a scan that reports what it protected,
-/// so a page changed in between is never lost.
+/// Three looks: the kernel's fast scan finds the written ranges; unless they are about as big
+/// as the older copies, a scan of those alone tells which pages hold data (cheap over holes,
+/// which are skipped a page table at a time); only around those pages is the protection
+/// renewed, with a scan that reports what it protected, so a page changed in between is
+/// never lost.
 pub fn take(pagemap: &File, start: u64, end: u64, file: bool, what: Take, older: &[(u64, u64)]) -> io::Result<Taken> {
     let report = PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | if file { PAGE_IS_FILE } else { 0 };
     let (look, arm) = match what {
@@ -98,13 +103,21 @@ pub fn take(pagemap: &File, start: u64, end: u64, file: bool, what: Take, older:
         Take::Written => coalesce(written(pagemap, start, end)?, ARM_GAP),
         Take::All => vec![(start, end)],
     };
-    let mut wanted = Vec::new();
-    for (s, e) in around {
-        let found = split(&scan_regions(pagemap, s, e, &look)?, older);
-        wanted.extend(found.all());
-    }
+    // Written ranges no bigger than where older copies are (plus a little) are protected as
+    // they are: whatever holes they hold cost markers in proportion to the data. Otherwise
+    // they are narrowed to the pages that matter first.
+    let size = |v: &[(u64, u64)]| v.iter().map(|r| r.1 - r.0).sum::<u64>();
+    let wanted = if what == Take::Written && size(&around) <= size(older).saturating_add(DIRECT_SLACK) {
+        around
+    } else {
+        let mut wanted = Vec::new();
+        for (s, e) in around {
+            wanted.extend(split(&scan_regions(pagemap, s, e, &look)?, older).all());
+        }
+        coalesce(wanted, ARM_GAP)
+    };
     let mut out = Taken::default();
-    for (s, e) in coalesce(wanted, ARM_GAP) {
+    for (s, e) in wanted {
         let found = split(&scan_regions(pagemap, s, e, &arm)?, older);
         out.data.extend(found.data);
         out.gone.extend(found.gone);
