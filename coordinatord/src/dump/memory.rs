@@ -202,6 +202,10 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     Select::Modified => {
                         ckpt_sys::pagemap::modified_private(&pagemap, e.start, e.end).map_err(io("pagemap"))?
                     }
+                    // Shared memory: where its file holds data (what was never written is a
+                    // hole, and reading it would fill it).
+                    Select::All if e.shared => procfs::mapped_file_data(pid, e.start, e.end, e.offset)
+                        .unwrap_or_else(|| vec![(e.start, e.end)]),
                     Select::All => vec![(e.start, e.end)],
                     Select::None => Vec::new(),
                 };

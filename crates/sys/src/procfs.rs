@@ -244,6 +244,43 @@ pub fn uffd_wp_ranges(pid: i32) -> Result<Vec<(u64, u64)>, ProcError> {
     Ok(out)
 }
 
+/// The parts of the shared mapping [start, end) of `pid` (at `offset` in its file) whose file
+/// holds data, page-aligned: SEEK_DATA and SEEK_HOLE on /proc/PID/map_files, which a
+/// checkpointer may open. None when they cannot be asked (the caller then reads it all). A
+/// shared memory object is often far bigger than what was ever written to it, and reading a
+/// hole of one would allocate it.
+pub fn mapped_file_data(pid: i32, start: u64, end: u64, offset: u64) -> Option<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    const PAGE: u64 = 4096;
+    let f = std::fs::File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}")).ok()?;
+    let seek = |at: u64, whence: i32| -> Option<Option<u64>> {
+        // SAFETY: lseek on a descriptor we own.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
+        if r >= 0 {
+            return Some(Some(r as u64));
+        }
+        // ENXIO: no data from `at` on (or `at` is past the end of the file).
+        (std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)).then_some(None)
+    };
+    let last = offset + (end - start);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut at = offset;
+    while at < last {
+        let Some(data) = seek(at, libc::SEEK_DATA)?.filter(|&d| d < last) else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(last).clamp(data + 1, last);
+        let (s, e) = (data / PAGE * PAGE, hole.div_ceil(PAGE) * PAGE);
+        let (s, e) = (start + s.max(offset) - offset, start + e.min(last) - offset);
+        match out.last_mut() {
+            Some(l) if l.1 >= s => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+        at = hole;
+    }
+    Some(out)
+}
+
 /// NUL-separated /proc/PID/cmdline.
 pub fn cmdline(pid: i32) -> Result<Vec<String>, ProcError> {
     let path = PathBuf::from(format!("/proc/{pid}/cmdline"));

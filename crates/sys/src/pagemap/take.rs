@@ -107,7 +107,8 @@ pub fn take(pagemap: &File, start: u64, end: u64, file: bool, what: Take, older:
     // they are: whatever holes they hold cost markers in proportion to the data. Otherwise
     // they are narrowed to the pages that matter first.
     let size = |v: &[(u64, u64)]| v.iter().map(|r| r.1 - r.0).sum::<u64>();
-    let wanted = if what == Take::Written && size(&around) <= size(older).saturating_add(DIRECT_SLACK) {
+    let older_here = intersect(start, end, older).map(|r| r.1 - r.0).sum::<u64>();
+    let wanted = if what == Take::Written && size(&around) <= older_here.saturating_add(DIRECT_SLACK) {
         around
     } else {
         let mut wanted = Vec::new();
