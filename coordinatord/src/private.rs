@@ -39,8 +39,8 @@ pub fn check_store(root: &Path) -> anyhow::Result<()> {
     }
     if owner != me {
         // Root's folder: not ours to change, but it must let us in.
-        // SAFETY: a NUL-terminated path; access only reads.
         let path = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())?;
+        // SAFETY: a NUL-terminated path; access only reads.
         if unsafe { libc::access(path.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
             bail!("the store {shown} belongs to root and uid {me} cannot write to it; pass a --store of your own");
         }

@@ -304,6 +304,45 @@ pub fn alive(pid: i32) -> bool {
 mod tests {
     use super::*;
 
+    /// A shared mapping of 1 GiB with two pages written: only those are data.
+    #[test]
+    fn shared_mapping_data_is_found_by_its_file() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        let len = 1u64 << 30;
+        // SAFETY: memfd_create with a literal name; the fd is owned by the File below.
+        let fd = unsafe { libc::memfd_create(c"ckpt-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: just created, nothing else owns it.
+        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.set_len(len).unwrap();
+        f.write_all_at(b"x", 4096 * 3 + 5).unwrap();
+        f.write_all_at(b"y", (512 << 20) + 4096 * 2).unwrap();
+        // SAFETY: a fresh shared mapping of the memfd, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let start = p as u64;
+        let found = mapped_file_data(std::process::id() as i32, start, start + len, 0);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, len as usize) };
+        // SAFETY: geteuid has no preconditions.
+        let Some(found) = found else {
+            assert_ne!(unsafe { libc::geteuid() }, 0, "root may open /proc/PID/map_files");
+            return;
+        };
+        let page = |n: u64| (start + n * 4096, start + (n + 1) * 4096);
+        assert_eq!(found, vec![page(3), page((512 << 8) + 2)]);
+    }
+
     #[test]
     fn maps_line() {
         let e = parse_maps_line("7f00aa000000-7f00aa021000 rw-p 00001000 fd:01 1234    /usr/lib/x (deleted)").unwrap();
