@@ -45,6 +45,9 @@ impl BlockStoreWriter {
             .mode(0o600)
             .open(path)
             .map_err(|e| FormatError::io(path, e))?;
+        // The umask only ever removes bits; a file found in place keeps its old mode otherwise.
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(|e| FormatError::io(path, e))?;
         let mut header = vec![0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(&MAGIC);
         header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());

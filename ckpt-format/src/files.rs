@@ -268,14 +268,9 @@ pub fn write_host_files(dir: &CheckpointDir, host: &str, files: &HostFiles) -> R
     write_record(&dir.files_path(host), RecordKind::Files, files)
 }
 
-/// Creates a directory (and its parents) accessible to its owner only.
+/// Creates a directory (and its parents) accessible to its owner only, whatever the umask.
 pub fn create_private_dir(path: &Path) -> Result<(), FormatError> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|e| FormatError::io(path, e))
+    crate::private::create_private_dir_all(path).map_err(|e| FormatError::io(path, e))
 }
 
 #[cfg(test)]

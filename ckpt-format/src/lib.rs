@@ -5,7 +5,8 @@
 //! last and its presence is the commit point. Every record carries a magic, a format version and a
 //! CRC32C of its payload, so a torn, truncated or corrupted file is refused with a clear message.
 //! Per host, `files.img` and `files.blocks` hold the files a restore puts back or checks (see
-//! [`files`]).
+//! [`files`]). Everything in the store is its owner's alone (folders 0700, files 0600, see
+//! [`private`]).
 
 mod blocks;
 mod error;
@@ -14,6 +15,7 @@ mod fold;
 mod image;
 mod manifest;
 mod pages;
+pub mod private;
 mod record;
 mod store;
 

@@ -65,8 +65,9 @@ fn encode<'a>(addr: u64, data: &'a [u8], z: Option<&mut Compressor>) -> Encoded<
 }
 
 impl PageStoreWriter {
+    /// Creates the page store at `path`, readable by its owner alone.
     pub fn create(path: &Path) -> Result<Self, FormatError> {
-        let f = File::create(path).map_err(|e| FormatError::io(path, e))?;
+        let f = crate::private::create_private_file(path).map_err(|e| FormatError::io(path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
         let mut header = vec![0u8; HEADER_LEN as usize];
         header[..8].copy_from_slice(&MAGIC);

@@ -37,7 +37,8 @@ fn config() -> impl bincode::config::Config {
     bincode::config::standard()
 }
 
-/// Encodes `value` and writes it atomically (temp file, fsync, rename) to `path`.
+/// Encodes `value` and writes it atomically (temp file, fsync, rename) to `path`, readable by
+/// its owner alone.
 pub fn write_record<T: Serialize>(path: &Path, kind: RecordKind, value: &T) -> Result<u64, FormatError> {
     let payload = bincode::serde::encode_to_vec(value, config()).map_err(|e| FormatError::Decode {
         path: path.to_owned(),
@@ -56,7 +57,7 @@ pub fn write_record<T: Serialize>(path: &Path, kind: RecordKind, value: &T) -> R
 
     let tmp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = crate::private::create_private_file(&tmp)?;
         f.write_all(&buf)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

@@ -1,5 +1,6 @@
 //! The store: one directory per checkpoint id; a checkpoint exists once its MANIFEST does.
 
+use crate::private::{create_private_dir, create_private_dir_all};
 use crate::{read_record, write_record, FormatError, Manifest, RecordKind};
 use std::path::{Path, PathBuf};
 
@@ -24,6 +25,12 @@ impl CheckpointDir {
     pub fn meta_path(&self, host: &str, pid: i32) -> PathBuf {
         self.process_dir(host, pid).join("meta.img")
     }
+    /// Creates the folder of process `pid` of `host` (and those above it), private.
+    pub fn create_process_dir(&self, host: &str, pid: i32) -> Result<PathBuf, FormatError> {
+        let dir = self.process_dir(host, pid);
+        create_private_dir_all(&dir).map_err(|e| FormatError::io(&dir, e))?;
+        Ok(dir)
+    }
     pub fn pages_path(&self, host: &str, pid: i32) -> PathBuf {
         self.process_dir(host, pid).join("pages.img")
     }
@@ -33,8 +40,10 @@ impl CheckpointDir {
 }
 
 impl Store {
+    /// Opens the store at `root`, created (private) if missing. An existing root is taken as
+    /// it is: ckptd checks who may use it before opening it.
     pub fn open(root: &Path) -> Result<Self, FormatError> {
-        std::fs::create_dir_all(root).map_err(|e| FormatError::io(root, e))?;
+        create_private_dir_all(root).map_err(|e| FormatError::io(root, e))?;
         Ok(Self { root: root.to_owned() })
     }
 
@@ -55,7 +64,7 @@ impl Store {
         let mut next = self.numeric_ids()?.into_iter().max().unwrap_or(0) + 1;
         loop {
             let dir = self.dir(&next.to_string());
-            match std::fs::create_dir(&dir.path) {
+            match create_private_dir(&dir.path) {
                 Ok(()) => return Ok(dir),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => next += 1,
                 Err(e) => return Err(FormatError::io(&dir.path, e)),
@@ -79,7 +88,7 @@ impl Store {
             return Err(FormatError::UnknownId { id: id.to_string() });
         }
         let dir = self.dir(id);
-        std::fs::create_dir_all(&dir.path).map_err(|e| FormatError::io(&dir.path, e))?;
+        create_private_dir_all(&dir.path).map_err(|e| FormatError::io(&dir.path, e))?;
         Ok(dir)
     }
 

@@ -6,6 +6,7 @@ mod files;
 mod hot;
 mod manager;
 mod node;
+mod private;
 mod registry;
 mod server;
 mod unblock;
@@ -63,6 +64,13 @@ struct Args {
     file_policy: Vec<ckpt_format::FileRule>,
 }
 
+/// What a clap error says, on one line: its lines up to the usage, without "error: ".
+fn usage_error(text: &str) -> String {
+    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let line = said.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(unblock::HELPER_ARG) {
@@ -76,7 +84,15 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .init();
-    if let Err(e) = run(Args::parse()) {
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        // --help and --version are printed as they are; a bad argument gets one line.
+        if !e.use_stderr() {
+            e.exit();
+        }
+        eprintln!("ckptd: {}; see ckptd --help", usage_error(&e.to_string()));
+        std::process::exit(2);
+    });
+    if let Err(e) = run(args) {
         eprintln!("ckptd: {e:#}");
         std::process::exit(1);
     }
@@ -85,6 +101,13 @@ fn main() {
 fn run(args: Args) -> anyhow::Result<()> {
     let socket = args.socket.unwrap_or_else(ckpt_sys::paths::default_socket);
     let store_dir = args.store.unwrap_or_else(ckpt_sys::paths::default_store);
+    // Inputs are checked before anything is made or changed.
+    let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
+        (Some(p), _) => manager::auth::load_secret(p)?,
+        (None, true) => bail!("--manager-listen and --join need --secret FILE (the same cluster secret on every node)"),
+        (None, false) => Vec::new(),
+    };
+    private::check_store(&store_dir)?;
     let store = ckpt_format::Store::open(&store_dir)
         .with_context(|| format!("cannot open the store {}", store_dir.display()))?;
     for id in store.sweep_incomplete() {
@@ -121,11 +144,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     node.window_delay = std::time::Duration::from_millis(args.test_window_delay_ms);
     node.files.rules = args.file_policy;
     let node = Arc::new(node);
-    let secret = match (&args.secret, args.manager_listen.is_some() || args.join.is_some()) {
-        (Some(p), _) => manager::auth::load_secret(p)?,
-        (None, true) => bail!("--manager-listen and --join need --secret FILE (the same cluster secret on every node)"),
-        (None, false) => Vec::new(),
-    };
     let role = match &args.join {
         Some(addr) => {
             let (n, a, s) = (node.clone(), addr.clone(), secret.clone());
@@ -171,7 +189,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, "ckptd ready");
     let sig = stop.wait()?;
-    tracing::info!("{sig:?}: shutting down");
+    tracing::info!("{}: shutting down", sig.as_str());
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

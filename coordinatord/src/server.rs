@@ -53,7 +53,7 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
         Hello::App { .. } => {
             let (msg, _) = ckpt_proto::recv::<AppMsg>(&s)?;
             let AppMsg::Register(reg) = msg else {
-                anyhow::bail!("expected a registration, got {msg:?}")
+                anyhow::bail!("a program's first message was not its registration")
             };
             if reg.pid != cred.pid() {
                 anyhow::bail!("registration for pid {} came from pid {}", reg.pid, cred.pid());
@@ -73,7 +73,7 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
                 };
                 let reply = if cred.uid() != 0 && cred.uid() != me {
                     CtlReply::Error {
-                        message: format!("permission denied: uid {} may not control this ckptd", cred.uid()),
+                        message: not_yours(cred.uid(), me),
                     }
                 } else {
                     answer(ctx, req, fds)
@@ -83,6 +83,25 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Why user `peer` may not control this ckptd (run by `me`), and what they can do: each user
+/// runs their own ckptd. Their own socket is named for them (the client may have been pointed
+/// here on purpose, so its defaults are no guide).
+fn not_yours(peer: u32, me: u32) -> String {
+    let runtime = std::path::PathBuf::from(format!("/run/user/{peer}"));
+    let socket = ckpt_sys::paths::user_socket(peer, Some(runtime).filter(|d| d.is_dir()));
+    let from = if me == 0 {
+        "uid 0 only".to_string()
+    } else {
+        format!("uid {me} and root only")
+    };
+    format!(
+        "permission denied: this ckptd runs as uid {me} and takes commands from {from}; each user runs \
+         their own ckptd: as uid {peer}, start `ckptd --socket {}` and pass that socket to ckptctl and \
+         ckpt-run (--socket or CKPT_SOCKET)",
+        socket.display()
+    )
 }
 
 fn answer(ctx: &Ctx, req: CtlRequest, fds: Vec<OwnedFd>) -> CtlReply {

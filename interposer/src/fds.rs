@@ -33,7 +33,14 @@ fn fd_limit() -> u64 {
     // A null new limit only reads.
     sys::raw6(
         libc::SYS_prlimit64,
-        [0, libc::RLIMIT_NOFILE as u64, 0, &mut lim as *mut libc::rlimit64 as u64, 0, 0],
+        [
+            0,
+            libc::RLIMIT_NOFILE as u64,
+            0,
+            &mut lim as *mut libc::rlimit64 as u64,
+            0,
+            0,
+        ],
     );
     lim.rlim_cur
 }

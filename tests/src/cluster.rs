@@ -86,6 +86,8 @@ impl Cluster {
             &secret,
             format!("ckpt-test-cluster-secret-{}-{key}\n", std::process::id()),
         )?;
+        // ckptd refuses a secret other users can read.
+        fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let hosts = (1..=n)
             .map(|i| Host {
                 index: i,

@@ -59,6 +59,8 @@ impl Daemon {
         let socket = dir.path().join("ckptd.sock");
         let store = dir.path().join("store");
         fs::create_dir_all(&store)?;
+        // Private whatever the umask: ckptd refuses a store other users can write.
+        fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let log = dir.path().join("ckptd.log");
         File::create(&log)?;
         let mut d = Daemon {

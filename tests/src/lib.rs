@@ -10,7 +10,8 @@
 //!
 //! Modules: [`paths`] (binaries, examples), [`procs`] (spawn, reap,
 //! signals, /proc), [`output`] (line parsing, messages), [`store`]
-//! (checkpoint directories), [`follow`] (line readers), [`app`] ([`App`]),
+//! (checkpoint directories), [`follow`] (line readers), [`memstat`] (a
+//! process's memory figures), [`app`] ([`App`]),
 //! [`daemon`] ([`Daemon`]), [`netns`] (hosts as network namespaces),
 //! [`cluster`] ([`Cluster`]) and [`cluster_ctl`] (ckptctl against it).
 //! Everything is re-exported here.
@@ -25,6 +26,7 @@ pub mod cluster;
 pub mod cluster_ctl;
 pub mod daemon;
 pub mod follow;
+pub mod memstat;
 pub mod netns;
 pub mod paths;
 pub mod procs;
@@ -34,6 +36,7 @@ pub use app::*;
 pub use cluster::*;
 pub use daemon::*;
 pub use follow::Line;
+pub use memstat::*;
 pub use netns::*;
 pub use output::*;
 pub use paths::*;

@@ -198,6 +198,7 @@ fn wrong_secret_refused() -> Result<()> {
     c.start_manager()?;
     let wrong = c.dir().join("wrong-secret");
     std::fs::write(&wrong, "this is not the cluster secret\n")?;
+    std::fs::set_permissions(&wrong, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     c.start_node(2, Some(&wrong))?;
     let on1 = c.run_example(1, "d-counter1", "counter", &[])?;
     let on2 = c.run_example(2, "d-counter2", "counter", &[])?;

@@ -1,4 +1,4 @@
-//! Copying pages out of a process: selected through its pagemap, read in batches with
+//! Copying pages out of a process: the ranges its pagemap selected, read in batches with
 //! process_vm_readv (one system call for many scattered pages; /proc/PID/mem serves what it
 //! cannot read), kept in memory while the program is parked and written to the page store
 //! once it runs again.
@@ -8,8 +8,6 @@ use ckpt_format::{Mapping, PageRun, PageStoreWriter, PAGE_SIZE};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
-/// Pagemap entries read at once (8 bytes each).
-const PAGEMAP_CHUNK: u64 = 1 << 16;
 const BATCH_RUNS: usize = 512;
 const BATCH_BYTES: u64 = 16 << 20;
 
@@ -20,7 +18,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The same bytes with only the pages that are not all zero.
+    /// The same bytes with only the pages that are not all zero; a batch left mostly empty
+    /// keeps only what is left (memory that is mostly zeros must not be held whole).
     pub fn nonzero(self) -> Batch {
         let mut runs = Vec::new();
         for &(addr, off, len) in &self.runs {
@@ -45,7 +44,25 @@ impl Batch {
                 p = q;
             }
         }
-        Batch { data: self.data, runs }
+        let mut b = Batch { data: self.data, runs };
+        b.compact();
+        b
+    }
+
+    /// When less than half of its buffer is still in use, keeps only what is; returns the
+    /// buffer given up, if any.
+    fn compact(&mut self) -> Option<Vec<u8>> {
+        let left: usize = self.runs.iter().map(|r| r.2).sum();
+        if left * 2 >= self.data.len() {
+            return None;
+        }
+        let mut data = Vec::with_capacity(left);
+        for r in &mut self.runs {
+            let at = data.len();
+            data.extend_from_slice(&self.data[r.1..r.1 + r.2]);
+            r.1 = at;
+        }
+        Some(std::mem::replace(&mut self.data, data))
     }
 
     /// Forgets the parts of its runs inside `ranges` (sorted, merged): pages read again later.
@@ -73,15 +90,8 @@ impl Batch {
             return Some(std::mem::take(&mut self.data));
         }
         // Mostly dropped: keep only what is left, so that rounds of copying do not pile up.
-        let left: usize = self.runs.iter().map(|r| r.2).sum();
-        if compact && left * 2 < self.data.len() {
-            let mut data = Vec::with_capacity(left);
-            for r in &mut self.runs {
-                let at = data.len();
-                data.extend_from_slice(&self.data[r.1..r.1 + r.2]);
-                r.1 = at;
-            }
-            return Some(std::mem::replace(&mut self.data, data));
+        if compact {
+            return self.compact();
         }
         None
     }
@@ -142,21 +152,15 @@ impl WalkError {
     }
 }
 
-/// Selects pages by their pagemap entry and address.
-pub type Want<'a> = &'a (dyn Fn(u64, u64) -> bool + Sync);
-
-/// Reads the pages of `ranges` that `want(pagemap entry, address)` selects (all of them
-/// without `want`) and hands them to `f` in batches (many small ranges share a batch).
+/// Reads the pages of `ranges` (sorted) and hands them to `f` in batches of at most about
+/// [`BATCH_BYTES`] (many small ranges share a batch).
 pub fn walk_pages(
     pid: i32,
     mem: &File,
-    pagemap: &File,
     pool: &mut Pool,
     ranges: &[(u64, u64)],
-    want: Option<Want<'_>>,
     mut f: impl FnMut(Batch) -> Result<(), DumpError>,
 ) -> Result<(), WalkError> {
-    let mut pm = Vec::new();
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut batched = 0u64;
     let mut flush = |runs: &mut Vec<(u64, u64)>| -> Result<(), WalkError> {
@@ -174,44 +178,16 @@ pub fn walk_pages(
         Ok(())
     };
     for &(rs, re) in ranges {
-        let npages = (re - rs) / PAGE_SIZE;
-        let mut first = 0;
-        while first < npages {
-            let n = (npages - first).min(PAGEMAP_CHUNK);
-            if want.is_some() {
-                pm.resize((n * 8) as usize, 0);
-                pagemap
-                    .read_exact_at(&mut pm, (rs / PAGE_SIZE + first) * 8)
-                    .map_err(|e| WalkError::Io("pagemap".into(), e))?;
+        let mut at = rs;
+        while at < re {
+            let len = (re - at).min(ckpt_format::RUN_MAX_BYTES);
+            runs.push((at, len));
+            batched += len;
+            if runs.len() >= BATCH_RUNS || batched >= BATCH_BYTES {
+                flush(&mut runs)?;
+                batched = 0;
             }
-            let entry = |i: u64| {
-                u64::from_le_bytes(
-                    pm[(i * 8) as usize..(i * 8 + 8) as usize]
-                        .try_into()
-                        .unwrap_or_default(),
-                )
-            };
-            let wanted = |i: u64| want.is_none_or(|w| w(entry(i), rs + (first + i) * PAGE_SIZE));
-            let mut i = 0;
-            while i < n {
-                if !wanted(i) {
-                    i += 1;
-                    continue;
-                }
-                let mut j = i + 1;
-                while j < n && wanted(j) && (j - i) * PAGE_SIZE < ckpt_format::RUN_MAX_BYTES {
-                    j += 1;
-                }
-                let len = (j - i) * PAGE_SIZE;
-                runs.push((rs + (first + i) * PAGE_SIZE, len));
-                batched += len;
-                if runs.len() >= BATCH_RUNS || batched >= BATCH_BYTES {
-                    flush(&mut runs)?;
-                    batched = 0;
-                }
-                i = j;
-            }
-            first += n;
+            at += len;
         }
     }
     if !runs.is_empty() {

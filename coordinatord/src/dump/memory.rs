@@ -1,6 +1,6 @@
 //! Memory: which mappings exist, which of their pages hold data, and those pages.
 
-use super::copy::{walk_pages, Captured, Pool, WalkError, Want};
+use super::copy::{walk_pages, Batch, Captured, Pool, WalkError};
 use super::window::Window;
 use super::{DumpError, PageTarget};
 use ckpt_format::{
@@ -12,10 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
 
-use ckpt_sys::pagemap::{holds_data, modified};
-
-/// Finds the ranges of a mapping that hold data, through the pagemap.
-type Finder = fn(&File, u64, u64) -> std::io::Result<Vec<(u64, u64)>>;
+use ckpt_sys::pagemap::{take, Take, Taken};
 
 /// Which pages of a mapping must be stored.
 #[derive(Clone, Copy, PartialEq)]
@@ -132,8 +129,8 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
     let io = |what: &str| super::io_err(pid, what);
     let pagemap = Arc::new(File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?);
     // Registrations are only made while parked and only lost while running, so the list taken
-    // at pre-copy time can only be too long; a mapping no longer registered reads as entirely
-    // written, which stores it in full.
+    // at pre-copy time can only be too long; a mapping no longer registered cannot be scanned
+    // for written pages, and every page of it that holds data is stored.
     let tracked = match pre.as_mut() {
         Some(p) => std::mem::take(&mut p.tracked),
         None => procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?,
@@ -169,49 +166,69 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
         let delta = incremental && (base.is_some() || pre_m.is_some());
         let prot = (e.read as u32 * PROT_READ) | (e.write as u32 * PROT_WRITE) | (e.exec as u32 * PROT_EXEC);
         let idx = mappings.len();
-        // Which ranges to read now, and the base's runs still valid for this mapping.
-        let (ranges, mut runs): (Vec<(u64, u64)>, Vec<PageRun>) = if delta {
-            // A scan that failed means the mapping is no longer registered: all of it.
-            let delta = scan_written(&pagemap, e.start, e.end).unwrap_or_else(|_| vec![(e.start, e.end)]);
-            // The base's runs still valid here, worked out (and renumbered) during the pre-copy
-            // when there was one (a run the delta rewrites stays, under the newer pages: harmless).
-            let inherited = match (&mut pre_m, base) {
-                (Some(p), _) => std::mem::take(&mut p.inherited),
-                (None, Some(b)) => renumber(
-                    inherited_runs(b, e.start, e.end, &merge_ranges(delta.clone())),
-                    &store_map,
-                )
-                .ok_or(DumpError::BadBase { pid })?,
-                (None, None) => Vec::new(),
-            };
-            (delta, inherited)
-        } else {
-            if is_tracked {
-                ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
+        let file = select == Select::Modified;
+        // What to read now, the base's runs still valid for this mapping, and where an older
+        // copy of a page exists (sorted, merged).
+        let (taken, mut runs, cover): (Taken, Vec<PageRun>, Ranges) = match (delta, pre_m.as_mut(), base) {
+            // Read as a delta: written since the pre-copy, which worked out the base's runs
+            // still valid (a run the delta rewrites stays, under the newer pages: harmless).
+            (true, Some(p), _) => {
+                let cover = std::mem::take(&mut p.cover);
+                let taken = scan_written(&pagemap, e.start, e.end, file, &cover).map_err(io("written pages"))?;
+                (taken, std::mem::take(&mut p.inherited), cover)
             }
-            (vec![(e.start, e.end)], Vec::new())
-        };
-        // Where an older copy exists (sorted, merged): a page gone since must override it.
-        let cover = match &mut pre_m {
-            Some(p) => std::mem::take(&mut p.cover),
-            None => merge_ranges(runs.iter().map(|r| (r.addr, r.addr + r.len)).collect()),
+            // Written since the base, without a pre-copy.
+            (true, None, Some(b)) => {
+                let older = merge_ranges(run_ranges(&inherited_runs(b, e.start, e.end, &[])).collect());
+                let taken = scan_written(&pagemap, e.start, e.end, file, &older).map_err(io("written pages"))?;
+                let runs = renumber(inherited_runs(b, e.start, e.end, &taken.all()), &store_map)
+                    .ok_or(DumpError::BadBase { pid })?;
+                let cover = merge_ranges(run_ranges(&runs).collect());
+                (taken, runs, cover)
+            }
+            _ => {
+                // The kernel finds the pages that hold data: most of a big mapping is often
+                // empty, and most of a private file mapping is the file's. Tracked memory is
+                // protected on the way, so that only later writes show.
+                let data = match select {
+                    Select::Populated | Select::Modified if is_tracked => {
+                        take(&pagemap, e.start, e.end, file, Take::All, &[])
+                            .map_err(io("tracking"))?
+                            .data
+                    }
+                    Select::Populated => {
+                        ckpt_sys::pagemap::populated(&pagemap, e.start, e.end).map_err(io("pagemap"))?
+                    }
+                    Select::Modified => {
+                        ckpt_sys::pagemap::modified_private(&pagemap, e.start, e.end).map_err(io("pagemap"))?
+                    }
+                    // Shared memory: where its file holds data (what was never written is a
+                    // hole, and reading it would fill it).
+                    Select::All if e.shared => procfs::mapped_file_data(pid, e.start, e.end, e.offset)
+                        .unwrap_or_else(|| vec![(e.start, e.end)]),
+                    Select::All => vec![(e.start, e.end)],
+                    Select::None => Vec::new(),
+                };
+                (Taken { data, gone: Vec::new() }, Vec::new(), Vec::new())
+            }
         };
         // A page of a file mapping discarded since its older copy keeps its protection (the
         // kernel leaves a marker): it does not read as written, but no longer differs from the
         // file. Such pages are found where the older copies are, and read again (so are pages
         // swapped out there: harmless).
-        let ranges = if delta && select == Select::Modified && !cover.is_empty() {
+        let gone = if delta && file && !cover.is_empty() {
             let now = ckpt_sys::pagemap::copied_present(&pagemap, e.start, e.end).map_err(io("pagemap"))?;
-            let reverted = subtract(&cover, &now);
-            merge_ranges(ranges.into_iter().chain(reverted).collect())
+            merge_ranges(taken.gone.into_iter().chain(subtract(&cover, &now)).collect())
         } else {
-            ranges
+            taken.gone
         };
-        // Long, dense written stretches stay in place, protected, instead of being copied now.
-        let (ranges, deferred) = match &mut window {
-            Some(w) if delta => w.defer(idx, ranges),
-            _ => (ranges, Vec::new()),
+        // Long, dense stretches of written data stay in place, protected, instead of being
+        // copied now (never pages that hold none: the window reads all it takes).
+        let (data, deferred) = match &mut window {
+            Some(w) if delta => w.defer(idx, taken.data),
+            _ => (taken.data, Vec::new()),
         };
+        let ranges = merge_ranges(data.into_iter().chain(gone).collect());
         // Pages copied before the stop come first; what changed since goes over them.
         if let Some(p) = pre_m {
             let delta = merge_ranges(ranges.iter().chain(&deferred).copied().collect());
@@ -227,62 +244,29 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                 }
             }
         }
-        let layered = !cover.is_empty();
-        let covered = |addr: u64| inside(&cover, addr, addr + 1);
-        // Outside the tracking, the kernel finds the pages that hold data: most of a big
-        // mapping is often empty, and most of a private file mapping is the file's.
-        let found = match select {
-            Select::Populated if !layered => Some(ckpt_sys::pagemap::populated as Finder),
-            Select::Modified if !layered => Some(ckpt_sys::pagemap::modified_private as Finder),
-            _ => None,
-        }
-        .and_then(|find| {
-            let mut v = Vec::new();
-            for &(rs, re) in &ranges {
-                v.extend(find(&pagemap, rs, re).ok()?);
-            }
-            Some(v)
-        });
-        if select != Select::None {
-            let want = |v: u64, addr: u64| {
-                // A page that was only read maps the zero page: nothing to store.
-                let populated = holds_data(v);
-                match select {
-                    Select::Populated if layered => populated || covered(addr),
-                    Select::Populated => populated,
-                    // A page back to the file's contents where an older copy exists is read: the
-                    // file's page must override that copy.
-                    Select::Modified => modified(v) || (layered && covered(addr)),
-                    Select::All => true,
-                    Select::None => false,
-                }
-            };
-            let (ranges, want): (&[(u64, u64)], Option<Want<'_>>) = match &found {
-                Some(f) => (f, None),
-                None => (&ranges, Some(&want)),
-            };
+        if !ranges.is_empty() {
+            // Content that exists nowhere else is read whole; its zero pages are not kept.
+            let keep = |batch: Batch| if select == Select::All { batch.nonzero() } else { batch };
             // A big delta (a program that rewrites its memory faster than the pre-copy can
             // follow) is read on two cores: the program waits for all of it.
             let (here, there) = if stop_the_world {
-                (ranges.to_vec(), Vec::new())
+                (ranges, Vec::new())
             } else {
-                split_copy(ranges)
+                split_copy(&ranges)
             };
-            let pagemap = &*pagemap;
             let other = std::thread::scope(|sc| {
                 let other = (!there.is_empty()).then(|| {
                     sc.spawn(move || {
                         let (mut spare, mut got) = (Pool::default(), Vec::new());
-                        walk_pages(pid, mem, pagemap, &mut spare, &there, want, |b| {
-                            got.push(b);
+                        walk_pages(pid, mem, &mut spare, &there, |b| {
+                            got.push(keep(b));
                             Ok(())
                         })
                         .map(|_| got)
                     })
                 });
-                walk_pages(pid, mem, pagemap, &mut pool, &here, want, |batch| {
-                    let batch = if select == Select::All { batch.nonzero() } else { batch };
-                    captured.take(idx, batch, &mut runs, store)
+                walk_pages(pid, mem, &mut pool, &here, |batch| {
+                    captured.take(idx, keep(batch), &mut runs, store)
                 })
                 .map_err(|e| e.into_dump(pid))?;
                 other
@@ -298,7 +282,6 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     .map_err(|e| e.into_dump(pid))
             })?;
             for batch in other.into_iter().flatten() {
-                let batch = if select == Select::All { batch.nonzero() } else { batch };
                 captured.take(idx, batch, &mut runs, store)?;
             }
         }
@@ -335,6 +318,11 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
 /// Address ranges [start, end).
 type Ranges = Vec<(u64, u64)>;
 
+/// The address ranges of some runs.
+pub(crate) fn run_ranges(runs: &[PageRun]) -> impl Iterator<Item = (u64, u64)> + '_ {
+    runs.iter().map(|r| (r.addr, r.addr + r.len))
+}
+
 /// Below this, a copy made while the program is parked is not worth a second thread.
 const SPLIT_COPY: u64 = 32 << 20;
 
@@ -363,22 +351,40 @@ fn split_copy(ranges: &[(u64, u64)]) -> (Ranges, Ranges) {
 /// Below this, a mapping's scan is not worth splitting.
 const SPLIT_SCAN: u64 = 64 << 20;
 
-/// The pages of [start, end) written since they were last protected, protected again. The
-/// page-table walk grows with the memory size: a big range is walked half here, half on the
-/// helper kept on a CPU during the stop.
-fn scan_written(pagemap: &Arc<File>, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    if end - start < SPLIT_SCAN {
-        return ckpt_sys::pagemap::written(pagemap, start, end, true);
+/// What of [start, end) was written since it was last protected, protected again (see
+/// [`take`]); `older`: where an older copy exists. The page-table walk grows with the memory
+/// size: a big range is walked half here, half on the helper kept on a CPU during the stop.
+fn scan_written(pagemap: &Arc<File>, start: u64, end: u64, file: bool, older: &[(u64, u64)]) -> std::io::Result<Taken> {
+    let r = if end - start < SPLIT_SCAN {
+        take(pagemap, start, end, file, Take::Written, older)
+    } else {
+        let mid = start + ((end - start) / 2) / PAGE_SIZE * PAGE_SIZE;
+        let (other, older_hi) = (pagemap.clone(), older.to_vec());
+        let (a, b) = crate::hot::join(
+            || take(pagemap, start, mid, file, Take::Written, older),
+            move || take(&other, mid, end, file, Take::Written, &older_hi),
+        );
+        a.and_then(|mut a| {
+            let b = b.unwrap_or_else(|| Err(std::io::Error::other("the scan helper failed")))?;
+            a.data.extend(b.data);
+            a.gone.extend(b.gone);
+            Ok(a)
+        })
+    };
+    match r {
+        Ok(t) => Ok(t),
+        // No longer registered (moved or replaced since): every page that holds data, and
+        // every page where an older copy exists.
+        Err(_) => {
+            let data = if file {
+                ckpt_sys::pagemap::modified_private(pagemap, start, end)?
+            } else {
+                ckpt_sys::pagemap::populated(pagemap, start, end)?
+            };
+            let gone = subtract(older, &data);
+            Ok(Taken { data, gone })
+        }
     }
-    let mid = start + ((end - start) / 2) / PAGE_SIZE * PAGE_SIZE;
-    let other = pagemap.clone();
-    let (a, b) = crate::hot::join(
-        || ckpt_sys::pagemap::written(pagemap, start, mid, true),
-        move || ckpt_sys::pagemap::written(&other, mid, end, true),
-    );
-    let mut v = a?;
-    v.extend(b.unwrap_or_else(|| Err(std::io::Error::other("the scan helper failed")))?);
-    Ok(v)
 }
 
 /// This checkpoint's stores (its own first, then those of `base` it still refers to) and, for

@@ -4,9 +4,10 @@
 //! stop short whatever the size of the memory.
 
 use super::copy::{walk_pages, Batch, Pool};
-use super::memory::{inherited_runs, inside, merge_ranges, renumber, store_numbers};
+use super::memory::{inherited_runs, merge_ranges, renumber, run_ranges, store_numbers};
 use super::DumpError;
 use ckpt_format::ProcessImage;
+use ckpt_sys::pagemap::{take, Take};
 use ckpt_sys::procfs;
 use std::collections::HashMap;
 use std::fs::File;
@@ -45,26 +46,10 @@ fn file_backed(path: &str) -> bool {
 /// Where an older copy of a page exists: the base's runs still in use, pages copied so far.
 fn cover_of(m: &PreMapping) -> Vec<(u64, u64)> {
     merge_ranges(
-        m.inherited
-            .iter()
-            .map(|r| (r.addr, r.addr + r.len))
+        run_ranges(&m.inherited)
             .chain(m.batches.iter().flat_map(|b| b.ranges()))
             .collect(),
     )
-}
-
-/// Which written pages to copy: those holding data (in a file mapping, those copied away from
-/// the file), and those gone (freed, or only read since) where an older copy exists, which
-/// their zeros (or the file's contents) must override.
-fn wanted(older: &[(u64, u64)], file: bool) -> impl Fn(u64, u64) -> bool + '_ {
-    move |v, addr| {
-        let data = if file {
-            ckpt_sys::pagemap::modified(v)
-        } else {
-            ckpt_sys::pagemap::holds_data(v)
-        };
-        data || inside(older, addr, addr + 1)
-    }
 }
 
 /// Rounds of pre-copy at most: each copies what was written during the one before.
@@ -89,34 +74,25 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
         .filter(|e| !e.shared && (anonymous(&e.path) || file_backed(&e.path)) && tracked.contains(&(e.start, e.end)))
         .collect();
     for e in &regions {
+        let file = file_backed(&e.path);
         let mut m = PreMapping::default();
-        let ranges = if base.is_some() {
-            ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true).map_err(io("written pages"))?
-        } else {
-            ckpt_sys::pagemap::protect_all(&pagemap, e.start, e.end).map_err(io("tracking"))?;
-            vec![(e.start, e.end)]
+        // Against a base: what was written since it, and what is gone where its runs are.
+        // Without one: every page holding data.
+        let taken = match base {
+            Some(b) => {
+                let older = merge_ranges(run_ranges(&inherited_runs(b, e.start, e.end, &[])).collect());
+                let t = take(&pagemap, e.start, e.end, file, Take::Written, &older).map_err(io("written pages"))?;
+                // Worked out now rather than while the program is stopped.
+                m.inherited = renumber(inherited_runs(b, e.start, e.end, &t.all()), &store_map)
+                    .ok_or(DumpError::BadBase { pid })?;
+                t
+            }
+            None => take(&pagemap, e.start, e.end, file, Take::All, &[]).map_err(io("tracking"))?,
         };
-        // Worked out now rather than while the program is stopped.
-        if let Some(b) = base {
-            m.inherited = renumber(
-                inherited_runs(b, e.start, e.end, &merge_ranges(ranges.clone())),
-                &store_map,
-            )
-            .ok_or(DumpError::BadBase { pid })?;
-        }
-        let older = cover_of(&m);
-        walk_pages(
-            pid,
-            &mem,
-            &pagemap,
-            &mut out.pool,
-            &ranges,
-            Some(&wanted(&older, file_backed(&e.path))),
-            |b| {
-                m.batches.push(b);
-                Ok(())
-            },
-        )
+        walk_pages(pid, &mem, &mut out.pool, &taken.all(), |b| {
+            m.batches.push(b);
+            Ok(())
+        })
         .map_err(|e| e.into_dump(pid))?;
         out.mappings.insert((e.start, e.end), m);
     }
@@ -136,23 +112,22 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
                 continue;
             };
             // Not registered any more: the stop reads all of it.
-            let Ok(again) = ckpt_sys::pagemap::written(&pagemap, e.start, e.end, true) else {
+            let older = cover_of(m);
+            let Ok(again) = take(&pagemap, e.start, e.end, file_backed(&e.path), Take::Written, &older) else {
                 continue;
             };
-            if again.is_empty() {
+            if again.data.is_empty() && again.gone.is_empty() {
                 continue;
             }
-            pages += again.iter().map(|r| (r.1 - r.0) / ckpt_format::PAGE_SIZE).sum::<u64>();
-            let again = merge_ranges(again);
-            let older = cover_of(m);
+            pages += again.bytes() / ckpt_format::PAGE_SIZE;
+            let again = again.all();
             for b in &mut m.batches {
                 if let Some(buf) = b.drop_ranges(&again, true) {
                     out.pool.give(buf);
                 }
             }
             m.batches.retain(|b| !b.runs.is_empty());
-            let want = wanted(&older, file_backed(&e.path));
-            walk_pages(pid, &mem, &pagemap, &mut out.pool, &again, Some(&want), |b| {
+            walk_pages(pid, &mem, &mut out.pool, &again, |b| {
                 m.batches.push(b);
                 Ok(())
             })

@@ -99,7 +99,8 @@ impl Window {
     }
 
     /// While the program is parked: protects in the window the long, dense stretches of
-    /// `written` (sorted, merged ranges of mapping number `mapping`). Returns the rest, to be
+    /// `written` (sorted, merged ranges of mapping number `mapping` that hold data: the window
+    /// reads all it takes, so a stretch is at least a quarter data). Returns the rest, to be
     /// copied now, and the stretches, which the window stores whole.
     pub fn defer(&mut self, mapping: usize, written: Ranges) -> (Ranges, Ranges) {
         // (start, end, bytes written, index of its first written range)

@@ -10,8 +10,15 @@ use std::net::TcpStream;
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// Reads the cluster secret from `path`, which must be its owner's alone (see
+/// [`crate::private::check_secret`]).
 pub fn load_secret(path: &std::path::Path) -> anyhow::Result<Vec<u8>> {
-    let s = std::fs::read(path).with_context(|| format!("cannot read the cluster secret {}", path.display()))?;
+    use std::io::Read;
+    let cannot = || format!("cannot read the cluster secret {}", path.display());
+    let mut f = std::fs::File::open(path).with_context(cannot)?;
+    crate::private::check_secret(path, &f.metadata().with_context(cannot)?)?;
+    let mut s = Vec::new();
+    f.read_to_end(&mut s).with_context(cannot)?;
     let s = s.trim_ascii().to_vec();
     if s.len() < 8 {
         bail!("the cluster secret in {} is shorter than 8 bytes", path.display());

@@ -538,8 +538,8 @@ impl Node {
 
     /// Creates the page store of process `pid` in `dir`.
     fn open_store(&self, dir: &CheckpointDir, pid: i32) -> anyhow::Result<PageStoreWriter> {
-        let pdir = dir.process_dir(&self.host, pid);
-        std::fs::create_dir_all(&pdir).with_context(|| format!("cannot create {}", pdir.display()))?;
+        dir.create_process_dir(&self.host, pid)
+            .context("cannot create the folder of its image")?;
         let store = PageStoreWriter::create(&dir.pages_path(&self.host, pid))?;
         Ok(if self.compress { store.compressed(3) } else { store })
     }

@@ -18,7 +18,14 @@ struct Args {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        // --help, --version, and the help a bare command gets, are printed as they are.
+        if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            e.exit();
+        }
+        eprintln!("ckpt-run: {}; see ckpt-run --help", usage_error(&e.to_string()));
+        std::process::exit(2);
+    });
     let code = match run(args) {
         Ok(never) => match never {},
         Err((code, msg)) => {
@@ -34,14 +41,13 @@ enum Never {}
 fn run(args: Args) -> Result<Never, (i32, String)> {
     let socket = args.socket.unwrap_or_else(ckpt_sys::paths::default_socket);
     let socket = std::path::absolute(&socket).unwrap_or(socket);
-    ping(&socket).map_err(|e| {
+    ping(&socket).map_err(|e| (2, e))?;
+    let lib = ckpt_sys::paths::sibling("libckpt_interposer.so").map_err(|e| {
         (
             2,
-            format!("{e}; start ckptd first (or pass --socket / set CKPT_SOCKET)"),
+            format!("cannot find the interposer ({e}); it is built and shipped with ckpt-run"),
         )
     })?;
-    let lib = ckpt_sys::paths::sibling("libckpt_interposer.so")
-        .map_err(|e| (2, format!("cannot find the interposer: {e}")))?;
     let preload = match std::env::var("LD_PRELOAD") {
         Ok(old) if !old.is_empty() => format!("{}:{old}", lib.display()),
         _ => lib.display().to_string(),
@@ -63,19 +69,37 @@ fn run(args: Args) -> Result<Never, (i32, String)> {
     Err((code, format!("cannot run {prog}: {err}")))
 }
 
+/// What a clap error says, on one line: its lines up to the usage, without "error: ".
+fn usage_error(text: &str) -> String {
+    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let line = said.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
+/// Checks that the ckptd at `socket` answers and takes this user's programs; the one line to
+/// print if not.
 fn ping(socket: &std::path::Path) -> Result<(), String> {
     use ckpt_proto::{CtlReply, CtlRequest, Hello, Welcome, PROTO_VERSION};
-    let s = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("ckptd is not reachable at {}: {e}", socket.display()))?;
+    let at = socket.display();
+    let s = std::os::unix::net::UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => format!(
+            "cannot use the ckptd at {at} ({e}): it is another user's; each user runs their own ckptd: \
+             start one and pass its socket (--socket or CKPT_SOCKET)"
+        ),
+        _ => format!("ckptd is not reachable at {at} ({e}); start ckptd first (or pass --socket / set CKPT_SOCKET)"),
+    })?;
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
-    let io = |e: ckpt_proto::FrameError| format!("ckptd at {}: {e}", socket.display());
+    let io = |e: ckpt_proto::FrameError| format!("ckptd at {at} broke off ({e}); check that it runs, or restart it");
     ckpt_proto::send(&s, &Hello::Ctl { version: PROTO_VERSION }, &[]).map_err(io)?;
     if let Welcome::Refused { reason } = ckpt_proto::recv(&s).map_err(io)?.0 {
-        return Err(format!("ckptd refused: {reason}"));
+        return Err(format!("ckptd at {at} refused: {reason}"));
     }
     ckpt_proto::send(&s, &CtlRequest::Ping, &[]).map_err(io)?;
     match ckpt_proto::recv::<CtlReply>(&s).map_err(io)?.0 {
         CtlReply::Pong { .. } => Ok(()),
-        other => Err(format!("ckptd answered {other:?} to ping")),
+        CtlReply::Error { message } => Err(format!("ckptd at {at}: {message}")),
+        _ => Err(format!(
+            "ckptd at {at} gave an unexpected answer; use ckpt-run and ckptd of the same build"
+        )),
     }
 }

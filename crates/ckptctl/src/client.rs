@@ -7,6 +7,8 @@ use std::path::Path;
 pub enum Failure {
     /// ckptd could not be reached or broke off.
     Unreachable(String),
+    /// The socket is another user's: the message says what to do.
+    NotYours(String),
     /// ckptd answered with an error.
     Refused(String),
 }
@@ -19,7 +21,13 @@ pub struct Client {
 impl Client {
     pub fn connect(socket: &Path) -> Result<Self, Failure> {
         let what = format!("ckptd at {}", socket.display());
-        let s = UnixStream::connect(socket).map_err(|e| Failure::Unreachable(format!("cannot reach {what}: {e}")))?;
+        let s = UnixStream::connect(socket).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => Failure::NotYours(format!(
+                "cannot use the {what} ({e}): it is another user's; each user runs their own ckptd: start \
+                 one and pass its socket (--socket or CKPT_SOCKET)"
+            )),
+            _ => Failure::Unreachable(format!("cannot reach {what}: {e}")),
+        })?;
         let c = Self { s, what };
         ckpt_proto::send(&c.s, &Hello::Ctl { version: PROTO_VERSION }, &[]).map_err(|e| c.lost(e))?;
         match ckpt_proto::recv::<Welcome>(&c.s).map_err(|e| c.lost(e))?.0 {

@@ -63,13 +63,31 @@ enum Cmd {
     Delete { id: String },
 }
 
+/// What a clap error says, on one line: its lines up to the usage, without "error: ".
+fn usage_error(text: &str) -> String {
+    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
+    let line = said.join(" ");
+    line.strip_prefix("error: ").unwrap_or(&line).to_string()
+}
+
 fn main() {
-    let args = Args::parse();
+    let args = Args::try_parse().unwrap_or_else(|e| {
+        // --help, --version, and the help a bare command gets, are printed as they are.
+        if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+            e.exit();
+        }
+        eprintln!("ckptctl: {}; see ckptctl --help", usage_error(&e.to_string()));
+        std::process::exit(2);
+    });
     let socket = args.socket.clone().unwrap_or_else(ckpt_sys::paths::default_socket);
     let code = match run(&args, &socket) {
         Ok(()) => 0,
         Err(client::Failure::Unreachable(msg)) => {
             eprintln!("ckptctl: {msg}; is ckptd running? (start it, or pass --socket / set CKPT_SOCKET)");
+            2
+        }
+        Err(client::Failure::NotYours(msg)) => {
+            eprintln!("ckptctl: {msg}");
             2
         }
         Err(client::Failure::Refused(msg)) => {

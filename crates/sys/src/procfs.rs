@@ -250,6 +250,43 @@ pub fn uffd_wp_ranges(pid: i32) -> Result<Vec<(u64, u64)>, ProcError> {
     Ok(out)
 }
 
+/// The parts of the shared mapping [start, end) of `pid` (at `offset` in its file) whose file
+/// holds data, page-aligned: SEEK_DATA and SEEK_HOLE on /proc/PID/map_files, which a
+/// checkpointer may open. None when they cannot be asked (the caller then reads it all). A
+/// shared memory object is often far bigger than what was ever written to it, and reading a
+/// hole of one would allocate it.
+pub fn mapped_file_data(pid: i32, start: u64, end: u64, offset: u64) -> Option<Vec<(u64, u64)>> {
+    use std::os::fd::AsRawFd;
+    const PAGE: u64 = 4096;
+    let f = std::fs::File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}")).ok()?;
+    let seek = |at: u64, whence: i32| -> Option<Option<u64>> {
+        // SAFETY: lseek on a descriptor we own.
+        let r = unsafe { libc::lseek(f.as_raw_fd(), at as libc::off_t, whence) };
+        if r >= 0 {
+            return Some(Some(r as u64));
+        }
+        // ENXIO: no data from `at` on (or `at` is past the end of the file).
+        (std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO)).then_some(None)
+    };
+    let last = offset + (end - start);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut at = offset;
+    while at < last {
+        let Some(data) = seek(at, libc::SEEK_DATA)?.filter(|&d| d < last) else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(last).clamp(data + 1, last);
+        let (s, e) = (data / PAGE * PAGE, hole.div_ceil(PAGE) * PAGE);
+        let (s, e) = (start + s.max(offset) - offset, start + e.min(last) - offset);
+        match out.last_mut() {
+            Some(l) if l.1 >= s => l.1 = l.1.max(e),
+            _ => out.push((s, e)),
+        }
+        at = hole;
+    }
+    Some(out)
+}
+
 /// NUL-separated /proc/PID/cmdline.
 pub fn cmdline(pid: i32) -> Result<Vec<String>, ProcError> {
     let path = PathBuf::from(format!("/proc/{pid}/cmdline"));
@@ -274,6 +311,45 @@ pub fn alive(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A shared mapping of 1 GiB with two pages written: only those are data.
+    #[test]
+    fn shared_mapping_data_is_found_by_its_file() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::FileExt;
+        let len = 1u64 << 30;
+        // SAFETY: memfd_create with a literal name; the fd is owned by the File below.
+        let fd = unsafe { libc::memfd_create(c"ckpt-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: just created, nothing else owns it.
+        let f = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        f.set_len(len).unwrap();
+        f.write_all_at(b"x", 4096 * 3 + 5).unwrap();
+        f.write_all_at(b"y", (512 << 20) + 4096 * 2).unwrap();
+        // SAFETY: a fresh shared mapping of the memfd, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let start = p as u64;
+        let found = mapped_file_data(std::process::id() as i32, start, start + len, 0);
+        // SAFETY: the mapping made above.
+        unsafe { libc::munmap(p, len as usize) };
+        // SAFETY: geteuid has no preconditions.
+        let Some(found) = found else {
+            assert_ne!(unsafe { libc::geteuid() }, 0, "root may open /proc/PID/map_files");
+            return;
+        };
+        let page = |n: u64| (start + n * 4096, start + (n + 1) * 4096);
+        assert_eq!(found, vec![page(3), page((512 << 8) + 2)]);
+    }
 
     #[test]
     fn maps_line() {

@@ -88,7 +88,11 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_
 
 #[no_mangle]
 pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int, len: size_t) -> c_int {
-    let f = real!(c"__poll_chk", unsafe extern "C" fn(*mut pollfd, nfds_t, c_int, size_t) -> c_int, -1);
+    let f = real!(
+        c"__poll_chk",
+        unsafe extern "C" fn(*mut pollfd, nfds_t, c_int, size_t) -> c_int,
+        -1
+    );
     // SAFETY: as for poll.
     again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(fds, n, t, len) })
 }
