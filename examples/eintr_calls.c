@@ -11,6 +11,7 @@
  * taken by a sigwaitinfo thread), an epoll fd and a POSIX message queue exist, kinds ckpt
  * refuses to checkpoint, with threads blocked in epoll_wait and mq_receive.
  *
+ * Usage: eintr_calls [PORT] (the loopback port of its TCP listener; any free one without).
  * Prints "tick N" every 100 ms, "odd on" / "odd off", and "sysv SEM MSG" (ids, for cleanup).
  * Every thread blocks SIGUSR1, SIGUSR2, SIGWINCH and SIGURG but where it waits for one.
  */
@@ -276,8 +277,13 @@ LOOP(waitpid, {
         /* A child outside ckpt's control: no ckpt variables in its environment. */
         char *argv[] = {"sleep", "0.05", NULL};
         char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+        /* Nor any of our descriptors: a listener it held would outlive a kill of ours. */
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_addclosefrom_np(&fa, 3);
         pid_t pid;
-        int e = posix_spawn(&pid, "/bin/sleep", NULL, NULL, argv, envp);
+        int e = posix_spawn(&pid, "/bin/sleep", &fa, NULL, argv, envp);
+        posix_spawn_file_actions_destroy(&fa);
         if (e) check_err("posix_spawn", e, 0);
         int st;
         if (waitpid(pid, &st, 0) < 0) {
@@ -407,7 +413,7 @@ static void *controller(void *arg)
     return NULL;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     /* Every thread inherits these blocked; each waits for its own with a mask of its own. */
@@ -433,7 +439,9 @@ int main(void)
     /* As servers do: the address can be bound again while old connections linger. */
     int one = 1;
     setsockopt(tcp_listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET};
+    /* A port below the ephemeral range when given: one taken at random could be some other
+     * program's by the time of a restore. */
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(argc > 1 ? atoi(argv[1]) : 0)};
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t al = sizeof a;
     if (bind(tcp_listen_fd, (struct sockaddr *)&a, sizeof a) < 0 || listen(tcp_listen_fd, 16) < 0)

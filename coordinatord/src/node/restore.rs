@@ -289,6 +289,17 @@ impl Node {
             }
             Err(e) => {
                 let exit = node.reaper.wait_exit(pid, Duration::from_secs(2));
+                // The restorer had finished (its status pipe closed without a failure), so the
+                // program ran: a short-lived one (a shell's `sleep`) may well finish, with
+                // success, before its control thread reports.
+                if exit.is_some_and(|st| libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
+                    tracing::info!(
+                        pid,
+                        id,
+                        "restored process ran to its end (exit code 0) before reporting"
+                    );
+                    return Ok(pid);
+                }
                 let how = exit.map(describe_status).unwrap_or_else(|| format!("no notice ({e})"));
                 return Err(fail(anyhow!("restored pid {pid} did not come back: {how}")));
             }
