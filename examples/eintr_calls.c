@@ -4,12 +4,13 @@
  * "INVARIANT <call>: ..." and the program exits with status 3: under ckpt, a checkpoint (taken,
  * refused or aborted) and a restore must be invisible to these calls.
  *
- * Calls: poll, ppoll, select, pselect, nanosleep, clock_nanosleep (relative and absolute),
+ * Calls: poll (with a timeout and without), ppoll, select, pselect, nanosleep, clock_nanosleep (relative and absolute),
  * usleep, read on a blocking pipe, recv and accept (blocked for good) on blocking TCP sockets, futex (through
  * syscall()), sem_wait, sem_timedwait, pthread_cond_timedwait, sigtimedwait, sigsuspend, pause,
  * waitpid, SysV semop/semtimedop, msgrcv/msgsnd. While "odd" mode is on (toggled by each SIGUSR1,
  * taken by a sigwaitinfo thread), an epoll fd and a POSIX message queue exist, kinds ckpt
- * refuses to checkpoint, with threads blocked in epoll_wait and mq_receive.
+ * refuses to checkpoint, with threads blocked in epoll_wait (with and without a timeout) and
+ * mq_timedreceive.
  *
  * Usage: eintr_calls [PORT] (the loopback port of its TCP listener; any free one without).
  * Prints "tick N" every 100 ms, "odd on" / "odd off", and "sysv SEM MSG" (ids, for cleanup).
@@ -103,6 +104,7 @@ static int slot(const char *name)
 
 static int never_r, never_w;         /* a pipe nobody writes */
 static int feed_r, feed_w;           /* a pipe fed every 50 ms */
+static int feed2_r, feed2_w;         /* another, for poll(-1) */
 static int tcp_listen_fd, tcp_a, tcp_b;
 static int semid, msgid;
 static sem_t sem_posted, sem_never;
@@ -181,6 +183,15 @@ LOOP(usleep, {
     long long t0 = now_ns();
     if (usleep(TMO_MS * 1000) < 0) check_err("usleep", errno, 0);
     check_waited("usleep", t0, TMO_MS);
+})
+
+/* Without a timeout: until the feeder's byte arrives. */
+LOOP(poll_forever, {
+    struct pollfd p = {feed2_r, POLLIN, 0};
+    int r = poll(&p, 1, -1);
+    if (r < 0) check_err("poll(-1)", errno, 0);
+    char c;
+    if (read(feed2_r, &c, 1) != 1) fail("poll(-1)", "woke with nothing to read");
 })
 
 LOOP(read, {
@@ -328,6 +339,7 @@ static void *feeder(void *arg)
         nanosleep(&ts, NULL);
         char c = 'x';
         if (write(feed_w, &c, 1) != 1) fail("feeder", "pipe write failed");
+        if (write(feed2_w, &c, 1) != 1) fail("feeder", "pipe write failed");
         if (send(tcp_a, &c, 1, 0) != 1) fail("feeder", "send failed");
         sem_post(&sem_posted);
         struct sembuf op = {0, 1, 0};
@@ -348,6 +360,20 @@ static mqd_t odd_mq = (mqd_t)-1;
 static atomic_int odd_on;
 static char mq_name[64];
 
+static int odd_wake_r = -1, odd_wake_w = -1;
+
+/* epoll_wait without a timeout: woken by the controller when odd mode ends. */
+static void *odd_epoll_forever(void *arg)
+{
+    (void)arg;
+    while (atomic_load(&odd_on)) {
+        struct epoll_event ev;
+        int r = epoll_wait(odd_epfd, &ev, 1, -1);
+        if (r < 0) check_err("epoll_wait(-1)", errno, 0);
+    }
+    return NULL;
+}
+
 static void *odd_epoll(void *arg)
 {
     (void)arg;
@@ -356,7 +382,8 @@ static void *odd_epoll(void *arg)
         long long t0 = now_ns();
         int r = epoll_wait(odd_epfd, &ev, 1, TMO_MS);
         if (r < 0) check_err("epoll_wait", errno, 0);
-        check_waited("epoll_wait", t0, TMO_MS);
+        /* An event is the wake-up at the end of odd mode. */
+        if (r == 0) check_waited("epoll_wait", t0, TMO_MS);
     }
     return NULL;
 }
@@ -383,7 +410,7 @@ static void *controller(void *arg)
     sigset_t s;
     sigemptyset(&s);
     sigaddset(&s, SIGUSR1);
-    pthread_t a, b;
+    pthread_t a, b, c;
     for (;;) {
         int sig = sigwaitinfo(&s, NULL);
         if (sig < 0) check_err("sigwaitinfo", errno, 0);
@@ -391,6 +418,11 @@ static void *controller(void *arg)
             odd_epfd = epoll_create1(EPOLL_CLOEXEC);
             struct epoll_event ev = {.events = EPOLLIN, .data.fd = never_r};
             epoll_ctl(odd_epfd, EPOLL_CTL_ADD, never_r, &ev);
+            int w[2];
+            if (pipe(w) < 0) fail("odd mode", "pipe");
+            odd_wake_r = w[0], odd_wake_w = w[1];
+            struct epoll_event wev = {.events = EPOLLIN, .data.fd = odd_wake_r};
+            epoll_ctl(odd_epfd, EPOLL_CTL_ADD, odd_wake_r, &wev);
             struct mq_attr at = {.mq_maxmsg = 4, .mq_msgsize = 64};
             snprintf(mq_name, sizeof mq_name, "/eintr_calls_%d", getpid());
             odd_mq = mq_open(mq_name, O_RDWR | O_CREAT, 0600, &at);
@@ -398,11 +430,17 @@ static void *controller(void *arg)
             atomic_store(&odd_on, 1);
             pthread_create(&a, NULL, odd_epoll, NULL);
             pthread_create(&b, NULL, odd_mq_recv, NULL);
+            pthread_create(&c, NULL, odd_epoll_forever, NULL);
             printf("odd on\n");
         } else {
             atomic_store(&odd_on, 0);
+            char x = 'x';
+            if (write(odd_wake_w, &x, 1) != 1) fail("odd mode", "wake write");
             pthread_join(a, NULL);
             pthread_join(b, NULL);
+            pthread_join(c, NULL);
+            close(odd_wake_r);
+            close(odd_wake_w);
             close(odd_epfd);
             mq_close(odd_mq);
             mq_unlink(mq_name);
@@ -435,6 +473,8 @@ int main(int argc, char **argv)
     never_r = p[0], never_w = p[1];
     if (pipe(p) < 0) fail("setup", "pipe");
     feed_r = p[0], feed_w = p[1];
+    if (pipe(p) < 0) fail("setup", "pipe");
+    feed2_r = p[0], feed2_w = p[1];
     tcp_listen_fd = socket(AF_INET, SOCK_STREAM, 0);
     /* As servers do: the address can be bound again while old connections linger. */
     int one = 1;
@@ -468,6 +508,7 @@ int main(int argc, char **argv)
         {"nanosleep", nanosleep_thread},
         {"clock_nanosleep", clock_nanosleep_thread},
         {"usleep", usleep_thread},
+        {"poll_forever", poll_forever_thread},
         {"read", read_thread},
         {"recv", recv_thread},
         {"accept", accept_thread},

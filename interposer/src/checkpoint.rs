@@ -81,12 +81,15 @@ static SCRATCH: ScratchCell = ScratchCell(UnsafeCell::new(Scratch {
 /// The park-signal handler, for every thread.
 pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t, uc: *mut libc::c_void) {
     let saved_errno = sys::errno();
+    let tid = gettid();
+    let sig = PARK_SIGNAL.load(Relaxed);
+    // Whether or not a park is on (a late signal of a park given up): a thread ckptd unblocked
+    // blocks the signal again, and a call it interrupted is noted. Before the frame is read,
+    // so that a restored thread gets its own mask back too.
+    reblock_if_asked(tid, uc);
+    crate::restart::on_park(uc, sig);
     let session = SESSION.load(Acquire);
     if session != RELEASED.load(Acquire) {
-        let tid = gettid();
-        // Before the frame is read, so that a restored thread gets its own mask back too.
-        reblock_if_asked(tid, uc);
-        crate::restart::on_park(uc);
         record_thread(tid, uc as u64);
         if tid == CONTROL_TID.load(Relaxed) {
             control_park(session);
@@ -101,8 +104,8 @@ pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t,
                 futex_wait(&RELEASED, r, 0);
             }
         }
-        crate::restart::on_release(uc, PARK_SIGNAL.load(Relaxed));
     }
+    crate::restart::on_release(uc, sig);
     sys::set_errno(saved_errno);
 }
 

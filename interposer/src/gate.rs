@@ -9,23 +9,27 @@
 //! writes wait): the write family, `ftruncate` and `fallocate` on an fd whose (device, inode),
 //! found by `fstat` only while the gate is shut, is in a fixed table wait until the park ends.
 //!
-//! Outside a checkpoint a wrapper costs two stores to this thread's slot and one load.
+//! Outside a checkpoint a wrapper claims an entry of a table for its call and gives it back
+//! (no thread-locals: `write` is called from signal handlers; see `inflight`).
 
-use crate::hosts;
-use crate::sys::{self, futex_wait, futex_wake};
-use std::cell::Cell;
+use crate::inflight::{self, InFlight};
+use crate::sys::{futex_wait, futex_wake};
+use crate::{hosts, sys};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering::*};
 
 static STOP: AtomicU32 = AtomicU32::new(0);
 /// Bumped when an in-flight call ends while the gate is shut, to wake the control thread.
 static CHANGED: AtomicU32 = AtomicU32::new(0);
 
-const SLOTS: usize = 1024;
-/// The fd each thread is sending on, or -1.
-static IN_FLIGHT: [AtomicI32; SLOTS] = [const { AtomicI32::new(-1) }; SLOTS];
-static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
-/// Calls in flight from threads beyond SLOTS, counted without their fd (waited for in full).
+/// Send-family calls in progress (see `inflight`), with the fd each is on (-1: waiting at
+/// the gate).
+const CALLS_MAX: usize = 1024;
+static CALLS: InFlight<CALLS_MAX> = InFlight::new();
+static FD: [AtomicI32; CALLS_MAX] = [const { AtomicI32::new(-1) }; CALLS_MAX];
+/// Calls in progress beyond CALLS_MAX, counted without their fd (waited for in full).
 static OVERFLOW: AtomicU32 = AtomicU32::new(0);
+/// The control thread (its `pthread_self`), which must talk to ckptd while the gate is shut.
+static CONTROL: AtomicU64 = AtomicU64::new(0);
 
 /// Files whose writes are held: (device, inode) pairs, the first HOLD_N valid. Written by the
 /// control thread before the gate shuts; read by the wrappers while it is shut.
@@ -38,40 +42,36 @@ static HOLD_ALL: AtomicBool = AtomicBool::new(false);
 /// 1 while file writes are held (futex word the held writers wait on).
 static FILES: AtomicU32 = AtomicU32::new(0);
 
-thread_local! {
-    /// Set on the control thread, which must talk to ckptd while the gate is shut.
-    static BYPASS: Cell<bool> = const { Cell::new(false) };
-    /// This thread's slot: -2 not assigned yet, -1 none left.
-    static SLOT: Cell<i32> = const { Cell::new(-2) };
-}
-
 pub fn bypass_this_thread() {
-    BYPASS.with(|b| b.set(true));
+    CONTROL.store(inflight::me(), Release);
 }
 
-fn my_slot() -> i32 {
-    SLOT.with(|s| {
-        if s.get() == -2 {
-            let n = NEXT_SLOT.fetch_add(1, Relaxed);
-            s.set(if n < SLOTS { n as i32 } else { -1 });
+/// A call's place in the table: an entry, none left (counted in OVERFLOW), or the control
+/// thread's call, which the gate lets through.
+#[derive(Clone, Copy)]
+enum Slot {
+    Entry(usize),
+    Overflow,
+    Bypass,
+}
+
+fn mark(slot: Slot, fd: i32) {
+    match slot {
+        Slot::Entry(i) => FD[i].store(fd, SeqCst),
+        Slot::Overflow => {
+            OVERFLOW.fetch_add(1, SeqCst);
         }
-        s.get()
-    })
-}
-
-fn mark(slot: i32, fd: i32) {
-    if slot >= 0 {
-        IN_FLIGHT[slot as usize].store(fd, SeqCst);
-    } else {
-        OVERFLOW.fetch_add(1, SeqCst);
+        Slot::Bypass => {}
     }
 }
 
-fn unmark(slot: i32) {
-    if slot >= 0 {
-        IN_FLIGHT[slot as usize].store(-1, SeqCst);
-    } else {
-        OVERFLOW.fetch_sub(1, SeqCst);
+fn unmark(slot: Slot) {
+    match slot {
+        Slot::Entry(i) => FD[i].store(-1, SeqCst),
+        Slot::Overflow => {
+            OVERFLOW.fetch_sub(1, SeqCst);
+        }
+        Slot::Bypass => return,
     }
     if STOP.load(SeqCst) != 0 {
         CHANGED.fetch_add(1, SeqCst);
@@ -99,11 +99,11 @@ fn held_file(fd: i32) -> bool {
 
 /// Before a send-family call on `fd` (to `dest`, when the call names one). Returns the slot
 /// to pass to [`leave`].
-fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> i32 {
-    if BYPASS.with(|b| b.get()) {
-        return i32::MIN;
+fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> Slot {
+    if CONTROL.load(Relaxed) == inflight::me() {
+        return Slot::Bypass;
     }
-    let slot = my_slot();
+    let slot = CALLS.claim().map_or(Slot::Overflow, Slot::Entry);
     loop {
         mark(slot, fd);
         let stop = STOP.load(SeqCst);
@@ -127,12 +127,12 @@ fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> i32
 }
 
 /// After a send-family call; errno is the call's.
-fn leave(slot: i32) {
-    if slot == i32::MIN {
-        return;
-    }
+fn leave(slot: Slot) {
     let saved = sys::errno();
     unmark(slot);
+    if let Slot::Entry(i) = slot {
+        CALLS.release(i);
+    }
     sys::set_errno(saved);
 }
 
@@ -141,9 +141,8 @@ fn busy() -> bool {
     if OVERFLOW.load(SeqCst) > 0 {
         return true;
     }
-    let n = NEXT_SLOT.load(SeqCst).min(SLOTS);
-    IN_FLIGHT[..n].iter().any(|s| {
-        let fd = s.load(SeqCst);
+    CALLS.held().any(|i| {
+        let fd = FD[i].load(SeqCst);
         fd >= 0 && (hosts::leaves_host(fd, None) || held_file(fd))
     })
 }

@@ -14,6 +14,7 @@ mod control;
 mod fds;
 mod gate;
 mod hosts;
+mod inflight;
 mod pages;
 mod restart;
 mod signals;

@@ -40,7 +40,12 @@ fn without_park(set: *const sigset_t, buf: &mut sigset_t) -> *const sigset_t {
 
 /// Calls `f` with a timeout in milliseconds — the caller's first, then what is left of it —
 /// again each time a park interrupted it; its result.
-fn again_ms(mut call: Call, timeout: c_int, mut f: impl FnMut(c_int) -> c_int) -> c_int {
+fn again_ms(call: impl FnOnce() -> Call, timeout: c_int, mut f: impl FnMut(c_int) -> c_int) -> c_int {
+    // A call that does not wait is never interrupted by a park: nothing to hold for it.
+    if timeout == 0 {
+        return f(0);
+    }
+    let mut call = call();
     let mut t = timeout;
     loop {
         call.begin();
@@ -71,8 +76,9 @@ fn again_ts(mut call: Call, tmo: *const timespec, mut f: impl FnMut(*const times
     }
 }
 
+/// A timeout in ms as ns; None for none (negative: forever) or zero (never blocks).
 fn ns_of_ms(ms: c_int) -> Option<u64> {
-    (ms > 0).then_some(ms as u64 * 1_000_000)
+    (ms > 0).then(|| ms as u64 * 1_000_000)
 }
 
 fn mono(ns: Option<u64>) -> Call {
@@ -83,7 +89,7 @@ fn mono(ns: Option<u64>) -> Call {
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: nfds_t, timeout: c_int) -> c_int {
     let f = real!(c"poll", unsafe extern "C" fn(*mut pollfd, nfds_t, c_int) -> c_int, -1);
     // SAFETY: the caller's arguments, passed through, with what is left of the timeout.
-    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(fds, n, t) })
+    again_ms(|| mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(fds, n, t) })
 }
 
 #[no_mangle]
@@ -94,7 +100,7 @@ pub unsafe extern "C" fn __poll_chk(fds: *mut pollfd, n: nfds_t, timeout: c_int,
         -1
     );
     // SAFETY: as for poll.
-    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(fds, n, t, len) })
+    again_ms(|| mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(fds, n, t, len) })
 }
 
 type PpollFn = unsafe extern "C" fn(*mut pollfd, nfds_t, *const timespec, *const sigset_t) -> c_int;
@@ -140,7 +146,11 @@ pub unsafe extern "C" fn select(
     // SAFETY: the caller's timeval, read only when non-null as select itself would.
     let ns = unsafe { timeout.as_ref() }
         .filter(|tv| tv.tv_sec >= 0 && (0..1_000_000).contains(&tv.tv_usec))
-        .map(|tv| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1000);
+        .map(|tv| {
+            (tv.tv_sec as u64)
+                .saturating_mul(1_000_000_000)
+                .saturating_add(tv.tv_usec as u64 * 1000)
+        });
     let mut call = mono(ns);
     loop {
         call.begin();
@@ -187,7 +197,7 @@ type EpollPwait2Fn =
 pub unsafe extern "C" fn epoll_wait(ep: c_int, ev: *mut libc::epoll_event, max: c_int, timeout: c_int) -> c_int {
     let f = real!(c"epoll_wait", EpollWaitFn, -1);
     // SAFETY: the caller's arguments, passed through, with what is left of the timeout.
-    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(ep, ev, max, t) })
+    again_ms(|| mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(ep, ev, max, t) })
 }
 
 #[no_mangle]
@@ -203,7 +213,11 @@ pub unsafe extern "C" fn epoll_pwait(
     let mut buf: sigset_t = unsafe { std::mem::zeroed() };
     let mask = without_park(mask, &mut buf);
     // SAFETY: the caller's arguments, passed through, with what is left of the timeout.
-    again_ms(mono(ns_of_ms(timeout)), timeout, |t| unsafe { f(ep, ev, max, t, mask) })
+    again_ms(
+        || mono(ns_of_ms(timeout)),
+        timeout,
+        |t| unsafe { f(ep, ev, max, t, mask) },
+    )
 }
 
 #[no_mangle]

@@ -23,18 +23,20 @@
 
 mod calls;
 
+use crate::inflight::InFlight;
 use crate::sys;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
 
-thread_local! {
-    /// The park handler interrupted a system call of this thread (set in [`on_park`]).
-    static INTERRUPTED: Cell<bool> = const { Cell::new(false) };
-    /// The deadline of the relative timeout of the call in progress (clock, ns), 0 if none.
-    static DEADLINE: Cell<(i32, u64)> = const { Cell::new((0, 0)) };
-    /// What was left of that timeout when the park interrupted the call.
-    static LEFT_AT_PARK: Cell<u64> = const { Cell::new(0) };
-}
+/// Calls in progress in the wrappers, one entry each (see `inflight`).
+const CALLS_MAX: usize = 1024;
+static CALLS: InFlight<CALLS_MAX> = InFlight::new();
+/// Per entry: the park handler interrupted the call's system call (set in [`on_park`]).
+static INTERRUPTED: [AtomicBool; CALLS_MAX] = [const { AtomicBool::new(false) }; CALLS_MAX];
+/// Per entry: the deadline of the call's relative timeout (clock, ns), 0 if none.
+static CLOCK: [AtomicI32; CALLS_MAX] = [const { AtomicI32::new(0) }; CALLS_MAX];
+static DEADLINE: [AtomicU64; CALLS_MAX] = [const { AtomicU64::new(0) }; CALLS_MAX];
+/// Per entry: what was left of that timeout when the park interrupted the call.
+static LEFT_AT_PARK: [AtomicU64; CALLS_MAX] = [const { AtomicU64::new(0) }; CALLS_MAX];
 
 /// Changed by every restore (the restorer pokes a fresh value into the slots); read through
 /// [`restore_nonce`].
@@ -49,34 +51,44 @@ fn restore_nonce() -> u64 {
     unsafe { p.read_volatile() }
 }
 
-/// In the park handler, before the thread parks: whether its frame returns EINTR from a system
-/// call (rax holds -EINTR and the instruction before rip is `syscall`).
-pub fn on_park(uc: *mut libc::c_void) {
-    let uc = uc as *const libc::ucontext_t;
+/// In the park handler, before the thread parks: notes whether its frame returns EINTR from a
+/// system call (rax holds -EINTR and the instruction before rip is `syscall`) of a call in
+/// progress in a wrapper, unless a signal of the program's will run its handler first (then
+/// the EINTR is the program's). Runs for a late park signal too (a park given up).
+pub fn on_park(uc: *mut libc::c_void, park_signal: i32) {
+    let Some(i) = CALLS.mine() else { return };
+    let ucp = uc as *const libc::ucontext_t;
     // SAFETY: the kernel's ucontext for this delivery, valid for the handler's duration.
     let (rax, rip) = unsafe {
-        let g = &(*uc).uc_mcontext.gregs;
+        let g = &(*ucp).uc_mcontext.gregs;
         (g[libc::REG_RAX as usize], g[libc::REG_RIP as usize] as u64)
     };
-    let hit = rax == -(libc::EINTR as i64) && follows_syscall(rip);
-    INTERRUPTED.with(|c| c.set(hit));
+    let hit = rax == -(libc::EINTR as i64) && follows_syscall(rip) && !program_signal_due(uc, park_signal);
+    INTERRUPTED[i].store(hit, Release);
     if hit {
-        let (clock, deadline) = DEADLINE.with(Cell::get);
+        let deadline = DEADLINE[i].load(Acquire);
         let left = if deadline == 0 {
             0
         } else {
-            deadline.saturating_sub(clock_ns(clock))
+            deadline.saturating_sub(clock_ns(CLOCK[i].load(Acquire)))
         };
-        LEFT_AT_PARK.with(|c| c.set(left));
+        LEFT_AT_PARK[i].store(left, Release);
     }
 }
 
-/// In the park handler, once the thread may run again: a program's signal that will run its
-/// handler as soon as the thread resumes means the call must end with EINTR after all.
+/// In the park handler, once the thread may run again: a program's signal that arrived
+/// meanwhile and will run its handler as soon as the thread resumes means the call must end
+/// with EINTR after all.
 pub fn on_release(uc: *mut libc::c_void, park_signal: i32) {
-    if !INTERRUPTED.with(Cell::get) {
-        return;
+    let Some(i) = CALLS.mine() else { return };
+    if INTERRUPTED[i].load(Acquire) && program_signal_due(uc, park_signal) {
+        INTERRUPTED[i].store(false, Release);
     }
+}
+
+/// Whether a signal of the program's with a handler is pending and not blocked by the mask
+/// the thread resumes with (`uc`'s).
+fn program_signal_due(uc: *mut libc::c_void, park_signal: i32) -> bool {
     let uc = uc as *const libc::ucontext_t;
     // SAFETY: the first 8 bytes of uc_sigmask are the kernel's mask restored by sigreturn.
     let resumed_mask = unsafe { *(&(*uc).uc_sigmask as *const libc::sigset_t as *const u64) };
@@ -96,14 +108,21 @@ pub fn on_release(uc: *mut libc::c_void, park_signal: i32) {
         let r = sys::raw6(libc::SYS_rt_sigaction, [sig, 0, act.as_mut_ptr() as u64, 8, 0, 0]);
         // Not SIG_DFL (0) nor SIG_IGN (1): a handler of the program's will run.
         if r == 0 && act[0] > 1 {
-            INTERRUPTED.with(|c| c.set(false));
-            return;
+            return true;
         }
     }
+    false
 }
 
-/// Whether the two bytes before `rip` are the `syscall` instruction (read without faulting).
+/// Whether the two bytes before `rip` are the `syscall` instruction, read without faulting:
+/// on rip's own page (mapped and executable, so readable) directly, else with
+/// process_vm_readv.
 fn follows_syscall(rip: u64) -> bool {
+    if rip & 0xfff >= 2 {
+        // SAFETY: rip-2 lies on the page holding rip, the code the thread resumes into.
+        let code = unsafe { std::ptr::read_volatile((rip - 2) as *const [u8; 2]) };
+        return code == [0x0f, 0x05];
+    }
     let mut code = [0u8; 2];
     let local = libc::iovec {
         iov_base: code.as_mut_ptr().cast(),
@@ -134,57 +153,70 @@ fn clock_ns(clock: i32) -> u64 {
     ts.tv_sec.max(0) as u64 * 1_000_000_000 + ts.tv_nsec.max(0) as u64
 }
 
-/// One call of the program's that may be interrupted by a park, and its timeout.
+/// One call of the program's that may be interrupted by a park, and its timeout. It holds an
+/// entry of the table for its duration (none when the table is full: then it is not tried
+/// again).
 pub(crate) struct Call {
+    entry: Option<usize>,
     clock: i32,
     /// Deadline on `clock`, when the call has a relative timeout.
     deadline: Option<u64>,
     nonce: u64,
+    /// errno as the call found it: a call tried again must not leave its EINTR behind.
+    errno: i32,
 }
 
 impl Call {
-    /// A call without timeout, or with an absolute one (retried as it is).
+    /// A call without timeout, or with an absolute one (tried again as it is).
     pub fn plain() -> Call {
         Call {
+            entry: CALLS.claim_latest(),
             clock: libc::CLOCK_MONOTONIC,
             deadline: None,
             nonce: 0,
+            errno: sys::errno(),
         }
     }
 
     /// A call with a relative timeout of `ns` on `clock` (None: no timeout).
     pub fn timed(clock: i32, ns: Option<u64>) -> Call {
-        let Some(ns) = ns else { return Call::plain() };
-        let deadline = clock_ns(clock).saturating_add(ns).max(1);
-        Call {
-            clock,
-            deadline: Some(deadline),
-            nonce: restore_nonce(),
+        let mut c = Call::plain();
+        if let Some(ns) = ns {
+            c.clock = clock;
+            c.deadline = Some(clock_ns(clock).saturating_add(ns).max(1));
+            c.nonce = restore_nonce();
         }
+        c
     }
 
     /// Before each attempt.
     pub fn begin(&self) {
-        INTERRUPTED.with(|c| c.set(false));
-        DEADLINE.with(|c| c.set((self.clock, self.deadline.unwrap_or(0))));
+        if let Some(i) = self.entry {
+            INTERRUPTED[i].store(false, Release);
+            CLOCK[i].store(self.clock, Release);
+            DEADLINE[i].store(self.deadline.unwrap_or(0), Release);
+        }
     }
 
-    /// After an attempt that failed with `err`: whether to call again, the park having caused it.
-    /// errno is left as the attempt set it.
+    /// After an attempt that failed with `err`: whether to call again, the park having caused
+    /// it. errno is then as the caller found it; otherwise as the attempt set it.
     pub fn again(&mut self, err: i32) -> bool {
-        DEADLINE.with(|c| c.set((0, 0)));
-        let ours = err == libc::EINTR && INTERRUPTED.with(Cell::get);
-        INTERRUPTED.with(|c| c.set(false));
-        if ours && self.deadline.is_some() {
+        let Some(i) = self.entry else { return false };
+        let ours = err == libc::EINTR && INTERRUPTED[i].swap(false, AcqRel);
+        if !ours {
+            return false;
+        }
+        if self.deadline.is_some() {
             let now_nonce = restore_nonce();
             if now_nonce != self.nonce {
                 // Restored since the call began: what was left at the park starts again now.
-                let left = LEFT_AT_PARK.with(Cell::get);
+                let left = LEFT_AT_PARK[i].load(Acquire);
                 self.deadline = Some(clock_ns(self.clock).saturating_add(left).max(1));
                 self.nonce = now_nonce;
             }
         }
-        ours
+        sys::set_errno(self.errno);
+        true
     }
 
     /// What is left of the timeout, in ns (0 once past the deadline); None without one.
@@ -201,6 +233,14 @@ impl Call {
     pub fn left_ms(&self) -> Option<i32> {
         self.left_ns()
             .map(|ns| ns.div_ceil(1_000_000).min(i32::MAX as u64) as i32)
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(i) = self.entry {
+            CALLS.release(i);
+        }
     }
 }
 
