@@ -143,9 +143,18 @@ pub struct Snapshot {
     pub uid: u32,
     pub gid: u32,
     pub blocks: Vec<Block>,
-    /// Names of the entries `NAME-*` beside the file at the checkpoint (sqlite's `-journal`,
-    /// `-wal`, `-shm`): one that appears later belongs to a future the restore abandons.
-    pub companions: Vec<String>,
+    /// The companions beside the file at the checkpoint (sqlite's `NAME-journal`, `NAME-wal`,
+    /// `NAME-shm`): one that appears or changes later belongs to a future the restore abandons.
+    pub companions: Vec<Companion>,
+}
+
+/// A companion file as it was at the checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Companion {
+    pub name: String,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
 }
 
 impl Snapshot {
@@ -222,7 +231,11 @@ pub struct FileSummary {
 impl FileRecord {
     pub fn summary(&self) -> FileSummary {
         let (size, stored_bytes, companions) = match &self.content {
-            FileContent::Snapshot(s) => (s.size, s.stored_bytes(), s.companions.clone()),
+            FileContent::Snapshot(s) => (
+                s.size,
+                s.stored_bytes(),
+                s.companions.iter().map(|c| c.name.clone()).collect(),
+            ),
             FileContent::Append(a) => (a.size, 0, Vec::new()),
             FileContent::Keep => (0, 0, Vec::new()),
         };

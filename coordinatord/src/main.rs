@@ -121,8 +121,8 @@ fn run(args: Args) -> anyhow::Result<()> {
     stop.add(nix::sys::signal::SIGINT);
     stop.thread_block()?;
 
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        private::check_socket_dir(dir)?;
     }
     if socket.exists() {
         if UnixStream::connect(&socket).is_ok() {
@@ -132,7 +132,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             .with_context(|| format!("cannot remove the stale socket {}", socket.display()))?;
     }
     let listener = UnixListener::bind(&socket).with_context(|| format!("cannot listen on {}", socket.display()))?;
-    // Any user may register programs; control requests are checked per peer.
+    // Anyone may connect: programs and requests are checked per peer (root's ckptd takes
+    // every user's programs, another's only its own user's).
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666))?;
 
     // Restored programs are our children; so are their orphans.

@@ -6,10 +6,7 @@ use anyhow::{bail, Context};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
+use ckpt_sys::peer::euid;
 
 /// Refuses a store folder that other users can write or that belongs to another user (root
 /// aside); makes private a store folder this user owns that others could read. A store that
@@ -71,6 +68,35 @@ pub fn check_secret(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()>
         bail!(
             "the cluster secret {shown} belongs to uid {owner}, who could change it; this ckptd runs as \
              uid {me}: give it to uid {me} (`chown {me} {shown}`)"
+        );
+    }
+    Ok(())
+}
+
+/// The folder of ckptd's socket: created private when missing; refused when another user
+/// (root aside) owns it, or when others may write in it without the sticky bit (they could put
+/// their own socket in ours' place, and programs would hand it their memory).
+pub fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
+    let shown = dir.display();
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return ckpt_format::private::create_private_dir_all(dir)
+                .with_context(|| format!("cannot create the socket folder {shown}"));
+        }
+        Err(e) => bail!("cannot use the socket folder {shown} ({e}); pass another --socket"),
+    };
+    let (me, owner, mode) = (euid(), meta.uid(), meta.mode() & 0o7777);
+    if owner != me && owner != 0 {
+        bail!(
+            "the socket folder {shown} belongs to uid {owner}, but this ckptd runs as uid {me}; pass \
+             a --socket in a folder of your own"
+        );
+    }
+    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+        bail!(
+            "the socket folder {shown} can be written by other users (mode {mode:o}); run `chmod go-w \
+             {shown}` or pass another --socket"
         );
     }
     Ok(())

@@ -41,6 +41,14 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
     let version = match hello {
         Hello::App { version } | Hello::Ctl { version } => version,
     };
+    let me = ckpt_sys::peer::euid();
+    if matches!(hello, Hello::App { .. }) && me != 0 && cred.uid() != me {
+        // Its tracker and the right to trace it would come with the registration.
+        let reason =
+            format!("this ckptd runs as uid {me} and takes only that user's programs; each user runs their own ckptd");
+        ckpt_proto::send(&s, &Welcome::Refused { reason }, &[])?;
+        return Ok(());
+    }
     if version != PROTO_VERSION {
         let reason = format!(
             "protocol version {version} is not supported (ckptd speaks {PROTO_VERSION}); use matching ckpt binaries"
@@ -62,25 +70,21 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
             tracing::info!(pid = reg.pid, exe = %reg.exe, "registered");
             node.registry.insert(reg, s, None);
         }
-        Hello::Ctl { .. } => {
-            // SAFETY: geteuid has no preconditions.
-            let me = unsafe { libc::geteuid() };
-            loop {
-                let (req, fds) = match ckpt_proto::recv::<CtlRequest>(&s) {
-                    Ok(r) => r,
-                    Err(ckpt_proto::FrameError::Closed) => return Ok(()),
-                    Err(e) => return Err(e.into()),
-                };
-                let reply = if cred.uid() != 0 && cred.uid() != me {
-                    CtlReply::Error {
-                        message: not_yours(cred.uid(), me),
-                    }
-                } else {
-                    answer(ctx, req, fds)
-                };
-                ckpt_proto::send(&s, &reply, &[])?;
-            }
-        }
+        Hello::Ctl { .. } => loop {
+            let (req, fds) = match ckpt_proto::recv::<CtlRequest>(&s) {
+                Ok(r) => r,
+                Err(ckpt_proto::FrameError::Closed) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let reply = if cred.uid() != 0 && cred.uid() != me {
+                CtlReply::Error {
+                    message: not_yours(cred.uid(), me),
+                }
+            } else {
+                answer(ctx, req, fds)
+            };
+            ckpt_proto::send(&s, &reply, &[])?;
+        },
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use crate::{gate, signals, sys};
 use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::{AppMsg, Hello, NodeMsg, Registration, Welcome, PROTO_VERSION};
 use std::mem::ManuallyDrop;
-use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, IntoRawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::*;
@@ -91,6 +91,17 @@ enum Failure {
 fn register(path: &Path) -> Result<i32, Failure> {
     let gone = |_: &dyn std::fmt::Display| Failure::Unreachable;
     let s = UnixStream::connect(path).map_err(|e| gone(&e))?;
+    // Only a ckptd of this program's user or of root gets its tracker and may trace it.
+    match ckpt_sys::peer::peer_uid(s.as_fd()) {
+        Some(uid) if ckpt_sys::peer::trusted_daemon(uid) => {}
+        Some(uid) => {
+            return Err(Failure::Refused(format!(
+                "the ckptd at {} runs as uid {uid}, neither this program's user nor root",
+                path.display()
+            )))
+        }
+        None => return Err(Failure::Unreachable),
+    }
     // SAFETY: the fd protect returns is the same connection, now ours at a high number.
     let s = unsafe { UnixStream::from_raw_fd(crate::fds::protect(s.into_raw_fd())) };
     ckpt_proto::send(&s, &Hello::App { version: PROTO_VERSION }, &[]).map_err(|e| gone(&e))?;
@@ -123,19 +134,7 @@ fn register(path: &Path) -> Result<i32, Failure> {
 /// Where Yama restricts ptrace to ancestors, lets ckptd (the peer) attach to this process: it
 /// does so only to unblock the park signal in a thread that blocks it.
 fn allow_tracing_by(s: &UnixStream) {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid out-pointers of the right size.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r == 0 && cred.pid > 0 {
+    if let Some(cred) = ckpt_sys::peer::peer(s.as_fd()).filter(|c| c.pid > 0) {
         // Fails harmlessly where Yama is absent.
         sys::raw6(
             libc::SYS_prctl,

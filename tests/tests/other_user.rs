@@ -118,3 +118,89 @@ fn bad_arguments_get_one_line() -> Result<()> {
     }
     Ok(())
 }
+
+/// A ckptd of another user is given none of root's programs: ckpt-run refuses to use it, and a
+/// program started with the interposer by hand refuses to register with it (it would hand that
+/// user its memory tracker and the right to trace it), saying so once and running on.
+#[test]
+fn programs_are_never_handed_to_another_users_ckptd() -> Result<()> {
+    require_root!();
+    let dir = tempfile::Builder::new().prefix("ckpt-nobody-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let home = dir.path().join("home");
+    std::fs::create_dir(&home)?;
+    std::os::unix::fs::chown(&home, Some(NOBODY), Some(NOBODY))?;
+    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o711))?;
+    let socket = home.join("ckptd.sock");
+    let log = std::fs::File::create(dir.path().join("ckptd.log"))?;
+    let mut ckptd = spawn_tracked(
+        Command::new(bin("ckptd")?)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--store")
+            .arg(home.join("store"))
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log),
+    )?;
+    let result = (|| -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            ensure!(std::time::Instant::now() < deadline, "nobody's ckptd did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = run_with_timeout(
+            Command::new(bin("ckpt-run")?)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["--", "/bin/true"]),
+            Duration::from_secs(30),
+        )?;
+        one_plain_line(
+            &out,
+            "root's ckpt-run against nobody's ckptd",
+            2,
+            &["uid 65534", "own ckptd"],
+        )?;
+
+        // The interposer preloaded by hand: the program runs, uncontrolled.
+        let lib = bin("ckpt-run")?.with_file_name("libckpt_interposer.so");
+        let out = run_with_timeout(
+            Command::new("/bin/sh")
+                .args(["-c", "echo ran"])
+                .env("LD_PRELOAD", &lib)
+                .env("CKPT_SOCKET", &socket),
+            Duration::from_secs(30),
+        )?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ran",
+            "the program must run as it would: {}",
+            describe(&out)
+        );
+        ensure!(
+            err.contains("not under checkpoint control") && err.contains("uid 65534"),
+            "the program should say once why it is not under control: {err:?}"
+        );
+        let status = run_with_timeout(
+            Command::new(bin("ckptctl")?)
+                .arg("--socket")
+                .arg(&socket)
+                .args(["status", "--json"])
+                .uid(NOBODY)
+                .gid(NOBODY),
+            Duration::from_secs(30),
+        )?;
+        ensure!(
+            status.status.success() && !stdout_str(&status).contains("\"pid\""),
+            "nobody's ckptd must have no program: {}",
+            describe(&status)
+        );
+        Ok(())
+    })();
+    let _ = send_signal(ckptd.id() as i32, libc::SIGKILL);
+    let _ = ckptd.wait();
+    result
+}

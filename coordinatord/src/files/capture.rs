@@ -170,8 +170,10 @@ impl Capture {
     }
 
     /// While every process is parked: decides each file's policy over all its holders, writes
-    /// it into their fds, takes the files (see [`Capture::records`]), then has `watch` note
-    /// who writes to them from this instant (checkpoint `id`).
+    /// it into their fds, has `watch` note who writes to them from this instant (checkpoint
+    /// `id`), then takes the files (see [`Capture::records`]). Watching first: a write by
+    /// another process while the files are taken is then seen, and makes the file unprovable,
+    /// instead of slipping in between the record and the watch.
     pub fn at_park(
         &mut self,
         images: &mut [&mut ProcessImage],
@@ -182,7 +184,6 @@ impl Capture {
         let uses: Vec<Use> = images.iter().flat_map(|i| policy::uses_of_image(i)).collect();
         let decided = policy::decide(&uses, &self.rules);
         super::set_fd_policies(images, &decided);
-        let records = self.records(&decided)?;
         let pids: Vec<i32> = images.iter().map(|i| i.pid).collect();
         for &pid in &pids {
             watch.adopt(pid);
@@ -193,6 +194,7 @@ impl Capture {
             .map(|d| (d.key, d.open.clone()))
             .collect();
         watch.mark(id, &pids, &watched);
+        let records = self.records(&decided)?;
         tracing::debug!(
             files = records.len(),
             bytes = self.copied.1,
@@ -422,21 +424,28 @@ pub fn changed_sample(f: &File, mark: &AppendMark) -> std::io::Result<Option<u64
 /// Suffix of the names a restore gives companions it sets aside.
 pub const ASIDE: &str = ".ckpt-aside-";
 
-/// Names of the entries `NAME-*` beside `path` (not those set aside before).
-pub fn companions(path: &str) -> Vec<String> {
+/// The names sqlite gives the files beside a database (`NAME-journal`, `NAME-wal`,
+/// `NAME-shm`): only those are companions (another `NAME-…` is some other file).
+const COMPANION_SUFFIXES: [&str; 3] = ["-journal", "-wal", "-shm"];
+
+/// The companions beside `path` now, as they are.
+pub fn companions(path: &str) -> Vec<ckpt_format::Companion> {
+    use std::os::unix::fs::MetadataExt;
     let p = std::path::Path::new(path);
-    let (Some(dir), Some(name)) = (p.parent(), p.file_name().and_then(|n| n.to_str())) else {
+    let Some(name) = p.file_name().and_then(|n| n.to_str()) else {
         return Vec::new();
     };
-    let prefix = format!("{name}-");
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                .filter(|n| n.starts_with(&prefix) && !n.contains(ASIDE))
-                .collect()
+    COMPANION_SUFFIXES
+        .iter()
+        .filter_map(|suffix| {
+            let name = format!("{name}{suffix}");
+            let m = std::fs::symlink_metadata(p.with_file_name(&name)).ok()?;
+            Some(ckpt_format::Companion {
+                name,
+                ino: m.ino(),
+                size: m.size(),
+                mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+            })
         })
-        .unwrap_or_default();
-    v.sort();
-    v
+        .collect()
 }

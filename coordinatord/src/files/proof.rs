@@ -117,8 +117,26 @@ impl Watch {
         if fd >= 0 {
             // SAFETY: a fresh fd that we own.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            inner.lock().ours.insert(pid, (fd, start_time(pid)));
+            // Events queued so far are attributed while the processes they name are known.
+            inner.drain();
+            let mut st = inner.lock();
+            if st.ours.len() >= PRUNE_OURS_AT {
+                // Processes that have exited wrote nothing since the drain: their pidfds go
+                // (a shell's short-lived children would otherwise pile up until EMFILE).
+                st.ours.retain(|_, (fd, _)| alive(fd));
+            }
+            st.ours.insert(pid, (fd, start_time(pid)));
         }
+    }
+
+    /// Forgets the checkpoints `keep` says no (deleted), and the files only they watched.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let Some(inner) = &self.inner else { return };
+        let mut st = inner.lock();
+        st.marks.retain(|id, _| keep(id));
+        let live: HashSet<FileKey> = st.marks.values().flat_map(|m| m.files.iter().copied()).collect();
+        st.handles.retain(|_, k| live.contains(k));
+        st.writers.retain(|k, _| live.contains(k));
     }
 
     /// Marks the files (each opened through `open`, a path to its inode) of checkpoint `id`,
@@ -335,23 +353,27 @@ impl Inner {
     }
 }
 
+/// How many processes ckptd keeps pidfds of before it drops those that have exited.
+const PRUNE_OURS_AT: usize = 256;
+
+/// Whether the process behind `pidfd` still exists.
+fn alive(pidfd: &OwnedFd) -> bool {
+    // SAFETY: signal 0 through a pidfd we hold only checks that the process exists.
+    unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, 0usize, 0) == 0 }
+}
+
 /// Whether the writer `pid` is the process ckptd holds `pidfd` of: it still runs, or it is
 /// dying or gone and no other process has its pid (it wrote, then was killed before the event
 /// was read).
 fn is_ours(pidfd: &OwnedFd, start: Option<u64>, pid: i32) -> bool {
-    // SAFETY: signal 0 through a pidfd we hold only checks that the process exists.
-    let alive = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, pidfd.as_raw_fd(), 0, 0usize, 0) } == 0;
-    alive || {
+    alive(pidfd) || {
         let now = start_time(pid);
         now.is_none() || now == start
     }
 }
 
-/// When process `pid` started (field 22 of /proc/PID/stat), if it exists.
 fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    ckpt_sys::procfs::start_time(pid)
 }
 
 fn comm_of(pid: i32) -> String {

@@ -250,26 +250,28 @@ impl FileRestore {
     /// Applies `actions`. On an error, what was already changed is in the error.
     pub fn apply(&self, actions: &[Action]) -> Result<Applied, (String, Applied)> {
         let mut done = Applied::default();
-        // Companions that appeared since go first: a journal from the abandoned future must
-        // not meet the restored database.
+        // Companions that appeared or changed since go first: a journal from the abandoned
+        // future (a hot one, or a persistent one rewritten) must not meet the restored
+        // database. Those the checkpoint holds themselves are put back instead.
         for a in actions {
             let Action::PutBack(i) = a else { continue };
             let f = &self.files.files[*i];
             let FileContent::Snapshot(s) = &f.content else { continue };
-            for name in companions(&f.path) {
-                let full = Path::new(&f.path).with_file_name(&name);
-                if s.companions.contains(&name) || self.files.files.iter().any(|o| Path::new(&o.path) == full) {
+            for now in companions(&f.path) {
+                let name = &now.name;
+                let full = Path::new(&f.path).with_file_name(name);
+                if s.companions.contains(&now) || self.files.files.iter().any(|o| Path::new(&o.path) == full) {
                     continue;
                 }
-                match set_aside(&f.path, &name, &self.id) {
+                let why = if s.companions.iter().any(|c| &c.name == name) {
+                    "it changed after the checkpoint"
+                } else {
+                    "it appeared after the checkpoint"
+                };
+                match set_aside(&f.path, name, &self.id) {
                     Ok(to) => {
-                        tracing::warn!(
-                            from = name,
-                            to,
-                            "companion that appeared after the checkpoint set aside"
-                        );
-                        done.notes
-                            .push(format!("set aside {name} as {to} (it appeared after the checkpoint)"));
+                        tracing::warn!(from = name, to, why, "companion set aside");
+                        done.notes.push(format!("set aside {name} as {to} ({why})"));
                     }
                     Err(e) => return Err((format!("cannot set {name} aside: {e}"), done)),
                 }

@@ -102,6 +102,9 @@ fn incremental_holes_put_back_and_companions() {
     let aside = t.path().join(format!("data.db-journal.ckpt-aside-{second}"));
     assert_eq!(std::fs::read(aside).unwrap(), b"hot");
     assert!(done.notes.iter().any(|n| n.contains("set aside")));
+    // Other names beside it are not sqlite's companions: left alone.
+    let other = t.path().join("data.db-notes");
+    std::fs::write(&other, b"mine").unwrap();
     assert!(done.put_back.contains_key(path.to_str().unwrap()));
 
     // Deleting the first checkpoint folds its blocks into the second, which still restores.
@@ -110,4 +113,29 @@ fn incremental_holes_put_back_and_companions() {
     let r = FileRestore::open(&store, &dir, HOST, &[]).unwrap();
     r.apply(&r.check(&[], &watch).unwrap()).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), want);
+    assert_eq!(std::fs::read(&other).unwrap(), b"mine");
+}
+
+/// sqlite's `journal_mode=PERSIST` keeps `NAME-journal` between transactions: one rewritten
+/// after the checkpoint (a hot journal of a later transaction) is set aside too.
+#[test]
+fn a_persistent_journal_rewritten_since_is_set_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let path = t.path().join("p.db");
+    std::fs::write(&path, vec![5u8; 3 * FILE_BLOCK as usize]).unwrap();
+    let journal = t.path().join("p.db-journal");
+    std::fs::write(&journal, [0u8; 512]).unwrap();
+    let id = take(&store, &path, true);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&journal, b"hot journal of a later transaction").unwrap();
+    std::fs::write(&path, b"changed").unwrap();
+    let (dir, _) = store.get(&id).unwrap();
+    let r = FileRestore::open(&store, &dir, HOST, &[]).unwrap();
+    let watch = Watch::start();
+    r.apply(&r.check(&[], &watch).unwrap()).unwrap();
+    assert!(!journal.exists(), "the rewritten journal is set aside");
+    let aside = t.path().join(format!("p.db-journal.ckpt-aside-{id}"));
+    assert_eq!(std::fs::read(aside).unwrap(), b"hot journal of a later transaction");
+    assert_eq!(std::fs::read(&path).unwrap(), vec![5u8; 3 * FILE_BLOCK as usize]);
 }

@@ -251,6 +251,8 @@ impl Node {
             for proc in &p.procs {
                 *proc.track_base.lock().unwrap_or_else(|e| e.into_inner()) = commit.then(|| id.to_string());
             }
+            // Deleted checkpoints (retention, ckptctl delete) no longer need their files watched.
+            self.files.watch.retain(|id| self.store.get(id).is_ok());
             if !commit {
                 self.files.watch.forget(id);
             }

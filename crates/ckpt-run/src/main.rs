@@ -88,6 +88,15 @@ fn ping(socket: &std::path::Path) -> Result<(), String> {
         ),
         _ => format!("ckptd is not reachable at {at} ({e}); start ckptd first (or pass --socket / set CKPT_SOCKET)"),
     })?;
+    if let Some(uid) = ckpt_sys::peer::peer_uid(std::os::fd::AsFd::as_fd(&s)) {
+        if !ckpt_sys::peer::trusted_daemon(uid) {
+            return Err(format!(
+                "the ckptd at {at} runs as uid {uid}, neither your user nor root: it will not be given \
+                 your programs; each user runs their own ckptd: start one and pass its socket \
+                 (--socket or CKPT_SOCKET)"
+            ));
+        }
+    }
     let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let io = |e: ckpt_proto::FrameError| format!("ckptd at {at} broke off ({e}); check that it runs, or restart it");
     ckpt_proto::send(&s, &Hello::Ctl { version: PROTO_VERSION }, &[]).map_err(io)?;

@@ -2,6 +2,7 @@
 
 pub mod pagemap;
 pub mod paths;
+pub mod peer;
 pub mod procfs;
 pub mod spawn;
 pub mod uffd;

@@ -10,10 +10,7 @@ fn env_dir(var: &str) -> Option<PathBuf> {
     std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
-fn euid() -> u32 {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() }
-}
+use crate::peer::euid;
 
 /// `CKPT_SOCKET`, else `/run/ckpt/ckptd.sock` for root, [`user_socket`] otherwise.
 pub fn default_socket() -> PathBuf {

@@ -299,6 +299,14 @@ pub fn cmdline(pid: i32) -> Result<Vec<String>, ProcError> {
 }
 
 /// True when `pid` names a live (not zombie) process.
+/// When process `pid` started (field 22 of /proc/PID/stat, in clock ticks since boot), if it
+/// exists: with the pid, it tells a process from a later one that reused its pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 pub fn alive(pid: i32) -> bool {
     match status(pid, None) {
         // A zombie main thread with threads still running (pthread_exit in main) is a live
