@@ -10,7 +10,9 @@
  * - a forker thread forks a child every 20 ms; the child computes a value from its inherited
  *   memory, sends it through a pipe and exits; the parent checks it and reaps the child
  *   (after a restore a child may no longer be its own: ECHILD is counted, not fatal).
- * Prints "tick N forks F timer T echild E" every 100 ms.
+ * - a vforker thread vforks a child that waits 30 ms and execs /bin/true: it is inside vfork
+ *   most of the time, where a thread cannot be parked until its child has exec'd.
+ * Prints "tick N forks F vforks V timer T echild E" every 100 ms.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -84,6 +86,39 @@ static void *raw_blocker(void *arg)
     return NULL;
 }
 
+/* vforks a child that waits 30 ms before it execs /bin/true: this thread spends most of its
+ * time inside vfork, where no signal reaches it until the child has exec'd. */
+static atomic_ullong vforks;
+
+static void *vforker(void *arg)
+{
+    (void)arg;
+    char *argv[] = {"true", NULL};
+    char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+    for (;;) {
+        pid_t c = vfork();
+        if (c < 0)
+            die("vfork failed");
+        if (c == 0) {
+            /* Only system calls here: the child runs on the parent's memory. */
+            struct timespec d = {0, 30 * 1000000L};
+            syscall(SYS_nanosleep, &d, NULL);
+            execve("/bin/true", argv, envp);
+            _exit(127);
+        }
+        int st;
+        if (waitpid(c, &st, 0) < 0) {
+            if (errno != ECHILD)
+                die("waitpid (vfork) failed");
+            atomic_fetch_add(&echild, 1);
+        } else if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+            die("vforked child failed");
+        }
+        atomic_fetch_add(&vforks, 1);
+    }
+    return NULL;
+}
+
 static void *forker(void *arg)
 {
     (void)arg;
@@ -146,10 +181,12 @@ int main(void)
         pthread_create(&t, NULL, worker, (void *)i);
     pthread_create(&t, NULL, raw_blocker, NULL);
     pthread_create(&t, NULL, forker, NULL);
+    pthread_create(&t, NULL, vforker, NULL);
     for (unsigned long long n = 1;; n++) {
         struct timespec d = {0, 100 * 1000000L};
         nanosleep(&d, NULL);
-        printf("tick %llu forks %llu timer %llu echild %llu\n", n, (unsigned long long)atomic_load(&forks),
+        printf("tick %llu forks %llu vforks %llu timer %llu echild %llu\n", n,
+               (unsigned long long)atomic_load(&forks), (unsigned long long)atomic_load(&vforks),
                (unsigned long long)atomic_load(&timer_hits), (unsigned long long)atomic_load(&echild));
     }
 }

@@ -2,14 +2,14 @@
 //! offset (so that extents can be cloned in). Where each block lives and its hash are in the
 //! host's file records.
 
-use crate::{Block, CheckpointDir, FormatError, HostFiles, Store, FORMAT_VERSION};
+use crate::{Block, CheckpointDir, FormatError, HostFiles, Store};
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: [u8; 8] = *b"CKPTBLKS";
-const HEADER_LEN: u64 = 4096;
+use crate::header::HEADER_LEN;
 const ALIGN: u64 = 4096;
 
 /// The hash blocks are compared and verified with.
@@ -37,21 +37,9 @@ const FICLONERANGE: libc::c_ulong = 0x4020_940d;
 
 impl BlockStoreWriter {
     pub fn create(path: &Path) -> Result<Self, FormatError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
+        let file = crate::private::create_private_file(path).map_err(|e| FormatError::io(path, e))?;
+        file.write_all_at(&crate::header::header(&MAGIC), 0)
             .map_err(|e| FormatError::io(path, e))?;
-        // The umask only ever removes bits; a file found in place keeps its old mode otherwise.
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .map_err(|e| FormatError::io(path, e))?;
-        let mut header = vec![0u8; HEADER_LEN as usize];
-        header[..8].copy_from_slice(&MAGIC);
-        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        file.write_all_at(&header, 0).map_err(|e| FormatError::io(path, e))?;
         Ok(Self {
             path: path.to_owned(),
             file,
@@ -139,35 +127,7 @@ impl BlockStoreReader {
     pub fn open(path: &Path, expected_len: u64) -> Result<Self, FormatError> {
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
-        let truncated = |expected| FormatError::Truncated {
-            path: path.to_owned(),
-            what: "file block store",
-            expected,
-            got: len,
-        };
-        if len < HEADER_LEN {
-            return Err(truncated(HEADER_LEN.max(expected_len)));
-        }
-        let mut header = [0u8; 12];
-        file.read_exact_at(&mut header, 0)
-            .map_err(|e| FormatError::io(path, e))?;
-        if header[..8] != MAGIC {
-            return Err(FormatError::BadMagic {
-                path: path.to_owned(),
-                what: "file block store",
-            });
-        }
-        let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
-        if version > FORMAT_VERSION {
-            return Err(FormatError::Version {
-                path: path.to_owned(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if len < expected_len {
-            return Err(truncated(expected_len));
-        }
+        crate::header::check(path, &file, len, &MAGIC, "file block store", expected_len)?;
         Ok(Self {
             path: path.to_owned(),
             file,

@@ -12,6 +12,7 @@ mod blocks;
 mod error;
 pub mod files;
 mod fold;
+mod header;
 mod image;
 mod manifest;
 mod pages;

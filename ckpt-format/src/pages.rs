@@ -1,7 +1,7 @@
 //! Page stores: a header page, then raw page data. Where each run lives and its CRC32C are in
 //! the process metadata, so a store can be streamed without seeking back.
 
-use crate::{FormatError, PageRun, FORMAT_VERSION};
+use crate::{FormatError, PageRun};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::os::unix::fs::FileExt;
@@ -14,8 +14,7 @@ pub const RUN_MAX_BYTES: u64 = 1 << 20;
 const MAGIC: [u8; 8] = *b"CKPTPAGE";
 /// Compressed runs are handed between threads in groups of about this many bytes.
 const GROUP_BYTES: usize = 1 << 20;
-/// The header takes a whole page so that page data stays page-aligned in the file.
-const HEADER_LEN: u64 = PAGE_SIZE;
+use crate::header::HEADER_LEN;
 
 pub struct PageStoreWriter {
     path: PathBuf,
@@ -69,10 +68,8 @@ impl PageStoreWriter {
     pub fn create(path: &Path) -> Result<Self, FormatError> {
         let f = crate::private::create_private_file(path).map_err(|e| FormatError::io(path, e))?;
         let mut out = BufWriter::with_capacity(1 << 20, f);
-        let mut header = vec![0u8; HEADER_LEN as usize];
-        header[..8].copy_from_slice(&MAGIC);
-        header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out.write_all(&header).map_err(|e| FormatError::io(path, e))?;
+        out.write_all(&crate::header::header(&MAGIC))
+            .map_err(|e| FormatError::io(path, e))?;
         Ok(Self {
             path: path.to_owned(),
             out,
@@ -232,39 +229,7 @@ impl PageStoreReader {
     pub fn open(path: &Path, expected_len: u64) -> Result<Self, FormatError> {
         let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
         let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
-        let mut header = [0u8; 12];
-        if len < header.len() as u64 {
-            return Err(FormatError::Truncated {
-                path: path.to_owned(),
-                what: "page store",
-                expected: expected_len,
-                got: len,
-            });
-        }
-        file.read_exact_at(&mut header, 0)
-            .map_err(|e| FormatError::io(path, e))?;
-        if header[..8] != MAGIC {
-            return Err(FormatError::BadMagic {
-                path: path.to_owned(),
-                what: "page store",
-            });
-        }
-        let version = u32::from_le_bytes(header[8..12].try_into().unwrap_or_default());
-        if version > FORMAT_VERSION {
-            return Err(FormatError::Version {
-                path: path.to_owned(),
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        if len < expected_len {
-            return Err(FormatError::Truncated {
-                path: path.to_owned(),
-                what: "page store",
-                expected: expected_len,
-                got: len,
-            });
-        }
+        crate::header::check(path, &file, len, &MAGIC, "page store", expected_len)?;
         Ok(Self {
             path: path.to_owned(),
             file,

@@ -13,10 +13,11 @@ pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file of the store.
 pub const FILE_MODE: u32 = 0o600;
 
-/// Creates (or truncates) `path` for writing, readable and writable by its owner alone. A
-/// file that was there keeps its owner but gets the mode too.
+/// Creates (or truncates) `path` for reading and writing, readable and writable by its owner
+/// alone. A file that was there keeps its owner but gets the mode too.
 pub fn create_private_file(path: &Path) -> io::Result<File> {
     let f = OpenOptions::new()
+        .read(true)
         .write(true)
         .create(true)
         .truncate(true)

@@ -64,13 +64,6 @@ struct Args {
     file_policy: Vec<ckpt_format::FileRule>,
 }
 
-/// What a clap error says, on one line: its lines up to the usage, without "error: ".
-fn usage_error(text: &str) -> String {
-    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
-    let line = said.join(" ");
-    line.strip_prefix("error: ").unwrap_or(&line).to_string()
-}
-
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some(unblock::HELPER_ARG) {
@@ -89,7 +82,7 @@ fn main() {
         if !e.use_stderr() {
             e.exit();
         }
-        eprintln!("ckptd: {}; see ckptd --help", usage_error(&e.to_string()));
+        eprintln!("ckptd: {}; see ckptd --help", ckpt_sys::cli::usage_line(&e.to_string()));
         std::process::exit(2);
     });
     if let Err(e) = run(args) {

@@ -41,14 +41,21 @@ pub fn unblock(reaper: &crate::node::Reaper, pid: i32, sig: i32, slot_addr: u64,
         .stdin(std::process::Stdio::null());
     let child = cmd.spawn().context("cannot start the unblock helper")?;
     let hpid = child.id() as i32;
+    let threads = tids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
     // Not Child::wait: the reaper thread reaps every child of ckptd.
     match reaper.wait_exit(hpid, Duration::from_secs(10)) {
         Some(0) => Ok(()),
         Some(st) => bail!(
-            "could not unblock the park signal in thread(s) {tids:?} of process {pid} ({})",
+            "could not unblock the park signal in thread(s) {threads} of process {pid} ({})",
             crate::node::describe_status(st)
         ),
-        None => bail!("the helper unblocking the park signal in process {pid} did not finish"),
+        None => {
+            // It may still be attached to a thread: killing it detaches it.
+            // SAFETY: killing our own child.
+            unsafe { libc::kill(hpid, libc::SIGKILL) };
+            let _ = reaper.wait_exit(hpid, Duration::from_secs(5));
+            bail!("the helper unblocking the park signal in process {pid} did not finish")
+        }
     }
 }
 

@@ -134,29 +134,41 @@ fn record_thread(tid: i32, uc_addr: u64) {
     let mut len = 0u64;
     let mut clear = 0u64;
     // Each call writes one value through a valid pointer to a local.
-    raw6(
-        libc::SYS_arch_prctl,
-        [0x1003 /* ARCH_GET_FS */, &mut fs as *mut u64 as u64, 0, 0, 0, 0],
-    );
-    raw6(
-        libc::SYS_arch_prctl,
-        [0x1004 /* ARCH_GET_GS */, &mut gs as *mut u64 as u64, 0, 0, 0, 0],
-    );
-    raw6(
-        libc::SYS_get_robust_list,
-        [0, &mut head as *mut u64 as u64, &mut len as *mut u64 as u64, 0, 0, 0],
-    );
-    raw6(
-        libc::SYS_prctl,
-        [
-            40, /* PR_GET_TID_ADDRESS */
-            &mut clear as *mut u64 as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        raw6(
+            libc::SYS_arch_prctl,
+            [0x1003 /* ARCH_GET_FS */, &mut fs as *mut u64 as u64, 0, 0, 0, 0],
+        )
+    };
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        raw6(
+            libc::SYS_arch_prctl,
+            [0x1004 /* ARCH_GET_GS */, &mut gs as *mut u64 as u64, 0, 0, 0, 0],
+        )
+    };
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        raw6(
+            libc::SYS_get_robust_list,
+            [0, &mut head as *mut u64 as u64, &mut len as *mut u64 as u64, 0, 0, 0],
+        )
+    };
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        raw6(
+            libc::SYS_prctl,
+            [
+                40, /* PR_GET_TID_ADDRESS */
+                &mut clear as *mut u64 as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
     let rseq_size = RSEQ_SIZE.load(Relaxed);
     // SAFETY: slot `idx` was handed to this thread alone by NEXT_SLOT.
     let slot = unsafe { &mut (*SLOTS.get()).threads[idx] };
@@ -190,16 +202,21 @@ fn control_park(session: u32) {
     p.uffd_fd = crate::pages::UFFD.load(Relaxed);
     p.park_signal = PARK_SIGNAL.load(Relaxed);
     // brk(0) only queries; rt_sigaction/getitimer write into the slot arrays.
-    p.brk = raw6(libc::SYS_brk, [0; 6]) as u64;
+    // SAFETY: integer arguments only.
+    p.brk = unsafe { raw6(libc::SYS_brk, [0; 6]) } as u64;
     for (i, sa) in p.sigactions.iter_mut().enumerate() {
         *sa = KSigAction::default();
-        raw6(
-            libc::SYS_rt_sigaction,
-            [i as u64 + 1, 0, sa as *mut KSigAction as u64, 8, 0, 0],
-        );
+        // SAFETY: every pointer argument points to live memory of the size the call expects.
+        unsafe {
+            raw6(
+                libc::SYS_rt_sigaction,
+                [i as u64 + 1, 0, sa as *mut KSigAction as u64, 8, 0, 0],
+            )
+        };
     }
     for (i, it) in p.itimers.iter_mut().enumerate() {
-        raw6(libc::SYS_getitimer, [i as u64, it as *mut _ as u64, 0, 0, 0, 0]);
+        // SAFETY: every pointer argument points to live memory of the size the call expects.
+        unsafe { raw6(libc::SYS_getitimer, [i as u64, it as *mut _ as u64, 0, 0, 0, 0]) };
     }
     let mut buf = [0u8; 64];
     let sent = ckpt_proto::encode_small(&AppMsg::Parked { nthreads: p.nthreads }, &mut buf)
@@ -236,27 +253,33 @@ fn release(session: u32) {
 /// Lists this process's threads into `out` with raw getdents64; returns how many.
 fn list_tasks(dents: &mut [u8], out: &mut [i32; MAX_THREADS]) -> Option<usize> {
     // A NUL-terminated literal path.
-    let dfd = sys::sys6(
-        libc::SYS_open,
-        [
-            c"/proc/self/task".as_ptr() as u64,
-            (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    ) as i32;
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    let dfd = unsafe {
+        sys::sys6(
+            libc::SYS_open,
+            [
+                c"/proc/self/task".as_ptr() as u64,
+                (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    } as i32;
     if dfd < 0 {
         return None;
     }
     let mut n = 0;
     loop {
         // dents is a valid writable buffer of the given length.
-        let got = raw6(
-            libc::SYS_getdents64,
-            [dfd as u64, dents.as_mut_ptr() as u64, dents.len() as u64, 0, 0, 0],
-        );
+        // SAFETY: integer arguments only.
+        let got = unsafe {
+            raw6(
+                libc::SYS_getdents64,
+                [dfd as u64, dents.as_mut_ptr() as u64, dents.len() as u64, 0, 0, 0],
+            )
+        };
         if got <= 0 {
             break;
         }
@@ -374,24 +397,30 @@ const LEADER_CHECK_NS: u64 = 20_000_000;
 
 /// Whether this process's main thread is a zombie (read with raw calls into `buf`).
 fn zombie(buf: &mut [u8]) -> bool {
-    let fd = sys::sys6(
-        libc::SYS_open,
-        [
-            c"/proc/self/stat".as_ptr() as u64,
-            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-            0,
-            0,
-            0,
-            0,
-        ],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    let fd = unsafe {
+        sys::sys6(
+            libc::SYS_open,
+            [
+                c"/proc/self/stat".as_ptr() as u64,
+                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
     if fd < 0 {
         return false;
     }
-    let n = sys::sys6(
-        libc::SYS_read,
-        [fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0],
-    );
+    // SAFETY: integer arguments only.
+    let n = unsafe {
+        sys::sys6(
+            libc::SYS_read,
+            [fd as u64, buf.as_mut_ptr() as u64, buf.len() as u64, 0, 0, 0],
+        )
+    };
     sys::close(fd as i32);
     if n <= 0 {
         return false;

@@ -49,27 +49,33 @@ pub fn start() {
     // none of the program's lands on it before it sets its own.
     let all: u64 = !0;
     let mut before: u64 = 0;
-    sys::raw6(
-        libc::SYS_rt_sigprocmask,
-        [
-            libc::SIG_SETMASK as u64,
-            &all as *const u64 as u64,
-            &mut before as *mut u64 as u64,
-            8,
-            0,
-            0,
-        ],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        sys::raw6(
+            libc::SYS_rt_sigprocmask,
+            [
+                libc::SIG_SETMASK as u64,
+                &all as *const u64 as u64,
+                &mut before as *mut u64 as u64,
+                8,
+                0,
+                0,
+            ],
+        )
+    };
     let spawned = std::thread::Builder::new()
         .name("ckpt-control".into())
         .stack_size(256 << 10)
         .spawn(move || {
             let _ = std::panic::catch_unwind(|| serve(&path));
         });
-    sys::raw6(
-        libc::SYS_rt_sigprocmask,
-        [libc::SIG_SETMASK as u64, &before as *const u64 as u64, 0, 8, 0, 0],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        sys::raw6(
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_SETMASK as u64, &before as *const u64 as u64, 0, 8, 0, 0],
+        )
+    };
     if spawned.is_err() {
         warn("cannot start the control thread");
     }
@@ -136,10 +142,13 @@ fn register(path: &Path) -> Result<i32, Failure> {
 fn allow_tracing_by(s: &UnixStream) {
     if let Some(cred) = ckpt_sys::peer::peer(s.as_fd()).filter(|c| c.pid > 0) {
         // Fails harmlessly where Yama is absent.
-        sys::raw6(
-            libc::SYS_prctl,
-            [libc::PR_SET_PTRACER as u64, cred.pid as u64, 0, 0, 0, 0],
-        );
+        // SAFETY: integer arguments only.
+        unsafe {
+            sys::raw6(
+                libc::SYS_prctl,
+                [libc::PR_SET_PTRACER as u64, cred.pid as u64, 0, 0, 0, 0],
+            )
+        };
     }
 }
 
@@ -265,10 +274,13 @@ fn mask_all_but_park() {
     if sig > 0 {
         set &= !(1u64 << (sig - 1));
     }
-    sys::raw6(
-        libc::SYS_rt_sigprocmask,
-        [libc::SIG_SETMASK as u64, &set as *const u64 as u64, 0, 8, 0, 0],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        sys::raw6(
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_SETMASK as u64, &set as *const u64 as u64, 0, 8, 0, 0],
+        )
+    };
 }
 
 /// One message from ckptd. Every read names the connection by its current number: a program
@@ -289,17 +301,20 @@ fn read_full(buf: &mut [u8]) -> Option<()> {
     let mut got = 0;
     while got < buf.len() {
         let fd = CONTROL_FD.load(Acquire);
-        let n = sys::sys6(
-            libc::SYS_read,
-            [
-                fd as u64,
-                buf[got..].as_mut_ptr() as u64,
-                (buf.len() - got) as u64,
-                0,
-                0,
-                0,
-            ],
-        );
+        // SAFETY: integer arguments only.
+        let n = unsafe {
+            sys::sys6(
+                libc::SYS_read,
+                [
+                    fd as u64,
+                    buf[got..].as_mut_ptr() as u64,
+                    (buf.len() - got) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
         if n < 0 && sys::errno() == libc::EINTR {
             continue;
         }

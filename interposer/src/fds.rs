@@ -31,17 +31,20 @@ fn fd_limit() -> u64 {
         rlim_max: 0,
     };
     // A null new limit only reads.
-    sys::raw6(
-        libc::SYS_prlimit64,
-        [
-            0,
-            libc::RLIMIT_NOFILE as u64,
-            0,
-            &mut lim as *mut libc::rlimit64 as u64,
-            0,
-            0,
-        ],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        sys::raw6(
+            libc::SYS_prlimit64,
+            [
+                0,
+                libc::RLIMIT_NOFILE as u64,
+                0,
+                &mut lim as *mut libc::rlimit64 as u64,
+                0,
+                0,
+            ],
+        )
+    };
     lim.rlim_cur
 }
 
@@ -129,10 +132,13 @@ pub fn close_range_around(first: u32, last: u32, flags: c_int, real: impl Fn(u32
 fn real_close_range(first: u32, last: u32, flags: c_int) -> i64 {
     static REAL: AtomicUsize = AtomicUsize::new(0);
     match sys::libc_symbol(&REAL, c"close_range") {
-        0 => sys::sys6(
-            libc::SYS_close_range,
-            [first as u64, last as u64, flags as u64, 0, 0, 0],
-        ),
+        // SAFETY: integer arguments only.
+        0 => unsafe {
+            sys::sys6(
+                libc::SYS_close_range,
+                [first as u64, last as u64, flags as u64, 0, 0, 0],
+            )
+        },
         f => {
             // SAFETY: libc's close_range has this signature.
             let f: unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int = unsafe { std::mem::transmute(f) };
@@ -185,7 +191,8 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     }
     static REAL: AtomicUsize = AtomicUsize::new(0);
     match sys::libc_symbol(&REAL, c"dup2") {
-        0 => sys::sys6(libc::SYS_dup2, [old as u64, new as u64, 0, 0, 0, 0]) as c_int,
+        // SAFETY: integer arguments only.
+        0 => (unsafe { sys::sys6(libc::SYS_dup2, [old as u64, new as u64, 0, 0, 0, 0]) }) as c_int,
         f => {
             // SAFETY: libc's dup2 has this signature.
             let f: unsafe extern "C" fn(c_int, c_int) -> c_int = unsafe { std::mem::transmute(f) };

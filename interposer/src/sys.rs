@@ -9,8 +9,13 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 /// A system call with up to six arguments, straight into the kernel: the raw return value
 /// (`-errno` on failure), errno untouched.
+///
+/// # Safety
+/// As with libc's `syscall()`: every argument the call reads or writes through must point to
+/// memory valid for that use, and the call must not break what Rust relies on (unmapping
+/// memory in use, closing descriptors owned elsewhere).
 #[inline(always)]
-pub fn raw6(nr: i64, a: [u64; 6]) -> i64 {
+pub unsafe fn raw6(nr: i64, a: [u64; 6]) -> i64 {
     let ret: i64;
     // SAFETY: the `syscall` instruction clobbers only rax, rcx and r11 (declared); memory the
     // arguments point to is the caller's responsibility, as with libc's syscall().
@@ -33,8 +38,12 @@ pub fn raw6(nr: i64, a: [u64; 6]) -> i64 {
 }
 
 /// Like [`raw6`], setting errno on failure the way libc's wrappers do: -1 and errno.
-pub fn sys6(nr: i64, a: [u64; 6]) -> i64 {
-    let r = raw6(nr, a);
+///
+/// # Safety
+/// As for [`raw6`].
+pub unsafe fn sys6(nr: i64, a: [u64; 6]) -> i64 {
+    // SAFETY: the caller's arguments, under the caller's contract.
+    let r = unsafe { raw6(nr, a) };
     if (-4095..0).contains(&r) {
         set_errno(-r as i32);
         return -1;
@@ -43,35 +52,44 @@ pub fn sys6(nr: i64, a: [u64; 6]) -> i64 {
 }
 
 pub fn close(fd: i32) -> i64 {
-    sys6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])
+    // SAFETY: integer arguments only.
+    unsafe { sys6(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]) }
 }
 
 pub fn dup3(old: i32, new: i32, flags: i32) -> i64 {
-    sys6(libc::SYS_dup3, [old as u64, new as u64, flags as u64, 0, 0, 0])
+    // SAFETY: integer arguments only.
+    unsafe { sys6(libc::SYS_dup3, [old as u64, new as u64, flags as u64, 0, 0, 0]) }
 }
 
 /// `fcntl(fd, cmd, arg)` without going through libc.
 pub fn fcntl(fd: i32, cmd: i32, arg: u64) -> i64 {
-    sys6(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0])
+    // SAFETY: integer arguments only.
+    unsafe { sys6(libc::SYS_fcntl, [fd as u64, cmd as u64, arg, 0, 0, 0]) }
 }
 
 pub fn poll(pfd: &mut libc::pollfd, timeout_ms: i32) -> i64 {
-    sys6(
-        libc::SYS_poll,
-        [pfd as *mut libc::pollfd as u64, 1, timeout_ms as i64 as u64, 0, 0, 0],
-    )
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        sys6(
+            libc::SYS_poll,
+            [pfd as *mut libc::pollfd as u64, 1, timeout_ms as i64 as u64, 0, 0, 0],
+        )
+    }
 }
 
 pub fn gettid() -> i32 {
-    raw6(libc::SYS_gettid, [0; 6]) as i32
+    // SAFETY: integer arguments only.
+    (unsafe { raw6(libc::SYS_gettid, [0; 6]) }) as i32
 }
 
 pub fn getpid() -> i32 {
-    raw6(libc::SYS_getpid, [0; 6]) as i32
+    // SAFETY: integer arguments only.
+    (unsafe { raw6(libc::SYS_getpid, [0; 6]) }) as i32
 }
 
 pub fn tgkill(pid: i32, tid: i32, sig: i32) -> i64 {
-    sys6(libc::SYS_tgkill, [pid as u64, tid as u64, sig as u64, 0, 0, 0])
+    // SAFETY: integer arguments only.
+    unsafe { sys6(libc::SYS_tgkill, [pid as u64, tid as u64, sig as u64, 0, 0, 0]) }
 }
 
 pub fn errno() -> i32 {
@@ -96,32 +114,38 @@ pub fn futex_wait(word: &AtomicU32, expected: u32, timeout_ns: u64) {
         &ts as *const libc::timespec
     };
     // `word` is a valid aligned u32 for the duration of the call; FUTEX_WAIT only reads it.
-    raw6(
-        libc::SYS_futex,
-        [
-            word.as_ptr() as u64,
-            (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
-            expected as u64,
-            tsp as u64,
-            0,
-            0,
-        ],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        raw6(
+            libc::SYS_futex,
+            [
+                word.as_ptr() as u64,
+                (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64,
+                expected as u64,
+                tsp as u64,
+                0,
+                0,
+            ],
+        )
+    };
 }
 
 pub fn futex_wake(word: &AtomicU32, n: i32) {
     // FUTEX_WAKE only uses the address as a key.
-    raw6(
-        libc::SYS_futex,
-        [
-            word.as_ptr() as u64,
-            (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
-            n as u64,
-            0,
-            0,
-            0,
-        ],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        raw6(
+            libc::SYS_futex,
+            [
+                word.as_ptr() as u64,
+                (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
+                n as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
 }
 
 pub fn now_ns() -> u64 {
@@ -149,7 +173,8 @@ pub fn spin_until_readable(fd: i32, spin_ns: u64) -> bool {
         if now_ns() > until {
             return false;
         }
-        raw6(libc::SYS_sched_yield, [0; 6]);
+        // SAFETY: integer arguments only.
+        unsafe { raw6(libc::SYS_sched_yield, [0; 6]) };
     }
 }
 
@@ -157,10 +182,13 @@ pub fn spin_until_readable(fd: i32, spin_ns: u64) -> bool {
 pub fn write_all(fd: i32, mut buf: &[u8]) -> bool {
     while !buf.is_empty() {
         // Raw syscall: libc's write is our own gated wrapper. buf is a valid readable slice.
-        let n = sys6(
-            libc::SYS_write,
-            [fd as u64, buf.as_ptr() as u64, buf.len() as u64, 0, 0, 0],
-        );
+        // SAFETY: every pointer argument points to live memory of the size the call expects.
+        let n = unsafe {
+            sys6(
+                libc::SYS_write,
+                [fd as u64, buf.as_ptr() as u64, buf.len() as u64, 0, 0, 0],
+            )
+        };
         if n < 0 && errno() == libc::EINTR {
             continue;
         }
@@ -189,17 +217,20 @@ pub fn read_exact_timeout(fd: i32, buf: &mut [u8], timeout_ms: i32) -> bool {
             return false;
         }
         // The destination range is inside buf.
-        let n = sys6(
-            libc::SYS_read,
-            [
-                fd as u64,
-                buf[got..].as_mut_ptr() as u64,
-                (buf.len() - got) as u64,
-                0,
-                0,
-                0,
-            ],
-        );
+        // SAFETY: integer arguments only.
+        let n = unsafe {
+            sys6(
+                libc::SYS_read,
+                [
+                    fd as u64,
+                    buf[got..].as_mut_ptr() as u64,
+                    (buf.len() - got) as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
         if n < 0 && errno() == libc::EINTR {
             continue;
         }

@@ -80,6 +80,18 @@ fn program_blocking_every_signal_and_forking_from_a_thread() -> Result<()> {
             has_fully_blocked_thread(a.pid)?,
             "the thread that blocks every signal should block them all again after parking"
         );
+        // Its threads fork and vfork on.
+        let count = |l: &str, k: &str| field(l, k).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let first = a.expect_line("a tick", |l| l.starts_with("tick "), LINE_TIMEOUT)?;
+        std::thread::sleep(Duration::from_millis(300));
+        a.drain();
+        let later = a.expect_line("a tick", |l| l.starts_with("tick "), LINE_TIMEOUT)?;
+        for k in ["forks", "vforks"] {
+            ensure!(
+                count(&later, k) > count(&first, k),
+                "{k} should go on: {first:?} then {later:?}"
+            );
+        }
         Ok(())
     })?;
     // Restored, it is checkpointed like any other.

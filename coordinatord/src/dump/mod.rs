@@ -50,10 +50,23 @@ pub enum DumpError {
     Format(#[from] FormatError),
 }
 
-/// Words of the failures that another try of the same checkpoint gets past: memory the store
-/// window held was discarded, threads came or went while parking. The manager looks for them in
-/// the messages nodes send.
-pub const TRY_AGAIN: [&str; 2] = ["while its last-written pages were being stored", "; try again"];
+/// A process exited while it was being read: the next try's cut is taken without it.
+#[derive(Debug, thiserror::Error)]
+#[error("process {pid} exited while it was being read; try again")]
+pub struct ExitedWhileRead {
+    pub pid: i32,
+}
+
+/// Whether another try of the same checkpoint gets past `e`: memory the store window held was
+/// discarded, a process exited while it was read, threads came or went while parking.
+pub fn try_again(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<DumpError>(),
+            Some(DumpError::WindowLost { .. } | DumpError::ThreadMismatch { .. })
+        ) || c.downcast_ref::<ExitedWhileRead>().is_some()
+    })
+}
 
 /// Maps an I/O error while reading `what` of process `pid`.
 pub(crate) fn io_err(pid: i32, what: &str) -> impl Fn(std::io::Error) -> DumpError {
@@ -176,10 +189,10 @@ impl Dumped {
 
 #[cfg(test)]
 mod tests {
-    use super::{DumpError, TRY_AGAIN};
+    use super::{try_again, DumpError, ExitedWhileRead};
 
     #[test]
-    fn retryable_failures_say_so() {
+    fn failures_another_try_gets_past() {
         let lost = DumpError::WindowLost {
             pid: 1,
             what: "discarded".into(),
@@ -189,9 +202,10 @@ mod tests {
             parked: 2,
             listed: 3,
         };
-        for e in [lost, threads] {
-            let m = e.to_string();
-            assert!(TRY_AGAIN.iter().any(|w| m.contains(w)), "{m}");
-        }
+        assert!(try_again(&anyhow::Error::from(lost).context("host a")));
+        assert!(try_again(&anyhow::Error::from(threads)));
+        assert!(try_again(&anyhow::Error::from(ExitedWhileRead { pid: 3 })));
+        let other = DumpError::BadSlots { pid: 1 };
+        assert!(!try_again(&anyhow::Error::from(other)));
     }
 }

@@ -129,11 +129,8 @@ impl Capture {
 
     /// Before the gates shut: the policies of the files the running processes (pid, control
     /// fd) write to, and the snapshot files whose writes the gates are to hold.
-    pub fn before_stop(&self, running: &[(i32, i32)]) -> (Vec<Decided>, Vec<FileKey>) {
-        let uses: Vec<Use> = running
-            .iter()
-            .flat_map(|&(pid, control)| policy::uses_of_running(pid, control))
-            .collect();
+    pub fn before_stop(&self, running: &[i32]) -> (Vec<Decided>, Vec<FileKey>) {
+        let uses: Vec<Use> = running.iter().flat_map(|&pid| policy::uses_of_running(pid)).collect();
         let decided = policy::decide(&uses, &self.rules);
         let hold = decided
             .iter()

@@ -98,13 +98,10 @@ pub fn uses_of_image(img: &ProcessImage) -> Vec<Use> {
 
 /// The uses of a running process, read from /proc (before it is parked, to know which files
 /// to copy while their writes are held). Errors mean the process is gone: no uses.
-pub fn uses_of_running(pid: i32, control_fd: i32) -> Vec<Use> {
+pub fn uses_of_running(pid: i32) -> Vec<Use> {
     let mut out = Vec::new();
     let dir = format!("/proc/{pid}/fd");
     for fd in ckpt_sys::procfs::list_numeric(&dir).unwrap_or_default() {
-        if fd == control_fd {
-            continue;
-        }
         let link = format!("{dir}/{fd}");
         let Ok(meta) = std::fs::metadata(&link) else { continue };
         let Ok(info) = ckpt_sys::procfs::fdinfo(pid, fd) else {

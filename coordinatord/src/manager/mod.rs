@@ -27,12 +27,19 @@ pub struct Manager {
 /// How many times one `ckptctl checkpoint` may be tried (see [`Manager::checkpoint`]).
 const CHECKPOINT_TRIES: u32 = 3;
 
-/// Whether another try of the checkpoint would get past `e`, by its words (nodes report
-/// failures as text). A process that exited after it was parked is read no more: its absence
-/// from the next try is the consistent cut.
+/// A node's failure, as it reported it.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct NodeFailed {
+    message: String,
+    /// Another try of the checkpoint gets past it (see `crate::dump::try_again`).
+    again: bool,
+}
+
+/// Whether another try of the checkpoint would get past `e` (a node said so).
 fn retryable(e: &anyhow::Error) -> bool {
-    let m = format!("{e:#}");
-    crate::dump::TRY_AGAIN.iter().any(|w| m.contains(w))
+    e.chain()
+        .any(|c| c.downcast_ref::<NodeFailed>().is_some_and(|f| f.again))
 }
 
 #[derive(Clone)]
@@ -55,7 +62,7 @@ impl Target {
             Target::Remote(r) => r.call(req)?,
         };
         match r {
-            FromNode::Failed { message } => Err(anyhow!(message)),
+            FromNode::Failed { message, again } => Err(NodeFailed { message, again }.into()),
             ok => Ok(ok),
         }
     }

@@ -6,6 +6,7 @@ use ckpt_proto::{FromNode, ProcessStatus, ToNode};
 impl Node {
     pub fn handle(&self, req: ToNode) -> FromNode {
         let failed = |e: anyhow::Error| FromNode::Failed {
+            again: crate::dump::try_again(&e),
             message: format!("{e:#}"),
         };
         match req {

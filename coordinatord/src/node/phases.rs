@@ -141,10 +141,8 @@ fn conn_ends(procs: &[Arc<Proc>]) -> Vec<ConnEnd> {
         let Ok(fds) = ckpt_sys::procfs::list_numeric(&format!("/proc/{pid}/fd")) else {
             continue;
         };
+        // The interposer's own connection is a Unix socket: not a TCP end, whatever its number.
         for fd in fds {
-            if fd == p.reg.control_fd {
-                continue;
-            }
             let Ok(target) = ckpt_sys::procfs::readlink(&format!("/proc/{pid}/fd/{fd}")) else {
                 continue;
             };
@@ -176,7 +174,7 @@ impl Node {
         let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));
         // The files to snapshot: their writes are held from the gate's shutting to the park.
         let mut files = Capture::begin(&self.store, &dir, &self.host, self.files.rules_for(rules));
-        let running: Vec<(i32, i32)> = procs.iter().map(|p| (p.reg.pid, p.reg.control_fd)).collect();
+        let running: Vec<i32> = procs.iter().map(|p| p.reg.pid).collect();
         let (decided, hold) = files.before_stop(&running);
         let mut stopped: Vec<Arc<Proc>> = Vec::new();
         for p in &procs {
@@ -584,7 +582,7 @@ impl Node {
         dump_parked(&p.reg, target).map_err(|e| {
             if exited(pid) {
                 // Killed while parked: the next try's cut is taken without it.
-                anyhow!("process {pid} exited while it was being read; try again")
+                crate::dump::ExitedWhileRead { pid }.into()
             } else {
                 e.into()
             }

@@ -23,7 +23,10 @@ fn main() {
         if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
             e.exit();
         }
-        eprintln!("ckpt-run: {}; see ckpt-run --help", usage_error(&e.to_string()));
+        eprintln!(
+            "ckpt-run: {}; see ckpt-run --help",
+            ckpt_sys::cli::usage_line(&e.to_string())
+        );
         std::process::exit(2);
     });
     let code = match run(args) {
@@ -67,13 +70,6 @@ fn run(args: Args) -> Result<Never, (i32, String)> {
         126
     };
     Err((code, format!("cannot run {prog}: {err}")))
-}
-
-/// What a clap error says, on one line: its lines up to the usage, without "error: ".
-fn usage_error(text: &str) -> String {
-    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
-    let line = said.join(" ");
-    line.strip_prefix("error: ").unwrap_or(&line).to_string()
 }
 
 /// Checks that the ckptd at `socket` answers and takes this user's programs; the one line to

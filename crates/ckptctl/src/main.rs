@@ -63,20 +63,16 @@ enum Cmd {
     Delete { id: String },
 }
 
-/// What a clap error says, on one line: its lines up to the usage, without "error: ".
-fn usage_error(text: &str) -> String {
-    let said: Vec<&str> = text.lines().map(str::trim).take_while(|l| !l.is_empty()).collect();
-    let line = said.join(" ");
-    line.strip_prefix("error: ").unwrap_or(&line).to_string()
-}
-
 fn main() {
     let args = Args::try_parse().unwrap_or_else(|e| {
         // --help, --version, and the help a bare command gets, are printed as they are.
         if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
             e.exit();
         }
-        eprintln!("ckptctl: {}; see ckptctl --help", usage_error(&e.to_string()));
+        eprintln!(
+            "ckptctl: {}; see ckptctl --help",
+            ckpt_sys::cli::usage_line(&e.to_string())
+        );
         std::process::exit(2);
     });
     let socket = args.socket.clone().unwrap_or_else(ckpt_sys::paths::default_socket);

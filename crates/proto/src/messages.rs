@@ -315,8 +315,11 @@ pub enum FromNode {
         pids: Vec<i32>,
         files: Vec<String>,
     },
+    /// `again`: another try of the same checkpoint gets past this failure (memory the store
+    /// window held was discarded, a process exited while parked, threads changed).
     Failed {
         message: String,
+        again: bool,
     },
 }
 

@@ -93,10 +93,13 @@ fn program_signal_due(uc: *mut libc::c_void, park_signal: i32) -> bool {
     // SAFETY: the first 8 bytes of uc_sigmask are the kernel's mask restored by sigreturn.
     let resumed_mask = unsafe { *(&(*uc).uc_sigmask as *const libc::sigset_t as *const u64) };
     let mut pending = 0u64;
-    sys::raw6(
-        libc::SYS_rt_sigpending,
-        [&mut pending as *mut u64 as u64, 8, 0, 0, 0, 0],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    unsafe {
+        sys::raw6(
+            libc::SYS_rt_sigpending,
+            [&mut pending as *mut u64 as u64, 8, 0, 0, 0, 0],
+        )
+    };
     let mut deliverable = pending & !resumed_mask;
     if park_signal > 0 {
         deliverable &= !(1u64 << (park_signal - 1));
@@ -105,7 +108,8 @@ fn program_signal_due(uc: *mut libc::c_void, park_signal: i32) -> bool {
         let sig = deliverable.trailing_zeros() as u64 + 1;
         deliverable &= deliverable - 1;
         let mut act = [0u64; 4];
-        let r = sys::raw6(libc::SYS_rt_sigaction, [sig, 0, act.as_mut_ptr() as u64, 8, 0, 0]);
+        // SAFETY: integer arguments only.
+        let r = unsafe { sys::raw6(libc::SYS_rt_sigaction, [sig, 0, act.as_mut_ptr() as u64, 8, 0, 0]) };
         // Not SIG_DFL (0) nor SIG_IGN (1): a handler of the program's will run.
         if r == 0 && act[0] > 1 {
             return true;
@@ -132,17 +136,20 @@ fn follows_syscall(rip: u64) -> bool {
         iov_base: rip.wrapping_sub(2) as *mut libc::c_void,
         iov_len: 2,
     };
-    let n = sys::raw6(
-        libc::SYS_process_vm_readv,
-        [
-            sys::getpid() as u64,
-            &local as *const libc::iovec as u64,
-            1,
-            &remote as *const libc::iovec as u64,
-            1,
-            0,
-        ],
-    );
+    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    let n = unsafe {
+        sys::raw6(
+            libc::SYS_process_vm_readv,
+            [
+                sys::getpid() as u64,
+                &local as *const libc::iovec as u64,
+                1,
+                &remote as *const libc::iovec as u64,
+                1,
+                0,
+            ],
+        )
+    };
     n == 2 && code == [0x0f, 0x05]
 }
 
