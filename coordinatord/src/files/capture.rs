@@ -145,6 +145,15 @@ impl Capture {
     pub fn precopy(&mut self, decided: &[Decided]) {
         let t = std::time::Instant::now();
         for d in decided.iter().filter(|d| d.policy == FilePolicy::Snapshot) {
+            // Gates stay shut only so long without word from ckptd: what is not copied by
+            // then is copied while the programs are parked.
+            if t.elapsed() > PRECOPY_MAX {
+                tracing::info!(
+                    path = d.path,
+                    "file left for the stop: the copy before it took too long"
+                );
+                continue;
+            }
             let r = (|| -> anyhow::Result<Copied> {
                 let f = File::open(&d.open)?;
                 let stamp = Stamp::of(&f.metadata()?);
@@ -417,6 +426,10 @@ pub fn changed_sample(f: &File, mark: &AppendMark) -> std::io::Result<Option<u64
     }
     Ok(None)
 }
+
+/// How long the copy of files while their writes are held may take (well within the time a
+/// program keeps its gate shut without word from ckptd, two minutes).
+const PRECOPY_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Suffix of the names a restore gives companions it sets aside.
 pub const ASIDE: &str = ".ckpt-aside-";
