@@ -74,8 +74,8 @@ pub fn check_secret(path: &Path, meta: &std::fs::Metadata) -> anyhow::Result<()>
 }
 
 /// The folder of ckptd's socket: created private when missing; refused when another user
-/// (root aside) owns it, or when others may write in it without the sticky bit (they could put
-/// their own socket in ours' place, and programs would hand it their memory).
+/// (root aside) owns it (they could put their own socket in ours' place); a warning when
+/// others may write in it without the sticky bit.
 pub fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
     let shown = dir.display();
     let meta = match std::fs::metadata(dir) {
@@ -94,9 +94,12 @@ pub fn check_socket_dir(dir: &Path) -> anyhow::Result<()> {
         );
     }
     if mode & 0o022 != 0 && mode & 0o1000 == 0 {
-        bail!(
-            "the socket folder {shown} can be written by other users (mode {mode:o}); run `chmod go-w \
-             {shown}` or pass another --socket"
+        // Another user could put a socket of theirs in ours' place; programs and ckpt-run check
+        // who answers and would refuse it, but a private folder avoids the question.
+        tracing::warn!(
+            folder = %shown,
+            mode = format_args!("{mode:o}"),
+            "other users can write in the socket's folder; `chmod go-w` it"
         );
     }
     Ok(())
