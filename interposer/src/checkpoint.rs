@@ -133,30 +133,20 @@ fn record_thread(tid: i32, uc_addr: u64) {
     let mut head = 0u64;
     let mut len = 0u64;
     let mut clear = 0u64;
-    // Each call writes one value through a valid pointer to a local.
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
+    // SAFETY: each call writes one value through a pointer to a local of its size.
     unsafe {
         raw6(
             libc::SYS_arch_prctl,
             [0x1003 /* ARCH_GET_FS */, &mut fs as *mut u64 as u64, 0, 0, 0, 0],
-        )
-    };
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
-    unsafe {
+        );
         raw6(
             libc::SYS_arch_prctl,
             [0x1004 /* ARCH_GET_GS */, &mut gs as *mut u64 as u64, 0, 0, 0, 0],
-        )
-    };
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
-    unsafe {
+        );
         raw6(
             libc::SYS_get_robust_list,
             [0, &mut head as *mut u64 as u64, &mut len as *mut u64 as u64, 0, 0, 0],
-        )
-    };
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
-    unsafe {
+        );
         raw6(
             libc::SYS_prctl,
             [
@@ -167,8 +157,8 @@ fn record_thread(tid: i32, uc_addr: u64) {
                 0,
                 0,
             ],
-        )
-    };
+        );
+    }
     let rseq_size = RSEQ_SIZE.load(Relaxed);
     // SAFETY: slot `idx` was handed to this thread alone by NEXT_SLOT.
     let slot = unsafe { &mut (*SLOTS.get()).threads[idx] };
