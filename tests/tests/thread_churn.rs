@@ -8,16 +8,6 @@ use anyhow::{ensure, Context, Result};
 use ckpt_tests::*;
 use std::time::{Duration, Instant};
 
-/// A `VmHWM:`/`VmRSS:` line of /proc/PID/status, in bytes.
-fn status_kib(pid: i32, key: &str) -> Result<u64> {
-    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("status of {pid}"))?;
-    st.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        .map(|k| k * 1024)
-        .with_context(|| format!("no {key} for pid {pid}"))
-}
-
 /// What ckptd may use beyond twice the programs' memory: its own code, libraries, threads'
 /// stacks and buffers of fixed size.
 const FIXED: u64 = 192 << 20;
@@ -36,12 +26,12 @@ fn threads_created_and_joined_as_fast_as_possible() -> Result<()> {
         let t = Instant::now();
         ids.push(d.checkpoint().with_context(|| format!("checkpoint {} of 20", i + 1))?);
         note!("checkpoint {} took {:?}", i + 1, t.elapsed());
-        rss = rss.max(status_kib(pid, "VmRSS:")?);
+        rss = rss.max(vm_bytes(pid, "VmRSS")?);
         std::thread::sleep(Duration::from_millis(20));
     }
     note!("20 checkpoints in {:?}", t0.elapsed());
     app.expect_tick(LINE_TIMEOUT)?;
-    let peak = status_kib(d.pid(), "VmHWM:")?;
+    let peak = vm_bytes(d.pid(), "VmHWM")?;
     note!(
         "ckptd peak memory {} MiB; the program's resident size up to {} MiB",
         peak >> 20,
