@@ -56,13 +56,19 @@ impl Proc {
         }
         // A busy stream (a checkpoint in progress) is alive by definition.
         let Ok(s) = self.stream.try_lock() else { return true };
-        let mut pfd = libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: pfd is a valid pollfd; zero timeout.
-        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-        !(r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0)
+        !hung_up(&s)
     }
+}
+
+/// Whether the program's end of its connection is closed (it exited, or exec'd: the program
+/// it became registers anew).
+pub fn hung_up(s: &UnixStream) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: pfd is a valid pollfd; zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
 }

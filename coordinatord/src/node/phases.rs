@@ -62,17 +62,7 @@ fn exited(pid: i32) -> bool {
 /// The process behind this registration is gone: it exited, or its connection hung up (it
 /// called exec, and the program it became registers anew).
 fn gone(pid: i32, s: &std::os::unix::net::UnixStream) -> bool {
-    if exited(pid) {
-        return true;
-    }
-    let mut pfd = libc::pollfd {
-        fd: std::os::fd::AsRawFd::as_raw_fd(s),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    };
-    // SAFETY: pfd is a valid pollfd; zero timeout.
-    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-    r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) != 0
+    exited(pid) || crate::registry::hung_up(s)
 }
 
 fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
