@@ -87,7 +87,7 @@ pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t,
     // blocks the signal again, and a call it interrupted is noted. Before the frame is read,
     // so that a restored thread gets its own mask back too.
     reblock_if_asked(tid, uc);
-    crate::restart::on_park(uc, sig);
+    let noted = crate::restart::on_park(uc, sig);
     let session = SESSION.load(Acquire);
     if session != RELEASED.load(Acquire) {
         record_thread(tid, uc as u64);
@@ -105,7 +105,7 @@ pub extern "C" fn on_park_signal(_sig: libc::c_int, _info: *mut libc::siginfo_t,
             }
         }
     }
-    crate::restart::on_release(uc, sig);
+    crate::restart::on_release(uc, sig, noted);
     sys::set_errno(saved_errno);
 }
 

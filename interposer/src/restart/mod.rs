@@ -54,34 +54,37 @@ fn restore_nonce() -> u64 {
 /// In the park handler, before the thread parks: notes whether its frame returns EINTR from a
 /// system call (rax holds -EINTR and the instruction before rip is `syscall`) of a call in
 /// progress in a wrapper, unless a signal of the program's will run its handler first (then
-/// the EINTR is the program's). Runs for a late park signal too (a park given up).
-pub fn on_park(uc: *mut libc::c_void, park_signal: i32) {
-    let Some(i) = CALLS.mine() else { return };
+/// the EINTR is the program's). Runs for a late park signal too (a park given up). The entry
+/// noted, for [`on_release`]; the table is looked at only for a thread the park interrupted
+/// in a system call (a flag left from an earlier attempt is cleared by the next one's begin).
+pub fn on_park(uc: *mut libc::c_void, park_signal: i32) -> Option<usize> {
     let ucp = uc as *const libc::ucontext_t;
     // SAFETY: the kernel's ucontext for this delivery, valid for the handler's duration.
     let (rax, rip) = unsafe {
         let g = &(*ucp).uc_mcontext.gregs;
         (g[libc::REG_RAX as usize], g[libc::REG_RIP as usize] as u64)
     };
-    let hit = rax == -(libc::EINTR as i64) && follows_syscall(rip) && !program_signal_due(uc, park_signal);
-    INTERRUPTED[i].store(hit, Release);
-    if hit {
-        let deadline = DEADLINE[i].load(Acquire);
-        let left = if deadline == 0 {
-            0
-        } else {
-            deadline.saturating_sub(clock_ns(CLOCK[i].load(Acquire)))
-        };
-        LEFT_AT_PARK[i].store(left, Release);
+    if rax != -(libc::EINTR as i64) || !follows_syscall(rip) || program_signal_due(uc, park_signal) {
+        return None;
     }
+    let i = CALLS.mine()?;
+    let deadline = DEADLINE[i].load(Acquire);
+    let left = if deadline == 0 {
+        0
+    } else {
+        deadline.saturating_sub(clock_ns(CLOCK[i].load(Acquire)))
+    };
+    LEFT_AT_PARK[i].store(left, Release);
+    INTERRUPTED[i].store(true, Release);
+    Some(i)
 }
 
-/// In the park handler, once the thread may run again: a program's signal that arrived
-/// meanwhile and will run its handler as soon as the thread resumes means the call must end
-/// with EINTR after all.
-pub fn on_release(uc: *mut libc::c_void, park_signal: i32) {
-    let Some(i) = CALLS.mine() else { return };
-    if INTERRUPTED[i].load(Acquire) && program_signal_due(uc, park_signal) {
+/// In the park handler, once the thread may run again (`noted`: what [`on_park`] returned): a
+/// program's signal that arrived meanwhile and will run its handler as soon as the thread
+/// resumes means the call must end with EINTR after all.
+pub fn on_release(uc: *mut libc::c_void, park_signal: i32, noted: Option<usize>) {
+    let Some(i) = noted else { return };
+    if program_signal_due(uc, park_signal) {
         INTERRUPTED[i].store(false, Release);
     }
 }
