@@ -148,11 +148,16 @@ pub fn futex_wake(word: &AtomicU32, n: i32) {
     };
 }
 
-pub fn now_ns() -> u64 {
+/// `clock`'s time in ns (vDSO; clock_gettime is not one of the interposer's wrappers).
+pub fn clock_ns(clock: i32) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec.max(0) as u64 * 1_000_000_000 + ts.tv_nsec.max(0) as u64
+}
+
+pub fn now_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// Waits up to `spin_ns` for `fd` to become readable by polling it, yielding the CPU between

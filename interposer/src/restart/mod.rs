@@ -24,7 +24,7 @@
 mod calls;
 
 use crate::inflight::InFlight;
-use crate::sys;
+use crate::sys::{self, clock_ns};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::*};
 
 /// Calls in progress in the wrappers, one entry each (see `inflight`).
@@ -154,13 +154,6 @@ fn follows_syscall(rip: u64) -> bool {
         )
     };
     n == 2 && code == [0x0f, 0x05]
-}
-
-fn clock_ns(clock: i32) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid out-pointer; clock_gettime is not one of our wrappers.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec.max(0) as u64 * 1_000_000_000 + ts.tv_nsec.max(0) as u64
 }
 
 /// One call of the program's that may be interrupted by a park, and its timeout. It holds an
