@@ -5,12 +5,21 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use ckpt_tests::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 fn sha(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+/// `file_pair` under ckpt, with its data file and its log in the daemon's folder: (the
+/// program, the data file, the log).
+fn file_pair(d: &Daemon) -> Result<(App, PathBuf, PathBuf)> {
+    let db = d.dir().join("data.bin");
+    let log = d.dir().join("pair.log");
+    let app = d.run_example("file_pair", &[db.to_str().unwrap(), log.to_str().unwrap()])?;
+    Ok((app, db, log))
 }
 
 /// What `ckptctl show --json` says of the file at `path`.
@@ -42,10 +51,8 @@ fn shown_policy(d: &Daemon, id: &str, path: &Path) -> Result<String> {
 fn failing_restore_changes_nothing() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    let db = d.dir().join("data.bin");
-    let log = d.dir().join("pair.log");
+    let (mut app, db, log) = file_pair(&d)?;
     let (db_s, log_s) = (db.to_str().unwrap(), log.to_str().unwrap());
-    let mut app = d.run_example("file_pair", &[db_s, log_s])?;
     let pid = app.pid;
     app.expect_tick(LINE_TIMEOUT)?;
     let cp = d.checkpoint_app(&app)?;
@@ -228,9 +235,7 @@ fn shared_mapping_in_tmp_restores() -> Result<()> {
 fn snapshot_blocks_survive_deleting_their_parent() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    let db = d.dir().join("data.bin");
-    let log = d.dir().join("pair.log");
-    let mut app = d.run_example("file_pair", &[db.to_str().unwrap(), log.to_str().unwrap()])?;
+    let (mut app, db, _) = file_pair(&d)?;
     let pid = app.pid;
     app.expect_tick(LINE_TIMEOUT)?;
     let c1 = d.checkpoint_app(&app)?;
@@ -259,9 +264,7 @@ fn snapshot_blocks_survive_deleting_their_parent() -> Result<()> {
 fn damaged_file_blocks_refused() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    let db = d.dir().join("data.bin");
-    let log = d.dir().join("pair.log");
-    let mut app = d.run_example("file_pair", &[db.to_str().unwrap(), log.to_str().unwrap()])?;
+    let (mut app, db, _) = file_pair(&d)?;
     let pid = app.pid;
     app.expect_tick(LINE_TIMEOUT)?;
     let cp = d.checkpoint_app(&app)?;
@@ -296,10 +299,8 @@ fn damaged_file_blocks_refused() -> Result<()> {
 fn writes_to_snapshot_files_wait_in_phase1() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    let db = d.dir().join("data.bin");
-    let pair_log = d.dir().join("pair.log");
+    let (pair, _, _) = file_pair(&d)?;
     let lines = d.dir().join("lines.log");
-    let pair = d.run_example("file_pair", &[db.to_str().unwrap(), pair_log.to_str().unwrap()])?;
     let logger = d.run_example("append_lines", &[lines.to_str().unwrap()])?;
     pair.expect_tick(LINE_TIMEOUT)?;
     logger.expect_tick(LINE_TIMEOUT)?;
