@@ -283,6 +283,15 @@ pub enum FdKind {
         peer: Option<String>,
         opts: SockOpts,
     },
+    /// A kernel object of a kind `ckpt_kinds` handles (eventfd, epoll, Unix socket…), made once
+    /// per host at restore by ckptd and handed to every holder. Holders of one object (across
+    /// the host's processes) share its `ident`; `owner` marks the first, which sets up state
+    /// that is shared (an epoll's interest list).
+    Object {
+        ident: u64,
+        owner: bool,
+        obj: ckpt_kinds::Object,
+    },
 }
 
 /// Socket options carried over to the re-created socket.
@@ -326,6 +335,7 @@ impl FdKind {
                 Some(p) => format!("udp {local} -> {p}"),
                 None => format!("udp {local}"),
             },
+            FdKind::Object { obj, .. } => obj.describe(),
         }
     }
 }
@@ -340,7 +350,7 @@ impl FdKind {
 
     /// Kinds that ckptd re-creates and hands to the restorer.
     pub fn is_handed(&self) -> bool {
-        self.is_socket() || matches!(self, FdKind::Pipe { .. })
+        self.is_socket() || matches!(self, FdKind::Pipe { .. } | FdKind::Object { .. })
     }
 }
 

@@ -16,87 +16,46 @@ fn kcmp_same_file(pid: i32, a: i32, b: i32) -> bool {
     unsafe { libc::syscall(libc::SYS_kcmp, pid, pid, 0, a, b) == 0 }
 }
 
+/// Every fd of a parked process. Fds of kinds ckpt cannot checkpoint are all named in one
+/// error, so that the user learns of every one at once.
 pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>, DumpError> {
     let dir = format!("/proc/{pid}/fd");
     let fds = procfs::list_numeric(&dir).map_err(|e| DumpError::Proc(e, pid))?;
     let mut out: Vec<FdImage> = Vec::new();
     let mut ids: Vec<(i32, u64, u64)> = Vec::new();
+    let mut refused: Vec<(i32, String)> = Vec::new();
     for fd in fds {
         let link = format!("{dir}/{fd}");
         let target = procfs::readlink(&link).map_err(|e| DumpError::Proc(e, pid))?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|source| DumpError::Io {
+            pid,
+            what: format!("fdinfo of fd {fd}"),
+            source,
+        })?;
         let info = procfs::fdinfo(pid, fd).map_err(|e| DumpError::Proc(e, pid))?;
         let cloexec = info.flags & libc::O_CLOEXEC != 0;
         let flags = info.flags & !libc::O_CLOEXEC;
-        let unsupported = |kind: String| DumpError::UnsupportedFd { pid, fd, kind };
         let meta = std::fs::metadata(&link).map_err(|source| DumpError::Io {
             pid,
             what: format!("fd {fd}"),
             source,
         })?;
-        let ft = meta.file_type();
-        let kind = if fd == control_fd {
-            FdKind::Control
-        } else if fd == uffd_fd {
-            FdKind::Uffd
-        } else if ft.is_file() {
-            if target.ends_with(" (deleted)") {
-                return Err(unsupported(format!("a deleted file ({target})")));
+        let kind = match kind_of(pid, fd, &target, &text, flags, info.pos, &meta, control_fd, uffd_fd) {
+            Ok(k) => k,
+            Err(Refusal::Unsupported(what)) => {
+                refused.push((fd, what));
+                continue;
             }
-            // The policy of a file written to is decided over all its holders (crate::files).
-            FdKind::File {
-                path: target.clone(),
-                pos: info.pos,
-                size: meta.size(),
-                writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
-                dev: meta.dev(),
-                ino: meta.ino(),
-                policy: None,
-            }
-        } else if ft.is_dir() {
-            FdKind::Dir { path: target.clone() }
-        } else if ft.is_char_device() && is_tty(meta.rdev()) {
-            if fd <= 2 {
-                FdKind::Stdio { what: target.clone() }
-            } else {
-                FdKind::Tty { path: target.clone() }
-            }
-        } else if ft.is_char_device() {
-            FdKind::CharDev {
-                path: target.clone(),
-                rdev: meta.rdev(),
-            }
-        } else if (ft.is_fifo() || ft.is_socket()) && fd <= 2 {
-            FdKind::Stdio { what: target.clone() }
-        } else if ft.is_fifo() && target.starts_with("pipe:") {
-            let write = flags & libc::O_ACCMODE == libc::O_WRONLY;
-            let buffered = if write {
-                Vec::new()
-            } else {
-                super::sockets::peek_pipe(pid, fd).map_err(|source| DumpError::Io {
-                    pid,
-                    what: format!("pipe fd {fd}"),
-                    source,
-                })?
-            };
-            FdKind::Pipe {
-                ino: meta.ino(),
-                write,
-                buffered,
-            }
-        } else if ft.is_fifo() {
-            return Err(unsupported(format!("a named FIFO ({target})")));
-        } else if ft.is_socket() {
-            super::sockets::dump_socket(pid, fd, &target)?
-        } else if let Some(inner) = target.strip_prefix("anon_inode:") {
-            let name = inner.trim_start_matches('[').trim_end_matches(']');
-            return Err(unsupported(format!("an {name} ({target})")));
-        } else {
-            return Err(unsupported(format!("an unsupported kind of file ({target})")));
+            Err(Refusal::Failed(e)) => return Err(e),
         };
         // Two fds sharing one open file description must share it again after restore.
         let key = (meta.dev(), meta.ino());
         let dup_of = match kind {
             FdKind::Control | FdKind::Uffd | FdKind::Stdio { .. } => None,
+            FdKind::Object { .. } => ids
+                .iter()
+                .find(|(other, d, i)| (*d, *i) == key && kcmp_same_file(pid, *other, fd))
+                .map(|(other, _, _)| *other),
             ref k if k.is_handed() => None,
             _ => ids
                 .iter()
@@ -112,5 +71,123 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
             kind,
         });
     }
+    if !refused.is_empty() {
+        return Err(DumpError::UnsupportedFds { pid, fds: refused });
+    }
     Ok(out)
+}
+
+enum Refusal {
+    /// A kind ckpt does not checkpoint: gathered and named with the others.
+    Unsupported(String),
+    Failed(DumpError),
+}
+
+impl From<DumpError> for Refusal {
+    fn from(e: DumpError) -> Self {
+        match e {
+            DumpError::UnsupportedFd { kind, .. } => Refusal::Unsupported(kind),
+            e => Refusal::Failed(e),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn kind_of(
+    pid: i32,
+    fd: i32,
+    target: &str,
+    text: &str,
+    flags: i32,
+    pos: u64,
+    meta: &std::fs::Metadata,
+    control_fd: i32,
+    uffd_fd: i32,
+) -> Result<FdKind, Refusal> {
+    let unsupported = |kind: String| Refusal::Unsupported(kind);
+    let ft = meta.file_type();
+    if fd != control_fd && fd != uffd_fd && !(fd <= 2 && (ft.is_fifo() || ft.is_socket() || is_tty_meta(meta))) {
+        let src = ckpt_kinds::Source::new(pid, fd, target, text, flags, meta);
+        match ckpt_kinds::capture(&src) {
+            Some(Ok(obj)) => {
+                return Ok(FdKind::Object {
+                    ident: 0,
+                    owner: true,
+                    obj,
+                })
+            }
+            Some(Err(ckpt_kinds::KindError::Unsupported(what))) => return Err(unsupported(what)),
+            Some(Err(e)) => return Err(Refusal::Failed(DumpError::Kind { pid, fd, source: e })),
+            None => {}
+        }
+    }
+    let kind = if fd == control_fd {
+        FdKind::Control
+    } else if fd == uffd_fd {
+        FdKind::Uffd
+    } else if ft.is_file() {
+        if target.ends_with(" (deleted)") {
+            return Err(unsupported(format!("a deleted file ({target})")));
+        }
+        // The policy of a file written to is decided over all its holders (crate::files).
+        FdKind::File {
+            path: target.to_string(),
+            pos,
+            size: meta.size(),
+            writable: flags & libc::O_ACCMODE != libc::O_RDONLY,
+            dev: meta.dev(),
+            ino: meta.ino(),
+            policy: None,
+        }
+    } else if ft.is_dir() {
+        FdKind::Dir {
+            path: target.to_string(),
+        }
+    } else if ft.is_char_device() && is_tty(meta.rdev()) {
+        if fd <= 2 {
+            FdKind::Stdio {
+                what: target.to_string(),
+            }
+        } else {
+            FdKind::Tty {
+                path: target.to_string(),
+            }
+        }
+    } else if ft.is_char_device() {
+        FdKind::CharDev {
+            path: target.to_string(),
+            rdev: meta.rdev(),
+        }
+    } else if (ft.is_fifo() || ft.is_socket()) && fd <= 2 {
+        FdKind::Stdio {
+            what: target.to_string(),
+        }
+    } else if ft.is_fifo() && target.starts_with("pipe:") {
+        let write = flags & libc::O_ACCMODE == libc::O_WRONLY;
+        let buffered = if write {
+            Vec::new()
+        } else {
+            super::sockets::peek_pipe(pid, fd).map_err(|source| DumpError::Io {
+                pid,
+                what: format!("pipe fd {fd}"),
+                source,
+            })?
+        };
+        FdKind::Pipe {
+            ino: meta.ino(),
+            write,
+            buffered,
+        }
+    } else if ft.is_fifo() {
+        return Err(unsupported(format!("a named FIFO ({target})")));
+    } else if ft.is_socket() {
+        super::sockets::dump_socket(pid, fd, target)?
+    } else {
+        return Err(unsupported(format!("an unsupported kind of file ({target})")));
+    };
+    Ok(kind)
+}
+
+fn is_tty_meta(meta: &std::fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && is_tty(meta.rdev())
 }

@@ -4,6 +4,7 @@
 mod copy;
 mod fds;
 mod memory;
+pub mod objects;
 pub mod precopy;
 pub mod sockets;
 pub mod state;
@@ -21,6 +22,15 @@ pub enum DumpError {
         "process {pid}: fd {fd} is {kind}, which ckpt cannot checkpoint yet; close it or run the program without it"
     )]
     UnsupportedFd { pid: i32, fd: i32, kind: String },
+    #[error("process {pid}: {}, which ckpt cannot checkpoint yet; close them or run the program without them", list_fds(.fds))]
+    UnsupportedFds { pid: i32, fds: Vec<(i32, String)> },
+    #[error("process {pid}: fd {fd}: {source}")]
+    Kind {
+        pid: i32,
+        fd: i32,
+        #[source]
+        source: ckpt_kinds::KindError,
+    },
     #[error("process {pid}: mapping {start:#x}-{end:#x} ({name}) cannot be checkpointed: {why}")]
     UnsupportedMapping {
         pid: i32,
@@ -48,6 +58,11 @@ pub enum DumpError {
     WindowLost { pid: i32, what: String },
     #[error(transparent)]
     Format(#[from] FormatError),
+}
+
+fn list_fds(fds: &[(i32, String)]) -> String {
+    let each: Vec<String> = fds.iter().map(|(fd, what)| format!("fd {fd} is {what}")).collect();
+    each.join(", ")
 }
 
 /// A process exited while it was being read: the next try's cut is taken without it.

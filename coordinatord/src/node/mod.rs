@@ -4,6 +4,7 @@
 mod background;
 mod handle;
 mod netrestore;
+mod objects;
 mod park;
 mod phases;
 mod pipes;

@@ -383,6 +383,7 @@ impl Node {
                 .iter_mut()
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
                 .collect();
+            crate::dump::objects::link(&mut images);
             let mut files = pending.files.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(f) = files.as_mut() {
                 match f.at_park(&mut images, &self.files.watch, &dir.id) {

@@ -141,6 +141,7 @@ impl Node {
         let mut sockets = netrestore::make_sockets(&images, &plan, &pending.listeners)
             .map_err(|e| e.context(format!("host {}", self.host)))?;
         sockets.extend(super::pipes::make_pipes(&images).context("re-creating pipes")?);
+        sockets.extend(super::objects::make_objects(&images)?);
         // The files may have changed since every node prepared: check again, then change them.
         let actions = pending
             .files

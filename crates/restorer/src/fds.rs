@@ -78,7 +78,20 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
                 .unwrap_or(-1),
             FdKind::Dir { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
-            FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. } | FdKind::Pipe { .. } => {
+            FdKind::TcpListen { .. }
+            | FdKind::TcpConn { .. }
+            | FdKind::Udp { .. }
+            | FdKind::Pipe { .. }
+            | FdKind::Object { .. }
+                if f.dup_of.is_some() =>
+            {
+                -1
+            }
+            FdKind::TcpListen { .. }
+            | FdKind::TcpConn { .. }
+            | FdKind::Udp { .. }
+            | FdKind::Pipe { .. }
+            | FdKind::Object { .. } => {
                 match sockets.get(&f.fd) {
                     Some(&s) => {
                         // The program's file flags (O_NONBLOCK…) on the new socket.
@@ -113,6 +126,17 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
         if !wanted.contains(&fd) {
             // SAFETY: closing an fd the program did not have.
             unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
+
+/// What each kind of object does inside the restored process once every fd is at its number
+/// (an epoll registers its targets under the program's fd numbers).
+pub fn after_placed(img: &ProcessImage) -> anyhow::Result<()> {
+    for f in img.fds.iter().filter(|f| f.dup_of.is_none()) {
+        if let FdKind::Object { owner, obj, .. } = &f.kind {
+            ckpt_kinds::after_placed(f.fd, obj, *owner).with_context(|| format!("fd {} ({})", f.fd, obj.describe()))?;
         }
     }
     Ok(())

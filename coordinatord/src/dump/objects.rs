@@ -1,0 +1,54 @@
+//! Objects held by several processes of a host (an eventfd or socketpair inherited across
+//! fork): each distinct object gets one identity, so that restore makes it once and hands it to
+//! every holder, and its first holder is the one that sets up its shared state.
+
+use ckpt_format::{FdKind, ProcessImage};
+
+fn kcmp_file(pid1: i32, fd1: i32, pid2: i32, fd2: i32) -> bool {
+    // SAFETY: kcmp only compares kernel objects; KCMP_FILE = 0.
+    unsafe { libc::syscall(libc::SYS_kcmp, pid1, pid2, 0, fd1, fd2) == 0 }
+}
+
+/// Gives every object fd of the parked processes its identity (numbered from 1 in the order
+/// met) and marks its first holder as owner. Runs while every process is still parked.
+pub fn link(images: &mut [&mut ProcessImage]) {
+    // (pid, fd, ident, kind) of each distinct object met so far.
+    let mut seen: Vec<(i32, i32, u64, std::mem::Discriminant<ckpt_kinds::Object>)> = Vec::new();
+    for img in images.iter_mut() {
+        let pid = img.pid;
+        for n in 0..img.fds.len() {
+            let (fd, dup_of) = (img.fds[n].fd, img.fds[n].dup_of);
+            // The same description as an earlier fd of this process: the same object.
+            let earlier = dup_of.and_then(|first| {
+                img.fds.iter().find(|g| g.fd == first).and_then(|g| match g.kind {
+                    FdKind::Object { ident, .. } => Some(ident),
+                    _ => None,
+                })
+            });
+            let FdKind::Object { ident, owner, obj } = &mut img.fds[n].kind else {
+                continue;
+            };
+            if let Some(i) = earlier {
+                *ident = i;
+                *owner = false;
+                continue;
+            }
+            let kind = std::mem::discriminant(&*obj);
+            let same = seen
+                .iter()
+                .find(|(p, g, _, k)| *k == kind && *p != pid && kcmp_file(pid, fd, *p, *g));
+            match same {
+                Some((_, _, i, _)) => {
+                    *ident = *i;
+                    *owner = false;
+                }
+                None => {
+                    let i = seen.len() as u64 + 1;
+                    seen.push((pid, fd, i, kind));
+                    *ident = i;
+                    *owner = true;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,35 @@
+//! Re-creating the kernel objects (`ckpt_kinds`) of restored programs on this host: each
+//! distinct object once, a duplicate of it for every other holder.
+
+use anyhow::Context;
+use ckpt_format::{FdKind, ProcessImage};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+
+/// Every object fd of the images, by (pid, fd number). Fds that share a description with an
+/// earlier fd of their process are not listed: the restorer duplicates those itself.
+pub fn make_objects(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
+    let mut made: HashMap<u64, OwnedFd> = HashMap::new();
+    let mut out = HashMap::new();
+    let mut restore = ckpt_kinds::Restore::default();
+    for img in images {
+        for f in img.fds.iter().filter(|f| f.dup_of.is_none()) {
+            let FdKind::Object { ident, obj, .. } = &f.kind else {
+                continue;
+            };
+            let fd = match made.get(ident) {
+                Some(fd) => fd.try_clone().context("duplicating a re-created object")?,
+                None => {
+                    let fd = restore
+                        .recreate(*ident, obj)
+                        .with_context(|| format!("process {} fd {}", img.pid, f.fd))?;
+                    made.insert(*ident, fd.try_clone().context("duplicating a re-created object")?);
+                    fd
+                }
+            };
+            out.insert((img.pid, f.fd), fd);
+        }
+    }
+    restore.finish()?;
+    Ok(out)
+}

@@ -1,0 +1,117 @@
+//! The kernel objects a program holds through an fd, beyond regular files, pipes and IP sockets:
+//! one module per kind, each with its record in the image, how it is read from a parked
+//! process ([`capture`]), how it is re-created once per host by ckptd ([`Restore::recreate`])
+//! and what is done inside the restored process once every fd is at its number
+//! ([`after_placed`]). Adding a kind touches its own module and the three `match`es here.
+//!
+//! Objects are re-created by ckptd and handed to every restorer holding them, so that one open
+//! file description shared by several fds or processes is one again after restore.
+
+pub mod eventfd;
+pub mod source;
+
+pub use source::Source;
+
+use serde::{Deserialize, Serialize};
+use std::os::fd::{OwnedFd, RawFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum KindError {
+    /// A kind ckpt does not checkpoint; the text names it ("an io_uring instance").
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("reading {what}: {source}")]
+    Read {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("re-creating {what}: {source}")]
+    Recreate {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// State that cannot be brought back exactly: the checkpoint is refused naming it.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl KindError {
+    pub fn read(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KindError {
+        let what = what.into();
+        move |source| KindError::Read { what, source }
+    }
+    pub fn recreate(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> KindError {
+        let what = what.into();
+        move |source| KindError::Recreate { what, source }
+    }
+}
+
+/// One object as the image records it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Object {
+    EventFd(eventfd::Record),
+}
+
+impl Object {
+    /// One line for `ckptctl show`.
+    pub fn describe(&self) -> String {
+        match self {
+            Object::EventFd(r) => eventfd::describe(r),
+        }
+    }
+}
+
+/// Reads the object behind `src`, if it is of a kind this crate handles: `None` leaves the fd
+/// to the caller (regular files, pipes, IP sockets…).
+pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
+    let anon = src.anon_name();
+    Some(match anon {
+        Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
+        Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
+        None => return None,
+    })
+}
+
+/// How a refused anonymous-inode kind is named to the user.
+fn unsupported_anon(name: &str) -> String {
+    match name {
+        "io_uring" => "an io_uring instance".to_string(),
+        "userfaultfd" => "a userfaultfd of the program's own".to_string(),
+        "bpf-map" | "bpf-prog" | "bpf_link" | "bpf-link" => format!("a BPF object ({name})"),
+        n if n.starts_with("perf_event") => "a perf_event counter".to_string(),
+        n => format!("an {n}"),
+    }
+}
+
+/// Re-creates the objects of one host's restore. Each distinct object (by the identity the
+/// checkpoint gave it) is made once; kinds that come in groups (the two ends of a socketpair)
+/// keep what they need here between calls.
+#[derive(Default)]
+pub struct Restore {}
+
+impl Restore {
+    /// Makes the object; the caller duplicates the fd for every holder.
+    pub fn recreate(&mut self, ident: u64, obj: &Object) -> Result<OwnedFd, KindError> {
+        let _ = ident;
+        match obj {
+            Object::EventFd(r) => eventfd::recreate(r),
+        }
+    }
+
+    /// Called once every object was recreated (queued data that needs both ends, …).
+    pub fn finish(&mut self) -> Result<(), KindError> {
+        Ok(())
+    }
+}
+
+/// Work inside the restored process once every fd is at its number (registering an epoll's
+/// targets under the program's own fd numbers). `owner` is false for a holder that is not the
+/// first of the object on this host: shared state is set up once.
+pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindError> {
+    let _ = (fd, owner);
+    match obj {
+        Object::EventFd(_) => Ok(()),
+    }
+}
