@@ -268,9 +268,12 @@ fn lost_link() {
 /// itself must reach one of its own threads (a program that blocks it everywhere and waits for
 /// it with `sigwaitinfo` must not be killed by its default action landing here), and the mask
 /// it inherited (a forked child's is often "everything blocked") must not keep it from parking.
+/// glibc's two internal signals stay open too, as glibc's own sigprocmask keeps them: `setuid`,
+/// `setgroups`… in a threaded program signal every thread with SIGSETXID (33) and wait until
+/// each has run the handler, and `pthread_cancel` uses SIGCANCEL (32).
 fn mask_all_but_park() {
     let sig = PARK_SIGNAL.load(Relaxed);
-    let mut set: u64 = !0;
+    let mut set: u64 = !0 & !(1u64 << (32 - 1)) & !(1u64 << (33 - 1));
     if sig > 0 {
         set &= !(1u64 << (sig - 1));
     }
