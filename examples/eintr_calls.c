@@ -8,8 +8,8 @@
  * usleep, read on a blocking pipe, recv and accept (blocked for good) on blocking TCP sockets, futex (through
  * syscall()), sem_wait, sem_timedwait, pthread_cond_timedwait, sigtimedwait, sigsuspend, pause,
  * waitpid, SysV semop/semtimedop, msgrcv/msgsnd. While "odd" mode is on (toggled by each SIGUSR1,
- * taken by a sigwaitinfo thread), an epoll fd and a POSIX message queue exist, kinds ckpt
- * refuses to checkpoint, with threads blocked in epoll_wait (with and without a timeout) and
+ * taken by a sigwaitinfo thread), a userfaultfd of its own (a kind ckpt refuses to checkpoint)
+ * exists while threads are blocked in epoll_wait (with and without a timeout) and
  * mq_timedreceive.
  *
  * Usage: eintr_calls [PORT] (the loopback port of its TCP listener; any free one without).
@@ -354,7 +354,9 @@ static void *feeder(void *arg)
     return NULL;
 }
 
-/* Odd mode: fds of kinds a checkpoint refuses, with threads blocked on them. */
+/* Odd mode: an fd of a kind a checkpoint refuses (a userfaultfd of the program's own), while
+ * threads are blocked on an epoll fd and a POSIX message queue. */
+static int odd_uffd = -1;
 static int odd_epfd = -1;
 static mqd_t odd_mq = (mqd_t)-1;
 static atomic_int odd_on;
@@ -426,7 +428,8 @@ static void *controller(void *arg)
             struct mq_attr at = {.mq_maxmsg = 4, .mq_msgsize = 64};
             snprintf(mq_name, sizeof mq_name, "/eintr_calls_%d", getpid());
             odd_mq = mq_open(mq_name, O_RDWR | O_CREAT, 0600, &at);
-            if (odd_epfd < 0 || odd_mq == (mqd_t)-1) fail("odd mode", "cannot create its fds");
+            odd_uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+            if (odd_epfd < 0 || odd_mq == (mqd_t)-1 || odd_uffd < 0) fail("odd mode", "cannot create its fds");
             atomic_store(&odd_on, 1);
             pthread_create(&a, NULL, odd_epoll, NULL);
             pthread_create(&b, NULL, odd_mq_recv, NULL);
@@ -442,6 +445,7 @@ static void *controller(void *arg)
             close(odd_wake_r);
             close(odd_wake_w);
             close(odd_epfd);
+            close(odd_uffd);
             mq_close(odd_mq);
             mq_unlink(mq_name);
             printf("odd off\n");

@@ -164,33 +164,44 @@ fn restore_while_pid_in_use_refused() -> Result<()> {
 }
 
 #[test]
-fn eventfd_checkpoint_refused_program_keeps_running() -> Result<()> {
+fn unsupported_fds_refused_all_named_program_keeps_running() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    let app = d.run_example("eventfd_hold", &[])?;
+    let app = d.run_example("refused_hold", &[])?;
     let pid = app.pid;
-    let first = app.expect_line("`eventfd fd N pid P`", |l| l.starts_with("eventfd fd"), LINE_TIMEOUT)?;
-    let fd: i64 = field(&first, "fd")
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("bad first line {first:?}"))?;
+    let first = app.expect_line(
+        "`refused fds A B pid P`",
+        |l| l.starts_with("refused fds"),
+        LINE_TIMEOUT,
+    )?;
+    let fds: Vec<i64> = first
+        .split_whitespace()
+        .skip(2)
+        .take(2)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    ensure!(fds.len() == 2, "bad first line {first:?}");
     let t = app.expect_tick(LINE_TIMEOUT)?;
     app.expect_consecutive_ticks(t, 2, false, LINE_TIMEOUT)?;
 
     let list_before = d.ckptctl_ok(&["list"])?;
     let before = snapshot(&d)?;
     let out = d.ckptctl(&["checkpoint"]);
-    let msg = expect_failure_one_line(&out, "checkpoint of a process holding an eventfd")
+    let msg = expect_failure_one_line(&out, "checkpoint of a process holding a userfaultfd and an io_uring")
         .map_err(|e| e.context(d.context()))?;
     note!("ckptctl said: {msg}");
+    // Both offending fds are named at once, each with its kind.
     ensure!(
-        msg.contains("eventfd"),
-        "the message should name the fd kind `eventfd`: {msg:?}"
+        msg.contains("userfaultfd") && msg.contains("io_uring"),
+        "the message should name both kinds: {msg:?}"
     );
     ensure!(
         contains_number(&msg, pid as i64),
         "the message should name pid {pid}: {msg:?}"
     );
-    ensure!(contains_number(&msg, fd), "the message should name fd {fd}: {msg:?}");
+    for fd in &fds {
+        ensure!(contains_number(&msg, *fd), "the message should name fd {fd}: {msg:?}");
+    }
     ensure!(
         stdout_str(&out).is_empty(),
         "a failed checkpoint must not print an id: {}",

@@ -22,7 +22,7 @@ pub enum DumpError {
         "process {pid}: fd {fd} is {kind}, which ckpt cannot checkpoint yet; close it or run the program without it"
     )]
     UnsupportedFd { pid: i32, fd: i32, kind: String },
-    #[error("process {pid}: {}, which ckpt cannot checkpoint yet; close them or run the program without them", list_fds(.fds))]
+    #[error("process {pid}: {}", list_fds(.fds))]
     UnsupportedFds { pid: i32, fds: Vec<(i32, String)> },
     #[error("process {pid}: fd {fd}: {source}")]
     Kind {
@@ -62,7 +62,11 @@ pub enum DumpError {
 
 fn list_fds(fds: &[(i32, String)]) -> String {
     let each: Vec<String> = fds.iter().map(|(fd, what)| format!("fd {fd} is {what}")).collect();
-    each.join(", ")
+    let them = if fds.len() == 1 { "it" } else { "them" };
+    format!(
+        "{}, which ckpt cannot checkpoint yet; close {them} or run the program without {them}",
+        each.join(", ")
+    )
 }
 
 /// A process exited while it was being read: the next try's cut is taken without it.
@@ -81,6 +85,12 @@ pub fn try_again(e: &anyhow::Error) -> bool {
             Some(DumpError::WindowLost { .. } | DumpError::ThreadMismatch { .. })
         ) || c.downcast_ref::<ExitedWhileRead>().is_some()
     })
+}
+
+/// Whether `e` refuses fds ckpt cannot checkpoint (gathered over all processes into one message).
+pub fn is_refusal(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| matches!(c.downcast_ref::<DumpError>(), Some(DumpError::UnsupportedFds { .. })))
 }
 
 /// Maps an I/O error while reading `what` of process `pid`.

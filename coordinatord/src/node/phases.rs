@@ -369,12 +369,18 @@ impl Node {
                     )
                     .collect()
             });
+            let mut refused = Vec::new();
             for (st, o) in parked.iter_mut().zip(outcomes) {
                 match o {
                     Ok(d) => st.dumped = Some(d),
+                    Err(e) if crate::dump::is_refusal(&e) => refused.push(format!("{e:#}")),
                     Err(e) if result.is_ok() => result = Err(e),
                     Err(_) => {}
                 }
+            }
+            // Every fd ckpt cannot checkpoint, of every process, in one message.
+            if result.is_ok() && !refused.is_empty() {
+                result = Err(anyhow!("{}", refused.join("; ")));
             }
         }
         let mut file_records = Vec::new();
