@@ -273,7 +273,7 @@ fn lost_link() {
 /// each has run the handler, and `pthread_cancel` uses SIGCANCEL (32).
 fn mask_all_but_park() {
     let sig = PARK_SIGNAL.load(Relaxed);
-    let mut set: u64 = !0 & !(1u64 << (32 - 1)) & !(1u64 << (33 - 1));
+    let mut set: u64 = !((1u64 << (32 - 1)) | (1u64 << (33 - 1)));
     if sig > 0 {
         set &= !(1u64 << (sig - 1));
     }
