@@ -11,7 +11,7 @@
 //! Modules: [`paths`] (binaries, examples), [`procs`] (spawn, reap,
 //! signals, /proc), [`output`] (line parsing, messages), [`store`]
 //! (checkpoint directories), [`follow`] (line readers), [`memstat`] (a
-//! process's memory figures), [`app`] ([`App`]),
+//! process's memory figures), [`ports`] (loopback ports of servers), [`app`] ([`App`]),
 //! [`daemon`] ([`Daemon`]), [`netns`] (hosts as network namespaces),
 //! [`cluster`] ([`Cluster`]) and [`cluster_ctl`] (ckptctl against it).
 //! Everything is re-exported here.
@@ -29,6 +29,7 @@ pub mod follow;
 pub mod memstat;
 pub mod netns;
 pub mod paths;
+pub mod ports;
 pub mod procs;
 pub mod store;
 
@@ -40,6 +41,7 @@ pub use memstat::*;
 pub use netns::*;
 pub use output::*;
 pub use paths::*;
+pub use ports::*;
 pub use procs::*;
 pub use store::*;
 

@@ -23,16 +23,6 @@ fn next_counts(app: &App) -> Result<HashMap<String, u64>> {
     Ok(counts(&l))
 }
 
-/// A free loopback port below the ephemeral range, so that no connection of another program
-/// takes it between the checkpoint and the restore.
-fn free_low_port() -> Result<u16> {
-    let start = 20000 + (std::process::id() % 5000) as u16;
-    (0..2000u16)
-        .map(|i| 20000 + (start - 20000 + i) % 10000)
-        .find(|&p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
-        .context("no free loopback port between 20000 and 30000")
-}
-
 /// SysV objects the program made: removed whatever happens.
 struct SysV(i32, i32);
 

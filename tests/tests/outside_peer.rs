@@ -55,3 +55,56 @@ fn connection_to_an_outside_peer_comes_back_reset() -> Result<()> {
     let _ = wait_child_timeout(&mut server, Duration::from_secs(5));
     Ok(())
 }
+
+/// Sends a line on `s` and reads its echo.
+fn echo(s: &mut std::net::TcpStream, line: &str) -> Result<String> {
+    use std::io::{BufRead, Write};
+    s.set_read_timeout(Some(LINE_TIMEOUT))?;
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut back = String::new();
+    std::io::BufReader::new(s.try_clone()?).read_line(&mut back)?;
+    Ok(back.trim_end().to_string())
+}
+
+/// A server that binds without SO_REUSEADDR, killed while outside clients are connected: the
+/// connections it accepted linger in FIN_WAIT (their clients never close) and hold its port;
+/// the restore still binds it (ckptd clears the dead program's orphaned connections), twice.
+#[test]
+fn listener_without_reuseaddr_binds_again_while_clients_linger() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let port = free_low_port()?;
+    let mut app = d.run_example("plain_listener", &[&port.to_string()])?;
+    let pid = app.pid;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let mut lingering = Vec::new();
+    for round in 1..=2 {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        ensure!(
+            echo(&mut c, "before")? == "before",
+            "round {round}: no echo before the checkpoint"
+        );
+        let id = d.checkpoint()?;
+        app.kill9()?;
+        app.disarm();
+        // The client keeps its end open: the server's end stays in FIN_WAIT2.
+        lingering.push(c);
+        app = d
+            .restore_ok(&id, pid)
+            .with_context(|| format!("restore {round}\n{}", d.context()))?;
+        app.expect_tick(LINE_TIMEOUT)?;
+        let mut fresh = std::net::TcpStream::connect(("127.0.0.1", port))
+            .with_context(|| format!("round {round}: a new client after restore"))?;
+        ensure!(
+            echo(&mut fresh, "after")? == "after",
+            "round {round}: no echo after restore"
+        );
+        ensure!(
+            d.log().matches("cleared the connections a killed program left").count() == round,
+            "round {round}: the port should have been held by the killed server's connection\n{}",
+            d.context()
+        );
+    }
+    app.kill9()?;
+    Ok(())
+}

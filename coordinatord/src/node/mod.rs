@@ -5,6 +5,7 @@ mod background;
 mod handle;
 mod netrestore;
 mod objects;
+mod orphans;
 mod park;
 mod phases;
 mod pipes;

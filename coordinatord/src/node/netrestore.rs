@@ -61,7 +61,16 @@ fn bound(addr: SocketAddr, ty: i32, reuseport: bool) -> anyhow::Result<OwnedFd> 
         setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
     }
     let sa = nix::sys::socket::SockaddrStorage::from(addr);
-    nix::sys::socket::bind(s.as_raw_fd(), &sa).with_context(|| format!("cannot bind {addr} again"))?;
+    match nix::sys::socket::bind(s.as_raw_fd(), &sa) {
+        Err(nix::errno::Errno::EADDRINUSE) if ty == libc::SOCK_STREAM => {
+            // The killed program's own connections may hold the port (see `orphans`).
+            let n =
+                super::orphans::clear_port(addr).with_context(|| format!("cannot bind {addr} again: it is in use"))?;
+            tracing::info!(%addr, orphans = n, "cleared the connections a killed program left on its port");
+            nix::sys::socket::bind(s.as_raw_fd(), &sa).with_context(|| format!("cannot bind {addr} again"))?;
+        }
+        r => r.with_context(|| format!("cannot bind {addr} again"))?,
+    }
     Ok(s)
 }
 
@@ -161,11 +170,22 @@ pub fn make_sockets(
     let mut out: HashMap<(i32, i32), OwnedFd> = HashMap::new();
     let mut conns: Vec<Conn> = Vec::new();
     let mut accepts = Vec::new();
+    let mut shared_listeners: HashMap<String, OwnedFd> = HashMap::new();
     for img in images {
         for f in &img.fds {
             let id = (img.pid, f.fd);
             match &f.kind {
                 FdKind::TcpListen { local, opts } => {
+                    // Without SO_REUSEPORT no two sockets listen on one address: processes
+                    // listening there share one socket (inherited across fork, like nginx's
+                    // workers), and get one again.
+                    if !opts.reuseport {
+                        if let Some(first) = shared_listeners.get(local) {
+                            let s: &OwnedFd = first;
+                            out.insert(id, s.try_clone()?);
+                            continue;
+                        }
+                    }
                     let s = bound(parse(local)?, libc::SOCK_STREAM, opts.reuseport)?;
                     nix::sys::socket::listen(&s, nix::sys::socket::Backlog::new(128)?)?;
                     setopt(
@@ -174,6 +194,9 @@ pub fn make_sockets(
                         libc::SO_REUSEADDR,
                         opts.reuseaddr as i32,
                     );
+                    if !opts.reuseport {
+                        shared_listeners.insert(local.clone(), s.try_clone()?);
+                    }
                     out.insert(id, s);
                 }
                 FdKind::Udp { local, peer, opts } => {
