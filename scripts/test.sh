@@ -16,6 +16,11 @@ command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 # The sqlite tests check databases with the sqlite3 CLI (python3's sqlite3 module writes them).
 [ -x /usr/bin/sqlite3 ] || missing+=(sqlite3)
+# Real servers restored by tests/tests/servers.rs.
+[ -x /usr/bin/redis-server ] || missing+=(redis-server)
+[ -x /usr/bin/redis-benchmark ] || missing+=(redis-tools)
+[ -x /usr/bin/memcached ] || missing+=(memcached)
+[ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test.sh: installing: ${missing[*]}" >&2

@@ -213,3 +213,241 @@ fn memcached_four_threads_keys_served_after_restore() -> Result<()> {
     app.kill9()?;
     Ok(())
 }
+
+/// The clients' progress in a restored job's output, where both programs print.
+fn client_bytes(app: &App) -> Result<u64> {
+    let l = app.expect_line(
+        "a client tick `tick N bytes B`",
+        |l| l.contains(" bytes "),
+        LINE_TIMEOUT,
+    )?;
+    field_u64(&l, "bytes").with_context(|| format!("bad client line {l:?}"))
+}
+
+/// Waits until the clients have checked more than `after` bytes.
+fn clients_progress(app: &App, after: u64) -> Result<u64> {
+    let t0 = std::time::Instant::now();
+    loop {
+        let b = client_bytes(app)?;
+        if b > after {
+            return Ok(b);
+        }
+        ensure!(
+            t0.elapsed() < LINE_TIMEOUT,
+            "the clients made no progress past {after} bytes\n{}",
+            app.context()
+        );
+    }
+}
+
+/// Kills a program by pid (not our child: a restored one) and waits until it is gone.
+fn kill_pid(pid: i32) -> Result<()> {
+    send_signal(pid, libc::SIGKILL)?;
+    wait_proc_gone(pid, GONE_TIMEOUT)
+}
+
+#[test]
+fn asyncio_echo_server_and_20_clients_streams_exact() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let port = free_low_port()?;
+    let p = port.to_string();
+    let mut server = d.run_example("asyncio_echo.py", &[&p])?;
+    server.expect_tick(LINE_TIMEOUT)?;
+    let mut clients = d.run_example("echo_clients.py", &[&p, "20"])?;
+    let (server_pid, clients_pid) = (server.pid, clients.pid);
+    let mut b = clients_progress(&clients, 0)?;
+    server.expect_line("20 clients connected", |l| l.contains(" clients 20 "), LINE_TIMEOUT)?;
+    // Both programs print to the restoring ckptctl's stdout: after a restore, one handle reads
+    // both (and stands for the server).
+    let mut restored: Option<App> = None;
+    for round in 1..=2 {
+        let out = restored.as_ref().unwrap_or(&clients);
+        b = clients_progress(out, b)?;
+        let id = d
+            .checkpoint()
+            .with_context(|| format!("checkpoint {round}\n{}", d.context()))?;
+        kill_pid(clients_pid)?;
+        kill_pid(server_pid)?;
+        clients.disarm();
+        server.disarm();
+        if let Some(mut r) = restored.take() {
+            r.disarm();
+        }
+        let both = d
+            .restore_ok(&id, server_pid)
+            .with_context(|| format!("restore {round}"))?;
+        let after = clients_progress(&both, 0)?;
+        note!("round {round}: clients at {b} bytes before the checkpoint, {after} after restore");
+        b = clients_progress(&both, after + 100_000)
+            .with_context(|| format!("round {round}: streams after restore\n{}", d.context()))?;
+        ensure!(
+            !both.history().iter().any(|l| l.starts_with("INVARIANT")),
+            "round {round}: a client saw a wrong byte\n{}",
+            both.context()
+        );
+        both.expect_line("the server's 20 clients", |l| l.contains(" clients 20 "), LINE_TIMEOUT)?;
+        restored = Some(both);
+    }
+    kill_pid(clients_pid)?;
+    if let Some(mut r) = restored {
+        r.kill9()?;
+    }
+    Ok(())
+}
+
+/// `GET path` over HTTP/1.0: the status line's code and the body.
+fn http_get(port: u16, path: &str) -> Result<(u32, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(SERVER_TIMEOUT))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())?;
+    let mut all = String::new();
+    s.read_to_string(&mut all)?;
+    let code = all
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad HTTP answer {all:?}"))?;
+    let body = all
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+fn nginx_conf(dir: &std::path::Path, port: u16, round: u32) -> String {
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid {d}/nginx.pid;\n\
+         error_log {d}/error.log info;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/tmp/body;\n  proxy_temp_path {d}/tmp/proxy;\n\
+         fastcgi_temp_path {d}/tmp/fastcgi;\n  uwsgi_temp_path {d}/tmp/uwsgi;\n  scgi_temp_path {d}/tmp/scgi;\n\
+         server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n    location = /round {{ return 200 \"config {round}\"; }}\n  }}\n}}\n"
+    )
+}
+
+/// The pids of `pid`'s children.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// The registered processes other than `pid` (an nginx master's workers, restored or not).
+fn others(d: &Daemon, pid: i32) -> Result<Vec<i32>> {
+    let mut v: Vec<i32> = d.status_pids()?.into_iter().filter(|p| *p != pid).collect();
+    v.sort_unstable();
+    Ok(v)
+}
+
+#[test]
+fn nginx_master_and_workers_serve_and_reload_after_restore() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let port = free_low_port()?;
+    let dir = d.dir().join("nginx");
+    std::fs::create_dir_all(dir.join("www"))?;
+    std::fs::create_dir_all(dir.join("tmp"))?;
+    let page = "hello from nginx\n".repeat(100);
+    std::fs::write(dir.join("www/index.html"), &page)?;
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(&dir, port, 0))?;
+    let prefix = dir.to_string_lossy().to_string();
+    let conf_s = conf.to_string_lossy().to_string();
+    let mut master = d.run(
+        std::path::Path::new("/usr/sbin/nginx"),
+        &["-p", &prefix, "-c", &conf_s, "-e", &format!("{prefix}/error.log")],
+    )?;
+    let pid = master.pid;
+    wait_listening(port, SERVER_TIMEOUT).map_err(|e| e.context(master.context()))?;
+    let t0 = std::time::Instant::now();
+    while others(&d, pid)?.len() < 2 {
+        ensure!(
+            t0.elapsed() < SERVER_TIMEOUT,
+            "nginx's 2 workers did not register\n{}",
+            d.context()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ensure!(
+        http_get(port, "/index.html")? == (200, page.clone()),
+        "nginx does not serve the page"
+    );
+    for round in 1..=2u32 {
+        let workers = others(&d, pid)?;
+        let id = d
+            .checkpoint()
+            .with_context(|| format!("checkpoint {round}\n{}", d.context()))?;
+        for w in &workers {
+            kill_pid(*w)?;
+        }
+        master.kill9()?;
+        master.disarm();
+        master = d.restore_ok(&id, pid).with_context(|| format!("restore {round}"))?;
+        wait_listening(port, SERVER_TIMEOUT).with_context(|| format!("after restore {round}\n{}", d.context()))?;
+        for _ in 0..20 {
+            let got = http_get(port, "/index.html")?;
+            ensure!(
+                got == (200, page.clone()),
+                "round {round}: after restore nginx answered {}",
+                got.0
+            );
+        }
+        // A reload after restore: the master reads the new configuration and starts new
+        // workers of its own, which serve it.
+        std::fs::write(&conf, nginx_conf(&dir, port, round))?;
+        let out = Command::new("/usr/sbin/nginx")
+            .args([
+                "-p",
+                &prefix,
+                "-c",
+                &conf_s,
+                "-e",
+                &format!("{prefix}/error.log"),
+                "-s",
+                "reload",
+            ])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "round {round}: nginx -s reload: {}",
+            describe(&out)
+        );
+        let want = (200, format!("config {round}"));
+        let t0 = std::time::Instant::now();
+        loop {
+            let got = http_get(port, "/round")?;
+            if got == want && children_of(pid).len() >= 2 {
+                break;
+            }
+            ensure!(
+                t0.elapsed() < SERVER_TIMEOUT,
+                "round {round}: after reload /round gave {got:?}, want {want:?}; children {:?}\n{}",
+                children_of(pid),
+                d.context()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The old workers leave; the new ones are the master's own children, registered.
+        let t0 = std::time::Instant::now();
+        while others(&d, pid)? != children_of(pid) {
+            ensure!(
+                t0.elapsed() < SERVER_TIMEOUT,
+                "round {round}: registered {:?}, the master's children {:?}",
+                others(&d, pid)?,
+                children_of(pid)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        note!("round {round}: restored, reloaded, workers {:?}", children_of(pid));
+    }
+    for w in others(&d, pid)? {
+        kill_pid(w)?;
+    }
+    master.kill9()?;
+    Ok(())
+}
