@@ -21,6 +21,8 @@ pub struct ProcessImage {
     pub shared_pending: u64,
     /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`: interval and value, in microseconds.
     pub itimers: [Itimer; 3],
+    /// POSIX timers (`timer_create`), re-created with the same ids.
+    pub posix_timers: Vec<ckpt_kinds::posix_timer::Record>,
     pub threads: Vec<ThreadImage>,
     pub mappings: Vec<Mapping>,
     /// vdso/vvar of the checkpointed process: the restorer moves the new kernel's ones there.

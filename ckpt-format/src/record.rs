@@ -7,9 +7,10 @@ use std::path::Path;
 
 /// Version of the format written by this build. Readers accept versions from
 /// [`OLDEST_READABLE`] up to this one.
-pub const FORMAT_VERSION: u32 = 2;
-/// Version 2 gave files a policy (`FdKind::File`, the manifest's file list, `files.img`).
-pub const OLDEST_READABLE: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
+/// Version 2 gave files a policy (`FdKind::File`, the manifest's file list, `files.img`);
+/// version 3 added kernel objects (`FdKind::Object`), POSIX timers and IP socket options.
+pub const OLDEST_READABLE: u32 = 3;
 
 const MAGIC: [u8; 8] = *b"CKPTREC\0";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 4;

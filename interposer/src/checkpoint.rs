@@ -208,6 +208,7 @@ fn control_park(session: u32) {
         // SAFETY: every pointer argument points to live memory of the size the call expects.
         unsafe { raw6(libc::SYS_getitimer, [i as u64, it as *mut _ as u64, 0, 0, 0, 0]) };
     }
+    crate::timers::record(p);
     let mut buf = [0u8; 64];
     let sent = ckpt_proto::encode_small(&AppMsg::Parked { nthreads: p.nthreads }, &mut buf)
         .is_some_and(|n| sys::write_all(fd, &buf[..n]));

@@ -20,6 +20,7 @@ mod restart;
 mod signals;
 mod sys;
 mod syscall;
+mod timers;
 
 /// Runs before the program's `main`: registers and starts the control thread.
 extern "C" fn ckpt_init() {

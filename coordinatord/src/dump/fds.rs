@@ -117,7 +117,7 @@ fn kind_of(
                 })
             }
             Some(Err(ckpt_kinds::KindError::Unsupported(what))) => return Err(unsupported(what)),
-            Some(Err(e)) => return Err(Refusal::Failed(DumpError::Kind { pid, fd, source: e })),
+            Some(Err(e)) => return Err(Refusal::Failed(DumpError::Kind { pid, fd, err: e })),
             None => {}
         }
     }

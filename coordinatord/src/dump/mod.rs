@@ -24,12 +24,16 @@ pub enum DumpError {
     UnsupportedFd { pid: i32, fd: i32, kind: String },
     #[error("process {pid}: {}", list_fds(.fds))]
     UnsupportedFds { pid: i32, fds: Vec<(i32, String)> },
-    #[error("process {pid}: fd {fd}: {source}")]
+    /// The kind's error is in the message, not the chain: it would be printed twice.
+    #[error("process {pid}: {err}")]
+    Timers { pid: i32, err: ckpt_kinds::KindError },
+    #[error("process {pid}: its POSIX timers changed while it was parked; try again")]
+    TimersChanged { pid: i32 },
+    #[error("process {pid}: fd {fd}: {err}")]
     Kind {
         pid: i32,
         fd: i32,
-        #[source]
-        source: ckpt_kinds::KindError,
+        err: ckpt_kinds::KindError,
     },
     #[error("process {pid}: mapping {start:#x}-{end:#x} ({name}) cannot be checkpointed: {why}")]
     UnsupportedMapping {
@@ -82,7 +86,7 @@ pub fn try_again(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<DumpError>(),
-            Some(DumpError::WindowLost { .. } | DumpError::ThreadMismatch { .. })
+            Some(DumpError::WindowLost { .. } | DumpError::ThreadMismatch { .. } | DumpError::TimersChanged { .. })
         ) || c.downcast_ref::<ExitedWhileRead>().is_some()
     })
 }

@@ -119,6 +119,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         interval_us: us(t.interval_sec, t.interval_usec),
         value_us: us(t.value_sec, t.value_usec),
     });
+    let posix_timers = posix_timers(pid, slots)?;
     Ok(ProcessImage {
         pid,
         exe: fixed.exe,
@@ -150,6 +151,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         sigactions,
         shared_pending: st.shd_pnd,
         itimers,
+        posix_timers,
         threads,
         mappings: Vec::new(),
         special: Vec::new(),
@@ -161,4 +163,41 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         parent: None,
         uffd_fd: slots.uffd_fd,
     })
+}
+
+/// The process's POSIX timers: how each notifies from /proc/PID/timers, its times from the
+/// interposer's slots (same ids, or the list changed under us: impossible while parked).
+fn posix_timers(pid: i32, slots: &ProcSlot) -> Result<Vec<ckpt_kinds::posix_timer::Record>, DumpError> {
+    use ckpt_proto::slots::TIMERS_OVERFLOW;
+    let kind = |source| DumpError::Timers { pid, err: source };
+    if slots.ntimers == TIMERS_OVERFLOW {
+        return Err(kind(ckpt_kinds::KindError::Refused(format!(
+            "more than {} POSIX timers (timer_create), or their list was unreadable",
+            ckpt_proto::slots::MAX_TIMERS
+        ))));
+    }
+    let listed = ckpt_kinds::posix_timer::list(pid).map_err(kind)?;
+    let times = &slots.timers[..(slots.ntimers as usize).min(slots.timers.len())];
+    if listed.len() != times.len() {
+        return Err(DumpError::TimersChanged { pid });
+    }
+    listed
+        .into_iter()
+        .map(|l| {
+            let t = times
+                .iter()
+                .find(|t| t.id == l.id)
+                .ok_or(DumpError::TimersChanged { pid })?;
+            Ok(ckpt_kinds::posix_timer::Record {
+                id: l.id,
+                clock: l.clock,
+                notify: l.notify,
+                signo: l.signo,
+                sigval: l.sigval,
+                value_ns: t.value_ns,
+                interval_ns: t.interval_ns,
+                overrun: t.overrun,
+            })
+        })
+        .collect()
 }

@@ -401,6 +401,8 @@ fn syscall_name(nr: u64) -> String {
         libc::SYS_arch_prctl => "arch_prctl",
         libc::SYS_rt_sigreturn => "rt_sigreturn",
         libc::SYS_setitimer => "setitimer",
+        libc::SYS_timer_create => "timer_create",
+        libc::SYS_timer_settime => "timer_settime",
         _ => return format!("syscall {nr}"),
     };
     name.to_string()

@@ -8,6 +8,7 @@
 //! file description shared by several fds or processes is one again after restore.
 
 pub mod eventfd;
+pub mod posix_timer;
 pub mod source;
 
 pub use source::Source;

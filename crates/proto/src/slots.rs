@@ -7,7 +7,12 @@
 pub const MAX_THREADS: usize = 1024;
 /// Threads whose park signal ckptd may unblock in one park (see [`ProcSlot::reblock`]).
 pub const MAX_REBLOCK: usize = 64;
-pub const SLOT_MAGIC: u64 = 0x544f_4c53_5450_4b43; // "CKPTSLOT"
+/// POSIX timers a process may have for a checkpoint to be taken.
+pub const MAX_TIMERS: usize = 64;
+/// `ntimers` when the process has more POSIX timers than fit, or their list was unreadable.
+pub const TIMERS_OVERFLOW: u32 = u32::MAX;
+/// Changed with the layout: a process restored from an older layout is refused, not misread.
+pub const SLOT_MAGIC: u64 = 0x3254_4c53_5450_4b43; // "CKPTSLT2"
 
 /// One parked thread.
 #[repr(C)]
@@ -46,6 +51,17 @@ pub struct Itimerval {
     pub value_usec: i64,
 }
 
+/// One POSIX timer (`timer_create`) as `timer_gettime` and `timer_getoverrun` give it at the
+/// park; how it notifies comes from /proc/PID/timers.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TimerSlot {
+    pub id: i32,
+    pub overrun: i32,
+    pub value_ns: u64,
+    pub interval_ns: u64,
+}
+
 /// The process-wide part, followed in memory by the thread slots.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +85,8 @@ pub struct ProcSlot {
     pub brk: u64,
     pub sigactions: [KSigAction; 64],
     pub itimers: [Itimerval; 3],
+    pub ntimers: u32,
+    pub timers: [TimerSlot; MAX_TIMERS],
     pub threads: [ThreadSlot; MAX_THREADS],
 }
 
@@ -112,6 +130,13 @@ impl ProcSlot {
             brk: 0,
             sigactions: [S; 64],
             itimers: [I; 3],
+            ntimers: 0,
+            timers: [TimerSlot {
+                id: 0,
+                overrun: 0,
+                value_ns: 0,
+                interval_ns: 0,
+            }; MAX_TIMERS],
             threads: [T; MAX_THREADS],
         }
     }

@@ -49,9 +49,20 @@ pub fn page_up(n: u64) -> u64 {
 /// Generous bounds on what the plan will need, to size the region before building it.
 pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let runs: usize = img.mappings.iter().map(|m| m.pages.len()).sum();
-    let ops = 512 + current.len() * 2 + img.mappings.len() * 4 + runs + img.threads.len() * 96 + img.rlimits.len();
+    let ops = 512
+        + current.len() * 2
+        + img.mappings.len() * 4
+        + runs
+        + img.threads.len() * 96
+        + img.rlimits.len()
+        + img.posix_timers.len() * 2;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
-    let data = 64 * 1024 + img.auxv.len() + names + img.threads.len() * 256 + img.creds.groups.len() * 4;
+    let data = 64 * 1024
+        + img.auxv.len()
+        + names
+        + img.threads.len() * 256
+        + img.creds.groups.len() * 4
+        + img.posix_timers.len() * 128;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -357,6 +368,7 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
             args: [addr, 88, 0, 0, 0, 0],
         });
     }
+    posix_timers(&mut p, img);
     thread_tail(&mut p, img, main);
     for sig in 1..=64u64 {
         if img.shared_pending & (1 << (sig - 1)) != 0 {
@@ -385,6 +397,39 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         bail!("internal: restore plan larger than its bound");
     }
     Ok(p)
+}
+
+/// POSIX timers, made again with their ids once every thread exists (a timer may signal one),
+/// armed with the time they had left. Their signals wait in the pending set until each thread's
+/// own mask is back.
+fn posix_timers(p: &mut Plan, img: &ProcessImage) {
+    use ckpt_kinds::posix_timer::{sigevent, PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, RESTORE_IDS_ON};
+    if img.posix_timers.is_empty() {
+        return;
+    }
+    p.sys(
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0],
+        0,
+    );
+    for t in &img.posix_timers {
+        let sev = p.put(&sigevent(t));
+        // timer_create reads the wanted id from where it writes the id it gives.
+        let id = p.put(&(t.id as i64).to_le_bytes());
+        p.sys(libc::SYS_timer_create, &[t.clock as u64, sev, id], 0);
+        if t.value_ns != 0 {
+            let ns = |v: u64| [v / 1_000_000_000, v % 1_000_000_000];
+            let [isec, insec] = ns(t.interval_ns);
+            let [vsec, vnsec] = ns(t.value_ns);
+            let its = p.put_u64s(&[isec, insec, vsec, vnsec]);
+            p.sys(libc::SYS_timer_settime, &[t.id as u64, 0, its, 0], 0);
+        }
+    }
+    p.sys(
+        libc::SYS_prctl,
+        &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0],
+        0,
+    );
 }
 
 /// What each thread sets for itself before its sigreturn.
