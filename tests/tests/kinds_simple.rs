@@ -44,3 +44,9 @@ fn eventfd_counters_modes_and_sharing() -> Result<()> {
     require_root!();
     survives_two_restores("eventfd_state", &[])
 }
+
+#[test]
+fn timerfd_clocks_modes_and_unread_expirations() -> Result<()> {
+    require_root!();
+    survives_two_restores("timerfd_state", &[])
+}

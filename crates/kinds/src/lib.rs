@@ -9,6 +9,7 @@
 
 pub mod eventfd;
 pub mod source;
+pub mod timerfd;
 
 pub use source::Source;
 
@@ -52,6 +53,7 @@ impl KindError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Object {
     EventFd(eventfd::Record),
+    TimerFd(timerfd::Record),
 }
 
 impl Object {
@@ -59,6 +61,7 @@ impl Object {
     pub fn describe(&self) -> String {
         match self {
             Object::EventFd(r) => eventfd::describe(r),
+            Object::TimerFd(r) => timerfd::describe(r),
         }
     }
 }
@@ -69,6 +72,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
     let anon = src.anon_name();
     Some(match anon {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
+        Some("timerfd") => timerfd::capture(src).map(Object::TimerFd),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None => return None,
     })
@@ -97,6 +101,7 @@ impl Restore {
         let _ = ident;
         match obj {
             Object::EventFd(r) => eventfd::recreate(r),
+            Object::TimerFd(r) => timerfd::recreate(r),
         }
     }
 
@@ -113,5 +118,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
     let _ = (fd, owner);
     match obj {
         Object::EventFd(_) => Ok(()),
+        Object::TimerFd(_) => Ok(()),
     }
 }
