@@ -50,3 +50,9 @@ fn timerfd_clocks_modes_and_unread_expirations() -> Result<()> {
     require_root!();
     survives_two_restores("timerfd_state", &[])
 }
+
+#[test]
+fn signalfd_reads_the_signals_pending_at_checkpoint() -> Result<()> {
+    require_root!();
+    survives_two_restores("signalfd_state", &[])
+}

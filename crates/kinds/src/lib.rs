@@ -8,6 +8,7 @@
 //! file description shared by several fds or processes is one again after restore.
 
 pub mod eventfd;
+pub mod signalfd;
 pub mod source;
 pub mod timerfd;
 
@@ -54,6 +55,7 @@ impl KindError {
 pub enum Object {
     EventFd(eventfd::Record),
     TimerFd(timerfd::Record),
+    SignalFd(signalfd::Record),
 }
 
 impl Object {
@@ -62,6 +64,7 @@ impl Object {
         match self {
             Object::EventFd(r) => eventfd::describe(r),
             Object::TimerFd(r) => timerfd::describe(r),
+            Object::SignalFd(r) => signalfd::describe(r),
         }
     }
 }
@@ -73,6 +76,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
     Some(match anon {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
         Some("timerfd") => timerfd::capture(src).map(Object::TimerFd),
+        Some("signalfd") => signalfd::capture(src).map(Object::SignalFd),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None => return None,
     })
@@ -102,6 +106,7 @@ impl Restore {
         match obj {
             Object::EventFd(r) => eventfd::recreate(r),
             Object::TimerFd(r) => timerfd::recreate(r),
+            Object::SignalFd(r) => signalfd::recreate(r),
         }
     }
 
@@ -119,5 +124,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
     match obj {
         Object::EventFd(_) => Ok(()),
         Object::TimerFd(_) => Ok(()),
+        Object::SignalFd(_) => Ok(()),
     }
 }
