@@ -56,3 +56,42 @@ fn signalfd_reads_the_signals_pending_at_checkpoint() -> Result<()> {
     require_root!();
     survives_two_restores("signalfd_state", &[])
 }
+
+#[test]
+fn inotify_watches_keep_paths_masks_and_numbers() -> Result<()> {
+    require_root!();
+    let dir = tempfile::Builder::new().prefix("ckpt-inotify-").tempdir()?;
+    survives_two_restores("inotify_state", &[path_arg(dir.path())?])
+}
+
+/// A watched path that is gone at restore: the restore is refused, naming it, and the program
+/// is not started.
+#[test]
+fn inotify_restore_refused_when_a_watched_path_is_gone() -> Result<()> {
+    require_root!();
+    let dir = tempfile::Builder::new().prefix("ckpt-inotify-").tempdir()?;
+    let d = Daemon::start()?;
+    let mut app = d.run_example("inotify_state", &[path_arg(dir.path())?])?;
+    let pid = app.pid;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let cp = d.checkpoint_app(&app)?;
+    app.kill9()?;
+    app.disarm();
+    let gone = dir.path().join("b");
+    std::fs::remove_dir(&gone)?;
+    let out = d.ckptctl(&["restore", &cp.id]);
+    let msg = expect_failure_one_line(&out, "restore with a watched directory removed").context(d.context())?;
+    note!("ckptctl said: {msg}");
+    ensure!(
+        msg.contains(&*gone.to_string_lossy()) && msg.contains("no longer exists"),
+        "the refusal does not name {}: {msg}",
+        gone.display()
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    ensure!(!proc_exists(pid), "pid {pid} runs after the refused restore");
+    Ok(())
+}
+
+fn path_arg(p: &std::path::Path) -> Result<&str> {
+    p.to_str().context("a temporary directory with a non-UTF-8 path")
+}

@@ -8,6 +8,7 @@
 //! file description shared by several fds or processes is one again after restore.
 
 pub mod eventfd;
+pub mod inotify;
 pub mod signalfd;
 pub mod source;
 pub mod timerfd;
@@ -56,6 +57,7 @@ pub enum Object {
     EventFd(eventfd::Record),
     TimerFd(timerfd::Record),
     SignalFd(signalfd::Record),
+    Inotify(inotify::Record),
 }
 
 impl Object {
@@ -65,6 +67,7 @@ impl Object {
             Object::EventFd(r) => eventfd::describe(r),
             Object::TimerFd(r) => timerfd::describe(r),
             Object::SignalFd(r) => signalfd::describe(r),
+            Object::Inotify(r) => inotify::describe(r),
         }
     }
 }
@@ -77,6 +80,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
         Some("timerfd") => timerfd::capture(src).map(Object::TimerFd),
         Some("signalfd") => signalfd::capture(src).map(Object::SignalFd),
+        Some("inotify") => inotify::capture(src).map(Object::Inotify),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None => return None,
     })
@@ -107,6 +111,7 @@ impl Restore {
             Object::EventFd(r) => eventfd::recreate(r),
             Object::TimerFd(r) => timerfd::recreate(r),
             Object::SignalFd(r) => signalfd::recreate(r),
+            Object::Inotify(r) => inotify::recreate(r),
         }
     }
 
@@ -125,5 +130,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::EventFd(_) => Ok(()),
         Object::TimerFd(_) => Ok(()),
         Object::SignalFd(_) => Ok(()),
+        Object::Inotify(_) => Ok(()),
     }
 }
