@@ -1,5 +1,5 @@
 /*
- * inotify_state DIR: makes DIR/a, DIR/b (directories), DIR/f (a file) and DIR/link (a symbolic
+ * inotify_state DIR [EXTRA]: makes DIR/a, DIR/b (directories), DIR/f (a file) and DIR/link (a symbolic
  * link to a), watches them with two inotify instances and checks, when asked, that every watch
  * is there under its number and delivers its events:
  *   ino (blocking)   a     IN_CREATE|IN_DELETE|IN_EXCL_UNLINK
@@ -8,6 +8,8 @@
  *                    b     IN_MOVED_TO|IN_ONESHOT (added again after each check: a new number)
  *   ino2 (O_NONBLOCK, FD_CLOEXEC)
  *                    DIR   IN_CREATE|IN_DELETE (number 2: 1 was added and removed)
+ * EXTRA, if given, is watched too (by ino2, IN_ATTRIB) and not checked: a file ckpt cannot find
+ * by path (in /proc) makes the checkpoint refuse.
  * After setting up it modifies f and leaves the events unread (a restore drops them: the check
  * reads away whatever is queued first).
  *
@@ -185,8 +187,8 @@ static void check(void)
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
-    if (argc != 2) {
-        fprintf(stderr, "usage: inotify_state DIR\n");
+    if (argc != 2 && argc != 3) {
+        fprintf(stderr, "usage: inotify_state DIR [EXTRA]\n");
         return 2;
     }
     dir = argv[1];
@@ -209,6 +211,7 @@ int main(int argc, char **argv)
     wd_link = add(ino, at("link"), LINK_MASK);
     inotify_rm_watch(ino2, add(ino2, at("a"), IN_ALL_EVENTS));
     wd_d = add(ino2, dir, D_MASK);
+    if (argc == 3) add(ino2, argv[2], IN_ATTRIB);
     drain(ino);
     drain(ino2);
     if (bad) return 2;

@@ -92,6 +92,28 @@ fn inotify_restore_refused_when_a_watched_path_is_gone() -> Result<()> {
     Ok(())
 }
 
+/// A watch on a file ckptd cannot find by path (procfs gives no usable file handle): the
+/// checkpoint is refused, naming the watch, and the program runs on.
+#[test]
+fn inotify_checkpoint_refused_for_a_watch_with_no_path() -> Result<()> {
+    require_root!();
+    let dir = tempfile::Builder::new().prefix("ckpt-inotify-").tempdir()?;
+    let d = Daemon::start()?;
+    let app = d.run_example("inotify_state", &[path_arg(dir.path())?, "/proc/sys/kernel/hostname"])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let out = d.ckptctl(&["checkpoint"]);
+    let msg = expect_failure_one_line(&out, "checkpoint with a watch on a procfs file").context(d.context())?;
+    note!("ckptctl said: {msg}");
+    ensure!(
+        msg.contains("inotify watch") && msg.contains("has no path"),
+        "the refusal does not name the watch: {msg}"
+    );
+    app.expect_tick(LINE_TIMEOUT)
+        .context("the program after the refused checkpoint")?;
+    ask_state(&app)?;
+    Ok(())
+}
+
 fn path_arg(p: &std::path::Path) -> Result<&str> {
     p.to_str().context("a temporary directory with a non-UTF-8 path")
 }

@@ -60,14 +60,12 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
         };
         if wd > MAX_WD {
             return Err(KindError::Refused(format!(
-                "inotify fd {}: watch number {wd} is too high to be given again (at most {MAX_WD})",
-                src.fd
+                "inotify watch number {wd} is too high to be given again at restore (at most {MAX_WD})"
             )));
         }
         let (path, link) = path_of(sdev, kind, &bytes).map_err(|why| {
             KindError::Refused(format!(
-                "inotify fd {}: the file of watch {wd} (inode {ino}) has no path ({why}); remove the watch or the fd",
-                src.fd
+                "the file of inotify watch {wd} (inode {ino}) has no path ({why}); remove the watch or close the fd"
             ))
         })?;
         watches.push(Watch { wd, path, mask, link });
