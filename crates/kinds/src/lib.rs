@@ -8,8 +8,11 @@
 //! file description shared by several fds or processes is one again after restore.
 
 pub mod eventfd;
+pub mod inotify;
 pub mod posix_timer;
+pub mod signalfd;
 pub mod source;
+pub mod timerfd;
 
 pub use source::Source;
 
@@ -53,6 +56,9 @@ impl KindError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Object {
     EventFd(eventfd::Record),
+    TimerFd(timerfd::Record),
+    SignalFd(signalfd::Record),
+    Inotify(inotify::Record),
 }
 
 impl Object {
@@ -60,6 +66,9 @@ impl Object {
     pub fn describe(&self) -> String {
         match self {
             Object::EventFd(r) => eventfd::describe(r),
+            Object::TimerFd(r) => timerfd::describe(r),
+            Object::SignalFd(r) => signalfd::describe(r),
+            Object::Inotify(r) => inotify::describe(r),
         }
     }
 }
@@ -70,6 +79,9 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
     let anon = src.anon_name();
     Some(match anon {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
+        Some("timerfd") => timerfd::capture(src).map(Object::TimerFd),
+        Some("signalfd") => signalfd::capture(src).map(Object::SignalFd),
+        Some("inotify") => inotify::capture(src).map(Object::Inotify),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None => return None,
     })
@@ -98,6 +110,9 @@ impl Restore {
         let _ = ident;
         match obj {
             Object::EventFd(r) => eventfd::recreate(r),
+            Object::TimerFd(r) => timerfd::recreate(r),
+            Object::SignalFd(r) => signalfd::recreate(r),
+            Object::Inotify(r) => inotify::recreate(r),
         }
     }
 
@@ -114,5 +129,8 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
     let _ = (fd, owner);
     match obj {
         Object::EventFd(_) => Ok(()),
+        Object::TimerFd(_) => Ok(()),
+        Object::SignalFd(_) => Ok(()),
+        Object::Inotify(_) => Ok(()),
     }
 }
