@@ -7,7 +7,11 @@
 //! Objects are re-created by ckptd and handed to every restorer holding them, so that one open
 //! file description shared by several fds or processes is one again after restore.
 
+pub mod deleted;
 pub mod eventfd;
+pub mod fifo;
+pub mod mqueue;
+mod reopen;
 pub mod source;
 
 pub use source::Source;
@@ -52,6 +56,9 @@ impl KindError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Object {
     EventFd(eventfd::Record),
+    Deleted(deleted::Record),
+    Fifo(fifo::Record),
+    MQueue(mqueue::Record),
 }
 
 impl Object {
@@ -59,6 +66,9 @@ impl Object {
     pub fn describe(&self) -> String {
         match self {
             Object::EventFd(r) => eventfd::describe(r),
+            Object::Deleted(r) => deleted::describe(r),
+            Object::Fifo(r) => fifo::describe(r),
+            Object::MQueue(r) => mqueue::describe(r),
         }
     }
 }
@@ -70,6 +80,9 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
     Some(match anon {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
+        None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
+        None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
+        None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
         None => return None,
     })
 }
@@ -89,7 +102,11 @@ fn unsupported_anon(name: &str) -> String {
 /// checkpoint gave it) is made once; kinds that come in groups (the two ends of a socketpair)
 /// keep what they need here between calls.
 #[derive(Default)]
-pub struct Restore {}
+pub struct Restore {
+    deleted: deleted::Made,
+    fifo: fifo::Made,
+    mqueue: mqueue::Made,
+}
 
 impl Restore {
     /// Makes the object; the caller duplicates the fd for every holder.
@@ -97,6 +114,9 @@ impl Restore {
         let _ = ident;
         match obj {
             Object::EventFd(r) => eventfd::recreate(r),
+            Object::Deleted(r) => deleted::recreate(r, &mut self.deleted),
+            Object::Fifo(r) => fifo::recreate(r, &mut self.fifo),
+            Object::MQueue(r) => mqueue::recreate(r, &mut self.mqueue),
         }
     }
 
@@ -113,5 +133,8 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
     let _ = (fd, owner);
     match obj {
         Object::EventFd(_) => Ok(()),
+        Object::Deleted(_) => Ok(()),
+        Object::Fifo(_) => Ok(()),
+        Object::MQueue(r) => mqueue::after_placed(fd, r),
     }
 }
