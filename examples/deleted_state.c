@@ -72,6 +72,21 @@ static void expect_deleted(int fd, const char *what)
     if (fstat(fd, &st) != 0 || st.st_nlink != 0) invariant(what, (long long)st.st_nlink, 0);
 }
 
+/* The fd's link names the file's directory (and its old name when it had one). */
+static void expect_link(int fd, const char *prefix, const char *suffix, const char *what)
+{
+    char p[64], link[4096] = {0};
+    snprintf(p, sizeof p, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(p, link, sizeof link - 1);
+    size_t lp = strlen(prefix), ls = strlen(suffix);
+    if (n < (ssize_t)(lp + ls) || strncmp(link, prefix, lp) != 0 || strcmp(link + n - ls, suffix) != 0) {
+        printf("INVARIANT %s: link \"%s\", want \"%s...%s\"\n", what, link, prefix, suffix);
+        bad = 1;
+    }
+}
+
+static const char *dir;
+
 static void check(void)
 {
     struct stat st;
@@ -95,6 +110,9 @@ static void check(void)
     if (pwrite(scratch, "\0\0", 2, 20) != 2) invariant("scratch pwrite back", errno, 0);
     expect_deleted(scratch, "scratch nlink");
     expect_deleted(scratch_ro, "scratch_ro nlink");
+    char want[4096];
+    snprintf(want, sizeof want, "%s/scratch", dir);
+    expect_link(scratch, want, " (deleted)", "scratch link");
 
     /* tmpfile(): content and offset at its end. */
     expect_at(tmpf_fd, 0, "a line in a tmpfile\n", "tmpfile content");
@@ -115,6 +133,8 @@ static void check(void)
     if (lseek(otmp, 100, SEEK_SET) != 100) invariant("otmp seek back", errno, 0);
     if (!(fcntl(otmp, F_GETFL) & O_APPEND)) invariant("otmp O_APPEND", 0, 1);
     expect_deleted(otmp, "otmp nlink");
+    snprintf(want, sizeof want, "%s/#", dir);
+    expect_link(otmp, want, " (deleted)", "O_TMPFILE link");
 
     /* mapped: the fd reads what the mapping wrote, and the mapping still holds it. */
     expect_at(mapped, 4096, "written through the mapping", "mapped file content (fd)");
@@ -147,7 +167,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "usage: deleted_state DIR\n");
         return 2;
     }
-    const char *dir = argv[1];
+    dir = argv[1];
     setvbuf(stdout, NULL, _IOLBF, 0);
 
     scratch = make(dir, "scratch", O_RDWR);

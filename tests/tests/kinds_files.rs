@@ -8,12 +8,19 @@ use ckpt_tests::*;
 
 /// Checks the running example is sound, then checkpoint / kill / restore twice (the second
 /// time from a checkpoint of the restored program), asking it to check its state each time.
-fn survives_two_restores(d: &Daemon, mut app: App) -> Result<()> {
+/// `ckptctl show` of the first checkpoint must name every kind in `shown`.
+fn survives_two_restores(d: &Daemon, mut app: App, shown: &[&str]) -> Result<()> {
     let pid = app.pid;
     app.expect_tick(LINE_TIMEOUT)?;
     ask_state(&app).context("before any checkpoint")?;
     for round in 1..=2 {
         let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
+        if round == 1 {
+            let show = d.ckptctl_ok(&["show", &cp.id])?;
+            for what in shown {
+                ensure!(show.contains(what), "`ckptctl show` should list {what:?}:\n{show}");
+            }
+        }
         app.kill9()?;
         // The old handle must not kill the restored process (same pid) when it is dropped.
         app.disarm();
@@ -58,14 +65,22 @@ fn unlink_queues(pid: i32) {
 fn deleted_files_come_back_unlinked_with_content_and_offsets() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    survives_two_restores(&d, d.run_example("deleted_state", &[&dir_arg(&d)?])?)
+    survives_two_restores(
+        &d,
+        d.run_example("deleted_state", &[&dir_arg(&d)?])?,
+        &["deleted file ", "/scratch (4194321 bytes", "O_TMPFILE file"],
+    )
 }
 
 #[test]
 fn named_fifos_keep_their_bytes_modes_and_buffer() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    survives_two_restores(&d, d.run_example("fifo_state", &[&dir_arg(&d)?])?)
+    survives_two_restores(
+        &d,
+        d.run_example("fifo_state", &[&dir_arg(&d)?])?,
+        &["/shared (read, 14 bytes waiting)", "/orphan (write, 11 bytes waiting)"],
+    )
 }
 
 /// A FIFO is reopened by its path: without it the restore is refused, saying so.
@@ -104,7 +119,15 @@ fn message_queues_keep_messages_limits_and_notification() -> Result<()> {
     let d = Daemon::start()?;
     let app = d.run_example("mqueue_state", &[])?;
     let pid = app.pid;
-    let r = survives_two_restores(&d, app);
+    let r = survives_two_restores(
+        &d,
+        app,
+        &[
+            &format!("message queue /ckpt-mq-{pid}-a (5 of 7 messages"),
+            "notifies",
+            "unlinked",
+        ],
+    );
     unlink_queues(pid);
     r
 }
