@@ -126,9 +126,6 @@ fn kind_of(
     } else if fd == uffd_fd {
         FdKind::Uffd
     } else if ft.is_file() {
-        if target.ends_with(" (deleted)") {
-            return Err(unsupported(format!("a deleted file ({target})")));
-        }
         // The policy of a file written to is decided over all its holders (crate::files).
         FdKind::File {
             path: target.to_string(),
@@ -178,8 +175,6 @@ fn kind_of(
             write,
             buffered,
         }
-    } else if ft.is_fifo() {
-        return Err(unsupported(format!("a named FIFO ({target})")));
     } else if ft.is_socket() {
         super::sockets::dump_socket(pid, fd, target)?
     } else {

@@ -7,9 +7,13 @@
 //! Objects are re-created by ckptd and handed to every restorer holding them, so that one open
 //! file description shared by several fds or processes is one again after restore.
 
+pub mod deleted;
 pub mod eventfd;
+pub mod fifo;
 pub mod inotify;
+pub mod mqueue;
 pub mod posix_timer;
+mod reopen;
 pub mod signalfd;
 pub mod source;
 pub mod timerfd;
@@ -59,6 +63,9 @@ pub enum Object {
     TimerFd(timerfd::Record),
     SignalFd(signalfd::Record),
     Inotify(inotify::Record),
+    Deleted(deleted::Record),
+    Fifo(fifo::Record),
+    MQueue(mqueue::Record),
 }
 
 impl Object {
@@ -69,6 +76,9 @@ impl Object {
             Object::TimerFd(r) => timerfd::describe(r),
             Object::SignalFd(r) => signalfd::describe(r),
             Object::Inotify(r) => inotify::describe(r),
+            Object::Deleted(r) => deleted::describe(r),
+            Object::Fifo(r) => fifo::describe(r),
+            Object::MQueue(r) => mqueue::describe(r),
         }
     }
 }
@@ -83,6 +93,9 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         Some("signalfd") => signalfd::capture(src).map(Object::SignalFd),
         Some("inotify") => inotify::capture(src).map(Object::Inotify),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
+        None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
+        None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
+        None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
         None => return None,
     })
 }
@@ -102,7 +115,11 @@ fn unsupported_anon(name: &str) -> String {
 /// checkpoint gave it) is made once; kinds that come in groups (the two ends of a socketpair)
 /// keep what they need here between calls.
 #[derive(Default)]
-pub struct Restore {}
+pub struct Restore {
+    deleted: deleted::Made,
+    fifo: fifo::Made,
+    mqueue: mqueue::Made,
+}
 
 impl Restore {
     /// Makes the object; the caller duplicates the fd for every holder.
@@ -113,6 +130,9 @@ impl Restore {
             Object::TimerFd(r) => timerfd::recreate(r),
             Object::SignalFd(r) => signalfd::recreate(r),
             Object::Inotify(r) => inotify::recreate(r),
+            Object::Deleted(r) => deleted::recreate(r, &mut self.deleted),
+            Object::Fifo(r) => fifo::recreate(r, &mut self.fifo),
+            Object::MQueue(r) => mqueue::recreate(r, &mut self.mqueue),
         }
     }
 
@@ -132,5 +152,8 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::TimerFd(_) => Ok(()),
         Object::SignalFd(_) => Ok(()),
         Object::Inotify(_) => Ok(()),
+        Object::Deleted(_) => Ok(()),
+        Object::Fifo(_) => Ok(()),
+        Object::MQueue(r) => mqueue::after_placed(fd, r),
     }
 }

@@ -1,0 +1,46 @@
+//! Opening a file again through its `/proc/…/fd/N` link: a new open file description of the
+//! same inode (even once unlinked), so that kinds can read a parked program's file without
+//! moving its offset or flags, and hand several descriptions of one re-created inode.
+
+use std::ffi::CString;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// A new description of the file behind fd `fd` of process `pid` (close-on-exec).
+pub fn of_process(pid: i32, fd: RawFd, flags: i32) -> std::io::Result<OwnedFd> {
+    open(&format!("/proc/{pid}/fd/{fd}"), flags)
+}
+
+/// A new description of the file behind our own fd `fd` (close-on-exec).
+pub fn of_own(fd: RawFd, flags: i32) -> std::io::Result<OwnedFd> {
+    open(&format!("/proc/self/fd/{fd}"), flags)
+}
+
+pub fn open(path: &str, flags: i32) -> std::io::Result<OwnedFd> {
+    let c = CString::new(path).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: open with a valid C string; returns a new fd or -1.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOCTTY, 0o600) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just opened and is ours.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fchown` + `fchmod`, so that a re-created file has the owner and permission bits it had
+/// (the umask of ckptd does not apply).
+pub fn set_owner_mode(fd: RawFd, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
+    // SAFETY: fchown/fchmod on an fd we hold.
+    if unsafe { libc::fchown(fd, uid, gid) } < 0 || unsafe { libc::fchmod(fd, mode & 0o7777) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The last OS error as an `io::Error`, when a libc call returned -1.
+pub fn check(ret: i64) -> std::io::Result<i64> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
