@@ -9,6 +9,7 @@
 
 pub mod eventfd;
 pub mod source;
+pub mod unix;
 
 pub use source::Source;
 
@@ -52,6 +53,7 @@ impl KindError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Object {
     EventFd(eventfd::Record),
+    Unix(unix::Record),
 }
 
 impl Object {
@@ -59,6 +61,7 @@ impl Object {
     pub fn describe(&self) -> String {
         match self {
             Object::EventFd(r) => eventfd::describe(r),
+            Object::Unix(r) => unix::describe(r),
         }
     }
 }
@@ -70,8 +73,14 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
     Some(match anon {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
+        None if src.link.starts_with("socket:") && is_unix(src) => unix::capture(src).map(Object::Unix),
         None => return None,
     })
+}
+
+fn is_unix(src: &Source) -> bool {
+    src.file()
+        .is_ok_and(|fd| unix::opts_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == libc::AF_UNIX)
 }
 
 /// How a refused anonymous-inode kind is named to the user.
@@ -89,7 +98,9 @@ fn unsupported_anon(name: &str) -> String {
 /// checkpoint gave it) is made once; kinds that come in groups (the two ends of a socketpair)
 /// keep what they need here between calls.
 #[derive(Default)]
-pub struct Restore {}
+pub struct Restore {
+    unix: unix::Restore,
+}
 
 impl Restore {
     /// Makes the object; the caller duplicates the fd for every holder.
@@ -97,11 +108,13 @@ impl Restore {
         let _ = ident;
         match obj {
             Object::EventFd(r) => eventfd::recreate(r),
+            Object::Unix(r) => self.unix.recreate(r),
         }
     }
 
     /// Called once every object was recreated (queued data that needs both ends, …).
     pub fn finish(&mut self) -> Result<(), KindError> {
+        self.unix.finish()?;
         Ok(())
     }
 }
@@ -113,5 +126,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
     let _ = (fd, owner);
     match obj {
         Object::EventFd(_) => Ok(()),
+        Object::Unix(_) => Ok(()),
     }
 }
