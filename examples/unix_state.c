@@ -6,6 +6,7 @@
  *                        (120 KiB on the stream), a listener bound to DIR/l.sock (backlog 7)
  *                        with an accepted connection and one waiting, a datagram socket with an
  *                        abstract name holding datagrams from an unnamed and a named sender,
+ *                        an unnamed datagram socket connected to a named one,
  *                        a half-closed stream pair, SO_PASSCRED with credentials queued,
  *                        buffer sizes and timeouts.
  *   unix_state fork      a stream, a datagram and a seqpacket pair split between this process
@@ -126,7 +127,7 @@ static int same_name(int fd, int peer, const char *name, int abstract, const cha
 }
 
 /* ---- all ---- */
-static int sp[2], dp[2], qp[2], hp[2], pc[2], lst, c1, s1, c2, ab, an2;
+static int sp[2], dp[2], qp[2], hp[2], pc[2], lst, c1, s1, c2, ab, an2, dcl;
 static char lpath[108], abname[64], an2name[64];
 static int rcvbuf, sndbuf;
 
@@ -188,6 +189,10 @@ static void all_set_up(void)
     for (int i = 0; i < 3; i++) sendto(tmp, "anon", 4, 0, (struct sockaddr *)&aa, al);
     close(tmp);
     for (int i = 0; i < 2; i++) sendto(an2, "named", 5, 0, (struct sockaddr *)&aa, al);
+    /* An unnamed datagram socket connected to a named one, with a datagram queued there. */
+    dcl = socket(AF_UNIX, SOCK_DGRAM, 0);
+    if (connect(dcl, (struct sockaddr *)&a2, a2l)) { perror("connect dgram"); exit(2); }
+    send(dcl, "hi", 2, 0);
 }
 
 static void all_check(void)
@@ -282,11 +287,17 @@ static void all_check(void)
         }
     }
     if (recv(ab, buf, sizeof buf, MSG_DONTWAIT) != -1) invariant("more datagrams at the abstract socket", 1, 0);
+    same_name(dcl, 1, an2name, 1, "connected datagram socket's peer");
+    r = recv(an2, buf, sizeof buf, MSG_DONTWAIT);
+    if (r != 2 || memcmp(buf, "hi", 2)) invariant("datagram from the connected socket", r, 2);
+    if (send(dcl, "again", 5, MSG_DONTWAIT) != 5) invariant("send on the connected datagram socket (errno)", errno, 0);
+    r = recv(an2, buf, sizeof buf, MSG_DONTWAIT);
+    if (r != 5) invariant("datagram sent after restore", r, 5);
 }
 
 static void all_tear_down(void)
 {
-    int *fds[] = {&sp[0], &sp[1], &dp[0], &dp[1], &qp[0], &qp[1], &hp[0], &hp[1], &pc[0], &pc[1], &lst, &c1, &s1, &c2, &ab, &an2};
+    int *fds[] = {&sp[0], &sp[1], &dp[0], &dp[1], &qp[0], &qp[1], &hp[0], &hp[1], &pc[0], &pc[1], &lst, &c1, &s1, &c2, &ab, &an2, &dcl};
     for (size_t i = 0; i < sizeof fds / sizeof *fds; i++) close(*fds[i]);
 }
 

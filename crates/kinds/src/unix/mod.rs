@@ -216,6 +216,18 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
                 },
             }
         }
+        // A datagram socket others connected to is marked established too: only its own
+        // peer says whether it is connected.
+        diag::TCP_ESTABLISHED | 7 if ty == SockType::Dgram => match peer_address(fd) {
+            None => State::Unconnected,
+            Some(peer_name) => {
+                refuse_name(&peer_name)?;
+                State::Connected {
+                    peer: d.peer,
+                    peer_name,
+                }
+            }
+        },
         diag::TCP_ESTABLISHED => {
             let peer_name = if d.peer != 0 {
                 diag::lookup(d.peer).ok().and_then(|p| p.name)
@@ -255,6 +267,23 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
         opts,
         queue,
     })
+}
+
+/// The peer's address of a connected socket (`Some(None)`: an unnamed peer), `None` when
+/// it is not connected.
+fn peer_address(fd: std::os::fd::RawFd) -> Option<Option<Name>> {
+    // SAFETY: plain data, all zeroes valid.
+    let mut sa: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: sa and len are valid out-pointers of the right size.
+    if unsafe { libc::getpeername(fd, (&mut sa as *mut libc::sockaddr_un).cast(), &mut len) } != 0 {
+        return None;
+    }
+    let base = std::mem::size_of::<libc::sa_family_t>();
+    let n = (len as usize).saturating_sub(base).min(sa.sun_path.len());
+    // SAFETY: the kernel wrote `len` bytes of `sa`; sun_path holds n of them.
+    let path: &[u8] = unsafe { std::slice::from_raw_parts(sa.sun_path.as_ptr().cast(), n) };
+    Some(Name::from_sun_path(path))
 }
 
 /// Whether `rec` is connected to a socket not among `inos` (the Unix sockets of the
