@@ -73,14 +73,9 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
     Some(match anon {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
-        None if src.link.starts_with("socket:") && is_unix(src) => unix::capture(src).map(Object::Unix),
+        None if unix::handles(src) => unix::capture(src).map(Object::Unix),
         None => return None,
     })
-}
-
-fn is_unix(src: &Source) -> bool {
-    src.file()
-        .is_ok_and(|fd| unix::opts_int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == libc::AF_UNIX)
 }
 
 /// How a refused anonymous-inode kind is named to the user.

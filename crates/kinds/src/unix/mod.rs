@@ -10,7 +10,7 @@ mod opts;
 pub mod queue;
 pub mod restore;
 
-pub use opts::{int as opts_int, Opts};
+pub use opts::Opts;
 pub use restore::Restore;
 
 use crate::{KindError, Source};
@@ -148,6 +148,14 @@ impl Record {
 
 fn is_relative(n: &Option<Name>) -> bool {
     matches!(n, Some(Name::Path(p)) if p.first() != Some(&b'/'))
+}
+
+/// Whether `src` is a Unix socket (other sockets are left to the caller).
+pub fn handles(src: &Source) -> bool {
+    src.link.starts_with("socket:")
+        && src
+            .file()
+            .is_ok_and(|fd| opts::int(fd, libc::SOL_SOCKET, libc::SO_DOMAIN) == libc::AF_UNIX)
 }
 
 pub fn capture(src: &Source) -> Result<Record, KindError> {
