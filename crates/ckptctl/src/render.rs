@@ -58,12 +58,24 @@ pub fn print(reply: &CtlReply, as_json: bool) {
                     _ => None,
                 })
                 .collect();
+            // Unix socket ends whose peer is not in the checkpoint come back with it closed.
+            let unix: std::collections::HashSet<u64> = images
+                .iter()
+                .flat_map(|(_, i)| i.fds.iter())
+                .filter_map(|f| match &f.kind {
+                    FdKind::Object {
+                        obj: ckpt_kinds::Object::Unix(r),
+                        ..
+                    } => Some(r.ino),
+                    _ => None,
+                })
+                .collect();
             for (host, img) in images {
                 let stop = manifest
                     .processes()
                     .find(|(h, p)| *h == host && p.pid == img.pid)
                     .map(|(_, p)| p.stop_us);
-                show_process(host, img, stop, &ends);
+                show_process(host, img, stop, &ends, &unix);
             }
             for h in manifest.hosts.iter().filter(|h| !h.files.is_empty()) {
                 show_files(&h.host, &h.files);
@@ -95,7 +107,13 @@ pub fn print(reply: &CtlReply, as_json: bool) {
     }
 }
 
-fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>, ends: &std::collections::HashSet<(&str, &str)>) {
+fn show_process(
+    host: &str,
+    img: &ProcessImage,
+    stop_us: Option<u64>,
+    ends: &std::collections::HashSet<(&str, &str)>,
+    unix: &std::collections::HashSet<u64>,
+) {
     println!("\nhost {host}  pid {}  {}", img.pid, img.args.join(" "));
     println!(
         "  exe {}  cwd {}  uid {}  stopped {}",
@@ -146,6 +164,10 @@ fn show_process(host: &str, img: &ProcessImage, stop_us: Option<u64>, ends: &std
             FdKind::TcpConn { local, peer, .. } if !ends.contains(&(peer.as_str(), local.as_str())) => {
                 "  -> peer not in the checkpoint: comes back reset"
             }
+            FdKind::Object {
+                obj: ckpt_kinds::Object::Unix(r),
+                ..
+            } if ckpt_kinds::unix::peer_outside(r, unix) => "  -> peer not in the checkpoint: comes back closed",
             _ => "",
         };
         let dup = f.dup_of.map(|d| format!(" (same file as fd {d})")).unwrap_or_default();

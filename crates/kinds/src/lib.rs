@@ -17,6 +17,7 @@ mod reopen;
 pub mod signalfd;
 pub mod source;
 pub mod timerfd;
+pub mod unix;
 
 pub use source::Source;
 
@@ -66,6 +67,7 @@ pub enum Object {
     Deleted(deleted::Record),
     Fifo(fifo::Record),
     MQueue(mqueue::Record),
+    Unix(unix::Record),
 }
 
 impl Object {
@@ -79,6 +81,7 @@ impl Object {
             Object::Deleted(r) => deleted::describe(r),
             Object::Fifo(r) => fifo::describe(r),
             Object::MQueue(r) => mqueue::describe(r),
+            Object::Unix(r) => unix::describe(r),
         }
     }
 }
@@ -96,6 +99,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
         None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
+        None if unix::handles(src) => unix::capture(src).map(Object::Unix),
         None => return None,
     })
 }
@@ -119,6 +123,7 @@ pub struct Restore {
     deleted: deleted::Made,
     fifo: fifo::Made,
     mqueue: mqueue::Made,
+    unix: unix::Restore,
 }
 
 impl Restore {
@@ -133,11 +138,13 @@ impl Restore {
             Object::Deleted(r) => deleted::recreate(r, &mut self.deleted),
             Object::Fifo(r) => fifo::recreate(r, &mut self.fifo),
             Object::MQueue(r) => mqueue::recreate(r, &mut self.mqueue),
+            Object::Unix(r) => self.unix.recreate(r),
         }
     }
 
     /// Called once every object was recreated (queued data that needs both ends, …).
     pub fn finish(&mut self) -> Result<(), KindError> {
+        self.unix.finish()?;
         Ok(())
     }
 }
@@ -155,5 +162,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Deleted(_) => Ok(()),
         Object::Fifo(_) => Ok(()),
         Object::MQueue(r) => mqueue::after_placed(fd, r),
+        Object::Unix(_) => Ok(()),
     }
 }
