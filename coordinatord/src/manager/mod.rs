@@ -85,6 +85,23 @@ fn first_error(rs: Vec<anyhow::Result<FromNode>>) -> anyhow::Result<Vec<FromNode
     rs.into_iter().collect()
 }
 
+/// Every node's answer, or the failures of all nodes in one error (each names its host), so
+/// that the user learns everything to fix at once; a failure another try gets past is returned
+/// alone, for the retry.
+fn all_errors(rs: Vec<anyhow::Result<FromNode>>) -> anyhow::Result<Vec<FromNode>> {
+    let (ok, errs): (Vec<_>, Vec<_>) = rs.into_iter().partition(|r| r.is_ok());
+    let mut errs: Vec<anyhow::Error> = errs.into_iter().filter_map(|r| r.err()).collect();
+    if errs.is_empty() {
+        return Ok(ok.into_iter().filter_map(|r| r.ok()).collect());
+    }
+    if errs.len() == 1 || errs.iter().any(retryable) {
+        let i = errs.iter().position(retryable).unwrap_or(0);
+        return Err(errs.swap_remove(i));
+    }
+    let all: Vec<String> = errs.iter().map(|e| format!("{e:#}")).collect();
+    Err(anyhow::anyhow!("{}", all.join("; ")))
+}
+
 impl Manager {
     pub fn new(node: Arc<Node>, secret: Vec<u8>, keep: Option<usize>) -> Self {
         Self {
@@ -246,7 +263,7 @@ impl Manager {
         };
 
         tracing::info!(id, ends = ends.len(), "checkpoint: phase 2");
-        let p2 = first_error(par(&targets, |t| ToNode::Phase2 {
+        let p2 = all_errors(par(&targets, |t| ToNode::Phase2 {
             id: id.clone(),
             expect: expect_for(t.host()),
         }))
