@@ -7,6 +7,7 @@
 //! Objects are re-created by ckptd and handed to every restorer holding them, so that one open
 //! file description shared by several fds or processes is one again after restore.
 
+pub mod epoll;
 pub mod eventfd;
 pub mod source;
 
@@ -52,6 +53,7 @@ impl KindError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Object {
     EventFd(eventfd::Record),
+    Epoll(epoll::Record),
 }
 
 impl Object {
@@ -59,6 +61,7 @@ impl Object {
     pub fn describe(&self) -> String {
         match self {
             Object::EventFd(r) => eventfd::describe(r),
+            Object::Epoll(r) => epoll::describe(r),
         }
     }
 }
@@ -69,6 +72,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
     let anon = src.anon_name();
     Some(match anon {
         Some("eventfd") => eventfd::capture(src).map(Object::EventFd),
+        Some("eventpoll") => epoll::capture(src).map(Object::Epoll),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None => return None,
     })
@@ -97,6 +101,7 @@ impl Restore {
         let _ = ident;
         match obj {
             Object::EventFd(r) => eventfd::recreate(r),
+            Object::Epoll(r) => epoll::recreate(r),
         }
     }
 
@@ -110,8 +115,10 @@ impl Restore {
 /// targets under the program's own fd numbers). `owner` is false for a holder that is not the
 /// first of the object on this host: shared state is set up once.
 pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindError> {
-    let _ = (fd, owner);
     match obj {
         Object::EventFd(_) => Ok(()),
+        // An instance shared by several processes is registered once, by its first holder.
+        Object::Epoll(r) if owner => epoll::register(fd, r),
+        Object::Epoll(_) => Ok(()),
     }
 }
