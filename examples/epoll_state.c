@@ -26,6 +26,10 @@
  * epoll instance. It prints "child PID" after each fork; each check ends the child, sets
  * everything up anew and forks a new one.
  *
+ * With the argument "orphan" it only watches a pipe under a number it then closes, the pipe
+ * being held by a child alone (not at any other fd of the program): the checkpoint must be
+ * refused. It prints "orphan epoll E tfd T child C".
+ *
  * Prints "tick N" every 50 ms. On SIGUSR1 it checks everything (consuming events), prints
  * "state ok" or "INVARIANT <what>" lines then "state bad", and sets everything up again.
  */
@@ -346,6 +350,25 @@ int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && strcmp(argv[1], "orphan") == 0) {
+        int p[2];
+        if (pipe(p) < 0) die("pipe");
+        child = fork();
+        if (child < 0) die("fork");
+        if (child == 0)
+            for (;;) pause();
+        ep = epoll_create1(0);
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 1};
+        if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, p[0], &ev) < 0) die("orphan watch");
+        close(p[0]);
+        close(p[1]);
+        printf("orphan epoll %d tfd %d child %d\n", ep, p[0], (int)child);
+        struct timespec d = {0, 50000000L};
+        for (unsigned long long n = 1;; n++) {
+            printf("tick %llu\n", n);
+            nanosleep(&d, NULL);
+        }
+    }
     shared = argc > 1 && strcmp(argv[1], "shared") == 0;
     tcp = !shared;
     wait_ep = epoll_create1(0);

@@ -101,3 +101,39 @@ fn epoll_shared_by_two_processes() -> Result<()> {
     require_root!();
     survives_two_restores("epoll_state", &["shared"], last_child)
 }
+
+/// A watch whose file the program closed and holds at no other fd (another process holds it)
+/// cannot be registered again: the checkpoint is refused naming the epoll fd and the number,
+/// and the program runs on.
+#[test]
+fn epoll_watch_of_a_file_held_elsewhere_refused() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let mut app = d.run_example("epoll_state", &["orphan"])?;
+    let first = app.expect_line(
+        "`orphan epoll E tfd T child C`",
+        |l| l.starts_with("orphan "),
+        LINE_TIMEOUT,
+    )?;
+    let num = |k: &str| field(&first, k).and_then(|v| v.parse::<i64>().ok());
+    let (Some(ep), Some(tfd), Some(child)) = (num("epoll"), num("tfd"), num("child")) else {
+        anyhow::bail!("bad first line {first:?}");
+    };
+    wait_registered(&d, child as i32)?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let out = d.ckptctl(&["checkpoint"]);
+    let msg = expect_failure_one_line(&out, "checkpoint of an epoll watching a file held elsewhere")
+        .map_err(|e| e.context(d.context()))?;
+    note!("ckptctl said: {msg}");
+    ensure!(
+        msg.contains(&format!("epoll fd {ep} ")) && contains_number(&msg, tfd) && contains_number(&msg, app.pid as i64),
+        "the message should name pid {}, epoll fd {ep} and fd {tfd}: {msg:?}",
+        app.pid
+    );
+    let t = app.drain_last_tick().unwrap_or(0);
+    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
+        .context("the program must keep running after the refused checkpoint")?;
+    app.kill9()?;
+    kill9_and_wait(child as i32)?;
+    Ok(())
+}
