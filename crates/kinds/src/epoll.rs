@@ -64,8 +64,9 @@ fn parse_line(line: &str) -> Option<(i32, u32, u64)> {
 }
 
 /// Whether `candidate` of process `pid` is the file of the `toff`-th watch (among those with
-/// number `tfd`) of its epoll `efd`.
-fn is_target(pid: i32, candidate: RawFd, efd: RawFd, tfd: i32, toff: u32) -> bool {
+/// number `tfd`) of its epoll `efd`. A kernel without kcmp's epoll comparison is an error,
+/// not a refusal of every closed-number watch.
+fn is_target(pid: i32, candidate: RawFd, efd: RawFd, tfd: i32, toff: u32) -> std::io::Result<bool> {
     let slot = KcmpEpollSlot {
         efd: efd as u32,
         tfd: tfd as u32,
@@ -82,7 +83,15 @@ fn is_target(pid: i32, candidate: RawFd, efd: RawFd, tfd: i32, toff: u32) -> boo
             &slot as *const KcmpEpollSlot,
         )
     };
-    r == 0
+    if r < 0 {
+        let e = std::io::Error::last_os_error();
+        // EBADF: no such fd (a closed number); ENOENT: no such watch.
+        return match e.raw_os_error() {
+            Some(libc::EBADF) | Some(libc::ENOENT) => Ok(false),
+            _ => Err(e),
+        };
+    }
+    Ok(r == 0)
 }
 
 pub fn capture(src: &Source) -> Result<Record, KindError> {
@@ -96,17 +105,20 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
         // Watches with the same number (different files) are told apart by their rank
         // among those, in the kernel's order, which fdinfo follows.
         let toff = watches.iter().filter(|w| w.tfd == tfd).count() as u32;
-        let file_at = if is_target(src.pid, tfd, src.fd, tfd, toff) {
+        let what = || format!("the file watched under fd {tfd} by epoll fd {} (kcmp)", src.fd);
+        let file_at = if is_target(src.pid, tfd, src.fd, tfd, toff).map_err(KindError::read(what()))? {
             None
         } else {
             if fds.is_none() {
                 fds = Some(list_fds(src.pid).map_err(KindError::read(format!("the fds of process {}", src.pid)))?);
             }
-            let found = fds
-                .iter()
-                .flatten()
-                .copied()
-                .find(|&n| n != tfd && is_target(src.pid, n, src.fd, tfd, toff));
+            let mut found = None;
+            for &n in fds.iter().flatten().filter(|&&n| n != tfd) {
+                if is_target(src.pid, n, src.fd, tfd, toff).map_err(KindError::read(what()))? {
+                    found = Some(n);
+                    break;
+                }
+            }
             match found {
                 Some(n) => Some(n),
                 None => {
