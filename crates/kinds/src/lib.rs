@@ -8,6 +8,7 @@
 //! file description shared by several fds or processes is one again after restore.
 
 pub mod deleted;
+pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
 pub mod inotify;
@@ -68,6 +69,7 @@ pub enum Object {
     Fifo(fifo::Record),
     MQueue(mqueue::Record),
     Unix(unix::Record),
+    Epoll(epoll::Record),
 }
 
 impl Object {
@@ -82,6 +84,7 @@ impl Object {
             Object::Fifo(r) => fifo::describe(r),
             Object::MQueue(r) => mqueue::describe(r),
             Object::Unix(r) => unix::describe(r),
+            Object::Epoll(r) => epoll::describe(r),
         }
     }
 }
@@ -95,6 +98,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         Some("timerfd") => timerfd::capture(src).map(Object::TimerFd),
         Some("signalfd") => signalfd::capture(src).map(Object::SignalFd),
         Some("inotify") => inotify::capture(src).map(Object::Inotify),
+        Some("eventpoll") => epoll::capture(src).map(Object::Epoll),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
         None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
@@ -139,6 +143,7 @@ impl Restore {
             Object::Fifo(r) => fifo::recreate(r, &mut self.fifo),
             Object::MQueue(r) => mqueue::recreate(r, &mut self.mqueue),
             Object::Unix(r) => self.unix.recreate(r),
+            Object::Epoll(r) => epoll::recreate(r),
         }
     }
 
@@ -153,7 +158,6 @@ impl Restore {
 /// targets under the program's own fd numbers). `owner` is false for a holder that is not the
 /// first of the object on this host: shared state is set up once.
 pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindError> {
-    let _ = (fd, owner);
     match obj {
         Object::EventFd(_) => Ok(()),
         Object::TimerFd(_) => Ok(()),
@@ -163,5 +167,8 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Fifo(_) => Ok(()),
         Object::MQueue(r) => mqueue::after_placed(fd, r),
         Object::Unix(_) => Ok(()),
+        // An instance shared by several processes is registered once, by its first holder.
+        Object::Epoll(r) if owner => epoll::register(fd, r),
+        Object::Epoll(_) => Ok(()),
     }
 }
