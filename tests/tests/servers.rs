@@ -267,13 +267,17 @@ fn asyncio_echo_server_and_20_clients_streams_exact() -> Result<()> {
         let id = d
             .checkpoint()
             .with_context(|| format!("checkpoint {round}\n{}", d.context()))?;
-        kill_pid(clients_pid)?;
-        kill_pid(server_pid)?;
+        if let Some(mut r) = restored.take() {
+            // Restored: neither is our child.
+            kill_pid(clients_pid).with_context(|| format!("round {round}: killing the restored clients"))?;
+            r.kill9()?;
+            r.disarm();
+        } else {
+            clients.kill9()?;
+            server.kill9()?;
+        }
         clients.disarm();
         server.disarm();
-        if let Some(mut r) = restored.take() {
-            r.disarm();
-        }
         let both = d
             .restore_ok(&id, server_pid)
             .with_context(|| format!("restore {round}"))?;
@@ -289,7 +293,7 @@ fn asyncio_echo_server_and_20_clients_streams_exact() -> Result<()> {
         both.expect_line("the server's 20 clients", |l| l.contains(" clients 20 "), LINE_TIMEOUT)?;
         restored = Some(both);
     }
-    kill_pid(clients_pid)?;
+    kill_pid(clients_pid).with_context(|| format!("killing the restored clients\n{}", d.context()))?;
     if let Some(mut r) = restored {
         r.kill9()?;
     }
@@ -382,11 +386,12 @@ fn nginx_master_and_workers_serve_and_reload_after_restore() -> Result<()> {
         let id = d
             .checkpoint()
             .with_context(|| format!("checkpoint {round}\n{}", d.context()))?;
+        // The master first: it would start a new worker for each one killed.
+        master.kill9()?;
+        master.disarm();
         for w in &workers {
             kill_pid(*w)?;
         }
-        master.kill9()?;
-        master.disarm();
         master = d.restore_ok(&id, pid).with_context(|| format!("restore {round}"))?;
         wait_listening(port, SERVER_TIMEOUT).with_context(|| format!("after restore {round}\n{}", d.context()))?;
         for _ in 0..20 {
@@ -445,9 +450,10 @@ fn nginx_master_and_workers_serve_and_reload_after_restore() -> Result<()> {
         }
         note!("round {round}: restored, reloaded, workers {:?}", children_of(pid));
     }
-    for w in others(&d, pid)? {
+    let workers = others(&d, pid)?;
+    master.kill9()?;
+    for w in workers {
         kill_pid(w)?;
     }
-    master.kill9()?;
     Ok(())
 }
