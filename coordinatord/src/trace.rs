@@ -44,6 +44,7 @@ pub fn run_helper(reaper: &Reaper, arg: &str, args: &[String], what: &str) -> an
         .stderr(err.try_clone().context("cannot hand the helper its output file")?)
         .spawn()
         .with_context(|| format!("cannot start the helper that {what}"))?;
+    reaper.child_started();
     let hpid = child.id() as i32;
     // Not Child::wait: the reaper thread reaps every child of ckptd.
     match reaper.wait_exit(hpid, HELPER_TIMEOUT) {
