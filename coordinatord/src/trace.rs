@@ -29,8 +29,8 @@ pub fn helper_main(argv: &[String]) -> Option<i32> {
 }
 
 /// Runs ckptd as the helper `arg` with `args` and waits for it (`reaper` collects it); what it
-/// wrote on its stdout. `what` says what it does, for errors.
-pub fn run_helper(reaper: &Reaper, arg: &str, args: &[String], what: &str) -> anyhow::Result<Vec<u8>> {
+/// wrote on its stdout. Its error is what it wrote on its stderr.
+pub fn run_helper(reaper: &Reaper, arg: &str, args: &[String]) -> anyhow::Result<Vec<u8>> {
     let exe = std::env::current_exe().context("cannot find ckptd's own binary")?;
     // A file rather than a pipe: nothing to read while waiting, and a helper that hangs is
     // killed at the deadline instead of blocking the reader.
@@ -43,7 +43,7 @@ pub fn run_helper(reaper: &Reaper, arg: &str, args: &[String], what: &str) -> an
         .stdout(out.try_clone().context("cannot hand the helper its output file")?)
         .stderr(err.try_clone().context("cannot hand the helper its output file")?)
         .spawn()
-        .with_context(|| format!("cannot start the helper that {what}"))?;
+        .context("cannot start the helper process")?;
     reaper.child_started();
     let hpid = child.id() as i32;
     // Not Child::wait: the reaper thread reaps every child of ckptd.
@@ -53,8 +53,8 @@ pub fn run_helper(reaper: &Reaper, arg: &str, args: &[String], what: &str) -> an
             let mut why = String::new();
             let _ = err.rewind().and_then(|_| err.read_to_string(&mut why));
             match why.trim() {
-                "" => bail!("could not {what} (helper: {})", crate::node::describe_status(st)),
-                why => bail!("could not {what}: {why}"),
+                "" => bail!("the helper process ended with {}", crate::node::describe_status(st)),
+                why => bail!("{why}"),
             }
         }
         None => {
@@ -62,7 +62,7 @@ pub fn run_helper(reaper: &Reaper, arg: &str, args: &[String], what: &str) -> an
             // SAFETY: killing our own child.
             unsafe { libc::kill(hpid, libc::SIGKILL) };
             let _ = reaper.wait_exit(hpid, Duration::from_secs(5));
-            bail!("the helper that would {what} did not finish")
+            bail!("the helper process did not finish in {} s", HELPER_TIMEOUT.as_secs())
         }
     }
     let mut bytes = Vec::new();

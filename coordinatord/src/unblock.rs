@@ -32,8 +32,8 @@ pub fn unblock(reaper: &crate::node::Reaper, pid: i32, sig: i32, slot_addr: u64,
     let mut args = vec![pid.to_string(), sig.to_string(), slot_addr.to_string()];
     args.extend(tids.iter().map(i32::to_string));
     let threads = tids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
-    let what = format!("unblock the park signal in thread(s) {threads} of process {pid}");
-    crate::trace::run_helper(reaper, HELPER_ARG, &args, &what)?;
+    crate::trace::run_helper(reaper, HELPER_ARG, &args)
+        .with_context(|| format!("could not unblock the park signal in thread(s) {threads} of process {pid}"))?;
     Ok(())
 }
 

@@ -43,8 +43,7 @@ pub fn read_queues(reaper: &Reaper, img: &mut ProcessImage, park: i32) -> Result
     let mut args = vec![pid.to_string(), through.to_string()];
     args.extend(own.iter().map(i32::to_string));
     let err = |msg: String| DumpError::PendingSignals { pid, msg };
-    let what = format!("read the siginfo of the pending signals of process {pid}");
-    let out = crate::trace::run_helper(reaper, HELPER_ARG, &args, &what).map_err(|e| err(format!("{e:#}")))?;
+    let out = crate::trace::run_helper(reaper, HELPER_ARG, &args).map_err(|e| err(format!("{e:#}")))?;
     let queues = decode(&out).ok_or_else(|| err("the helper's answer is malformed".into()))?;
     for (tid, infos) in queues {
         let queue: Vec<QueuedSignal> = infos.into_iter().filter(|q| q.signo() != park).collect();
@@ -73,8 +72,12 @@ pub fn run_helper(args: &[String]) -> anyhow::Result<()> {
     }
     let mut out = Vec::new();
     for tid in tids {
-        let Some(t) = Stopped::attach(tid).with_context(|| format!("thread {tid} of process {pid}"))? else {
-            bail!("thread {tid} of process {pid} exited while parked");
+        // Never another process's thread under a reused number.
+        if !std::path::Path::new(&format!("/proc/{pid}/task/{tid}")).exists() {
+            bail!("thread {tid} exited while parked");
+        }
+        let Some(t) = Stopped::attach(tid).with_context(|| format!("thread {tid}"))? else {
+            bail!("thread {tid} exited while parked");
         };
         if own.contains(&tid) {
             encode(tid, &peek(tid, false)?, &mut out);
@@ -82,7 +85,7 @@ pub fn run_helper(args: &[String]) -> anyhow::Result<()> {
         if tid == through {
             encode(0, &peek(tid, true)?, &mut out);
         }
-        t.detach().with_context(|| format!("thread {tid} of process {pid}"))?;
+        t.detach().with_context(|| format!("thread {tid}"))?;
     }
     std::io::stdout().write_all(&out).context("cannot write the siginfos")
 }
