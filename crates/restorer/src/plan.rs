@@ -519,3 +519,22 @@ fn restore_nonce() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64);
     (t ^ ((std::process::id() as u64) << 40)) | 1
 }
+
+#[cfg(test)]
+mod tests {
+    use super::unqueued;
+    use ckpt_format::QueuedSignal;
+
+    #[test]
+    fn only_signals_without_a_queued_siginfo_are_sent_again() {
+        let with = |sig: u8| {
+            let mut info = vec![0u8; QueuedSignal::SIZE];
+            info[0] = sig;
+            QueuedSignal { info }
+        };
+        let pending = (1u64 << 9) | (1 << 33) | (1 << 34);
+        let queue = [with(34), with(34)];
+        assert_eq!(unqueued(pending, &queue).collect::<Vec<_>>(), [10, 35]);
+        assert_eq!(unqueued(0, &queue).count(), 0);
+    }
+}
