@@ -20,7 +20,7 @@ pub const HELPER_ARG: &str = "--peek-siginfo";
 const SIZE: usize = QueuedSignal::SIZE;
 
 /// Fills the queues of `img` (whose pending sets are read already) of a parked process whose
-/// park signal is `park`.
+/// park signal is `park`, and drops that signal from its pending sets.
 pub fn read_queues(reaper: &Reaper, img: &mut ProcessImage, park: i32) -> Result<(), DumpError> {
     let pid = img.pid;
     let park_bit = if (1..=64).contains(&park) {
@@ -28,13 +28,13 @@ pub fn read_queues(reaper: &Reaper, img: &mut ProcessImage, park: i32) -> Result
     } else {
         0
     };
-    let own: Vec<i32> = img
-        .threads
-        .iter()
-        .filter(|t| t.pending & !park_bit != 0)
-        .map(|t| t.tid)
-        .collect();
-    let shared = img.shared_pending & !park_bit != 0;
+    // The park signal is ckpt's, never the program's: not raised again at restore either.
+    img.shared_pending &= !park_bit;
+    for t in &mut img.threads {
+        t.pending &= !park_bit;
+    }
+    let own: Vec<i32> = img.threads.iter().filter(|t| t.pending != 0).map(|t| t.tid).collect();
+    let shared = img.shared_pending != 0;
     if own.is_empty() && !shared {
         return Ok(());
     }
