@@ -19,6 +19,9 @@ pub struct ProcessImage {
     pub sigactions: Vec<SigAction>,
     /// Signals pending for the whole process (bit n-1 = signal n).
     pub shared_pending: u64,
+    /// The process's queue of pending signals, in queue order. A signal in `shared_pending`
+    /// with no entry here had none (the kernel could not allocate one).
+    pub shared_queue: Vec<QueuedSignal>,
     /// `ITIMER_REAL`, `ITIMER_VIRTUAL`, `ITIMER_PROF`: interval and value, in microseconds.
     pub itimers: [Itimer; 3],
     /// POSIX timers (`timer_create`), re-created with the same ids.
@@ -108,8 +111,30 @@ pub struct ThreadImage {
     pub rseq_sig: u32,
     /// Signals pending for this thread only.
     pub pending: u64,
+    /// This thread's own queue of pending signals, in queue order (see
+    /// [`ProcessImage::shared_queue`]).
+    pub queue: Vec<QueuedSignal>,
     /// The interposer's control thread: resumed like the others, it then reconnects.
     pub is_control: bool,
+}
+
+/// A queued pending signal: its `siginfo_t` as the kernel held it, queued again as is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueuedSignal {
+    /// The 128 bytes of the `siginfo_t` (x86_64 layout).
+    pub info: Vec<u8>,
+}
+
+impl QueuedSignal {
+    pub const SIZE: usize = 128;
+
+    /// `si_signo`, 0 when the record is too short to hold one.
+    pub fn signo(&self) -> i32 {
+        self.info
+            .get(..4)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, i32::from_ne_bytes)
+    }
 }
 
 pub const PROT_READ: u32 = 1;

@@ -9,6 +9,7 @@ mod node;
 mod private;
 mod registry;
 mod server;
+mod trace;
 mod unblock;
 
 use anyhow::{bail, Context};
@@ -66,8 +67,8 @@ struct Args {
 
 fn main() {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(unblock::HELPER_ARG) {
-        std::process::exit(unblock::helper_main(&argv[2..]));
+    if let Some(code) = trace::helper_main(&argv) {
+        std::process::exit(code);
     }
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -5,14 +5,12 @@
 //! and writes the thread into the slots' `reblock` list: the thread parks, and blocks the signal
 //! again as it resumes, so its mask is the program's own again.
 //!
-//! The tracing is done by a short-lived helper process (ckptd started again with
-//! [`HELPER_ARG`]): a ptrace stop is reported to the tracer's `wait`, and in ckptd itself the
-//! reaper thread would take it.
+//! The tracing is done by a helper process (see `crate::trace`).
 
+use crate::trace::Stopped;
 use anyhow::{bail, Context};
 use ckpt_proto::slots::{ProcSlot, MAX_REBLOCK};
 use std::os::unix::fs::FileExt;
-use std::time::Duration;
 
 /// First argument that makes `ckptd` the helper: `ckptd HELPER_ARG PID SIGNAL SLOT_ADDR TID…`.
 pub const HELPER_ARG: &str = "--unblock-park-signal";
@@ -31,46 +29,16 @@ pub fn stuck_threads(pid: i32, sig: i32) -> Vec<i32> {
 
 /// Unblocks `sig` in `tids` of `pid` through the helper process; `reaper` collects it.
 pub fn unblock(reaper: &crate::node::Reaper, pid: i32, sig: i32, slot_addr: u64, tids: &[i32]) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find ckptd's own binary")?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg(HELPER_ARG)
-        .arg(pid.to_string())
-        .arg(sig.to_string())
-        .arg(slot_addr.to_string())
-        .args(tids.iter().map(|t| t.to_string()))
-        .stdin(std::process::Stdio::null());
-    let child = cmd.spawn().context("cannot start the unblock helper")?;
-    let hpid = child.id() as i32;
+    let mut args = vec![pid.to_string(), sig.to_string(), slot_addr.to_string()];
+    args.extend(tids.iter().map(i32::to_string));
     let threads = tids.iter().map(i32::to_string).collect::<Vec<_>>().join(", ");
-    // Not Child::wait: the reaper thread reaps every child of ckptd.
-    match reaper.wait_exit(hpid, Duration::from_secs(10)) {
-        Some(0) => Ok(()),
-        Some(st) => bail!(
-            "could not unblock the park signal in thread(s) {threads} of process {pid} ({})",
-            crate::node::describe_status(st)
-        ),
-        None => {
-            // It may still be attached to a thread: killing it detaches it.
-            // SAFETY: killing our own child.
-            unsafe { libc::kill(hpid, libc::SIGKILL) };
-            let _ = reaper.wait_exit(hpid, Duration::from_secs(5));
-            bail!("the helper unblocking the park signal in process {pid} did not finish")
-        }
-    }
+    crate::trace::run_helper(reaper, HELPER_ARG, &args)
+        .with_context(|| format!("could not unblock the park signal in thread(s) {threads} of process {pid}"))?;
+    Ok(())
 }
 
-/// The helper process's main: exit status 0 when every thread was handled.
-pub fn helper_main(args: &[String]) -> i32 {
-    match run_helper(args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("ckptd (unblock helper): {e:#}");
-            1
-        }
-    }
-}
-
-fn run_helper(args: &[String]) -> anyhow::Result<()> {
+/// The helper process's main: every thread was handled when it returns Ok.
+pub fn run_helper(args: &[String]) -> anyhow::Result<()> {
     let num = |i: usize| -> anyhow::Result<u64> {
         args.get(i)
             .and_then(|s| s.parse().ok())
@@ -97,47 +65,17 @@ fn run_helper(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ptrace(req: u32, tid: i32, addr: u64, data: u64) -> std::io::Result<i64> {
-    // SAFETY: ptrace requests whose addr/data are either plain numbers or valid pointers set
-    // up by the caller.
-    let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
-    if r < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(r)
-    }
-}
-
 fn unblock_one(pid: i32, tid: i32, sig: i32, slot: u64, mem: &std::fs::File) -> anyhow::Result<()> {
-    ptrace(libc::PTRACE_SEIZE, tid, 0, 0).context("cannot attach (is another debugger tracing it?)")?;
-    ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).context("cannot interrupt it")?;
-    // The stop of the interrupt, or a signal's delivery stop first (handed back at detach).
-    let mut inject = 0u64;
-    loop {
-        let mut st = 0;
-        // SAFETY: st is a valid out-pointer.
-        let r = unsafe { libc::waitpid(tid, &mut st, libc::__WALL) };
-        if r < 0 {
-            return Err(std::io::Error::last_os_error()).context("waiting for it to stop");
-        }
-        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            // It exited meanwhile: nothing left to park.
-            return Ok(());
-        }
-        if libc::WIFSTOPPED(st) {
-            if st >> 16 != libc::PTRACE_EVENT_STOP {
-                inject = libc::WSTOPSIG(st) as u64;
-            }
-            break;
-        }
-    }
+    let Some(t) = Stopped::attach(tid)? else {
+        // It exited meanwhile: nothing left to park.
+        return Ok(());
+    };
     let mut mask = 0u64;
-    ptrace(libc::PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as u64).context("reading its mask")?;
+    crate::trace::ptrace(libc::PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as u64).context("reading its mask")?;
     mask &= !(1u64 << (sig - 1));
-    ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as u64).context("changing its mask")?;
+    crate::trace::ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as u64).context("changing its mask")?;
     mark_reblock(pid, tid, slot, mem)?;
-    ptrace(libc::PTRACE_DETACH, tid, 0, inject).context("detaching")?;
-    Ok(())
+    t.detach()
 }
 
 /// Adds `tid` to the slots' reblock list (before the thread can take the signal).

@@ -6,6 +6,7 @@ mod fds;
 mod memory;
 pub mod objects;
 pub mod precopy;
+pub mod signals;
 pub mod sockets;
 pub mod state;
 pub mod window;
@@ -27,6 +28,8 @@ pub enum DumpError {
     /// The kind's error is in the message, not the chain: it would be printed twice.
     #[error("process {pid}: {err}")]
     Timers { pid: i32, err: ckpt_kinds::KindError },
+    #[error("process {pid}: cannot read the siginfo of its pending signals: {msg}")]
+    PendingSignals { pid: i32, msg: String },
     #[error("process {pid}: its POSIX timers changed while it was parked; try again")]
     TimersChanged { pid: i32 },
     #[error("process {pid}: fd {fd}: {err}")]
@@ -151,7 +154,11 @@ pub struct PageTarget<'a> {
 }
 
 /// Reads a parked process: fds, kernel state and a copy of its memory.
-pub fn dump_parked(reg: &Registration, mut t: PageTarget<'_>) -> Result<Dumped, DumpError> {
+pub fn dump_parked(
+    reg: &Registration,
+    mut t: PageTarget<'_>,
+    reaper: &crate::node::Reaper,
+) -> Result<Dumped, DumpError> {
     let pid = reg.pid;
     let t0 = std::time::Instant::now();
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io_err(pid, "memory"))?;
@@ -162,6 +169,7 @@ pub fn dump_parked(reg: &Registration, mut t: PageTarget<'_>) -> Result<Dumped, 
     let fds = fds::dump_fds(pid, slots.control_fd, slots.uffd_fd)?;
     let t_fds = t0.elapsed();
     let mut image = state::dump_state(reg, slots, t.fixed.take())?;
+    signals::read_queues(reaper, &mut image, slots.park_signal)?;
     let t_state = t0.elapsed();
     image.fds = fds;
     image.parent = t.base.map(|(id, _)| id.to_string());

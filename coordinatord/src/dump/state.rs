@@ -70,6 +70,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
             rseq_len: t.rseq_len,
             rseq_sig: t.rseq_sig,
             pending: st.sig_pnd,
+            queue: Vec::new(),
             is_control: t.tid == slots.control_tid,
         });
         if t.tid == pid {
@@ -150,6 +151,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         auxv: fixed.auxv,
         sigactions,
         shared_pending: st.shd_pnd,
+        shared_queue: Vec::new(),
         itimers,
         posix_timers,
         threads,

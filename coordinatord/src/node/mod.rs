@@ -69,6 +69,9 @@ impl Node {
 pub struct Reaper {
     exited: Mutex<HashMap<i32, i32>>,
     cv: Condvar,
+    /// Set by [`Reaper::child_started`]: wakes a reaper that found no child to wait for.
+    started: Mutex<bool>,
+    wake: Condvar,
 }
 
 impl Reaper {
@@ -87,9 +90,22 @@ impl Reaper {
                 m.insert(pid, status);
                 self.cv.notify_all();
             } else {
-                std::thread::sleep(Duration::from_millis(100));
+                // No child yet: wait for one, without missing one started meanwhile.
+                let g = self.started.lock().unwrap_or_else(|e| e.into_inner());
+                let (mut g, _) = self
+                    .wake
+                    .wait_timeout_while(g, Duration::from_millis(100), |started| !*started)
+                    .unwrap_or_else(|e| e.into_inner());
+                *g = false;
             }
         }
+    }
+
+    /// Says a child was just started, whose exit is awaited at once (a helper in a stop): the
+    /// reaper waits for it now rather than at its next look.
+    pub fn child_started(&self) {
+        *self.started.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.wake.notify_one();
     }
 
     /// Waits up to `timeout` for `pid` to have exited; its status if it did.

@@ -576,7 +576,7 @@ impl Node {
             window: ready.window,
             stop_the_world: pending.mode.stop_the_world,
         };
-        dump_parked(&p.reg, target).map_err(|e| {
+        dump_parked(&p.reg, target, &self.reaper).map_err(|e| {
             if exited(pid) {
                 // Killed while parked: the next try's cut is taken without it.
                 crate::dump::ExitedWhileRead { pid }.into()

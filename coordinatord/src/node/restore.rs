@@ -403,6 +403,7 @@ fn syscall_name(nr: u64) -> String {
         libc::SYS_setitimer => "setitimer",
         libc::SYS_timer_create => "timer_create",
         libc::SYS_timer_settime => "timer_settime",
+        libc::SYS_rt_sigqueueinfo => "rt_sigqueueinfo (a pending signal)",
         _ => return format!("syscall {nr}"),
     };
     name.to_string()

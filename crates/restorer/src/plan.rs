@@ -2,7 +2,7 @@
 
 use crate::blob::{Op, EXPECT_ARG2, IGNORE_ERROR, POKE, SIGRETURN, SYSCALL, THREAD};
 use anyhow::bail;
-use ckpt_format::{MappingKind, PageRun, ProcessImage, ThreadImage, PAGE_SIZE};
+use ckpt_format::{MappingKind, PageRun, ProcessImage, QueuedSignal, ThreadImage, PAGE_SIZE};
 use ckpt_sys::procfs::MapEntry;
 use ckpt_sys::spawn::CloneArgs;
 use std::collections::HashMap;
@@ -49,20 +49,23 @@ pub fn page_up(n: u64) -> u64 {
 /// Generous bounds on what the plan will need, to size the region before building it.
 pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let runs: usize = img.mappings.iter().map(|m| m.pages.len()).sum();
+    let queued = img.shared_queue.len() + img.threads.iter().map(|t| t.queue.len()).sum::<usize>();
     let ops = 512
         + current.len() * 2
         + img.mappings.len() * 4
         + runs
         + img.threads.len() * 96
         + img.rlimits.len()
-        + img.posix_timers.len() * 2;
+        + img.posix_timers.len() * 2
+        + queued;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
     let data = 64 * 1024
         + img.auxv.len()
         + names
         + img.threads.len() * 256
         + img.creds.groups.len() * 4
-        + img.posix_timers.len() * 128;
+        + img.posix_timers.len() * 128
+        + queued * (QueuedSignal::SIZE + 16);
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -369,11 +372,16 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         });
     }
     posix_timers(&mut p, img);
-    thread_tail(&mut p, img, main);
-    for sig in 1..=64u64 {
-        if img.shared_pending & (1 << (sig - 1)) != 0 {
-            p.sys(libc::SYS_kill, &[img.pid as u64, sig], IGNORE_ERROR);
-        }
+    thread_tail(&mut p, img, main)?;
+    // The process's own queue, by its main thread (rt_sigqueueinfo takes any si_code from a
+    // thread whose tid is the target pid); signals without a queued siginfo are sent again.
+    let pid = img.pid as u64;
+    for q in &img.shared_queue {
+        let (sig, info) = place_queued(&mut p, q)?;
+        p.sys(libc::SYS_rt_sigqueueinfo, &[pid, sig, info], 0);
+    }
+    for sig in unqueued(img.shared_pending, &img.shared_queue) {
+        p.sys(libc::SYS_kill, &[pid, sig], IGNORE_ERROR);
     }
     p.sys(libc::SYS_close, &[fds.status as u64], IGNORE_ERROR);
     p.ops.push(Op {
@@ -384,7 +392,7 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
     });
     for (t, at) in others.iter().zip(patches) {
         p.ops[at].args[2] = p.ops.len() as u64;
-        thread_tail(&mut p, img, t);
+        thread_tail(&mut p, img, t)?;
         p.ops.push(Op {
             kind: SIGRETURN,
             flags: 0,
@@ -432,8 +440,25 @@ fn posix_timers(p: &mut Plan, img: &ProcessImage) {
     );
 }
 
+/// Signals in `pending` none of `queue` is for, in increasing number.
+fn unqueued(pending: u64, queue: &[QueuedSignal]) -> impl Iterator<Item = u64> + '_ {
+    (1..=64u64).filter(move |&sig| pending & (1 << (sig - 1)) != 0 && !queue.iter().any(|q| q.signo() as u64 == sig))
+}
+
+/// Places a queued signal's siginfo in the data area: its number and address.
+fn place_queued(p: &mut Plan, q: &QueuedSignal) -> anyhow::Result<(u64, u64)> {
+    let sig = q.signo();
+    if q.info.len() != QueuedSignal::SIZE || !(1..=64).contains(&sig) {
+        bail!(
+            "the image holds a malformed pending signal (signal {sig}, {} bytes); it is damaged",
+            q.info.len()
+        );
+    }
+    Ok((sig as u64, p.put(&q.info)))
+}
+
 /// What each thread sets for itself before its sigreturn.
-fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) {
+fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) -> anyhow::Result<()> {
     p.sys(libc::SYS_set_tid_address, &[t.clear_tid], 0);
     if t.robust_head != 0 {
         p.sys(libc::SYS_set_robust_list, &[t.robust_head, t.robust_len], IGNORE_ERROR);
@@ -455,10 +480,17 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) {
     }
     let name = p.put_cstr(&t.comm);
     p.sys(libc::SYS_prctl, &[libc::PR_SET_NAME as u64, name], IGNORE_ERROR);
-    for sig in 1..=64u64 {
-        if t.pending & (1 << (sig - 1)) != 0 {
-            p.sys(libc::SYS_tgkill, &[img.pid as u64, t.tid as u64, sig], IGNORE_ERROR);
-        }
+    // The thread's own queue, by the thread itself (rt_tgsigqueueinfo takes any si_code then).
+    // Results are not checked: another thread's tail may run after the main thread closed the
+    // status fd, where a failure could not be reported. The kernel held these very signals
+    // under the same limits at the checkpoint.
+    let (pid, tid) = (img.pid as u64, t.tid as u64);
+    for q in &t.queue {
+        let (sig, info) = place_queued(p, q)?;
+        p.sys(libc::SYS_rt_tgsigqueueinfo, &[pid, tid, sig, info], IGNORE_ERROR);
+    }
+    for sig in unqueued(t.pending, &t.queue) {
+        p.sys(libc::SYS_tgkill, &[pid, tid, sig], IGNORE_ERROR);
     }
     let c = &img.creds;
     if c.uid != [0; 3] || c.gid != [0; 3] {
@@ -476,6 +508,7 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) {
             0,
         );
     }
+    Ok(())
 }
 
 /// Never the same twice on a machine, never 0: the time, with the pid to tell apart restores
@@ -485,4 +518,23 @@ fn restore_nonce() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     (t ^ ((std::process::id() as u64) << 40)) | 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unqueued;
+    use ckpt_format::QueuedSignal;
+
+    #[test]
+    fn only_signals_without_a_queued_siginfo_are_sent_again() {
+        let with = |sig: u8| {
+            let mut info = vec![0u8; QueuedSignal::SIZE];
+            info[0] = sig;
+            QueuedSignal { info }
+        };
+        let pending = (1u64 << 9) | (1 << 33) | (1 << 34);
+        let queue = [with(34), with(34)];
+        assert_eq!(unqueued(pending, &queue).collect::<Vec<_>>(), [10, 35]);
+        assert_eq!(unqueued(0, &queue).count(), 0);
+    }
 }

@@ -1,0 +1,47 @@
+//! Pending signals keep their siginfo: `pending_signals` holds signals queued for the process
+//! and for each of its threads (real-time ones several times, with values, a standard one from
+//! `kill`, thread-directed ones from `pthread_kill`/`tgkill`) and checks every siginfo and
+//! their order when asked (SIGUSR1), then queues them again. It is checked after a checkpoint
+//! it survives, then checkpointed, killed and restored twice, and checked after each restore.
+
+use anyhow::{ensure, Context, Result};
+use ckpt_tests::*;
+
+fn ask_state(app: &App) -> Result<()> {
+    app.signal(libc::SIGUSR1)?;
+    let l = app.expect_line("`state ok` or `state bad`", |l| l.starts_with("state "), LINE_TIMEOUT)?;
+    let bad: Vec<String> = app
+        .history()
+        .into_iter()
+        .filter(|l| l.starts_with("INVARIANT"))
+        .collect();
+    ensure!(l == "state ok" && bad.is_empty(), "{}: {}", l, bad.join("; "));
+    Ok(())
+}
+
+#[test]
+fn pending_signals_come_back_with_their_siginfo_in_order() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let mut app = d.run_example("pending_signals", &[])?;
+    let pid = app.pid;
+    app.expect_tick(LINE_TIMEOUT)?;
+    // The program's own check holds without ckpt, and queues everything again.
+    ask_state(&app).context("before any checkpoint")?;
+    // Reading the queues stops its threads with ptrace: the program runs on unharmed, its
+    // signals still queued as they were.
+    d.checkpoint_app(&app).context("checkpoint 0")?;
+    app.expect_tick(LINE_TIMEOUT).context("after checkpoint 0")?;
+    ask_state(&app).with_context(|| format!("after checkpoint 0, still running\n{}", d.context()))?;
+    for round in 1..=2 {
+        let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
+        app.kill9()?;
+        app.disarm();
+        app = d.restore_ok(&cp.id, pid).with_context(|| format!("restore {round}"))?;
+        app.expect_tick(LINE_TIMEOUT)
+            .with_context(|| format!("after restore {round}"))?;
+        ask_state(&app).with_context(|| format!("after restore {round}\n{}", d.context()))?;
+    }
+    app.kill9()?;
+    Ok(())
+}
