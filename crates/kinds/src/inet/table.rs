@@ -66,7 +66,6 @@ pub const TABLE: &[Spec] = &[
     s("SO_REUSEPORT", SOL, libc::SO_REUSEPORT, Scope::All),
     s("SO_BROADCAST", SOL, libc::SO_BROADCAST, Scope::Udp),
     s("SO_KEEPALIVE", SOL, libc::SO_KEEPALIVE, Scope::Tcp),
-    s("SO_PRIORITY", SOL, libc::SO_PRIORITY, Scope::All),
     s("SO_MARK", SOL, libc::SO_MARK, Scope::All),
     s("SO_RCVLOWAT", SOL, libc::SO_RCVLOWAT, Scope::All),
     s("SO_OOBINLINE", SOL, libc::SO_OOBINLINE, Scope::Tcp),
@@ -100,6 +99,8 @@ pub const TABLE: &[Spec] = &[
     s("TCP_WINDOW_CLAMP", TCP, libc::TCP_WINDOW_CLAMP, Scope::Listener),
     s("IP_TTL", IP, libc::IP_TTL, Scope::All),
     s("IP_TOS", IP, libc::IP_TOS, Scope::All),
+    // After IP_TOS, which sets the priority from the TOS.
+    s("SO_PRIORITY", SOL, libc::SO_PRIORITY, Scope::All),
     s("IP_FREEBIND", IP, libc::IP_FREEBIND, Scope::All),
     s("IP_TRANSPARENT", IP, libc::IP_TRANSPARENT, Scope::All),
     s(
