@@ -199,10 +199,14 @@ pub fn make_sockets(
                         }
                     }
                     let s = bound(parse(local)?, libc::SOCK_STREAM, opts)?;
-                    // listen() takes an int; the kernel caps it at net.core.somaxconn.
+                    // The kernel caps the backlog at net.core.somaxconn, which may be above
+                    // the compile-time SOMAXCONN nix's Backlog allows.
                     let n = (*backlog).min(i32::MAX as u32) as i32;
-                    nix::sys::socket::listen(&s, nix::sys::socket::Backlog::new(n)?)
-                        .with_context(|| format!("cannot listen on {local} again"))?;
+                    // SAFETY: listen on a socket we own.
+                    if unsafe { libc::listen(s.as_raw_fd(), n) } != 0 {
+                        return Err(std::io::Error::last_os_error())
+                            .with_context(|| format!("cannot listen on {local} again"));
+                    }
                     if !reuseport {
                         shared_listeners.insert(local.clone(), s.try_clone()?);
                     }
