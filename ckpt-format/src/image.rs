@@ -280,10 +280,12 @@ pub enum FdKind {
     Control,
     /// The interposer's userfaultfd; the restored interposer makes a new one at this number.
     Uffd,
-    /// A listening TCP socket, bound again at restore.
+    /// A listening TCP socket, bound again at restore with its options, then listening with
+    /// the same backlog.
     TcpListen {
         local: String,
         opts: SockOpts,
+        backlog: u32,
     },
     /// A connected TCP socket. `queued` are the bytes that had arrived but were not read yet:
     /// at restore they are delivered first. `sent`/`received` are the kernel's byte counts at the
@@ -304,11 +306,14 @@ pub enum FdKind {
         write: bool,
         buffered: Vec<u8>,
     },
-    /// A UDP socket, bound (and connected) again at restore; datagrams in flight may be lost.
+    /// A UDP socket, bound (and connected) again at restore with its options and multicast
+    /// memberships; datagrams in flight may be lost. `shutdown` holds the `shutdown(2)` sides
+    /// (1: receive, 2: send).
     Udp {
         local: String,
         peer: Option<String>,
         opts: SockOpts,
+        shutdown: u8,
     },
     /// A kernel object of a kind `ckpt_kinds` handles (eventfd, epoll, Unix socket…), made once
     /// per host at restore by ckptd and handed to every holder. Holders of one object (across
@@ -321,16 +326,8 @@ pub enum FdKind {
     },
 }
 
-/// Socket options carried over to the re-created socket.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct SockOpts {
-    pub nodelay: bool,
-    pub keepalive: bool,
-    pub reuseaddr: bool,
-    pub reuseport: bool,
-    pub rcvbuf: u32,
-    pub sndbuf: u32,
-}
+/// Socket options carried over to the re-created socket (their home is `ckpt_kinds::inet`).
+pub use ckpt_kinds::inet::Opts as SockOpts;
 
 impl FdKind {
     pub fn describe(&self) -> String {
@@ -358,9 +355,9 @@ impl FdKind {
                 let end = if *write { "write" } else { "read" };
                 format!("pipe:[{ino}] {end} end ({} bytes buffered)", buffered.len())
             }
-            FdKind::Udp { local, peer, .. } => match peer {
-                Some(p) => format!("udp {local} -> {p}"),
-                None => format!("udp {local}"),
+            FdKind::Udp { local, peer, opts, .. } => match peer {
+                Some(p) => format!("udp {local} -> {p}{}", opts.describe()),
+                None => format!("udp {local}{}", opts.describe()),
             },
             FdKind::Object { obj, .. } => obj.describe(),
         }

@@ -3,6 +3,7 @@
 
 use super::DumpError;
 use ckpt_format::{FdKind, SockOpts};
+use ckpt_kinds::inet::{self, Sock};
 use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -82,16 +83,25 @@ fn addr_string(a: &SockaddrStorage) -> String {
     "?".to_string()
 }
 
-fn opts(fd: RawFd, tcp: bool) -> SockOpts {
-    SockOpts {
-        nodelay: tcp && sockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY) != 0,
-        keepalive: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE) != 0,
-        reuseaddr: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) != 0,
-        reuseport: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) != 0,
-        // The kernel reports twice what was asked for (bookkeeping overhead).
-        rcvbuf: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF) as u32 / 2,
-        sndbuf: sockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF) as u32 / 2,
-    }
+/// The socket's options, refused by name when ckptd could not set them back.
+fn opts(pid: i32, fd: RawFd, raw: RawFd, sock: Sock) -> Result<SockOpts, DumpError> {
+    let kind = |err| DumpError::Kind { pid, fd, err };
+    let o = inet::capture(pid, raw, sock).map_err(kind)?;
+    o.check(sock).map_err(kind)?;
+    Ok(o)
+}
+
+/// What inet_diag says of the socket (its backlog, its shutdown state).
+fn diag(pid: i32, fd: RawFd, raw: RawFd, family: i32, protocol: i32) -> Result<inet::diag::Diag, DumpError> {
+    let io = |source| DumpError::Io {
+        pid,
+        what: format!("the kernel's socket list for fd {fd}"),
+        source,
+    };
+    let ino = nix::sys::stat::fstat(raw).map_err(|e| io(e.into()))?.st_ino;
+    inet::diag::find(family, protocol, ino)
+        .map_err(io)?
+        .ok_or_else(|| io(std::io::Error::other("the socket is not listed")))
 }
 
 /// The bytes queued unread, without consuming them.
@@ -184,10 +194,18 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
     match ty {
         libc::SOCK_STREAM => {
             let c = tcp_counts(raw);
+            let v6 = domain == libc::AF_INET6;
             if c.state == TCP_LISTEN {
+                let sock = Sock {
+                    v6,
+                    tcp: true,
+                    listener: true,
+                };
+                let backlog = diag(pid, fd, raw, domain, libc::IPPROTO_TCP)?.wqueue;
                 return Ok(FdKind::TcpListen {
                     local,
-                    opts: opts(raw, true),
+                    opts: opts(pid, fd, raw, sock)?,
+                    backlog,
                 });
             }
             if c.state != TCP_ESTABLISHED {
@@ -203,15 +221,31 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                 sent: c.sent,
                 received: c.received,
                 queued,
-                opts: opts(raw, true),
+                opts: opts(
+                    pid,
+                    fd,
+                    raw,
+                    Sock {
+                        v6,
+                        tcp: true,
+                        listener: false,
+                    },
+                )?,
             })
         }
         libc::SOCK_DGRAM => {
             let peer = getpeername::<SockaddrStorage>(raw).ok().map(|a| addr_string(&a));
+            let sock = Sock {
+                v6: domain == libc::AF_INET6,
+                tcp: false,
+                listener: false,
+            };
+            let shutdown = diag(pid, fd, raw, domain, libc::IPPROTO_UDP)?.shutdown;
             Ok(FdKind::Udp {
                 local,
                 peer,
-                opts: opts(raw, false),
+                opts: opts(pid, fd, raw, sock)?,
+                shutdown,
             })
         }
         _ => Err(unsupported(format!("a socket of an unsupported type ({target})"))),

@@ -6,6 +6,7 @@
 
 use anyhow::{bail, Context};
 use ckpt_format::{FdKind, ProcessImage, SockOpts};
+use ckpt_kinds::inet::Sock;
 use ckpt_proto::EndPlan;
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -30,25 +31,26 @@ fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) {
     };
 }
 
-fn apply(fd: RawFd, o: &SockOpts, tcp: bool) {
-    if tcp && o.nodelay {
-        setopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1);
-    }
-    if o.keepalive {
-        setopt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+fn sock(addr: SocketAddr, tcp: bool, listener: bool) -> Sock {
+    Sock {
+        v6: addr.is_ipv6(),
+        tcp,
+        listener,
     }
 }
 
-/// A socket of `addr`'s family with SO_REUSEADDR (and SO_REUSEPORT when the program had it).
-fn bound(addr: SocketAddr, ty: i32, reuseport: bool) -> anyhow::Result<OwnedFd> {
-    let dom = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+/// A socket of `addr`'s family with the program's options, bound to `addr`. A TCP listener
+/// binds with SO_REUSEADDR whatever the program had (its old connections may linger in
+/// TIME_WAIT), and gets the program's value back once bound.
+fn bound(addr: SocketAddr, ty: i32, opts: &SockOpts) -> anyhow::Result<OwnedFd> {
+    let tcp = ty == libc::SOCK_STREAM;
     let s = nix::sys::socket::socket(
-        if dom == libc::AF_INET {
+        if addr.is_ipv4() {
             nix::sys::socket::AddressFamily::Inet
         } else {
             nix::sys::socket::AddressFamily::Inet6
         },
-        if ty == libc::SOCK_STREAM {
+        if tcp {
             nix::sys::socket::SockType::Stream
         } else {
             nix::sys::socket::SockType::Datagram
@@ -56,13 +58,14 @@ fn bound(addr: SocketAddr, ty: i32, reuseport: bool) -> anyhow::Result<OwnedFd> 
         nix::sys::socket::SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-    if reuseport {
-        setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEPORT, 1);
+    opts.apply(s.as_raw_fd(), sock(addr, tcp, tcp))
+        .with_context(|| format!("cannot re-create the socket bound to {addr}"))?;
+    if tcp {
+        setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
     }
     let sa = nix::sys::socket::SockaddrStorage::from(addr);
     match nix::sys::socket::bind(s.as_raw_fd(), &sa) {
-        Err(nix::errno::Errno::EADDRINUSE) if ty == libc::SOCK_STREAM => {
+        Err(nix::errno::Errno::EADDRINUSE) if tcp => {
             // The killed program's own connections may hold the port (see `orphans`).
             let n =
                 super::orphans::clear_port(addr).with_context(|| format!("cannot bind {addr} again: it is in use"))?;
@@ -70,6 +73,14 @@ fn bound(addr: SocketAddr, ty: i32, reuseport: bool) -> anyhow::Result<OwnedFd> 
             nix::sys::socket::bind(s.as_raw_fd(), &sa).with_context(|| format!("cannot bind {addr} again"))?;
         }
         r => r.with_context(|| format!("cannot bind {addr} again"))?,
+    }
+    if tcp {
+        setopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            opts.int("SO_REUSEADDR"),
+        );
     }
     Ok(s)
 }
@@ -159,7 +170,7 @@ fn exchange(s: &TcpStream, ours: &[u8]) -> anyhow::Result<()> {
 }
 
 /// A re-created connection: (pid, fd), the socket, its end's unread bytes, its options.
-type Conn<'a> = ((i32, i32), TcpStream, &'a [u8], SockOpts);
+type Conn<'a> = ((i32, i32), TcpStream, &'a [u8], &'a SockOpts);
 
 /// Every socket of the images, by (pid, fd number).
 pub fn make_sockets(
@@ -175,36 +186,45 @@ pub fn make_sockets(
         for f in &img.fds {
             let id = (img.pid, f.fd);
             match &f.kind {
-                FdKind::TcpListen { local, opts } => {
+                FdKind::TcpListen { local, opts, backlog } => {
+                    let reuseport = opts.int("SO_REUSEPORT") != 0;
                     // Without SO_REUSEPORT no two sockets listen on one address: processes
                     // listening there share one socket (inherited across fork, like nginx's
                     // workers), and get one again.
-                    if !opts.reuseport {
+                    if !reuseport {
                         if let Some(first) = shared_listeners.get(local) {
                             let s: &OwnedFd = first;
                             out.insert(id, s.try_clone()?);
                             continue;
                         }
                     }
-                    let s = bound(parse(local)?, libc::SOCK_STREAM, opts.reuseport)?;
-                    nix::sys::socket::listen(&s, nix::sys::socket::Backlog::new(128)?)?;
-                    setopt(
-                        s.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_REUSEADDR,
-                        opts.reuseaddr as i32,
-                    );
-                    if !opts.reuseport {
+                    let s = bound(parse(local)?, libc::SOCK_STREAM, opts)?;
+                    // The kernel caps the backlog at net.core.somaxconn, which may be above
+                    // the compile-time SOMAXCONN nix's Backlog allows.
+                    let n = (*backlog).min(i32::MAX as u32) as i32;
+                    // SAFETY: listen on a socket we own.
+                    if unsafe { libc::listen(s.as_raw_fd(), n) } != 0 {
+                        return Err(std::io::Error::last_os_error())
+                            .with_context(|| format!("cannot listen on {local} again"));
+                    }
+                    if !reuseport {
                         shared_listeners.insert(local.clone(), s.try_clone()?);
                     }
                     out.insert(id, s);
                 }
-                FdKind::Udp { local, peer, opts } => {
-                    let s = UdpSocket::from(bound(parse(local)?, libc::SOCK_DGRAM, opts.reuseport)?);
+                FdKind::Udp {
+                    local,
+                    peer,
+                    opts,
+                    shutdown,
+                } => {
+                    let s = UdpSocket::from(bound(parse(local)?, libc::SOCK_DGRAM, opts)?);
+                    opts.join(s.as_raw_fd())
+                        .with_context(|| format!("cannot re-create the UDP socket on {local}"))?;
                     if let Some(p) = peer {
                         s.connect(parse(p)?)?;
                     }
-                    apply(s.as_raw_fd(), opts, false);
+                    shut(&s, *shutdown).with_context(|| format!("cannot shut the UDP socket on {local} down again"))?;
                     out.insert(id, s.into());
                 }
                 FdKind::TcpConn {
@@ -220,9 +240,9 @@ pub fn make_sockets(
                             let to = parse(to)?;
                             let s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
                                 .with_context(|| format!("cannot re-create connection {local} -> {peer} via {to}"))?;
-                            conns.push((id, s, queued, *opts));
+                            conns.push((id, s, queued, opts));
                         }
-                        EndPlan::Accept => accepts.push((id, key, queued.as_slice(), *opts)),
+                        EndPlan::Accept => accepts.push((id, key, queued.as_slice(), opts)),
                         EndPlan::Closed => {
                             let s = reset_socket(local)?;
                             out.insert(id, s.into());
@@ -253,10 +273,31 @@ pub fn make_sockets(
         Ok(())
     })?;
     for (id, s, _, opts) in conns {
-        apply(s.as_raw_fd(), &opts, true);
+        let at = s.local_addr()?;
+        opts.apply(s.as_raw_fd(), sock(at, true, false))
+            .with_context(|| format!("cannot re-create the connection from {at}"))?;
         out.insert(id, s.into());
     }
     Ok(out)
+}
+
+/// The sides of a UDP socket the program had shut down (1: receive, 2: send). The kernel
+/// records them on an unconnected socket too, though it answers ENOTCONN.
+fn shut(s: &UdpSocket, how: u8) -> anyhow::Result<()> {
+    let how = match how & 3 {
+        0 => return Ok(()),
+        1 => libc::SHUT_RD,
+        2 => libc::SHUT_WR,
+        _ => libc::SHUT_RDWR,
+    };
+    // SAFETY: shutdown on a socket we own.
+    if unsafe { libc::shutdown(s.as_raw_fd(), how) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::ENOTCONN) {
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }
 
 fn accept_timeout(l: &TcpListener, t: Duration) -> anyhow::Result<(TcpStream, SocketAddr)> {

@@ -6,11 +6,15 @@
 //!
 //! Objects are re-created by ckptd and handed to every restorer holding them, so that one open
 //! file description shared by several fds or processes is one again after restore.
+//!
+//! TCP and UDP sockets themselves are made by ckptd (their connections span hosts); their
+//! options live here, in [`inet`].
 
 pub mod deleted;
 pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
+pub mod inet;
 pub mod inotify;
 pub mod mqueue;
 pub mod posix_timer;
