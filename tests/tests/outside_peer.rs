@@ -67,8 +67,9 @@ fn echo(s: &mut std::net::TcpStream, line: &str) -> Result<String> {
 }
 
 /// A server that binds without SO_REUSEADDR, killed while outside clients are connected: the
-/// connections it accepted linger in FIN_WAIT (their clients never close) and hold its port;
-/// the restore still binds it (ckptd clears the dead program's orphaned connections), twice.
+/// connections it accepted linger, in FIN_WAIT2 when the client never closes (round 1) or in
+/// TIME_WAIT when it closes after the kill (round 2), and hold its port; the restore still
+/// binds it (ckptd clears the dead program's orphaned connections).
 #[test]
 fn listener_without_reuseaddr_binds_again_while_clients_linger() -> Result<()> {
     require_root!();
@@ -87,8 +88,14 @@ fn listener_without_reuseaddr_binds_again_while_clients_linger() -> Result<()> {
         let id = d.checkpoint()?;
         app.kill9()?;
         app.disarm();
-        // The client keeps its end open: the server's end stays in FIN_WAIT2.
-        lingering.push(c);
+        if round == 1 {
+            // The client keeps its end open: the server's end stays in FIN_WAIT2.
+            lingering.push(c);
+        } else {
+            // The client closes after the server died: the server's end waits in TIME_WAIT.
+            drop(c);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         app = d
             .restore_ok(&id, pid)
             .with_context(|| format!("restore {round}\n{}", d.context()))?;

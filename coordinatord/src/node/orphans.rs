@@ -1,9 +1,9 @@
 //! Connections a killed program left behind. A TCP socket the program had accepted lingers in
-//! FIN_WAIT or LAST_ACK, owned by nobody, once the program is killed; when the program had not
-//! set SO_REUSEADDR, it keeps the listening port from being bound again until its peer closes,
-//! which can be never. The kernel's sock_diag interface lists such orphans (inode 0) and
-//! destroys them (SOCK_DESTROY): their peer gets the reset it would have got from the dead
-//! program's exit anyway.
+//! FIN_WAIT or LAST_ACK once the program is killed (until its peer closes, which can be never),
+//! or in TIME_WAIT for a minute when the program had closed it first; owned by nobody, it keeps
+//! the listening port from being bound again when the program had not set SO_REUSEADDR. The
+//! kernel's sock_diag interface lists such orphans (inode 0) and destroys them (SOCK_DESTROY):
+//! the peer of a live one gets the reset it would have got from the dead program's exit anyway.
 
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -17,7 +17,6 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const TCP_LISTEN: u8 = 10;
-const TCP_TIME_WAIT: u8 = 6;
 
 /// `struct inet_diag_sockid`: ports and addresses in network order, then the socket cookie.
 const SOCKID_LEN: usize = 48;
@@ -101,7 +100,7 @@ fn recv(fd: &OwnedFd, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n as usize)
 }
 
-/// Orphaned TCP sockets (no owner, not TIME_WAIT) on `addr`'s port and address (any address
+/// Orphaned TCP sockets (no owner, TIME_WAIT included) on `addr`'s port and address (any address
 /// when `addr` is unspecified): their sock ids.
 fn orphans_on(fd: &OwnedFd, addr: SocketAddr) -> std::io::Result<Vec<[u8; SOCKID_LEN]>> {
     let family = if addr.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 } as u8;
@@ -123,7 +122,6 @@ fn orphans_on(fd: &OwnedFd, addr: SocketAddr) -> std::io::Result<Vec<[u8; SOCKID
                 NLMSG_DONE => return Ok(found),
                 NLMSG_ERROR => return Err(std::io::Error::other("sock_diag dump failed")),
                 SOCK_DIAG_BY_FAMILY if body.len() >= MSG_LEN => {
-                    let state = body[1];
                     let id: [u8; SOCKID_LEN] = body[4..4 + SOCKID_LEN].try_into().unwrap_or([0; SOCKID_LEN]);
                     let sport = u16::from_be_bytes([id[0], id[1]]);
                     let inode = u32::from_ne_bytes(body[MSG_LEN - 4..MSG_LEN].try_into().unwrap_or_default());
@@ -132,7 +130,7 @@ fn orphans_on(fd: &OwnedFd, addr: SocketAddr) -> std::io::Result<Vec<[u8; SOCKID
                         IpAddr::V6(_) => IpAddr::from(<[u8; 16]>::try_from(&id[4..20]).unwrap_or_default()),
                     };
                     let same_addr = addr.ip().is_unspecified() || src == addr.ip();
-                    if inode == 0 && state != TCP_TIME_WAIT && sport == addr.port() && same_addr {
+                    if inode == 0 && sport == addr.port() && same_addr {
                         found.push(id);
                     }
                 }
