@@ -13,7 +13,8 @@
 //! (checkpoint directories), [`follow`] (line readers), [`memstat`] (a
 //! process's memory figures), [`ports`] (loopback ports of servers), [`app`] ([`App`]),
 //! [`daemon`] ([`Daemon`]), [`netns`] (hosts as network namespaces),
-//! [`cluster`] ([`Cluster`]) and [`cluster_ctl`] (ckptctl against it).
+//! [`cluster`] ([`Cluster`]), [`cluster_ctl`] (ckptctl against it) and [`verdict`]
+//! (self-checking examples).
 //! Everything is re-exported here.
 
 use std::time::Duration;
@@ -22,6 +23,7 @@ use std::time::Duration;
 pub mod output;
 pub mod app;
 pub mod chain;
+pub mod clients;
 pub mod cluster;
 pub mod cluster_ctl;
 pub mod daemon;
@@ -32,8 +34,10 @@ pub mod paths;
 pub mod ports;
 pub mod procs;
 pub mod store;
+pub mod verdict;
 
 pub use app::*;
+pub use clients::*;
 pub use cluster::*;
 pub use daemon::*;
 pub use follow::Line;
@@ -44,6 +48,7 @@ pub use paths::*;
 pub use ports::*;
 pub use procs::*;
 pub use store::*;
+pub use verdict::*;
 
 /// Default timeout for one `ckptctl` invocation.
 pub const CKPTCTL_TIMEOUT: Duration = Duration::from_secs(180);

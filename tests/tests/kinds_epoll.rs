@@ -66,20 +66,6 @@ fn wait_registered(d: &Daemon, pid: i32) -> Result<()> {
     }
 }
 
-fn ask_state(app: &App) -> Result<()> {
-    let before = app.history().len();
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line("`state ok` or `state bad`", |l| l.starts_with("state "), LINE_TIMEOUT)?;
-    let bad: Vec<String> = app
-        .history()
-        .into_iter()
-        .skip(before)
-        .filter(|l| l.starts_with("INVARIANT"))
-        .collect();
-    ensure!(l == "state ok" && bad.is_empty(), "{}: {}", l, bad.join("; "));
-    Ok(())
-}
-
 /// The pid of the child the program forked last (`child PID`).
 fn last_child(app: &App) -> Vec<i32> {
     app.history()

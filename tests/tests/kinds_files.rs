@@ -33,18 +33,6 @@ fn survives_two_restores(d: &Daemon, mut app: App, shown: &[&str]) -> Result<()>
     Ok(())
 }
 
-fn ask_state(app: &App) -> Result<()> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line("`state ok` or `state bad`", |l| l.starts_with("state "), LINE_TIMEOUT)?;
-    let bad: Vec<String> = app
-        .history()
-        .into_iter()
-        .filter(|l| l.starts_with("INVARIANT"))
-        .collect();
-    ensure!(l == "state ok" && bad.is_empty(), "{}: {}", l, bad.join("; "));
-    Ok(())
-}
-
 fn dir_arg(d: &Daemon) -> Result<String> {
     let dir = d.dir().join("files");
     std::fs::create_dir_all(&dir)?;

@@ -5,40 +5,6 @@
 use anyhow::{ensure, Context, Result};
 use ckpt_tests::*;
 
-/// Runs `example`, checks it is sound, then checkpoint / kill / restore twice (the second time
-/// from a checkpoint of the restored program), asking it to check its state each time.
-fn survives_two_restores(example: &str, args: &[&str]) -> Result<()> {
-    let d = Daemon::start()?;
-    let mut app = d.run_example(example, args)?;
-    let pid = app.pid;
-    app.expect_tick(LINE_TIMEOUT)?;
-    ask_state(&app).context("before any checkpoint")?;
-    for round in 1..=2 {
-        let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
-        app.kill9()?;
-        // The old handle must not kill the restored process (same pid) when it is dropped.
-        app.disarm();
-        app = d.restore_ok(&cp.id, pid).with_context(|| format!("restore {round}"))?;
-        app.expect_tick(LINE_TIMEOUT)
-            .with_context(|| format!("after restore {round}"))?;
-        ask_state(&app).with_context(|| format!("after restore {round}\n{}", d.context()))?;
-    }
-    app.kill9()?;
-    Ok(())
-}
-
-fn ask_state(app: &App) -> Result<()> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line("`state ok` or `state bad`", |l| l.starts_with("state "), LINE_TIMEOUT)?;
-    let bad: Vec<String> = app
-        .history()
-        .into_iter()
-        .filter(|l| l.starts_with("INVARIANT"))
-        .collect();
-    ensure!(l == "state ok" && bad.is_empty(), "{}: {}", l, bad.join("; "));
-    Ok(())
-}
-
 #[test]
 fn eventfd_counters_modes_and_sharing() -> Result<()> {
     require_root!();

@@ -5,7 +5,6 @@
 
 use anyhow::{ensure, Context, Result};
 use ckpt_tests::*;
-use std::time::Duration;
 
 /// Asks the program to check itself; `also` are further lines to wait for (the child's).
 fn ask_state(app: &App, also: &[&str]) -> Result<()> {
@@ -29,12 +28,6 @@ fn ask_state(app: &App, also: &[&str]) -> Result<()> {
         app.context()
     );
     Ok(())
-}
-
-fn kill_pid(pid: i32) -> Result<()> {
-    // SAFETY: killing a process this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    wait_proc_gone(pid, Duration::from_secs(10))
 }
 
 /// Checkpoint / kill / restore twice; `others` are pids of the program's other processes

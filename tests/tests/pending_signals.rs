@@ -4,20 +4,8 @@
 //! their order when asked (SIGUSR1), then queues them again. It is checked after a checkpoint
 //! it survives, then checkpointed, killed and restored twice, and checked after each restore.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use ckpt_tests::*;
-
-fn ask_state(app: &App) -> Result<()> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line("`state ok` or `state bad`", |l| l.starts_with("state "), LINE_TIMEOUT)?;
-    let bad: Vec<String> = app
-        .history()
-        .into_iter()
-        .filter(|l| l.starts_with("INVARIANT"))
-        .collect();
-    ensure!(l == "state ok" && bad.is_empty(), "{}: {}", l, bad.join("; "));
-    Ok(())
-}
 
 #[test]
 fn pending_signals_come_back_with_their_siginfo_in_order() -> Result<()> {

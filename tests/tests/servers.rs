@@ -12,16 +12,6 @@ use std::time::Duration;
 
 const SERVER_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn redis_cli(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .context("running redis-cli")?;
-    ensure!(out.status.success(), "redis-cli {args:?}: {}", describe(&out));
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 /// Sets key:000000000000 … key:000000099999, the names redis-benchmark's `-r 100000` uses, so
 /// that the load below only rewrites existing keys and DBSIZE stays put.
 fn redis_fill(port: u16, n: u32) -> Result<()> {
@@ -238,12 +228,6 @@ fn clients_progress(app: &App, after: u64) -> Result<u64> {
             app.context()
         );
     }
-}
-
-/// Kills a program by pid (not our child: a restored one) and waits until it is gone.
-fn kill_pid(pid: i32) -> Result<()> {
-    send_signal(pid, libc::SIGKILL)?;
-    wait_proc_gone(pid, GONE_TIMEOUT)
 }
 
 #[test]

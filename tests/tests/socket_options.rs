@@ -10,18 +10,6 @@ use ckpt_tests::*;
 use std::net::TcpStream;
 use std::time::Duration;
 
-fn ask_state(app: &App) -> Result<()> {
-    app.signal(libc::SIGUSR1)?;
-    let l = app.expect_line("`state ok` or `state bad`", |l| l.starts_with("state "), LINE_TIMEOUT)?;
-    let bad: Vec<String> = app
-        .history()
-        .into_iter()
-        .filter(|l| l.starts_with("INVARIANT"))
-        .collect();
-    ensure!(l == "state ok" && bad.is_empty(), "{}: {}", l, bad.join("; "));
-    Ok(())
-}
-
 /// Connects to `addr` and expects the program to accept it on listener `name` from a client
 /// of family `family` (`v4`, `v4mapped`, `v6`).
 fn expect_accept(app: &App, addr: &str, name: &str, family: &str) -> Result<()> {

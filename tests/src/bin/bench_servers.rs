@@ -12,7 +12,6 @@
 
 use anyhow::{bail, ensure, Context, Result};
 use ckpt_tests::*;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 #[derive(Default)]
@@ -50,16 +49,6 @@ fn rss_mib(pid: i32) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
         .unwrap_or(0.0)
         / 1024.0
-}
-
-fn redis_cli(port: u16, args: &[&str]) -> Result<String> {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .context("redis-cli")?;
-    ensure!(out.status.success(), "redis-cli {args:?} failed");
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 fn redis(mib: u64) -> Result<Sample> {

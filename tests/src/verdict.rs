@@ -1,0 +1,48 @@
+//! Self-checking examples: a program that sets up some kind of state checks it when sent
+//! SIGUSR1 and prints `state ok`, or `INVARIANT <what>` lines and `state bad`.
+
+use crate::{send_signal, wait_proc_gone, App, Daemon, GONE_TIMEOUT, LINE_TIMEOUT};
+use anyhow::{ensure, Context, Result};
+
+/// Asks the program for its verdict; an error carries the INVARIANT lines it printed.
+pub fn ask_state(app: &App) -> Result<()> {
+    let before = app.history().len();
+    app.signal(libc::SIGUSR1)?;
+    let l = app.expect_line("`state ok` or `state bad`", |l| l.starts_with("state "), LINE_TIMEOUT)?;
+    let bad: Vec<String> = app
+        .history()
+        .into_iter()
+        .skip(before)
+        .filter(|l| l.starts_with("INVARIANT"))
+        .collect();
+    ensure!(l == "state ok" && bad.is_empty(), "{}: {}", l, bad.join("; "));
+    Ok(())
+}
+
+/// Runs `example`, checks it is sound, then checkpoint / kill / restore twice (the second time
+/// from a checkpoint of the restored program), asking it for its verdict each time.
+pub fn survives_two_restores(example: &str, args: &[&str]) -> Result<()> {
+    let d = Daemon::start()?;
+    let mut app = d.run_example(example, args)?;
+    let pid = app.pid;
+    app.expect_tick(LINE_TIMEOUT)?;
+    ask_state(&app).context("before any checkpoint")?;
+    for round in 1..=2 {
+        let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
+        app.kill9()?;
+        // The old handle must not kill the restored process (same pid) when it is dropped.
+        app.disarm();
+        app = d.restore_ok(&cp.id, pid).with_context(|| format!("restore {round}"))?;
+        app.expect_tick(LINE_TIMEOUT)
+            .with_context(|| format!("after restore {round}"))?;
+        ask_state(&app).with_context(|| format!("after restore {round}\n{}", d.context()))?;
+    }
+    app.kill9()?;
+    Ok(())
+}
+
+/// Kills a process that is not our child (a restored one) and waits until it is gone.
+pub fn kill_pid(pid: i32) -> Result<()> {
+    send_signal(pid, libc::SIGKILL)?;
+    wait_proc_gone(pid, GONE_TIMEOUT)
+}
