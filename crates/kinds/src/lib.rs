@@ -20,6 +20,7 @@ pub mod mqueue;
 pub mod posix_timer;
 mod reopen;
 pub mod signalfd;
+pub mod sock_diag;
 pub mod source;
 pub mod timerfd;
 pub mod unix;
