@@ -61,6 +61,25 @@ fn deleted_files_come_back_unlinked_with_content_and_offsets() -> Result<()> {
 }
 
 #[test]
+fn deleted_file_mapped_shared_with_its_fd_open_is_refused() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let mut app = d.run_example("deleted_state", &[&dir_arg(&d)?, "keep-fd"])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let out = d.ckptctl(&["checkpoint"]);
+    let msg = expect_failure_one_line(&out, "checkpoint of a deleted file mapped shared with its fd open")
+        .map_err(|e| e.context(d.context()))?;
+    ensure!(
+        msg.contains("/mapped") && msg.contains("mapped shared"),
+        "the refusal should name the file and say why: {msg}"
+    );
+    app.expect_tick(LINE_TIMEOUT)?;
+    ask_state(&app).context("after the refused checkpoint")?;
+    app.kill9()?;
+    Ok(())
+}
+
+#[test]
 fn named_fifos_keep_their_bytes_modes_and_buffer() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;

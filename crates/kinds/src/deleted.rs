@@ -3,9 +3,8 @@
 //! (zstd-compressed, holes and zero blocks left out) and they come back open, unlinked, at the
 //! same offset, in the same directory.
 //!
-//! A file that is also mapped `MAP_SHARED` is saved twice: the mapping's pages with the memory
-//! (restored into a memfd) and the content here; after restore the mapping and the fd are two
-//! files with the same content, no longer one.
+//! A file the process maps `MAP_SHARED` while it holds it through an fd is refused by ckptd:
+//! the mapping's pages come back in a memfd of their own, so the two would be two files.
 
 use crate::reopen::{self, check};
 use crate::{KindError, Source};
