@@ -305,6 +305,8 @@ pub enum FdKind {
         ino: u64,
         write: bool,
         buffered: Vec<u8>,
+        /// `F_GETPIPE_SZ`: the pipe's capacity in bytes (the program may have changed it).
+        capacity: u32,
     },
     /// A UDP socket, bound (and connected) again at restore with its options and multicast
     /// memberships; datagrams in flight may be lost. `shutdown` holds the `shutdown(2)` sides
@@ -351,7 +353,9 @@ impl FdKind {
             } => {
                 format!("tcp {local} -> {peer} ({} bytes queued unread)", queued.len())
             }
-            FdKind::Pipe { ino, write, buffered } => {
+            FdKind::Pipe {
+                ino, write, buffered, ..
+            } => {
                 let end = if *write { "write" } else { "read" };
                 format!("pipe:[{ino}] {end} end ({} bytes buffered)", buffered.len())
             }

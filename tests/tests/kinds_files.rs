@@ -79,6 +79,15 @@ fn deleted_file_mapped_shared_with_its_fd_open_is_refused() -> Result<()> {
     Ok(())
 }
 
+/// Bytes spread over more pipe buffers than their size needs pages come back whole (a copy
+/// that stopped at the first buffer lost them silently), in a pipe of the capacity the program
+/// set (it used to come back sized to the bytes, and the program's next write failed).
+#[test]
+fn pipe_bytes_over_many_buffers_come_back_whole() -> Result<()> {
+    require_root!();
+    ckpt_tests::survives_two_restores("pipe_fragments", &[])
+}
+
 #[test]
 fn named_fifos_keep_their_bytes_modes_and_buffer() -> Result<()> {
     require_root!();

@@ -197,19 +197,16 @@ fn kind_of(
         }
     } else if ft.is_fifo() && target.starts_with("pipe:") {
         let write = flags & libc::O_ACCMODE == libc::O_WRONLY;
-        let buffered = if write {
-            Vec::new()
-        } else {
-            super::sockets::peek_pipe(pid, fd).map_err(|source| DumpError::Io {
-                pid,
-                what: format!("pipe fd {fd}"),
-                source,
-            })?
-        };
+        let (capacity, buffered) = super::sockets::pipe_state(pid, fd, !write).map_err(|source| DumpError::Io {
+            pid,
+            what: format!("pipe fd {fd}"),
+            source,
+        })?;
         FdKind::Pipe {
             ino: meta.ino(),
             write,
             buffered,
+            capacity,
         }
     } else if ft.is_socket() {
         super::sockets::dump_socket(pid, fd, target)?

@@ -129,27 +129,21 @@ fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The bytes buffered in a pipe, copied with tee(2) so the program still reads them.
-pub fn peek_pipe(pid: i32, fd: RawFd) -> std::io::Result<Vec<u8>> {
-    let rd = grab(pid, fd)?;
-    let mut n: i32 = 0;
-    // SAFETY: FIONREAD writes one int.
-    unsafe { libc::ioctl(rd.as_raw_fd(), libc::FIONREAD, &mut n) };
-    if n <= 0 {
-        return Ok(Vec::new());
-    }
-    let (tr, tw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY: fcntl on our own pipe; room for everything buffered.
-    unsafe { libc::fcntl(tw.as_raw_fd(), libc::F_SETPIPE_SZ, n) };
-    // SAFETY: tee between two pipes we hold; it copies without consuming.
-    let copied = unsafe { libc::tee(rd.as_raw_fd(), tw.as_raw_fd(), n as usize, libc::SPLICE_F_NONBLOCK) };
-    if copied < 0 {
+/// A pipe end's capacity, and for a read end the bytes buffered in it, copied so the program
+/// still reads them.
+pub fn pipe_state(pid: i32, fd: RawFd, read_end: bool) -> std::io::Result<(u32, Vec<u8>)> {
+    let end = grab(pid, fd)?;
+    // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
+    let capacity = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if capacity < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    drop(tw);
-    let mut out = Vec::with_capacity(copied as usize);
-    std::io::Read::read_to_end(&mut std::fs::File::from(tr), &mut out)?;
-    Ok(out)
+    let buffered = if read_end {
+        ckpt_kinds::fifo::peek_pipe(end.as_raw_fd())?
+    } else {
+        Vec::new()
+    };
+    Ok((capacity as u32, buffered))
 }
 
 /// Addresses and byte counts of a TCP connection fd, without touching its queues.

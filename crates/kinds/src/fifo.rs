@@ -52,7 +52,7 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
     // SAFETY: F_GETPIPE_SZ on a FIFO we hold.
     let pipe_size =
         check(unsafe { libc::fcntl(rd, libc::F_GETPIPE_SZ) } as i64).map_err(KindError::read(what()))? as i32;
-    let buffered = peek(rd).map_err(KindError::read(what()))?;
+    let buffered = peek_pipe(rd).map_err(KindError::read(what()))?;
     Ok(Record {
         path: src.link.to_string(),
         dev: src.meta.dev(),
@@ -63,27 +63,36 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
     })
 }
 
-/// The bytes waiting in a pipe, copied with `tee` (nothing is consumed).
-fn peek(rd: RawFd) -> std::io::Result<Vec<u8>> {
+/// The bytes waiting in a pipe (a FIFO or an anonymous one), copied with `tee`: nothing is
+/// consumed. `tee` copies whole pipe buffers, one per slot of the scratch pipe, and a pipe may
+/// hold many small buffers: the scratch pipe gets as many slots as the source has.
+pub fn peek_pipe(rd: RawFd) -> std::io::Result<Vec<u8>> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
     check(unsafe { libc::ioctl(rd, libc::FIONREAD, &mut n) } as i64)?;
     if n <= 0 {
         return Ok(Vec::new());
     }
+    // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
+    let capacity = check(unsafe { libc::fcntl(rd, libc::F_GETPIPE_SZ) } as i64)?;
     let (tr, tw) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    // SAFETY: fcntl on our own pipe: room for everything buffered.
-    unsafe { libc::fcntl(tw.as_raw_fd(), libc::F_SETPIPE_SZ, n) };
+    // SAFETY: fcntl on our own pipe.
+    check(unsafe {
+        libc::fcntl(
+            tw.as_raw_fd(),
+            libc::F_SETPIPE_SZ,
+            capacity.max(n as i64) as libc::c_int,
+        )
+    } as i64)?;
     // SAFETY: tee between two pipes we hold copies without consuming.
     let copied = check(unsafe { libc::tee(rd, tw.as_raw_fd(), n as usize, libc::SPLICE_F_NONBLOCK) } as i64)?;
     drop(tw);
     let mut out = Vec::with_capacity(copied as usize);
     std::io::Read::read_to_end(&mut std::fs::File::from(tr), &mut out)?;
     if out.len() != n as usize {
-        // tee stops at a pipe buffer boundary it cannot copy whole; a partial copy is not the
-        // FIFO's content.
+        // A partial copy is not the pipe's content.
         return Err(std::io::Error::other(format!(
-            "copied {} of {n} bytes waiting",
+            "copied {} of the {n} bytes waiting in a pipe",
             out.len()
         )));
     }
