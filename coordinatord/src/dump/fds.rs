@@ -40,6 +40,26 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
             what: format!("fd {fd}"),
             source,
         })?;
+        let key = (meta.dev(), meta.ino());
+        // A duplicate of an object already read (dup, or inherited twice) is the same object:
+        // read once (a queue is taken and put back, a deleted file's content stored, once).
+        let same_object = out
+            .iter()
+            .filter(|f| matches!(f.kind, FdKind::Object { .. }))
+            .filter(|f| ids.iter().any(|(o, d, i)| *o == f.fd && (*d, *i) == key))
+            .find(|f| kcmp_same_file(pid, f.fd, fd));
+        if let Some(first) = same_object {
+            let (first_fd, kind) = (first.fd, first.kind.clone());
+            ids.push((fd, key.0, key.1));
+            out.push(FdImage {
+                fd,
+                flags,
+                cloexec,
+                dup_of: Some(first_fd),
+                kind,
+            });
+            continue;
+        }
         let kind = match kind_of(pid, fd, &target, &text, flags, info.pos, &meta, control_fd, uffd_fd) {
             Ok(k) => k,
             Err(Refusal::Unsupported(what)) => {
@@ -49,13 +69,8 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
             Err(Refusal::Failed(e)) => return Err(e),
         };
         // Two fds sharing one open file description must share it again after restore.
-        let key = (meta.dev(), meta.ino());
         let dup_of = match kind {
             FdKind::Control | FdKind::Uffd | FdKind::Stdio { .. } => None,
-            FdKind::Object { .. } => ids
-                .iter()
-                .find(|(other, d, i)| (*d, *i) == key && kcmp_same_file(pid, *other, fd))
-                .map(|(other, _, _)| *other),
             ref k if k.is_handed() => None,
             _ => ids
                 .iter()

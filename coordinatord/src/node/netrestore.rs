@@ -181,6 +181,7 @@ pub fn make_sockets(
     let mut out: HashMap<(i32, i32), OwnedFd> = HashMap::new();
     let mut conns: Vec<Conn> = Vec::new();
     let mut accepts = Vec::new();
+    // Sockets bound to an address no other socket can share, by address ("udp " for UDP).
     let mut shared_listeners: HashMap<String, OwnedFd> = HashMap::new();
     for img in images {
         for f in &img.fds {
@@ -218,6 +219,19 @@ pub fn make_sockets(
                     opts,
                     shutdown,
                 } => {
+                    // Without SO_REUSEADDR or SO_REUSEPORT no two UDP sockets bind one
+                    // address: holders of one there share it (fork, dup), and get one again.
+                    // (An unbound socket, port 0, is its own.)
+                    let alone =
+                        opts.int("SO_REUSEADDR") == 0 && opts.int("SO_REUSEPORT") == 0 && parse(local)?.port() != 0;
+                    let key = format!("udp {local}");
+                    if alone {
+                        if let Some(first) = shared_listeners.get(&key) {
+                            let s: &OwnedFd = first;
+                            out.insert(id, s.try_clone()?);
+                            continue;
+                        }
+                    }
                     let s = UdpSocket::from(bound(parse(local)?, libc::SOCK_DGRAM, opts)?);
                     opts.join(s.as_raw_fd())
                         .with_context(|| format!("cannot re-create the UDP socket on {local}"))?;
@@ -225,6 +239,9 @@ pub fn make_sockets(
                         s.connect(parse(p)?)?;
                     }
                     shut(&s, *shutdown).with_context(|| format!("cannot shut the UDP socket on {local} down again"))?;
+                    if alone {
+                        shared_listeners.insert(key, OwnedFd::from(s.try_clone()?));
+                    }
                     out.insert(id, s.into());
                 }
                 FdKind::TcpConn {

@@ -141,12 +141,14 @@ impl Node {
         let mut sockets = netrestore::make_sockets(&images, &plan, &pending.listeners)
             .map_err(|e| e.context(format!("host {}", self.host)))?;
         sockets.extend(super::pipes::make_pipes(&images).context("re-creating pipes")?);
-        sockets.extend(super::objects::make_objects(&images)?);
         // The files may have changed since every node prepared: check again, then change them.
         let actions = pending
             .files
             .check(&images, &self.files.watch)
             .map_err(|p| anyhow!("restore of {id} refused, nothing was changed: {}", p.join("; ")))?;
+        // Objects change what they replace (a named queue, a dead program's socket file): only
+        // once the files are known to be restorable.
+        sockets.extend(super::objects::make_objects(&images)?);
         let applied = match pending.files.apply(&actions) {
             Ok(a) => a,
             Err((e, done)) => bail!(
