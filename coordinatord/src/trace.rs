@@ -79,9 +79,13 @@ fn output_file() -> anyhow::Result<std::fs::File> {
     Ok(std::fs::File::from(fd))
 }
 
-pub fn ptrace(req: u32, tid: i32, addr: u64, data: u64) -> std::io::Result<i64> {
-    // SAFETY: ptrace requests whose addr/data are either plain numbers or valid pointers set
-    // up by the caller.
+/// `ptrace(req, tid, addr, data)`.
+///
+/// # Safety
+/// Where `req` reads or writes through `addr` or `data`, they must point to memory of the size
+/// that request uses.
+pub unsafe fn ptrace(req: u32, tid: i32, addr: u64, data: u64) -> std::io::Result<i64> {
+    // SAFETY: the caller passes pointers valid for this request (see above).
     let r = unsafe { libc::ptrace(req, tid, addr as *mut libc::c_void, data as *mut libc::c_void) };
     if r < 0 {
         Err(std::io::Error::last_os_error())
@@ -102,13 +106,15 @@ pub struct Stopped {
 impl Stopped {
     /// Stops `tid`; `None` when it exited meanwhile.
     pub fn attach(tid: i32) -> anyhow::Result<Option<Stopped>> {
-        ptrace(libc::PTRACE_SEIZE, tid, 0, 0).context("cannot attach (is another debugger tracing it?)")?;
+        // SAFETY: SEIZE with no options reads no memory.
+        unsafe { ptrace(libc::PTRACE_SEIZE, tid, 0, 0) }.context("cannot attach (is another debugger tracing it?)")?;
         let mut me = Stopped {
             tid,
             inject: 0,
             attached: true,
         };
-        ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0).context("cannot interrupt it")?;
+        // SAFETY: INTERRUPT takes no memory.
+        unsafe { ptrace(libc::PTRACE_INTERRUPT, tid, 0, 0) }.context("cannot interrupt it")?;
         loop {
             let mut st = 0;
             // SAFETY: st is a valid out-pointer.
@@ -131,7 +137,8 @@ impl Stopped {
 
     pub fn detach(mut self) -> anyhow::Result<()> {
         self.attached = false;
-        ptrace(libc::PTRACE_DETACH, self.tid, 0, self.inject).context("detaching")?;
+        // SAFETY: DETACH takes a signal number, no memory.
+        unsafe { ptrace(libc::PTRACE_DETACH, self.tid, 0, self.inject) }.context("detaching")?;
         Ok(())
     }
 }
@@ -139,7 +146,8 @@ impl Stopped {
 impl Drop for Stopped {
     fn drop(&mut self) {
         if self.attached {
-            let _ = ptrace(libc::PTRACE_DETACH, self.tid, 0, self.inject);
+            // SAFETY: DETACH takes a signal number, no memory.
+            let _ = unsafe { ptrace(libc::PTRACE_DETACH, self.tid, 0, self.inject) };
         }
     }
 }

@@ -71,9 +71,13 @@ fn unblock_one(pid: i32, tid: i32, sig: i32, slot: u64, mem: &std::fs::File) -> 
         return Ok(());
     };
     let mut mask = 0u64;
-    crate::trace::ptrace(libc::PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as u64).context("reading its mask")?;
+    // SAFETY: GETSIGMASK writes 8 bytes (the size given) to `mask`.
+    unsafe { crate::trace::ptrace(libc::PTRACE_GETSIGMASK, tid, 8, &mut mask as *mut u64 as u64) }
+        .context("reading its mask")?;
     mask &= !(1u64 << (sig - 1));
-    crate::trace::ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as u64).context("changing its mask")?;
+    // SAFETY: SETSIGMASK reads 8 bytes (the size given) from `mask`.
+    unsafe { crate::trace::ptrace(libc::PTRACE_SETSIGMASK, tid, 8, &mask as *const u64 as u64) }
+        .context("changing its mask")?;
     mark_reblock(pid, tid, slot, mem)?;
     t.detach()
 }

@@ -101,12 +101,16 @@ fn peek(tid: i32, shared: bool) -> anyhow::Result<Vec<u8>> {
             flags: if shared { libc::PTRACE_PEEKSIGINFO_SHARED } else { 0 },
             nr: BATCH as i32,
         };
-        let n = ptrace(
-            libc::PTRACE_PEEKSIGINFO,
-            tid,
-            &args as *const _ as u64,
-            buf.as_mut_ptr() as u64,
-        )
+        // SAFETY: PEEKSIGINFO reads `args` and writes at most `args.nr` siginfos (BATCH * SIZE
+        // bytes, buf's length) to buf.
+        let n = unsafe {
+            ptrace(
+                libc::PTRACE_PEEKSIGINFO,
+                tid,
+                &args as *const _ as u64,
+                buf.as_mut_ptr() as u64,
+            )
+        }
         .with_context(|| format!("reading the signal queue of thread {tid}"))? as usize;
         if n == 0 {
             return Ok(out);
