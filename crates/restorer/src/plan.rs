@@ -371,7 +371,27 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
             args: [addr, 88, 0, 0, 0, 0],
         });
     }
+    // The other threads wait until the timers exist: a program thread must not see a timer id
+    // missing, nor create a timer of its own while ids are being chosen (a process-wide mode).
+    let timers_made = (!img.posix_timers.is_empty()).then(|| p.put(&0u64.to_le_bytes()));
     posix_timers(&mut p, img);
+    if let Some(word) = timers_made {
+        p.ops.push(Op {
+            kind: POKE,
+            flags: 0,
+            nr: 0,
+            args: [word, 1, 0, 0, 0, 0],
+        });
+        p.sys(
+            libc::SYS_futex,
+            &[
+                word,
+                (libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG) as u64,
+                i32::MAX as u64,
+            ],
+            IGNORE_ERROR,
+        );
+    }
     thread_tail(&mut p, img, main)?;
     // The process's own queue, by its main thread (rt_sigqueueinfo takes any si_code from a
     // thread whose tid is the target pid); signals without a queued siginfo are sent again.
@@ -392,6 +412,14 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
     });
     for (t, at) in others.iter().zip(patches) {
         p.ops[at].args[2] = p.ops.len() as u64;
+        if let Some(word) = timers_made {
+            // Returns at once (EAGAIN) when the word is already 1.
+            p.sys(
+                libc::SYS_futex,
+                &[word, (libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG) as u64, 0, 0],
+                IGNORE_ERROR,
+            );
+        }
         thread_tail(&mut p, img, t)?;
         p.ops.push(Op {
             kind: SIGRETURN,
