@@ -170,6 +170,8 @@ static void all_set_up(void)
     lst = socket(AF_UNIX, SOCK_STREAM, 0);
     socklen_t sl = addr(&sa, lpath, 0);
     if (bind(lst, (struct sockaddr *)&sa, sl) || listen(lst, 7)) { perror("listener"); exit(2); }
+    /* Who may connect is the socket file's mode and owner: kept. */
+    if (chmod(lpath, 0604) || chown(lpath, 0, 12)) { perror("chmod listener file"); exit(2); }
     c1 = socket(AF_UNIX, SOCK_STREAM, 0);
     if (connect(c1, (struct sockaddr *)&sa, sl)) { perror("connect"); exit(2); }
     s1 = accept(lst, NULL, NULL);
@@ -245,6 +247,12 @@ static void all_check(void)
     }
 
     same_name(lst, 0, lpath, 0, "listener name");
+    struct stat lst_st;
+    if (stat(lpath, &lst_st) != 0) invariant("listener file exists", errno, 0);
+    else {
+        if ((lst_st.st_mode & 07777) != 0604) invariant("listener file mode", lst_st.st_mode & 07777, 0604);
+        if (lst_st.st_gid != 12) invariant("listener file group", lst_st.st_gid, 12);
+    }
     same_name(s1, 0, lpath, 0, "accepted socket's name");
     same_name(c1, 1, lpath, 0, "client's peer name");
     r = recv(s1, buf, sizeof buf, MSG_DONTWAIT);

@@ -150,3 +150,26 @@ fn unix_fds_in_flight_are_refused_by_name() -> Result<()> {
     app.kill9()?;
     Ok(())
 }
+
+/// A connection whose peer credentials are another user's than ckptd's would come back with
+/// ckptd's (a server checking its clients' uid would see root): refused, naming them, and the
+/// program runs on.
+#[test]
+fn unix_peer_credentials_of_another_user_are_refused() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let mut app = d.run_example("unix_other_user.py", &[])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let out = d.ckptctl(&["checkpoint"]);
+    let msg = expect_failure_one_line(&out, "checkpoint of a socketpair made by uid 65534")
+        .map_err(|e| e.context(d.context()))?;
+    ensure!(
+        msg.contains("SO_PEERCRED uid 65534") && msg.contains("ckptd of its own user"),
+        "the refusal should name the credentials and the way out: {msg}"
+    );
+    let t = app.drain_last_tick().unwrap_or(0);
+    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
+        .context("the program must run on")?;
+    app.kill9()?;
+    Ok(())
+}

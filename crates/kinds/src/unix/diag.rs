@@ -85,7 +85,7 @@ fn query(req: &[u8], dump: bool) -> std::io::Result<Vec<Diag>> {
     Ok(sock_diag::query(req, dump)?.iter().map(|b| parse_msg(b)).collect())
 }
 
-const SHOW_ALL: u32 = UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
+const SHOW_ALL: u32 = UDIAG_SHOW_NAME | UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN;
 
 /// The socket with inode `ino` (in ckptd's network namespace, the programs' too).
 pub fn lookup(ino: u64) -> std::io::Result<Diag> {

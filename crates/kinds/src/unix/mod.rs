@@ -15,7 +15,8 @@ pub use restore::Restore;
 
 use crate::{KindError, Source};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub enum SockType {
@@ -123,10 +124,20 @@ pub enum State {
     Waiting { listener: u64, listener_name: Option<Name> },
 }
 
+/// The file a socket bound to a path made: who owns it and who may connect.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SockFile {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Record {
     /// The socket's inode at checkpoint: how its peer and listener name it.
     pub ino: u64,
+    /// The socket file of a path-bound socket, when it is still there.
+    pub file: Option<SockFile>,
     pub ty: SockType,
     pub name: Option<Name>,
     pub state: State,
@@ -255,6 +266,18 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
             )))
         }
     };
+    refuse_foreign_creds(fd, &state)?;
+    let file = match (&d.name, d.vfs_ino) {
+        (Some(Name::Path(p)), Some(vfs)) => std::fs::symlink_metadata(std::ffi::OsStr::from_bytes(p))
+            .ok()
+            .filter(|m| m.file_type().is_socket() && m.ino() & 0xffff_ffff == vfs)
+            .map(|m| SockFile {
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+            }),
+        _ => None,
+    };
     let opts = Opts::read(fd);
     let queue = match state {
         State::Listening { .. } => Vec::new(),
@@ -268,6 +291,7 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
     };
     Ok(Record {
         ino,
+        file,
         ty,
         name: d.name,
         state,
@@ -275,6 +299,38 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
         opts,
         queue,
     })
+}
+
+/// ckptd makes the restored connections and listeners itself, so the credentials the kernel
+/// gives their peers (`SO_PEERCRED`: a listener's are what its clients see) are ckptd's. A
+/// socket whose peer credentials are another user's would come back with them changed (a
+/// server checking its clients' uid would see root): refused, with the way out.
+fn refuse_foreign_creds(fd: std::os::fd::RawFd, state: &State) -> Result<(), KindError> {
+    if matches!(state, State::Unconnected) {
+        return Ok(());
+    }
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: cred and len are valid out-pointers of the right size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // pid 0: no credentials were ever recorded (a datagram socket connected by name).
+    if r != 0 || cred.pid == 0 || (cred.uid, cred.gid) == (uid, gid) {
+        return Ok(());
+    }
+    Err(KindError::Refused(format!(
+        "a Unix socket whose peer credentials (SO_PEERCRED uid {} gid {}) ckptd, running as uid {uid} gid {gid}, cannot give back; checkpoint this program with a ckptd of its own user",
+        cred.uid, cred.gid
+    )))
 }
 
 /// The peer's address of a connected socket (`Some(None)`: an unnamed peer), `None` when

@@ -141,6 +141,16 @@ fn connect_to_closed(fd: RawFd, ty: SockType) -> std::io::Result<()> {
     connect_name(fd, &name)
 }
 
+/// Gives a re-created socket file the owner and mode the program's had (ckptd made it).
+fn own_file(name: &Name, file: Option<super::SockFile>) -> std::io::Result<()> {
+    let (Name::Path(p), Some(f)) = (name, file) else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(p));
+    std::os::unix::fs::lchown(path, Some(f.uid), Some(f.gid))?;
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
+}
+
 impl Restore {
     fn listener_named(&self, name: &Name) -> Option<RawFd> {
         self.made
@@ -214,7 +224,10 @@ impl Restore {
             return Ok(fd);
         }
         let bind_own = |fd: &OwnedFd| match &rec.name {
-            Some(n) => bind_name(fd.as_raw_fd(), n),
+            Some(n) => {
+                bind_name(fd.as_raw_fd(), n)?;
+                own_file(n, rec.file)
+            }
             None => Ok(()),
         };
         match &rec.state {
