@@ -7,6 +7,9 @@
 //! Objects are re-created by ckptd and handed to every restorer holding them, so that one open
 //! file description shared by several fds or processes is one again after restore.
 //!
+//! The records here are part of the image format (`ckpt_format` stores them as they are): a
+//! change to one is a change of `ckpt_format::FORMAT_VERSION`.
+//!
 //! TCP and UDP sockets themselves are made by ckptd (their connections span hosts); their
 //! options live here, in [`inet`].
 

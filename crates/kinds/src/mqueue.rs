@@ -125,6 +125,15 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
             attr.mq_curmsgs
         )));
     }
+    if attr.mq_curmsgs > 0 && attr.mq_curmsgs >= attr.mq_maxmsg {
+        // A sender outside the checkpoint blocked on the full queue would slip its message in
+        // as soon as one is taken, and one of the program's could not be put back.
+        return Err(KindError::Refused(format!(
+            "message queue {name} is full ({} messages): reading it could let a sender outside \
+             the checkpoint take the place of one of them; checkpoint again once it has room",
+            attr.mq_curmsgs
+        )));
+    }
     let messages = take_and_put_back(q, attr.mq_curmsgs, attr.mq_msgsize).map_err(KindError::read(what()))?;
     Ok(Record {
         name,
