@@ -207,15 +207,9 @@ impl Restore {
         let Some(server) = server.filter(|_| rec.ty != SockType::Dgram) else {
             return socketpair(rec.ty);
         };
-        // The name may be held by a program outside the checkpoint that still runs (the
-        // server of a client being restored): the pair is then unnamed, its names only differ.
-        let (c, s) = match self.named_pair(rec.ty, server, client) {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::info!(name = %server.show(), error = %e, "a Unix connection comes back without its names");
-                socketpair(rec.ty)?
-            }
-        };
+        // A name held by a program outside the checkpoint stops the restore (named_pair says
+        // so): an unnamed pair would answer getsockname/getpeername differently.
+        let (c, s) = self.named_pair(rec.ty, server, client)?;
         Ok(if me_server { (s, c) } else { (c, s) })
     }
 
