@@ -53,23 +53,9 @@ fn stop(mut c: Child) {
 fn redis_under_load_restored_twice() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    let port = free_low_port()?;
+    let (mut app, port) = start_redis(&d, &["--protected-mode", "no"])?;
     let p = port.to_string();
-    let args = [
-        "--port",
-        &p,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--protected-mode",
-        "no",
-    ];
-    let mut app = d.run(std::path::Path::new("/usr/bin/redis-server"), &args)?;
     let pid = app.pid;
-    wait_listening(port, SERVER_TIMEOUT).map_err(|e| e.context(app.context()))?;
     redis_fill(port, 100_000)?;
     ensure!(
         redis_cli(port, &["DBSIZE"])? == "100000",

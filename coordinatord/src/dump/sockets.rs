@@ -4,8 +4,9 @@
 use super::DumpError;
 use ckpt_format::{FdKind, SockOpts};
 use ckpt_kinds::inet::{self, Sock};
+pub use ckpt_kinds::source::grab;
 use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 
 /// The kernel's counts for one TCP connection end.
 #[derive(Debug, Clone, Copy, Default)]
@@ -19,23 +20,6 @@ pub struct TcpCounts {
 
 const TCP_ESTABLISHED: u8 = 1;
 const TCP_LISTEN: u8 = 10;
-
-pub fn grab(pid: i32, fd: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open returns a new fd or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as i32;
-    if pidfd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: we own pidfd.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    // SAFETY: pidfd_getfd returns a new fd (close-on-exec) or -1.
-    let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) } as i32;
-    if dup < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just installed `dup` for us.
-    Ok(unsafe { OwnedFd::from_raw_fd(dup) })
-}
 
 fn sockopt_int(fd: RawFd, level: i32, opt: i32) -> i32 {
     let mut v: i32 = 0;

@@ -53,23 +53,8 @@ fn rss_mib(pid: i32) -> f64 {
 
 fn redis(mib: u64) -> Result<Sample> {
     let d = Daemon::start_in(&bin_dir_for("release"))?;
-    let port = free_low_port()?;
-    let p = port.to_string();
-    let args = [
-        "--port",
-        &p,
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--enable-debug-command",
-        "yes",
-    ];
-    let mut app = d.run(std::path::Path::new("/usr/bin/redis-server"), &args)?;
+    let (mut app, port) = start_redis(&d, &["--enable-debug-command", "yes"])?;
     let pid = app.pid;
-    wait_listening(port, Duration::from_secs(20))?;
     let keys = mib * 1024 * 1024 / 1100;
     redis_cli(port, &["DEBUG", "POPULATE", &keys.to_string(), "key", "1000"])?;
     let mut s = Sample {
