@@ -267,8 +267,9 @@ pub enum FdKind {
         path: String,
         rdev: u64,
     },
-    /// A terminal, pipe or socket on stdin/stdout/stderr: replaced at restore by the stdio of
-    /// the `ckptctl restore` that brings the process back.
+    /// A terminal, named FIFO or socket on stdin/stdout/stderr (a pipe there is a
+    /// [`FdKind::Pipe`] with `stdio`): replaced at restore by the stdio of the `ckptctl restore`
+    /// that brings the process back.
     Stdio {
         what: String,
     },
@@ -298,15 +299,19 @@ pub enum FdKind {
         queued: Vec<u8>,
         opts: SockOpts,
     },
-    /// An end of a pipe (not stdio). Ends with the same `ino` are one pipe. A read end carries
-    /// the bytes that were buffered in the pipe. At restore the pipe is made anew; an end whose
-    /// other end is not in the checkpoint comes back with that end closed (EOF or EPIPE).
+    /// An end of a pipe. Ends with the same `ino` are one pipe. A read end carries the bytes
+    /// that were buffered in the pipe. At restore the pipe is made anew; an end whose other end
+    /// is not in the checkpoint comes back with that end closed (EOF or EPIPE), except a stdio
+    /// end (see [`pipes_within`]).
     Pipe {
         ino: u64,
         write: bool,
         buffered: Vec<u8>,
         /// `F_GETPIPE_SZ`: the pipe's capacity in bytes (the program may have changed it).
         capacity: u32,
+        /// At fd 0-2: when the pipe's other end is not in the checkpoint (the user's shell, a
+        /// test harness), this end is the stdio of the `ckptctl restore` instead.
+        stdio: bool,
     },
     /// A UDP socket, bound (and connected) again at restore with its options and multicast
     /// memberships; datagrams in flight may be lost. `shutdown` holds the `shutdown(2)` sides
@@ -354,10 +359,15 @@ impl FdKind {
                 format!("tcp {local} -> {peer} ({} bytes queued unread)", queued.len())
             }
             FdKind::Pipe {
-                ino, write, buffered, ..
+                ino,
+                write,
+                buffered,
+                stdio,
+                ..
             } => {
                 let end = if *write { "write" } else { "read" };
-                format!("pipe:[{ino}] {end} end ({} bytes buffered)", buffered.len())
+                let stdio = if *stdio { ", stdio" } else { "" };
+                format!("pipe:[{ino}] {end} end ({} bytes buffered{stdio})", buffered.len())
             }
             FdKind::Udp { local, peer, opts, .. } => match peer {
                 Some(p) => format!("udp {local} -> {p}{}", opts.describe()),
@@ -380,6 +390,25 @@ impl FdKind {
     pub fn is_handed(&self) -> bool {
         self.is_socket() || matches!(self, FdKind::Pipe { .. } | FdKind::Object { .. })
     }
+}
+
+/// The pipes of one host's images that have both a read end and a write end among them. A
+/// stdio pipe end of one of these is reconnected at restore to its other end; a stdio end of
+/// any other pipe (its other end was outside the checkpoint) is replaced by the stdio of the
+/// `ckptctl restore`. Pipe numbers are per host: call it with one host's images.
+pub fn pipes_within<'a>(images: impl IntoIterator<Item = &'a ProcessImage>) -> std::collections::HashSet<u64> {
+    let mut ends: std::collections::HashMap<u64, (bool, bool)> = std::collections::HashMap::new();
+    for f in images.into_iter().flat_map(|i| i.fds.iter()) {
+        if let FdKind::Pipe { ino, write, .. } = &f.kind {
+            let e = ends.entry(*ino).or_default();
+            if *write {
+                e.1 = true;
+            } else {
+                e.0 = true;
+            }
+        }
+    }
+    ends.into_iter().filter(|(_, (r, w))| *r && *w).map(|(ino, _)| ino).collect()
 }
 
 impl ProcessImage {

@@ -206,10 +206,6 @@ fn kind_of(
             path: target.to_string(),
             rdev: meta.rdev(),
         }
-    } else if (ft.is_fifo() || ft.is_socket()) && fd <= 2 {
-        FdKind::Stdio {
-            what: target.to_string(),
-        }
     } else if ft.is_fifo() && target.starts_with("pipe:") {
         let write = flags & libc::O_ACCMODE == libc::O_WRONLY;
         let (capacity, buffered) = super::sockets::pipe_state(pid, fd, !write).map_err(|source| DumpError::Io {
@@ -222,6 +218,13 @@ fn kind_of(
             write,
             buffered,
             capacity,
+            // Whether it is reconnected or replaced is decided at restore, with every image of
+            // the host at hand.
+            stdio: fd <= 2,
+        }
+    } else if (ft.is_fifo() || ft.is_socket()) && fd <= 2 {
+        FdKind::Stdio {
+            what: target.to_string(),
         }
     } else if ft.is_socket() {
         super::sockets::dump_socket(pid, fd, target)?

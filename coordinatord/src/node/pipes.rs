@@ -1,4 +1,5 @@
-//! Re-creating the pipes of restored programs on this host, with the bytes they buffered.
+//! Re-creating the pipes of restored programs on this host, with the bytes they buffered; a
+//! pipe on stdio between two restored programs too.
 
 use anyhow::Context;
 use ckpt_format::{FdKind, ProcessImage};
@@ -13,6 +14,7 @@ type Pipe<'a> = (Vec<(i32, i32, bool)>, Option<&'a [u8]>, u32);
 /// Every pipe end of the images, by (pid, fd number).
 pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
     let mut pipes: BTreeMap<u64, Pipe> = BTreeMap::new();
+    let within = ckpt_format::pipes_within(images.iter().copied());
     for img in images {
         for f in &img.fds {
             if let FdKind::Pipe {
@@ -20,8 +22,14 @@ pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32)
                 write,
                 buffered,
                 capacity,
+                stdio,
             } = &f.kind
             {
+                // A stdio end whose other end was outside the checkpoint gets the restoring
+                // `ckptctl`'s stdio instead (the restorer keeps what it was started with).
+                if *stdio && !within.contains(ino) {
+                    continue;
+                }
                 let e = pipes.entry(*ino).or_default();
                 e.0.push((img.pid, f.fd, *write));
                 e.2 = *capacity;
