@@ -1,6 +1,7 @@
 //! The metadata record of one process: everything but the page contents.
 
 use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
 
 /// One process as it was at the checkpoint instant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -268,8 +269,8 @@ pub enum FdKind {
         rdev: u64,
     },
     /// A terminal, named FIFO or socket on stdin/stdout/stderr (a pipe there is a
-    /// [`FdKind::Pipe`] with `stdio`): replaced at restore by the stdio of the `ckptctl restore`
-    /// that brings the process back.
+    /// [`FdKind::Pipe`], a Unix socket an [`FdKind::Object`], with `stdio`): replaced at restore
+    /// by the stdio of the `ckptctl restore` that brings the process back.
     Stdio {
         what: String,
     },
@@ -302,7 +303,7 @@ pub enum FdKind {
     /// An end of a pipe. Ends with the same `ino` are one pipe. A read end carries the bytes
     /// that were buffered in the pipe. At restore the pipe is made anew; an end whose other end
     /// is not in the checkpoint comes back with that end closed (EOF or EPIPE), except a stdio
-    /// end (see [`pipes_within`]).
+    /// end (see [`StdioPeers`]).
     Pipe {
         ino: u64,
         write: bool,
@@ -330,6 +331,10 @@ pub enum FdKind {
         ident: u64,
         owner: bool,
         obj: ckpt_kinds::Object,
+        /// A Unix socket at fd 0-2 (or an fd sharing its description): made again only when
+        /// its peer is in the checkpoint, else replaced like [`FdKind::Stdio`] (see
+        /// [`StdioPeers`]).
+        stdio: bool,
     },
 }
 
@@ -373,6 +378,7 @@ impl FdKind {
                 Some(p) => format!("udp {local} -> {p}{}", opts.describe()),
                 None => format!("udp {local}{}", opts.describe()),
             },
+            FdKind::Object { obj, stdio: true, .. } => format!("{} (stdio)", obj.describe()),
             FdKind::Object { obj, .. } => obj.describe(),
         }
     }
@@ -386,29 +392,81 @@ impl FdKind {
         )
     }
 
+    /// A pipe or Unix socket end recorded at fd 0-2: reconnected or replaced at restore (see
+    /// [`StdioPeers`]).
+    pub fn is_stdio_end(&self) -> bool {
+        matches!(
+            self,
+            FdKind::Pipe { stdio: true, .. } | FdKind::Object { stdio: true, .. }
+        )
+    }
+
     /// Kinds that ckptd re-creates and hands to the restorer.
     pub fn is_handed(&self) -> bool {
         self.is_socket() || matches!(self, FdKind::Pipe { .. } | FdKind::Object { .. })
     }
 }
 
-/// The pipes of one host's images that have both a read end and a write end among them. A
-/// stdio pipe end of one of these is reconnected at restore to its other end; a stdio end of
-/// any other pipe (its other end was outside the checkpoint) is replaced by the stdio of the
-/// `ckptctl restore`. Pipe numbers are per host: call it with one host's images.
-pub fn pipes_within<'a>(images: impl IntoIterator<Item = &'a ProcessImage>) -> std::collections::HashSet<u64> {
-    let mut ends: std::collections::HashMap<u64, (bool, bool)> = std::collections::HashMap::new();
-    for f in images.into_iter().flat_map(|i| i.fds.iter()) {
-        if let FdKind::Pipe { ino, write, .. } = &f.kind {
-            let e = ends.entry(*ino).or_default();
-            if *write {
-                e.1 = true;
-            } else {
-                e.0 = true;
+/// Which stdio ends of one host's images are reconnected at restore: an end of a pipe that has
+/// both a read and a write end among the images, a Unix socket whose peer is among them. Any
+/// other stdio end (its other end was outside the checkpoint: the user's shell, a test harness)
+/// is replaced by the stdio of the `ckptctl restore`. Pipe and socket numbers are per host:
+/// made from one host's images.
+pub struct StdioPeers {
+    pipes: HashSet<u64>,
+    unix: HashSet<u64>,
+}
+
+impl StdioPeers {
+    pub fn new<'a>(images: impl IntoIterator<Item = &'a ProcessImage>) -> Self {
+        let mut ends: HashMap<u64, (bool, bool)> = HashMap::new();
+        let mut unix = HashSet::new();
+        for f in images.into_iter().flat_map(|i| i.fds.iter()) {
+            match &f.kind {
+                FdKind::Pipe { ino, write, .. } => {
+                    let e = ends.entry(*ino).or_default();
+                    if *write {
+                        e.1 = true;
+                    } else {
+                        e.0 = true;
+                    }
+                }
+                FdKind::Object {
+                    obj: ckpt_kinds::Object::Unix(r),
+                    ..
+                } => {
+                    unix.insert(r.ino);
+                }
+                _ => {}
             }
         }
+        let pipes = ends
+            .into_iter()
+            .filter(|(_, (r, w))| *r && *w)
+            .map(|(ino, _)| ino)
+            .collect();
+        StdioPeers { pipes, unix }
     }
-    ends.into_iter().filter(|(_, (r, w))| *r && *w).map(|(ino, _)| ino).collect()
+
+    /// Whether `kind`, a stdio end, comes back connected to its other end (false for any
+    /// other kind).
+    pub fn reconnected(&self, kind: &FdKind) -> bool {
+        match kind {
+            FdKind::Pipe { ino, stdio: true, .. } => self.pipes.contains(ino),
+            FdKind::Object {
+                obj: ckpt_kinds::Object::Unix(r),
+                stdio: true,
+                ..
+            } => ckpt_kinds::unix::peer_within(r, &self.unix),
+            _ => false,
+        }
+    }
+
+    /// Whether `kind` is a stdio end whose other end was outside the checkpoint: it becomes
+    /// the stdio of the `ckptctl restore`.
+    pub fn to_ckptctl(&self, kind: &FdKind) -> bool {
+        kind.is_stdio_end() && !self.reconnected(kind)
+    }
 }
 
 impl ProcessImage {

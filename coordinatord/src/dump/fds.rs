@@ -157,6 +157,11 @@ fn kind_of(
 ) -> Result<FdKind, Refusal> {
     let unsupported = |kind: String| Refusal::Unsupported(kind);
     let ft = meta.file_type();
+    if fd <= 2 && ft.is_socket() {
+        if let Some(obj) = stdio_unix(pid, fd, target, text, flags, meta) {
+            return Ok(obj);
+        }
+    }
     if fd != control_fd && fd != uffd_fd && !(fd <= 2 && (ft.is_fifo() || ft.is_socket() || is_tty_meta(meta))) {
         let src = ckpt_kinds::Source::new(pid, fd, target, text, flags, meta);
         match ckpt_kinds::capture(&src) {
@@ -165,6 +170,7 @@ fn kind_of(
                     ident: 0,
                     owner: true,
                     obj,
+                    stdio: false,
                 })
             }
             Some(Err(ckpt_kinds::KindError::Unsupported(what))) => return Err(unsupported(what)),
@@ -232,6 +238,29 @@ fn kind_of(
         return Err(unsupported(format!("an unsupported kind of file ({target})")));
     };
     Ok(kind)
+}
+
+/// A Unix socket on stdio, read like any Unix socket: at restore it is connected to its peer
+/// again when the peer is in the checkpoint, else it is the restoring `ckptctl`'s stdio (which
+/// is decided then, with every image of the host at hand). One that cannot be read (a kind of
+/// state Unix sockets refuse) stays plain stdio, as every stdio socket was before.
+fn stdio_unix(pid: i32, fd: i32, target: &str, text: &str, flags: i32, meta: &std::fs::Metadata) -> Option<FdKind> {
+    let src = ckpt_kinds::Source::new(pid, fd, target, text, flags, meta);
+    if !ckpt_kinds::unix::handles(&src) {
+        return None;
+    }
+    match ckpt_kinds::unix::capture(&src) {
+        Ok(r) => Some(FdKind::Object {
+            ident: 0,
+            owner: true,
+            obj: ckpt_kinds::Object::Unix(r),
+            stdio: true,
+        }),
+        Err(e) => {
+            tracing::info!(pid, fd, error = %e, "a stdio Unix socket kept as plain stdio");
+            None
+        }
+    }
 }
 
 fn is_tty_meta(meta: &std::fs::Metadata) -> bool {

@@ -25,7 +25,7 @@ pub fn link(images: &mut [&mut ProcessImage]) {
                     _ => None,
                 })
             });
-            let FdKind::Object { ident, owner, obj } = &mut img.fds[n].kind else {
+            let FdKind::Object { ident, owner, obj, .. } = &mut img.fds[n].kind else {
                 continue;
             };
             if let Some(i) = earlier {

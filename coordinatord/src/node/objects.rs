@@ -12,11 +12,17 @@ pub fn make_objects(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i3
     let mut made: HashMap<u64, OwnedFd> = HashMap::new();
     let mut out = HashMap::new();
     let mut restore = ckpt_kinds::Restore::default();
+    let peers = ckpt_format::StdioPeers::new(images.iter().copied());
     for img in images {
         for f in img.fds.iter().filter(|f| f.dup_of.is_none()) {
             let FdKind::Object { ident, obj, .. } = &f.kind else {
                 continue;
             };
+            // A stdio socket whose peer was outside the checkpoint gets the restoring
+            // `ckptctl`'s stdio instead (the restorer keeps what it was started with).
+            if peers.to_ckptctl(&f.kind) {
+                continue;
+            }
             let fd = match made.get(ident) {
                 Some(fd) => fd.try_clone().context("duplicating a re-created object")?,
                 None => {

@@ -14,7 +14,7 @@ type Pipe<'a> = (Vec<(i32, i32, bool)>, Option<&'a [u8]>, u32);
 /// Every pipe end of the images, by (pid, fd number).
 pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
     let mut pipes: BTreeMap<u64, Pipe> = BTreeMap::new();
-    let within = ckpt_format::pipes_within(images.iter().copied());
+    let peers = ckpt_format::StdioPeers::new(images.iter().copied());
     for img in images {
         for f in &img.fds {
             if let FdKind::Pipe {
@@ -27,7 +27,7 @@ pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32)
             {
                 // A stdio end whose other end was outside the checkpoint gets the restoring
                 // `ckptctl`'s stdio instead (the restorer keeps what it was started with).
-                if *stdio && !within.contains(ino) {
+                if *stdio && peers.to_ckptctl(&f.kind) {
                     continue;
                 }
                 let e = pipes.entry(*ino).or_default();

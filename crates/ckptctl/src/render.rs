@@ -1,6 +1,6 @@
 //! What ckptctl prints: short human text, or JSON with `--json`.
 
-use ckpt_format::{FdKind, FilePolicy, FileSummary, MappingKind, ProcessImage};
+use ckpt_format::{FdKind, FilePolicy, FileSummary, MappingKind, ProcessImage, StdioPeers};
 use ckpt_proto::CtlReply;
 use serde_json::json;
 
@@ -70,19 +70,19 @@ pub fn print(reply: &CtlReply, as_json: bool) {
                     _ => None,
                 })
                 .collect();
-            // Pipes with both ends on one host: their stdio ends are reconnected at restore.
-            let mut pipes: std::collections::HashMap<&str, std::collections::HashSet<u64>> = Default::default();
+            // Stdio pipes and sockets with their other end on the same host are reconnected.
+            let mut peers: std::collections::HashMap<&str, StdioPeers> = Default::default();
             for (host, _) in images {
-                pipes.entry(host.as_str()).or_insert_with(|| {
-                    ckpt_format::pipes_within(images.iter().filter(|(h, _)| h == host).map(|(_, i)| i))
-                });
+                peers
+                    .entry(host.as_str())
+                    .or_insert_with(|| StdioPeers::new(images.iter().filter(|(h, _)| h == host).map(|(_, i)| i)));
             }
             for (host, img) in images {
                 let stop = manifest
                     .processes()
                     .find(|(h, p)| *h == host && p.pid == img.pid)
                     .map(|(_, p)| p.stop_us);
-                show_process(host, img, stop, &ends, &unix, &pipes[host.as_str()]);
+                show_process(host, img, stop, &ends, &unix, &peers[host.as_str()]);
             }
             for h in manifest.hosts.iter().filter(|h| !h.files.is_empty()) {
                 show_files(&h.host, &h.files);
@@ -120,7 +120,7 @@ fn show_process(
     stop_us: Option<u64>,
     ends: &std::collections::HashSet<(&str, &str)>,
     unix: &std::collections::HashSet<u64>,
-    pipes: &std::collections::HashSet<u64>,
+    peers: &StdioPeers,
 ) {
     println!("\nhost {host}  pid {}  {}", img.pid, img.args.join(" "));
     println!(
@@ -165,10 +165,8 @@ fn show_process(
     for f in &img.fds {
         let note = match &f.kind {
             FdKind::Stdio { .. } => "  -> stdio of `ckptctl restore`",
-            FdKind::Pipe { stdio: true, ino, .. } if pipes.contains(ino) => {
-                "  -> reconnected to its other end in the checkpoint"
-            }
-            FdKind::Pipe { stdio: true, .. } => "  -> other end not in the checkpoint: stdio of `ckptctl restore`",
+            k if peers.reconnected(k) => "  -> reconnected to its other end in the checkpoint",
+            k if peers.to_ckptctl(k) => "  -> other end not in the checkpoint: stdio of `ckptctl restore`",
             FdKind::File {
                 policy: Some(FilePolicy::Append),
                 ..

@@ -61,9 +61,10 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
     for f in &img.fds {
         let src = match &f.kind {
             FdKind::Stdio { .. } => continue,
-            // ckptd hands a stdio pipe end only when its other end is restored too; without
-            // one, the stdio this restorer was started with (the `ckptctl restore`'s) stays.
-            FdKind::Pipe { stdio: true, .. } if !sockets.contains_key(&f.fd) => continue,
+            // ckptd hands a stdio pipe or socket end only when its other end is restored too;
+            // without one, each of fd 0-2 keeps the stdio this restorer was started with (the
+            // `ckptctl restore`'s), even when it shared one socket with another of them.
+            k if k.is_stdio_end() && f.fd <= 2 && !sockets.contains_key(&f.dup_of.unwrap_or(f.fd)) => continue,
             FdKind::Control => control,
             // A placeholder: the restored interposer makes a new tracker at this number.
             FdKind::Uffd => open("/dev/null", libc::O_RDWR)?,

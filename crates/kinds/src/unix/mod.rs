@@ -359,6 +359,13 @@ pub fn peer_outside(rec: &Record, inos: &std::collections::HashSet<u64>) -> bool
     }
 }
 
+/// Whether `rec` is connected to a socket among `inos` (the Unix sockets of one host's images):
+/// on stdio, such a socket is made again connected to its peer instead of being replaced by the
+/// restoring `ckptctl`'s stdio.
+pub fn peer_within(rec: &Record, inos: &std::collections::HashSet<u64>) -> bool {
+    matches!(&rec.state, State::Connected { peer, .. } if *peer != 0 && inos.contains(peer))
+}
+
 pub fn describe(rec: &Record) -> String {
     let name = rec.name.as_ref().map(|n| format!(" {}", n.show())).unwrap_or_default();
     let state = match &rec.state {
