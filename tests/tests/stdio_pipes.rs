@@ -1,7 +1,8 @@
-//! Pipes on stdin/stdout/stderr (issue 11). `seq | awk` under one `bash -c`, checkpointed
-//! mid-way, killed and restored: the pipe between seq's stdout and awk's stdin is made again
-//! between them (with what it held), so awk's sum is exact; only an end whose other end was
-//! outside the checkpoint (the harness's pipe) becomes the stdio of `ckptctl restore`.
+//! Pipes and Unix sockets on stdin/stdout/stderr (issue 11). `seq | awk` under one `bash -c`
+//! (or joined by a socketpair under python), checkpointed mid-way, killed and restored: the
+//! pipe between seq's stdout and awk's stdin is made again between them (with what it held),
+//! so awk's sum is exact; only an end whose other end was outside the checkpoint (the
+//! harness's pipe) becomes the stdio of `ckptctl restore`.
 
 use anyhow::{bail, ensure, Context, Result};
 use ckpt_tests::*;
@@ -18,10 +19,27 @@ const SUM_TIMEOUT: Duration = Duration::from_secs(120);
 /// The pipeline, its output to `redirect` (empty: the harness's pipe). `printf` because
 /// mawk prints a large sum as `4.5e+12`.
 fn script(redirect: &str) -> String {
-    format!("seq 1 {N} | awk '{{s += $1}} END {{printf \"%.0f\\n\", s}}'{redirect}")
+    format!("seq 1 {N} | awk '{AWK}'{redirect}")
+}
+
+const AWK: &str = r#"{s += $1} END {printf "%.0f\n", s}"#;
+
+/// The same with a socketpair between seq and awk, under python; awk's output to argv[1].
+fn socket_script() -> String {
+    format!(
+        r#"import socket, subprocess, sys
+a, b = socket.socketpair()
+out = open(sys.argv[1], "w")
+seq = subprocess.Popen(["seq", "1", "{N}"], stdout=a)
+awk = subprocess.Popen(["awk", r'{AWK}'], stdin=b, stdout=out)
+a.close(); b.close(); out.close()
+seq.wait(); awk.wait()
+"#
+    )
 }
 
 struct Pipeline {
+    /// The program ckpt-run started (bash or python), parent of seq and awk.
     bash: App,
     seq: i32,
     awk: i32,
@@ -36,8 +54,8 @@ fn comm(pid: i32) -> String {
 
 /// Runs the pipeline under ckpt-run and waits until its three processes are registered and
 /// have run together for a moment.
-fn start(d: &Daemon, script: &str) -> Result<Pipeline> {
-    let bash = d.run(Path::new("/bin/bash"), &["-c", script])?;
+fn start(d: &Daemon, prog: &str, args: &[&str]) -> Result<Pipeline> {
+    let bash = d.run(Path::new(prog), args)?;
     let deadline = Instant::now() + LINE_TIMEOUT;
     let (seq, awk) = loop {
         let pids = d.status_pids()?;
@@ -47,7 +65,7 @@ fn start(d: &Daemon, script: &str) -> Result<Pipeline> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "bash, seq and awk should all be registered (children of a ckpt-run'd program are); \
+                "{prog}, seq and awk should all be registered (children of a ckpt-run'd program are); \
                  `ckptctl status` lists {pids:?}\n{}",
                 d.context()
             );
@@ -104,6 +122,18 @@ fn fd_line<'a>(show: &'a str, pid: i32, fd: i32) -> Result<&'a str> {
         .with_context(|| format!("`ckptctl show` has no fd {fd} for pid {pid}:\n{show}"))
 }
 
+/// What awk printed into `out`, once it printed a line (or the timeout passed).
+fn wait_sum(out: &Path) -> Result<String> {
+    let deadline = Instant::now() + SUM_TIMEOUT;
+    loop {
+        let text = std::fs::read_to_string(out)?;
+        if text.ends_with('\n') || Instant::now() >= deadline {
+            return Ok(text);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 const RECONNECTED: &str = "reconnected to its other end";
 const TO_CKPTCTL: &str = "stdio of `ckptctl restore`";
 
@@ -112,7 +142,7 @@ fn pipe_between_checkpointed_processes_is_reconnected() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
     let out = d.dir().join("sum");
-    let mut p = start(&d, &script(&format!(" > {}", out.display())))?;
+    let mut p = start(&d, "/bin/bash", &["-c", &script(&format!(" > {}", out.display()))])?;
     let id = checkpoint_and_kill(&d, &mut p)?;
     let at_kill = std::fs::read_to_string(&out)?;
     ensure!(
@@ -131,17 +161,13 @@ fn pipe_between_checkpointed_processes_is_reconnected() -> Result<()> {
     }
     // bash's stdout and stderr are the harness's: they go to the restoring ckptctl.
     let l = fd_line(&show, p.bash.pid, 1)?;
-    ensure!(l.contains(TO_CKPTCTL), "bash's stdout should go to `ckptctl restore`: {l}");
+    ensure!(
+        l.contains(TO_CKPTCTL),
+        "bash's stdout should go to `ckptctl restore`: {l}"
+    );
 
     let r = d.restore_ok(&id, p.bash.pid)?;
-    let deadline = Instant::now() + SUM_TIMEOUT;
-    let got = loop {
-        let text = std::fs::read_to_string(&out)?;
-        if text.ends_with('\n') || Instant::now() >= deadline {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let got = wait_sum(&out)?;
     note!("restored awk printed {got:?}");
     ensure!(
         got == format!("{SUM}\n"),
@@ -164,7 +190,7 @@ fn stdio_pipe_to_outside_goes_to_ckptctl() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
     // awk's stdout is the harness's pipe (ckpt-run's stdout): outside the checkpoint.
-    let mut p = start(&d, &script(""))?;
+    let mut p = start(&d, "/bin/bash", &["-c", &script("")])?;
     let id = checkpoint_and_kill(&d, &mut p)?;
     let before = p.bash.history();
     ensure!(
@@ -190,6 +216,43 @@ fn stdio_pipe_to_outside_goes_to_ckptctl() -> Result<()> {
         got == SUM.to_string(),
         "the restored awk should print the exact sum {SUM} on `ckptctl restore`'s stdout, printed {got:?}\n{}",
         r.context()
+    );
+    Ok(())
+}
+
+#[test]
+fn socketpair_between_checkpointed_processes_is_reconnected() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let out = d.dir().join("sum");
+    let mut p = start(&d, PYTHON3, &["-c", &socket_script(), out.to_str().unwrap()])?;
+    let id = checkpoint_and_kill(&d, &mut p)?;
+    let at_kill = std::fs::read_to_string(&out)?;
+    ensure!(
+        at_kill.is_empty(),
+        "awk printed before the checkpoint, the test proves nothing: {at_kill:?}"
+    );
+    let show = d.ckptctl_ok(&["show", &id])?;
+    for (pid, fd) in [(p.seq, 1), (p.awk, 0)] {
+        let l = fd_line(&show, pid, fd)?;
+        ensure!(
+            l.contains("unix") && l.contains(RECONNECTED),
+            "fd {fd} of {} should be shown as a reconnected Unix socket: {l}",
+            comm(pid)
+        );
+    }
+    let r = d.restore_ok(&id, p.bash.pid)?;
+    let got = wait_sum(&out)?;
+    ensure!(
+        got == format!("{SUM}\n"),
+        "the restored pipeline should print the exact sum {SUM}, printed {got:?}\n{}",
+        d.context()
+    );
+    let h = r.history();
+    ensure!(
+        h.is_empty(),
+        "`ckptctl restore` should print nothing on stdout, got {:?}",
+        h.iter().take(5).collect::<Vec<_>>()
     );
     Ok(())
 }
