@@ -105,7 +105,7 @@ fn checkpoint_and_kill(d: &Daemon, p: &mut Pipeline) -> Result<String> {
 }
 
 /// The fd lines of one process in `ckptctl show`.
-fn fd_lines<'a>(show: &'a str, pid: i32) -> Vec<&'a str> {
+fn fd_lines(show: &str, pid: i32) -> Vec<&str> {
     show.lines()
         .skip_while(|l| !l.starts_with("host ") || !l.contains(&format!("pid {pid} ")))
         .skip_while(|l| l.trim() != "fds:")
@@ -115,7 +115,7 @@ fn fd_lines<'a>(show: &'a str, pid: i32) -> Vec<&'a str> {
 }
 
 /// The line of fd `fd` of process `pid` in `ckptctl show`.
-fn fd_line<'a>(show: &'a str, pid: i32, fd: i32) -> Result<&'a str> {
+fn fd_line(show: &str, pid: i32, fd: i32) -> Result<&str> {
     fd_lines(show, pid)
         .into_iter()
         .find(|l| l.split_whitespace().next() == Some(&fd.to_string()))
