@@ -49,8 +49,8 @@ enum Cmd {
     Show { id: String },
     /// Show the processes under checkpoint control
     Status,
-    /// Bring back the processes of a checkpoint, with their pids; their terminal/pipe stdio
-    /// becomes this command's
+    /// Bring back the processes of a checkpoint, with their pids; their terminal stdio, and
+    /// stdio pipes/sockets whose other end is not in the checkpoint, become this command's
     Restore {
         id: String,
         /// For the files matching GLOB: keep leaves them as they are (unchecked), snapshot rolls
