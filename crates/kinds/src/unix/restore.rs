@@ -151,6 +151,21 @@ fn own_file(name: &Name, file: Option<super::SockFile>) -> std::io::Result<()> {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(f.mode))
 }
 
+/// Whether the connection `accepted` is the one `client` made: a program outside the
+/// checkpoint may connect to the name between our connect and accept, and would then be
+/// handed to the restored program as its peer.
+fn ours(accepted: &OwnedFd, client: &OwnedFd, name: &Name) -> std::io::Result<()> {
+    let client_ino = std::fs::metadata(format!("/proc/self/fd/{}", client.as_raw_fd()))?.ino();
+    let accepted_ino = std::fs::metadata(format!("/proc/self/fd/{}", accepted.as_raw_fd()))?.ino();
+    if super::diag::lookup(accepted_ino)?.peer != client_ino {
+        return Err(io_err(format!(
+            "a program outside the checkpoint connected to {} while it was being restored; restore again",
+            name.show()
+        )));
+    }
+    Ok(())
+}
+
 impl Restore {
     fn listener_named(&self, name: &Name) -> Option<RawFd> {
         self.made
@@ -174,7 +189,9 @@ impl Restore {
         }
         if let Some(l) = self.listener_named(server) {
             connect_name(client.as_raw_fd(), server)?;
-            return Ok((client, accept(l)?));
+            let s = accept(l)?;
+            ours(&s, &client, server)?;
+            return Ok((client, s));
         }
         let t = new_socket(ty)?;
         let was_there = match server {
@@ -186,6 +203,7 @@ impl Restore {
         check(unsafe { libc::listen(t.as_raw_fd(), 1) })?;
         connect_name(client.as_raw_fd(), server)?;
         let s = accept(t.as_raw_fd())?;
+        ours(&s, &client, server)?;
         drop(t);
         // A dead socket's file was there: the stand-in's is one like it. Otherwise none was.
         if let (Name::Path(p), false) = (server, was_there) {
