@@ -33,3 +33,12 @@ fn pending_signals_come_back_with_their_siginfo_in_order() -> Result<()> {
     app.kill9()?;
     Ok(())
 }
+
+/// Alternate signal stacks come back as the program had them: none on the main thread (whose
+/// SA_ONSTACK handler crashed after a restore, on the restorer's stack that was gone), its own
+/// on a thread that set one.
+#[test]
+fn alternate_signal_stacks_come_back_as_they_were() -> Result<()> {
+    require_root!();
+    survives_two_restores("altstack_state", &[])
+}

@@ -404,6 +404,7 @@ fn syscall_name(nr: u64) -> String {
         libc::SYS_rt_sigreturn => "rt_sigreturn",
         libc::SYS_setitimer => "setitimer",
         libc::SYS_timer_create => "timer_create",
+        libc::SYS_sigaltstack => "sigaltstack",
         libc::SYS_timer_settime => "timer_settime",
         libc::SYS_rt_sigqueueinfo => "rt_sigqueueinfo (a pending signal)",
         _ => return format!("syscall {nr}"),

@@ -488,6 +488,12 @@ fn place_queued(p: &mut Plan, q: &QueuedSignal) -> anyhow::Result<(u64, u64)> {
 /// What each thread sets for itself before its sigreturn.
 fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) -> anyhow::Result<()> {
     p.sys(libc::SYS_set_tid_address, &[t.clear_tid], 0);
+    // No alternate signal stack but the program's own: the restorer's main thread has one (Rust
+    // sets it up), and the sigreturn below keeps it when the thread had none, since the
+    // kernel saved that as a zero-sized stack, which it refuses to set back. A handler with
+    // SA_ONSTACK (Python's are) would then run on memory that is gone.
+    let disabled = p.put_u64s(&[0, libc::SS_DISABLE as u64, 0]);
+    p.sys(libc::SYS_sigaltstack, &[disabled, 0], 0);
     if t.robust_head != 0 {
         p.sys(libc::SYS_set_robust_list, &[t.robust_head, t.robust_len], IGNORE_ERROR);
     }
