@@ -80,6 +80,9 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
                 CtlReply::Error {
                     message: not_yours(cred.uid(), me),
                 }
+            } else if let CtlRequest::Attach { id } = &req {
+                // The connection now belongs to the job until it ends or ckptctl leaves.
+                return crate::node::attach(node, &s, id);
             } else {
                 answer(ctx, req, fds)
             };

@@ -152,6 +152,14 @@ impl App {
         self.disarmed = true;
     }
 
+    /// pid of the spawned process (ckpt-run, or `ckptctl restore`), while not yet reaped.
+    pub fn child_pid(&self) -> Option<i32> {
+        match (&self.child, self.child_status) {
+            (Some(c), None) => Some(c.id() as i32),
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> &str {
         &self.label
     }

@@ -174,6 +174,10 @@ impl Manager {
                     Err(e) => err(e.into()),
                 }
             }
+            // Taken over by the local connection (see `crate::node::attach`); never forwarded.
+            CtlRequest::Attach { .. } => CtlReply::Error {
+                message: "attach is answered by the local ckptd only".to_string(),
+            },
         }
     }
 

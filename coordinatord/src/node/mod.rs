@@ -1,6 +1,7 @@
 //! The node (process manager): this host's registry of programs, its part of each checkpoint
 //! and restore, and the child processes it restored.
 
+mod attach;
 mod background;
 mod handle;
 mod netrestore;
@@ -12,6 +13,7 @@ mod pipes;
 mod restore;
 
 use crate::registry::Registry;
+pub use attach::attach;
 use ckpt_format::Store;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -115,6 +117,26 @@ impl Reaper {
         loop {
             if let Some(s) = m.remove(&pid) {
                 return Some(s);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            m = self
+                .cv
+                .wait_timeout(m, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits up to `timeout` for one of `pids` to have exited; that pid and its status.
+    pub fn wait_any(&self, pids: &[i32], timeout: Duration) -> Option<(i32, i32)> {
+        let deadline = Instant::now() + timeout;
+        let mut m = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some((pid, s)) = pids.iter().find_map(|p| m.remove(p).map(|s| (*p, s))) {
+                return Some((pid, s));
             }
             let now = Instant::now();
             if now >= deadline {

@@ -11,6 +11,8 @@ pub enum Failure {
     NotYours(String),
     /// ckptd answered with an error.
     Refused(String),
+    /// ckptd went away while ckptctl followed a restored job: the message says so.
+    Gone(String),
 }
 
 pub struct Client {
@@ -38,6 +40,20 @@ impl Client {
 
     fn lost(&self, e: ckpt_proto::FrameError) -> Failure {
         Failure::Unreachable(format!("{}: {e}", self.what))
+    }
+
+    /// Sends one message that has no answer of its own.
+    pub fn send<T: serde::Serialize>(&self, msg: &T) -> Result<(), Failure> {
+        ckpt_proto::send(&self.s, msg, &[]).map_err(|e| self.lost(e))
+    }
+
+    /// Receives one message.
+    pub fn recv<T: serde::de::DeserializeOwned>(&self) -> Result<T, Failure> {
+        Ok(ckpt_proto::recv::<T>(&self.s).map_err(|e| self.lost(e))?.0)
+    }
+
+    pub fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.s)
     }
 
     pub fn call(&self, req: &CtlRequest, fds: &[i32]) -> Result<CtlReply, Failure> {

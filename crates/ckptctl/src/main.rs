@@ -1,5 +1,6 @@
 //! `ckptctl`: talks to the local ckptd.
 
+mod attach;
 mod client;
 mod render;
 
@@ -53,6 +54,15 @@ enum Cmd {
     /// stdio pipes/sockets whose other end is not in the checkpoint, become this command's
     Restore {
         id: String,
+        /// Stay until the restored processes of this host have exited, pass them SIGINT, SIGTERM,
+        /// SIGHUP, SIGQUIT, SIGWINCH and job control, and exit with the first one's status
+        /// [default when stdin is a terminal]
+        #[arg(long, conflicts_with = "detach")]
+        attach: bool,
+        /// Return once the processes are back; they run on as ckptd's [default when stdin is
+        /// not a terminal]
+        #[arg(long)]
+        detach: bool,
         /// For the files matching GLOB: keep leaves them as they are (unchecked), snapshot rolls
         /// them back even when a check would refuse (a log: cut back without proof).
         /// Repeatable; the first match wins
@@ -77,7 +87,11 @@ fn main() {
     });
     let socket = args.socket.clone().unwrap_or_else(ckpt_sys::paths::default_socket);
     let code = match run(&args, &socket) {
-        Ok(()) => 0,
+        Ok(code) => code,
+        Err(client::Failure::Gone(msg)) => {
+            eprintln!("ckptctl: {msg}");
+            2
+        }
         Err(client::Failure::Unreachable(msg)) => {
             eprintln!("ckptctl: {msg}; is ckptd running? (start it, or pass --socket / set CKPT_SOCKET)");
             2
@@ -94,8 +108,15 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
+/// Runs the command; ckptctl's exit code.
+fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
     use ckpt_proto::{CtlReply, CtlRequest};
+    use std::io::IsTerminal;
+    let attach = match &args.cmd {
+        Cmd::Restore { attach, detach, .. } => *attach || (!*detach && std::io::stdin().is_terminal()),
+        _ => false,
+    };
+    let caught = if attach { Some(attach::catch()?) } else { None };
     let c = client::Client::connect(socket)?;
     let (req, fds): (CtlRequest, Vec<i32>) = match &args.cmd {
         Cmd::Checkpoint {
@@ -119,7 +140,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
         Cmd::Show { id } => (CtlRequest::Show { id: id.clone() }, vec![]),
         Cmd::Status => (CtlRequest::Status, vec![]),
         // Our stdio goes along: it becomes the restored programs' stdio.
-        Cmd::Restore { id, file_policy } => (
+        Cmd::Restore { id, file_policy, .. } => (
             CtlRequest::Restore {
                 id: id.clone(),
                 file_policies: file_policy.clone(),
@@ -132,7 +153,10 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<(), client::Failure> {
         CtlReply::Error { message } => Err(client::Failure::Refused(message)),
         reply => {
             render::print(&reply, args.json);
-            Ok(())
+            match (caught, &reply) {
+                (Some(caught), CtlReply::Restored { id, .. }) => attach::follow(&c, id, caught),
+                _ => Ok(0),
+            }
         }
     }
 }

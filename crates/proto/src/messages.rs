@@ -135,6 +135,35 @@ pub enum CtlRequest {
     Delete {
         id: String,
     },
+    /// `ckptctl restore --attach`, once `Restored` came back on this connection: follow the
+    /// processes the restore of `id` brought back on this host. The connection then carries
+    /// [`JobEvent`]s from ckptd and [`JobControl`]s from ckptctl until the job has ended;
+    /// closing it detaches (the job runs on).
+    Attach {
+        id: String,
+    },
+}
+
+/// ckptd → an attached `ckptctl restore`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JobEvent {
+    /// The processes waited for, lowest pid first: the job ends when all have exited, with the
+    /// status of the first.
+    Attached { pids: Vec<i32> },
+    /// Nothing to attach to (no restore of that id here).
+    Refused { message: String },
+    /// One process of the job exited with this wait status.
+    Exited { pid: i32, status: i32 },
+    /// Every process of the job has exited; `status` is the first one's wait status.
+    Ended { pid: i32, status: i32 },
+}
+
+/// An attached `ckptctl restore` → ckptd.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum JobControl {
+    /// Send `sig` to every process of the job still running (a signal ckptctl caught, or
+    /// SIGSTOP/SIGCONT for the shell's job control).
+    Signal { sig: i32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
