@@ -153,6 +153,25 @@ pub struct Mapping {
     pub name: String,
     /// Pages whose content is in a page store (runs sorted by address).
     pub pages: Vec<PageRun>,
+    /// Memory saved with the process (`Saved { shmem: true }`) that other processes of the
+    /// checkpoint map too: made once at restore by ckptd and mapped by each holder.
+    pub shared_with: Option<SharedMem>,
+}
+
+/// One piece of shared memory held by several processes of a host: `ident` names it among the
+/// host's images, `pgoff` is where this mapping starts in it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedMem {
+    pub ident: u64,
+    pub pgoff: u64,
+}
+
+impl SharedMem {
+    /// The number the memory's fd is handed to the restorer under (among fd numbers, which are
+    /// never negative).
+    pub fn handed_as(&self) -> i32 {
+        -1 - (self.ident.min(i32::MAX as u64 - 1) as i32)
+    }
 }
 
 impl Mapping {

@@ -293,6 +293,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             kind,
             name: e.path.clone(),
             pages: runs,
+            shared_with: None,
         });
     }
     tracing::debug!(

@@ -11,6 +11,7 @@ mod park;
 mod phases;
 mod pipes;
 mod restore;
+mod shared_memory;
 
 use crate::registry::Registry;
 pub use attach::attach;

@@ -390,8 +390,12 @@ impl Node {
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
                 .collect();
             crate::dump::objects::link(&mut images);
+            let refused = crate::dump::shared_memory::link(&mut images);
+            if !refused.is_empty() {
+                result = Err(anyhow!("{}", refused.join("; ")));
+            }
             let mut files = pending.files.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(f) = files.as_mut() {
+            if let Some(f) = files.as_mut().filter(|_| result.is_ok()) {
                 match f.at_park(&mut images, &self.files.watch, &dir.id) {
                     Ok(r) => file_records = r,
                     Err(e) => result = Err(e),

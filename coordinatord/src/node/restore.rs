@@ -29,6 +29,15 @@ pub struct Planned {
     pages: Vec<PathBuf>,
 }
 
+impl Planned {
+    pub fn image(&self) -> &ProcessImage {
+        &self.image
+    }
+    pub fn pages(&self) -> &[PathBuf] {
+        &self.pages
+    }
+}
+
 /// A restore between its prepare and connect steps on this node.
 pub struct PendingRestore {
     id: String,
@@ -149,6 +158,7 @@ impl Node {
         // Objects change what they replace (a named queue, a dead program's socket file): only
         // once the files are known to be restorable.
         sockets.extend(super::objects::make_objects(&images)?);
+        sockets.extend(super::shared_memory::make(&pending.planned).context("re-creating shared memory")?);
         let applied = match pending.files.apply(&actions) {
             Ok(a) => a,
             Err((e, done)) => bail!(
@@ -158,11 +168,15 @@ impl Node {
         };
         let mut started: Vec<i32> = Vec::new();
         for p in &pending.planned {
-            let mine: Vec<(i32, OwnedFd)> = p
-                .image
-                .fds
-                .iter()
-                .filter_map(|f| sockets.remove(&(p.image.pid, f.fd)).map(|s| (f.fd, s)))
+            let pid = p.image.pid;
+            let numbers = p.image.fds.iter().map(|f| f.fd).chain(
+                p.image
+                    .mappings
+                    .iter()
+                    .filter_map(|m| m.shared_with.map(|s| s.handed_as())),
+            );
+            let mine: Vec<(i32, OwnedFd)> = numbers
+                .filter_map(|n| sockets.remove(&(pid, n)).map(|s| (n, s)))
                 .collect();
             let checks = mapped_checks(&p.image, &pending.files, &applied);
             match self.start_one(id, p, &stdio, mine, &checks) {

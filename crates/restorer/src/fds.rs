@@ -189,10 +189,25 @@ pub fn mapping_fds(
     stores: &[PageStoreReader],
     base: RawFd,
     checks: &HashMap<String, MappedCheck>,
+    shared: &HashMap<i32, RawFd>,
 ) -> anyhow::Result<(HashMap<String, RawFd>, HashMap<u64, RawFd>)> {
     let mut files = HashMap::new();
     let mut memfds = HashMap::new();
     for m in &img.mappings {
+        if let Some(s) = m.shared_with {
+            // Memory other processes share: ckptd made and filled it; each mapping gets a copy
+            // of the fd, closed once mapped.
+            let Some(&fd) = shared.get(&s.handed_as()) else {
+                bail!("ckptd sent no shared memory for the mapping at {:#x}", m.start)
+            };
+            // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
+            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
+            if copy < 0 {
+                return Err(std::io::Error::last_os_error()).context("duplicating shared memory");
+            }
+            memfds.insert(m.start, copy);
+            continue;
+        }
         match &m.kind {
             MappingKind::File(id) if !files.contains_key(&id.path) => {
                 let writable = m.shared && m.prot & ckpt_format::PROT_WRITE != 0;

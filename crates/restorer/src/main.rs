@@ -99,7 +99,15 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let status = fds::lift(args.status_fd, base)?;
     std::env::set_var("CKPT_STATUS_FD", status.to_string());
     let control = fds::lift(args.control_fd, base)?;
-    let sockets = fds::receive_sockets(control, base)?;
+    let mut sockets = fds::receive_sockets(control, base)?;
+    // Shared memory comes under negative numbers (no fd has one): kept apart, closed once
+    // each mapping has its copy.
+    let shared: std::collections::HashMap<i32, i32> = sockets
+        .iter()
+        .filter(|(n, _)| **n < 0)
+        .map(|(n, fd)| (*n, *fd))
+        .collect();
+    sockets.retain(|n, _| *n >= 0);
     if args.pages.len() != img.stores.len().max(1) {
         bail!(
             "the image uses {} page stores, {} were given",
@@ -116,7 +124,11 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         stores.push(fds::lift(unsafe { libc::dup(r.file().as_raw_fd()) }, base)?);
         readers.push(r);
     }
-    let (files, memfds) = fds::mapping_fds(&img, &readers, base, &args.mapped)?;
+    let (files, memfds) = fds::mapping_fds(&img, &readers, base, &args.mapped, &shared)?;
+    for fd in shared.into_values() {
+        // SAFETY: closing our own copies; the mappings have theirs.
+        unsafe { libc::close(fd) };
+    }
     // The blob reads pages with pread: compressed runs are unpacked into memory first.
     if let Some(unpacked) = fds::unpack_compressed(&mut img, &readers, stores.len() as u32)? {
         stores.push(fds::lift(unpacked, base)?);

@@ -212,7 +212,7 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
                 None => bail!("internal: no fd for {}", id.path),
             },
             MappingKind::Saved { shmem: true } => match fds.memfds.get(&m.start) {
-                Some(&fd) => (fd as u64, 0, libc::MAP_SHARED as u64),
+                Some(&fd) => (fd as u64, m.shared_with.map_or(0, |s| s.pgoff), libc::MAP_SHARED as u64),
                 None => bail!("internal: no memfd for {:#x}", m.start),
             },
             MappingKind::Stack => (u64::MAX, 0, share | (libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64),

@@ -1,0 +1,78 @@
+//! Memory several processes share. A mapping whose content exists nowhere but in memory
+//! (shared anonymous memory, a memfd, a `/dev/shm` or deleted file) is saved with each process;
+//! when other processes of the checkpoint map the same memory (inherited across fork, like
+//! nginx's master and workers), the mappings get one identity here, so that restore makes the
+//! memory once and each holder maps it again, shared as it was.
+//!
+//! A SysV segment would come back as plain memory that `shmdt`/`shmctl` do not know: refused,
+//! naming it, until segments come back as segments.
+
+use ckpt_format::{MappingKind, ProcessImage, SharedMem};
+use ckpt_sys::procfs::{self, MapEntry};
+use std::collections::HashMap;
+
+/// Whether `e` is memory saved with the process (see `memory::classify`).
+fn saved_shared(e: &MapEntry) -> bool {
+    let p = e.path.as_str();
+    e.shared
+        && (p.ends_with(" (deleted)")
+            || p.starts_with("/dev/zero")
+            || p.starts_with("/dev/shm/")
+            || p.starts_with("/memfd:")
+            || p.starts_with("/SYSV"))
+}
+
+/// The mappings of one piece of memory: (image index, mapping start, offset in the memory).
+type Holders = Vec<(usize, u64, u64)>;
+
+/// Gives the mappings of memory shared by several of the parked processes their identity;
+/// returns every reason the processes cannot be checkpointed for their shared memory.
+pub fn link(images: &mut [&mut ProcessImage]) -> Vec<String> {
+    // By (device, inode) of the memory.
+    let mut holders: HashMap<(u32, u32, u64), Holders> = HashMap::new();
+    let mut refused = Vec::new();
+    for (i, img) in images.iter().enumerate() {
+        let pid = img.pid;
+        let Ok(maps) = procfs::maps(pid) else { continue };
+        for e in maps.iter().filter(|e| saved_shared(e)) {
+            if e.path.starts_with("/SYSV") {
+                refused.push(format!(
+                    "process {pid}: SysV shared memory segment {} at {:#x}, which ckpt cannot bring back as a segment yet; detach it (shmdt) or run the program without it",
+                    e.path.trim_end_matches(" (deleted)"),
+                    e.start
+                ));
+                continue;
+            }
+            holders
+                .entry((e.dev_major, e.dev_minor, e.inode))
+                .or_default()
+                .push((i, e.start, e.offset));
+        }
+    }
+    let mut shared: Vec<Holders> = holders
+        .into_values()
+        .filter(|h| h.iter().any(|(i, _, _)| *i != h[0].0))
+        .collect();
+    shared.sort();
+    for (n, h) in shared.into_iter().enumerate() {
+        for (i, start, pgoff) in h {
+            let m = images[i]
+                .mappings
+                .iter_mut()
+                .find(|m| m.start == start && m.kind == MappingKind::Saved { shmem: true });
+            match m {
+                Some(m) => {
+                    m.shared_with = Some(SharedMem {
+                        ident: n as u64 + 1,
+                        pgoff,
+                    })
+                }
+                None => refused.push(format!(
+                    "process {}: shared memory at {start:#x} changed while it was parked; try again",
+                    images[i].pid
+                )),
+            }
+        }
+    }
+    refused
+}
