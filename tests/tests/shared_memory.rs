@@ -42,3 +42,20 @@ fn shared_memory_between_processes_stays_shared() -> Result<()> {
     kill_pid(child)?;
     Ok(())
 }
+
+/// A /dev/shm file mapped shared is the file after restore, not a copy of its content: what the
+/// program writes through the mapping is in the file others open by name.
+#[test]
+fn dev_shm_mapping_stays_the_file() -> Result<()> {
+    require_root!();
+    let path = format!(
+        "/dev/shm/ckpt-test-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let r = survives_two_restores("dev_shm_map.py", &[&path]);
+    let _ = std::fs::remove_file(&path);
+    r
+}

@@ -59,8 +59,10 @@ fn classify(pid: i32, e: &MapEntry, seen: &mut Seen) -> Result<(MappingKind, Sel
     };
     let deleted = name.ends_with(" (deleted)");
     if e.shared {
-        if name.starts_with('/') && !deleted && !name.starts_with("/dev/") {
-            // The file holds the content; it is mapped again at restore.
+        let in_dev = name.starts_with("/dev/") && !name.starts_with("/dev/shm/");
+        if name.starts_with('/') && !deleted && !in_dev {
+            // The file holds the content (a /dev/shm one too: others may open it by name); it
+            // is mapped again at restore.
             let id = file_id(e, seen).ok_or_else(|| unsupported("the mapped file was replaced"))?;
             return Ok((MappingKind::File(id), Select::None));
         }
