@@ -261,6 +261,9 @@ fn list_tasks(dents: &mut [u8], out: &mut [i32; MAX_THREADS]) -> Option<usize> {
     if dfd < 0 {
         return None;
     }
+    // Other threads still run while they are listed: a number of the program's (the lowest
+    // free one, which a program opening a file expects to get) is held as briefly as possible.
+    let dfd = crate::fds::protect(dfd);
     let mut n = 0;
     loop {
         // dents is a valid writable buffer of the given length.
@@ -405,6 +408,8 @@ fn zombie(buf: &mut [u8]) -> bool {
     if fd < 0 {
         return false;
     }
+    // As in `list_tasks`: the program's threads run.
+    let fd = crate::fds::protect(fd as i32) as i64;
     // SAFETY: integer arguments only.
     let n = unsafe {
         sys::sys6(
