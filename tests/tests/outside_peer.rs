@@ -11,7 +11,7 @@ fn connection_to_an_outside_peer_comes_back_reset() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
     // The server is not under ckpt-run: it is outside every checkpoint.
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    let port = free_low_port()?;
     let port_s = port.to_string();
     let mut server = spawn_tracked(
         Command::new(example("tcp_echo")?)
