@@ -228,27 +228,14 @@ fn make(rec: &Record) -> std::io::Result<OwnedFd> {
 /// A new file under its old name when that is free (its `/proc` link then reads as before),
 /// else under a hidden one; unlinked at once.
 fn named(dir: &str, name: &str, try_original: bool) -> std::io::Result<OwnedFd> {
-    let excl = libc::O_CREAT | libc::O_EXCL | libc::O_RDWR;
     let sep = if dir.ends_with('/') { "" } else { "/" };
-    let mut tries = Vec::new();
-    if try_original && !name.is_empty() {
-        tries.push(format!("{dir}{sep}{name}"));
-    }
-    for n in 0..100 {
-        tries.push(format!("{dir}{sep}.ckpt-deleted-{}-{n}", std::process::id()));
-    }
-    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
-    for path in tries {
-        match reopen::open(&path, excl) {
-            Ok(f) => {
-                std::fs::remove_file(&path)?;
-                return Ok(f);
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => last = e,
-            Err(e) => return Err(e),
-        }
-    }
-    Err(last)
+    let original = (try_original && !name.is_empty()).then(|| format!("{dir}{sep}{name}"));
+    let hidden = format!("{dir}{sep}.ckpt-deleted-");
+    reopen::create_unlinked(
+        original.into_iter().chain(reopen::spare_names(&hidden)),
+        |path| reopen::open(path, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR),
+        |path| std::fs::remove_file(path),
+    )
 }
 
 fn write_all_at(fd: RawFd, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {

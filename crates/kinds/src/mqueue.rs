@@ -242,21 +242,11 @@ fn mq_unlink(name: &str) -> std::io::Result<()> {
 /// is unlinked again.
 fn make(rec: &Record) -> std::io::Result<OwnedFd> {
     let q = if rec.unlinked {
-        let mut made = None;
-        let names = std::iter::once(rec.name.clone())
-            .chain((0..100).map(|n| format!("/ckpt-unlinked-{}-{n}", std::process::id())));
-        for name in names {
-            match mq_open_excl(&name, rec) {
-                Ok(q) => {
-                    mq_unlink(&name)?;
-                    made = Some(q);
-                    break;
-                }
-                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        made.ok_or_else(|| std::io::Error::from(std::io::ErrorKind::AlreadyExists))?
+        reopen::create_unlinked(
+            std::iter::once(rec.name.clone()).chain(reopen::spare_names("/ckpt-unlinked-")),
+            |name| mq_open_excl(name, rec),
+            mq_unlink,
+        )?
     } else {
         mq_unlink(&rec.name)?;
         mq_open_excl(&rec.name, rec)?

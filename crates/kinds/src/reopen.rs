@@ -26,6 +26,32 @@ pub fn open(path: &str, flags: i32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Makes an object under the first free name of `names` (`create` fails with EEXIST on a
+/// taken one) and unlinks it at once: a file or queue that must come back without a name.
+pub fn create_unlinked(
+    names: impl IntoIterator<Item = String>,
+    create: impl Fn(&str) -> std::io::Result<OwnedFd>,
+    unlink: impl Fn(&str) -> std::io::Result<()>,
+) -> std::io::Result<OwnedFd> {
+    let mut last = std::io::Error::from(std::io::ErrorKind::AlreadyExists);
+    for name in names {
+        match create(&name) {
+            Ok(made) => {
+                unlink(&name)?;
+                return Ok(made);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// Names of ckptd's own to fall back on when an old name is taken: `{prefix}{pid}-{n}`.
+pub fn spare_names(prefix: &str) -> impl Iterator<Item = String> + '_ {
+    (0..100).map(move |n| format!("{prefix}{}-{n}", std::process::id()))
+}
+
 /// `fchown` + `fchmod`, so that a re-created file has the owner and permission bits it had
 /// (the umask of ckptd does not apply).
 pub fn set_owner_mode(fd: RawFd, uid: u32, gid: u32, mode: u32) -> std::io::Result<()> {
