@@ -23,10 +23,18 @@ pub fn ask_state(app: &App) -> Result<()> {
 /// from a checkpoint of the restored program), asking it for its verdict each time.
 pub fn survives_two_restores(example: &str, args: &[&str]) -> Result<()> {
     let d = Daemon::start()?;
-    let mut app = d.run_example(example, args)?;
-    let pid = app.pid;
+    let app = d.run_example(example, args)?;
     app.expect_tick(LINE_TIMEOUT)?;
     ask_state(&app).context("before any checkpoint")?;
+    let mut app = restore_twice(&d, app)?;
+    app.kill9()?;
+    Ok(())
+}
+
+/// Checkpoint / kill / restore `app` twice (the second time from a checkpoint of the restored
+/// program), asking it for its verdict after each restore; the restored program.
+pub fn restore_twice(d: &Daemon, mut app: App) -> Result<App> {
+    let pid = app.pid;
     for round in 1..=2 {
         let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
         app.kill9()?;
@@ -37,8 +45,7 @@ pub fn survives_two_restores(example: &str, args: &[&str]) -> Result<()> {
             .with_context(|| format!("after restore {round}"))?;
         ask_state(&app).with_context(|| format!("after restore {round}\n{}", d.context()))?;
     }
-    app.kill9()?;
-    Ok(())
+    Ok(app)
 }
 
 /// Kills a process that is not our child (a restored one) and waits until it is gone.

@@ -11,8 +11,7 @@ use ckpt_tests::*;
 fn pending_signals_come_back_with_their_siginfo_in_order() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
-    let mut app = d.run_example("pending_signals", &[])?;
-    let pid = app.pid;
+    let app = d.run_example("pending_signals", &[])?;
     app.expect_tick(LINE_TIMEOUT)?;
     // The program's own check holds without ckpt, and queues everything again.
     ask_state(&app).context("before any checkpoint")?;
@@ -21,15 +20,7 @@ fn pending_signals_come_back_with_their_siginfo_in_order() -> Result<()> {
     d.checkpoint_app(&app).context("checkpoint 0")?;
     app.expect_tick(LINE_TIMEOUT).context("after checkpoint 0")?;
     ask_state(&app).with_context(|| format!("after checkpoint 0, still running\n{}", d.context()))?;
-    for round in 1..=2 {
-        let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
-        app.kill9()?;
-        app.disarm();
-        app = d.restore_ok(&cp.id, pid).with_context(|| format!("restore {round}"))?;
-        app.expect_tick(LINE_TIMEOUT)
-            .with_context(|| format!("after restore {round}"))?;
-        ask_state(&app).with_context(|| format!("after restore {round}\n{}", d.context()))?;
-    }
+    let mut app = restore_twice(&d, app)?;
     app.kill9()?;
     Ok(())
 }
