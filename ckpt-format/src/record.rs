@@ -7,7 +7,7 @@ use std::path::Path;
 
 /// Version of the format written by this build. Readers accept versions from
 /// [`OLDEST_READABLE`] up to this one.
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Version 2 gave files a policy (`FdKind::File`, the manifest's file list, `files.img`);
 /// version 3 added kernel objects (`FdKind::Object`), POSIX timers and IP socket options.
 pub const OLDEST_READABLE: u32 = 3;
