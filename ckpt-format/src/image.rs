@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessImage {
     pub pid: i32,
+    /// Its parent, group, session, terminal and unreaped children.
+    pub tree: crate::tree::Tree,
     pub exe: String,
     pub args: Vec<String>,
     pub comm: String,

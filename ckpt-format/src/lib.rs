@@ -19,6 +19,7 @@ mod pages;
 pub mod private;
 mod record;
 mod store;
+pub mod tree;
 
 pub use blocks::{block_hash, open_block_stores, BlockStoreReader, BlockStoreWriter};
 pub use error::FormatError;

@@ -147,6 +147,28 @@ pub fn proc_alive(pid: i32) -> bool {
     matches!(proc_state(pid), Some((s, _)) if s != 'Z' && s != 'X')
 }
 
+/// Every descendant of `pid` (zombies included), parents before their children.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let path = t.path().join("children");
+            let kids = fs::read_to_string(path).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()) {
+                if !out.contains(&k) {
+                    out.push(k);
+                    todo.push(k);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// True if /proc/<pid> exists (zombies included).
 pub fn proc_exists(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()

@@ -37,7 +37,13 @@ pub fn restore_twice(d: &Daemon, mut app: App) -> Result<App> {
     let pid = app.pid;
     for round in 1..=2 {
         let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
+        // The whole tree goes, parent first (its children are then reaped by their new
+        // parent, not left as its zombies): every process of it is in the checkpoint.
+        let tree = crate::descendants(pid);
         app.kill9()?;
+        for p in tree {
+            kill_pid(p)?;
+        }
         // The old handle must not kill the restored process (same pid) when it is dropped.
         app.disarm();
         app = d.restore_ok(&cp.id, pid).with_context(|| format!("restore {round}"))?;

@@ -123,6 +123,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
     let posix_timers = posix_timers(pid, slots)?;
     Ok(ProcessImage {
         pid,
+        tree: super::tree::read(pid)?,
         exe: fixed.exe,
         args: fixed.args,
         comm: threads[0].comm.clone(),

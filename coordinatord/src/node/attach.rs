@@ -1,6 +1,6 @@
-//! `ckptctl restore --attach`: the connection that restored a checkpoint follows the processes
-//! that restore brought back on this host (they are ckptd's children, so only this host's
-//! reaper knows when they exit), like a shell follows its job: it tells ckptctl each exit, the
+//! `ckptctl restore --attach`: the connection that restored a checkpoint follows the topmost
+//! processes that restore brought back on this host (they are ckptd's children, so only this
+//! host's reaper knows when they exit), like a shell follows its job: it tells ckptctl each exit, the
 //! end of the job with the first process's status, and passes on the signals ckptctl caught.
 
 use super::Node;
@@ -29,7 +29,9 @@ const LOOK: Duration = Duration::from_millis(200);
 pub fn attach(node: &Node, s: &UnixStream, id: &str) -> anyhow::Result<()> {
     let pids = {
         let last = node.last_restored.lock().unwrap_or_else(|e| e.into_inner());
-        (last.0 == id).then(|| last.1.clone())
+        // Only the topmost processes are ckptd's children; the others are their parents' to
+        // wait for, and end with them or are re-parented to ckptd when they outlive them.
+        (last.0 == id).then(|| last.2.clone())
     };
     let Some(mut pids) = pids else {
         let message = format!(

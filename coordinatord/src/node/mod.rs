@@ -12,6 +12,7 @@ mod phases;
 mod pipes;
 mod restore;
 mod shared_memory;
+mod tree;
 
 use crate::registry::Registry;
 pub use attach::attach;
@@ -39,8 +40,9 @@ pub struct Node {
     pub pending: Mutex<Option<phases::Pending>>,
     /// The restore between its prepare and connect steps.
     pub pending_restore: Mutex<Option<restore::PendingRestore>>,
-    /// Processes restored by the last restore, to take back if it is aborted elsewhere.
-    pub last_restored: Mutex<(String, Vec<i32>)>,
+    /// Processes restored by the last restore, to take back if it is aborted elsewhere, and
+    /// the topmost of them (ckptd's own children, which an attached ckptctl follows).
+    pub last_restored: Mutex<(String, Vec<i32>, Vec<i32>)>,
     /// stdio handed over by a local `ckptctl restore`, for the processes restored here.
     pub restore_stdio: Mutex<Vec<std::os::fd::OwnedFd>>,
     /// The file contract: default overrides and the watch of who writes to files.

@@ -5,22 +5,15 @@
 
 use super::netrestore::{self, Key};
 use crate::files::restore::{Applied, FileRestore};
-use crate::node::{describe_status, Node};
+use crate::node::Node;
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{read_record, FdKind, FileRule, MappingKind, PageStoreReader, ProcessImage, RecordKind};
-use ckpt_proto::restore_status::{self, Status};
-use ckpt_proto::{AppMsg, EndPlan, Registration, RestoreEnd, SocketFds};
+use ckpt_proto::{EndPlan, RestoreEnd};
 use std::collections::HashMap;
-use std::ffi::CString;
-use std::io::Read;
 use std::net::TcpListener;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::net::UnixStream;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
-
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(60);
+use std::time::Duration;
 
 pub struct Planned {
     image: ProcessImage,
@@ -36,6 +29,9 @@ impl Planned {
     pub fn pages(&self) -> &[PathBuf] {
         &self.pages
     }
+    pub fn meta(&self) -> &std::path::Path {
+        &self.meta
+    }
 }
 
 /// A restore between its prepare and connect steps on this node.
@@ -44,6 +40,7 @@ pub struct PendingRestore {
     planned: Vec<Planned>,
     listeners: HashMap<Key, TcpListener>,
     files: FileRestore,
+    tree: ckpt_format::tree::Plan,
 }
 
 impl Node {
@@ -84,10 +81,31 @@ impl Node {
                         ));
                     }
                 }
+                for z in &image.tree.zombies {
+                    if !ckpt_sys::spawn::free_within(z.pid, Duration::from_secs(1)) {
+                        let who = ckpt_sys::spawn::describe_pid(z.pid);
+                        problems.push(format!(
+                            "pid {} (an exited child of {} not reaped yet) of checkpoint {id} is in use by another process ({who}); stop it, then restore again",
+                            z.pid, image.pid
+                        ));
+                    }
+                }
                 planned.push(Planned { image, meta, pages });
             }
         }
         let images: Vec<&ProcessImage> = planned.iter().map(|p| &p.image).collect();
+        let nodes: Vec<ckpt_format::tree::Node> = images
+            .iter()
+            .map(|i| ckpt_format::tree::Node {
+                pid: i.pid,
+                comm: &i.comm,
+                tree: &i.tree,
+            })
+            .collect();
+        let tree = ckpt_format::tree::plan(&nodes).unwrap_or_else(|e| {
+            problems.extend(e);
+            Default::default()
+        });
         let files = FileRestore::open(&self.store, &dir, &self.host, rules);
         match &files {
             Ok(f) => problems.extend(f.check(&images, &self.files.watch).err().unwrap_or_default()),
@@ -126,6 +144,7 @@ impl Node {
             planned,
             listeners,
             files,
+            tree,
         });
         Ok(ends)
     }
@@ -166,7 +185,11 @@ impl Node {
                 changed_so_far(&done)
             ),
         };
-        let mut started: Vec<i32> = Vec::new();
+        let mut handed = super::tree::Handed {
+            stdio: &stdio,
+            sockets: HashMap::new(),
+            checks: HashMap::new(),
+        };
         for p in &pending.planned {
             let pid = p.image.pid;
             let numbers = p.image.fds.iter().map(|f| f.fd).chain(
@@ -178,20 +201,23 @@ impl Node {
             let mine: Vec<(i32, OwnedFd)> = numbers
                 .filter_map(|n| sockets.remove(&(pid, n)).map(|s| (n, s)))
                 .collect();
-            let checks = mapped_checks(&p.image, &pending.files, &applied);
-            match self.start_one(id, p, &stdio, mine, &checks) {
-                Ok(pid) => started.push(pid),
-                Err(e) => {
-                    self.kill_restored(&started);
-                    let e = e.context(format!("host {}", self.host));
-                    if applied.notes.is_empty() {
-                        return Err(e);
-                    }
-                    return Err(anyhow!("{e:#}; {}", changed_so_far(&applied)));
-                }
-            }
+            handed.sockets.insert(pid, mine);
+            handed
+                .checks
+                .insert(pid, mapped_checks(&p.image, &pending.files, &applied));
         }
-        *self.last_restored.lock().unwrap_or_else(|e| e.into_inner()) = (id.to_string(), started.clone());
+        let started = match self.make_tree(id, &pending.planned, &pending.tree, handed) {
+            Ok(pids) => pids,
+            Err(e) => {
+                let e = e.context(format!("host {}", self.host));
+                if applied.notes.is_empty() {
+                    return Err(e);
+                }
+                return Err(anyhow!("{e:#}; {}", changed_so_far(&applied)));
+            }
+        };
+        let roots = pending.tree.roots().collect();
+        *self.last_restored.lock().unwrap_or_else(|e| e.into_inner()) = (id.to_string(), started.clone(), roots);
         Ok((started, applied.notes))
     }
 
@@ -201,140 +227,17 @@ impl Node {
         let mut last = self.last_restored.lock().unwrap_or_else(|e| e.into_inner());
         if last.0 == id {
             let pids = std::mem::take(&mut last.1);
+            last.2.clear();
             self.kill_restored(&pids);
         }
     }
 
-    fn kill_restored(&self, pids: &[i32]) {
+    pub(super) fn kill_restored(&self, pids: &[i32]) {
         for pid in pids {
             self.registry.remove(*pid);
             // SAFETY: killing a child we restored.
             unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
-    }
-
-    fn start_one(
-        &self,
-        id: &str,
-        p: &Planned,
-        stdio: &[OwnedFd],
-        sockets: Vec<(i32, OwnedFd)>,
-        checks: &[String],
-    ) -> anyhow::Result<i32> {
-        let node = self;
-        let pid = p.image.pid;
-        let (status_r, status_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("pipe")?;
-        let (ours, theirs) = UnixStream::pair().context("socketpair")?;
-        let devnull = std::fs::File::open("/dev/null").context("/dev/null")?;
-        let fd_or_null = |i: usize| stdio.get(i).map(|f| f.as_raw_fd()).unwrap_or(devnull.as_raw_fd());
-        // The restorer finds: 0-2 the requester's stdio, 3 the status pipe, 4 its control socket.
-        let fds = [
-            fd_or_null(0),
-            fd_or_null(1),
-            fd_or_null(2),
-            status_w.as_raw_fd(),
-            theirs.as_raw_fd(),
-        ];
-        let prog = CString::new(node.restorer.as_os_str().as_bytes())?;
-        let mut argv = vec![
-            CString::new("ckpt-restore")?,
-            CString::new("--meta")?,
-            CString::new(p.meta.as_os_str().as_bytes())?,
-            CString::new("--status-fd=3")?,
-            CString::new("--control-fd=4")?,
-        ];
-        for path in &p.pages {
-            argv.push(CString::new("--pages")?);
-            argv.push(CString::new(path.as_os_str().as_bytes())?);
-        }
-        for a in checks {
-            argv.push(CString::new(a.as_str())?);
-        }
-        let mut envp = vec![CString::new("GLIBC_TUNABLES=glibc.pthread.rseq=0")?];
-        if let Ok(v) = std::env::var("RUST_LOG") {
-            envp.push(CString::new(format!("RUST_LOG={v}"))?);
-        }
-        node.reaper.forget(pid);
-        let child = ckpt_sys::spawn::spawn_with_pid(pid, &prog, &argv, &envp, &fds)?;
-        // The restorer becomes the program: its writes to the checkpoint's files are the
-        // checkpoint's own from its first instant.
-        node.files.watch.adopt(child);
-        drop(status_w);
-        drop(theirs);
-        tracing::info!(pid = child, id, "restorer started");
-        // The re-created sockets go first, a few fds per frame.
-        let mut chunks: Vec<&[(i32, OwnedFd)]> = sockets.chunks(ckpt_proto::frame::MAX_FDS).collect();
-        if chunks.is_empty() {
-            chunks.push(&[]);
-        }
-        let n = chunks.len();
-        for (i, c) in chunks.into_iter().enumerate() {
-            let msg = SocketFds {
-                numbers: c.iter().map(|(n, _)| *n).collect(),
-                last: i + 1 == n,
-            };
-            let fds: Vec<i32> = c.iter().map(|(_, f)| f.as_raw_fd()).collect();
-            ckpt_proto::send(&ours, &msg, &fds).context("handing sockets to the restorer")?;
-        }
-
-        let fail = |e: anyhow::Error| -> anyhow::Error {
-            // SAFETY: killing our own child.
-            unsafe { libc::kill(child, libc::SIGKILL) };
-            e
-        };
-        let status = read_status(status_r, RESTORE_TIMEOUT).map_err(fail)?;
-        if let Some(s) = status {
-            // The restorer exits after reporting: once it is reaped the pid is free again.
-            node.reaper.wait_exit(pid, Duration::from_secs(5));
-            let why = match s {
-                Status::Text(t) => t,
-                Status::Op { index, ret, kind, arg0 } => format!(
-                    "step {index} ({} at {arg0:#x}) failed: {}",
-                    syscall_name(kind),
-                    std::io::Error::from_raw_os_error((-ret) as i32)
-                ),
-            };
-            bail!("restore of pid {pid} failed: {why}");
-        }
-        ours.set_read_timeout(Some(RESTORE_TIMEOUT))?;
-        match ckpt_proto::recv::<AppMsg>(&ours) {
-            Ok((AppMsg::Restored { pid: got }, _)) if got == pid => {}
-            Ok((other, _)) => {
-                return Err(fail(anyhow!(
-                    "restored pid {pid} sent {other:?} instead of its restore notice"
-                )))
-            }
-            Err(e) => {
-                let exit = node.reaper.wait_exit(pid, Duration::from_secs(2));
-                // The restorer had finished (its status pipe closed without a failure), so the
-                // program ran: a short-lived one (a shell's `sleep`) may well finish, with
-                // success, before its control thread reports.
-                if exit.is_some_and(|st| libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0) {
-                    tracing::info!(
-                        pid,
-                        id,
-                        "restored process ran to its end (exit code 0) before reporting"
-                    );
-                    return Ok(pid);
-                }
-                let how = exit.map(describe_status).unwrap_or_else(|| format!("no notice ({e})"));
-                return Err(fail(anyhow!("restored pid {pid} did not come back: {how}")));
-            }
-        }
-        ours.set_read_timeout(None)?;
-        let reg = Registration {
-            pid,
-            exe: p.image.exe.clone(),
-            args: p.image.args.clone(),
-            slot_addr: p.image.restored_flag_addr - ckpt_proto::slots::ProcSlot::RESTORED_OFFSET,
-            slot_len: std::mem::size_of::<ckpt_proto::slots::ProcSlot>() as u64,
-            control_fd: p.image.control_fd,
-            park_signal: 0,
-            uffd_fd: p.image.uffd_fd,
-        };
-        node.registry.insert(reg, ours, Some(id.to_string()));
-        tracing::info!(pid, id, "process restored");
-        Ok(pid)
     }
 }
 
@@ -370,58 +273,4 @@ fn changed_so_far(done: &Applied) -> String {
     } else {
         format!("files were already changed: {}", done.notes.join("; "))
     }
-}
-
-/// Reads the restorer's status pipe to EOF: `None` if it reported nothing (success).
-fn read_status(pipe: OwnedFd, timeout: Duration) -> anyhow::Result<Option<Status>> {
-    let deadline = Instant::now() + timeout;
-    let mut f = std::fs::File::from(pipe);
-    let mut buf = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            bail!("the restorer did not finish within {}s", timeout.as_secs());
-        }
-        let mut pfd = libc::pollfd {
-            fd: f.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: pfd is a valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(i32::MAX as u128) as i32) };
-        if r <= 0 {
-            continue;
-        }
-        let mut chunk = [0u8; 4096];
-        match f.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("reading the restorer's status"),
-        }
-    }
-    Ok(restore_status::decode(&buf))
-}
-
-fn syscall_name(nr: u64) -> String {
-    let name = match nr as i64 {
-        libc::SYS_mmap => "mmap",
-        libc::SYS_munmap => "munmap",
-        libc::SYS_mprotect => "mprotect",
-        libc::SYS_mremap => "mremap",
-        libc::SYS_pread64 => "pread",
-        libc::SYS_prctl => "prctl",
-        libc::SYS_rt_sigaction => "rt_sigaction",
-        libc::SYS_prlimit64 => "prlimit",
-        libc::SYS_clone3 => "clone3 (thread)",
-        libc::SYS_arch_prctl => "arch_prctl",
-        libc::SYS_rt_sigreturn => "rt_sigreturn",
-        libc::SYS_setitimer => "setitimer",
-        libc::SYS_timer_create => "timer_create",
-        libc::SYS_sigaltstack => "sigaltstack",
-        libc::SYS_timer_settime => "timer_settime",
-        libc::SYS_rt_sigqueueinfo => "rt_sigqueueinfo (a pending signal)",
-        _ => return format!("syscall {nr}"),
-    };
-    name.to_string()
 }

@@ -74,6 +74,10 @@ enum Cmd {
 }
 
 fn main() {
+    // Output piped into `head` that stops reading ends ckptctl quietly, as for any tool (Rust
+    // ignores SIGPIPE, and `println!` would panic on the broken pipe).
+    // SAFETY: setting a disposition before any thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let args = Args::try_parse().unwrap_or_else(|e| {
         // --help, --version, and the help a bare command gets, are printed as they are.
         if !e.use_stderr() || e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {

@@ -132,6 +132,25 @@ fn show_process(
     );
     let tids: Vec<String> = img.threads.iter().map(|t| format!("{} ({})", t.tid, t.comm)).collect();
     println!("  threads {}: {}", img.threads.len(), tids.join(", "));
+    let t = &img.tree;
+    let tty = if t.tty_nr == 0 {
+        String::new()
+    } else {
+        format!(
+            "  terminal {}:{}",
+            t.tty_nr >> 8 & 0xfff,
+            (t.tty_nr & 0xff) | (t.tty_nr >> 12 & 0xfff00)
+        )
+    };
+    println!("  parent {}  group {}  session {}{tty}", t.ppid, t.pgid, t.sid);
+    for z in &t.zombies {
+        println!(
+            "  exited child {} ({}), not reaped: {}",
+            z.pid,
+            z.comm,
+            wait_status(z.status)
+        );
+    }
     println!(
         "  memory: {} mapped, {} stored, {} mappings",
         bytes(img.mapped_bytes()),
@@ -249,6 +268,14 @@ fn utc(unix_ms: u64) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+/// A `waitpid` status in words.
+fn wait_status(st: i32) -> String {
+    match st & 0x7f {
+        0 => format!("exit code {}", (st >> 8) & 0xff),
+        sig => format!("killed by signal {sig}"),
+    }
 }
 
 #[cfg(test)]

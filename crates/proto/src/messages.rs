@@ -393,3 +393,45 @@ pub struct SocketFds {
     pub numbers: Vec<i32>,
     pub last: bool,
 }
+
+/// Restorer ← ckptd, after the sockets: how the host's process tree is made (see
+/// `ckpt_format::tree`). Every step but `Go` is answered with a [`TreeAnswer`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TreeStep {
+    /// Fork a child restorer as `pid` and exec `prog`; five fds ride along: its stdio 0-2, its
+    /// status pipe and its control socket.
+    Fork {
+        pid: i32,
+        exit_signal: i32,
+        setsid: bool,
+        lead_group: bool,
+        prog: String,
+        argv: Vec<String>,
+        envp: Vec<String>,
+    },
+    /// Every child is forked: build the program up to its first instruction.
+    Build,
+    /// Fork a child that ends at once with `status` (a zombie), in its session and group.
+    Zombie {
+        pid: i32,
+        comm: String,
+        exit_signal: i32,
+        setsid: bool,
+        lead_group: bool,
+        join: Option<i32>,
+        status: i32,
+    },
+    /// Join process group `pgid` (its leader exists by now).
+    Join { pgid: i32 },
+    /// As a session leader, take terminal `tty_nr` back as the controlling one, with group
+    /// `foreground` in front.
+    Terminal { tty_nr: u64, foreground: Option<i32> },
+    /// Become the program.
+    Go,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum TreeAnswer {
+    Done,
+    Failed { message: String },
+}

@@ -8,6 +8,7 @@
 mod blob;
 mod fds;
 mod plan;
+mod tree;
 
 use anyhow::{bail, Context};
 use ckpt_format::{read_record, PageStoreReader, ProcessImage, RecordKind, PAGE_SIZE};
@@ -100,6 +101,8 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     std::env::set_var("CKPT_STATUS_FD", status.to_string());
     let control = fds::lift(args.control_fd, base)?;
     let mut sockets = fds::receive_sockets(control, base)?;
+    // Children are forked before anything of the program is in place: they need none of it.
+    tree::births(control)?;
     // Shared memory comes under negative numbers (no fd has one): kept apart, closed once
     // each mapping has its copy.
     let shared: std::collections::HashMap<i32, i32> = sockets
@@ -172,6 +175,9 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let region = plan::layout(base_addr, ops_bytes, data_bytes, img.threads.len(), park);
     map_region(&region)?;
     let plan = plan::build(&img, &current, region, &working)?;
+    // Groups and terminals once every process of the host exists; then, with all of them
+    // built, every one becomes its program.
+    tree::finish(control)?;
     jump(&region, &plan, status)
 }
 

@@ -133,6 +133,62 @@ pub fn stat_mm(pid: i32) -> Result<StatMm, ProcError> {
     })
 }
 
+/// A process's place in the tree, from /proc/PID/stat (see proc(5)).
+#[derive(Debug, Clone, Default)]
+pub struct StatTree {
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub tty_nr: u64,
+    pub tpgid: i32,
+    pub exit_signal: i32,
+    /// For a zombie, its status as `waitpid` reports it.
+    pub exit_code: i32,
+}
+
+pub fn stat_tree(pid: i32) -> Result<StatTree, ProcError> {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text = read(path.clone())?;
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| parse_err(path.clone(), &text))?;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `f[0]` is field 3 (state) of proc(5).
+    let num = |n: usize| -> Result<i64, ProcError> {
+        f.get(n - 3)
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| parse_err(path.clone(), &text))
+    };
+    Ok(StatTree {
+        state: f.first().and_then(|s| s.chars().next()).unwrap_or('?'),
+        ppid: num(4)? as i32,
+        pgrp: num(5)? as i32,
+        session: num(6)? as i32,
+        tty_nr: num(7)? as u64,
+        tpgid: num(8)? as i32,
+        exit_signal: num(38)? as i32,
+        exit_code: num(52)? as i32,
+    })
+}
+
+/// The children of every thread of `pid` (zombies included), sorted.
+pub fn children(pid: i32) -> Result<Vec<i32>, ProcError> {
+    let mut all = Vec::new();
+    for tid in list_numeric(&format!("/proc/{pid}/task"))? {
+        let path = PathBuf::from(format!("/proc/{pid}/task/{tid}/children"));
+        // A thread that ended since the listing has no children left to list.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        all.extend(text.split_whitespace().filter_map(|s| s.parse::<i32>().ok()));
+    }
+    all.sort_unstable();
+    all.dedup();
+    Ok(all)
+}
+
 /// The parts of /proc/PID/status the checkpointer needs.
 #[derive(Debug, Clone, Default)]
 pub struct Status {

@@ -53,35 +53,43 @@ pub fn describe_pid(pid: i32) -> String {
         .unwrap_or_else(|_| "a thread or an exiting process".to_string())
 }
 
-/// Forks and execs `prog` as pid `pid`, in a new session. In the child, fd `i` is `fds[i]` and
-/// every other fd is closed; the signal mask is emptied.
-pub fn spawn_with_pid(
-    pid: i32,
-    prog: &CStr,
-    argv: &[CString],
-    envp: &[CString],
-    fds: &[RawFd],
-) -> Result<i32, SpawnError> {
-    // Everything the child touches is prepared here: after clone3 only async-signal-safe calls.
-    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_p.push(std::ptr::null());
-    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-    envp_p.push(std::ptr::null());
+/// Where a new process stands in the tree.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// It leads a new session (and group).
+    pub setsid: bool,
+    /// It leads a new group in its parent's session.
+    pub lead_group: bool,
+    /// The signal its parent gets when it ends.
+    pub exit_signal: i32,
+}
+
+impl Default for Options {
+    /// A new session, as a daemon's restored program needs.
+    fn default() -> Self {
+        Options {
+            setsid: true,
+            lead_group: false,
+            exit_signal: libc::SIGCHLD,
+        }
+    }
+}
+
+/// A fork-like clone3 as `pid`: the child gets 0 and must run only async-signal-safe calls.
+fn clone_as(pid: i32, exit_signal: i32) -> Result<i32, SpawnError> {
     let tids = [pid];
     let args = CloneArgs {
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal: exit_signal as u64,
         set_tid: tids.as_ptr() as u64,
         set_tid_size: 1,
         ..Default::default()
     };
-    let nfds = fds.len() as i32;
-
     // A pid whose process was just reaped can stay taken for a moment (its last threads are
     // still being torn down): try again briefly while nothing in /proc holds it.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let (ret, err) = loop {
         // SAFETY: a fork-like clone3 (no CLONE_VM): the child gets a copy of this address
-        // space and runs only the raw calls below before execve or _exit.
+        // space; the callers make it run only raw calls before execve or _exit.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_clone3,
@@ -96,6 +104,47 @@ pub fn spawn_with_pid(
         }
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
+    if ret < 0 {
+        return Err(match err.raw_os_error() {
+            Some(libc::EEXIST) => SpawnError::PidInUse(pid, describe_pid(pid)),
+            Some(libc::EPERM) => SpawnError::NoPermission(pid),
+            _ => SpawnError::Os(err),
+        });
+    }
+    Ok(ret as i32)
+}
+
+/// In a child just cloned: its session or group. Async-signal-safe.
+///
+/// # Safety
+/// Only in the child of [`clone_as`], before execve or _exit.
+unsafe fn take_place(opts: Options) -> bool {
+    if opts.setsid {
+        libc::setsid() >= 0
+    } else if opts.lead_group {
+        libc::setpgid(0, 0) == 0
+    } else {
+        true
+    }
+}
+
+/// Forks and execs `prog` as pid `pid`, in its session and group as `opts` says. In the child,
+/// fd `i` is `fds[i]` and every other fd is closed; the signal mask is emptied.
+pub fn spawn_with_pid(
+    pid: i32,
+    prog: &CStr,
+    argv: &[CString],
+    envp: &[CString],
+    fds: &[RawFd],
+    opts: Options,
+) -> Result<i32, SpawnError> {
+    // Everything the child touches is prepared here: after clone3 only async-signal-safe calls.
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let nfds = fds.len() as i32;
+    let ret = clone_as(pid, opts.exit_signal)?;
     if ret == 0 {
         // SAFETY: child side; only async-signal-safe libc calls on data prepared before clone3.
         unsafe {
@@ -116,17 +165,69 @@ pub fn spawn_with_pid(
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            libc::setsid();
+            if !take_place(opts) {
+                libc::_exit(125);
+            }
             libc::execve(prog.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
             libc::_exit(127);
         }
     }
-    if ret < 0 {
-        return Err(match err.raw_os_error() {
-            Some(libc::EEXIST) => SpawnError::PidInUse(pid, describe_pid(pid)),
-            Some(libc::EPERM) => SpawnError::NoPermission(pid),
-            _ => SpawnError::Os(err),
-        });
+    Ok(ret)
+}
+
+/// Forks a child as `pid`, named `comm`, that takes its place (`opts`, then group `join` if
+/// given) and ends at once with wait status `status`: an exited child its parent has not reaped yet. Fails if the
+/// child could not take its place.
+pub fn zombie(pid: i32, comm: &CStr, opts: Options, join: Option<i32>, status: i32) -> Result<(), SpawnError> {
+    let mut pipe = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SpawnError::Os(std::io::Error::last_os_error()));
     }
-    Ok(ret as i32)
+    let ret = clone_as(pid, opts.exit_signal);
+    if matches!(ret, Ok(0)) {
+        // SAFETY: child side; only async-signal-safe calls on values prepared before clone3.
+        unsafe {
+            let mut err: i32 = 0;
+            if !take_place(opts) || join.is_some_and(|g| libc::setpgid(0, g) != 0) {
+                err = *libc::__errno_location();
+                err = err.max(1);
+            }
+            libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
+            libc::write(pipe[1], (&err as *const i32).cast(), 4);
+            if libc::WIFSIGNALED(status) {
+                let sig = libc::WTERMSIG(status);
+                // No core file: the status must not say one was dumped either (refused at
+                // checkpoint time when it did).
+                let none = libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                libc::setrlimit(libc::RLIMIT_CORE, &none);
+                libc::signal(sig, libc::SIG_DFL);
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                libc::kill(libc::getpid(), sig);
+            }
+            libc::_exit(libc::WEXITSTATUS(status));
+        }
+    }
+    // SAFETY: closing our copy of the write end; the child has its own.
+    unsafe { libc::close(pipe[1]) };
+    let mut err: i32 = 0;
+    // SAFETY: reading 4 bytes into an i32 we own from the pipe made above.
+    let n = unsafe { libc::read(pipe[0], (&mut err as *mut i32).cast(), 4) };
+    // SAFETY: closing the read end made above.
+    unsafe { libc::close(pipe[0]) };
+    ret?;
+    if n != 4 {
+        return Err(SpawnError::Os(std::io::Error::other(
+            "the zombie child ended before saying how it went",
+        )));
+    }
+    if err != 0 {
+        return Err(SpawnError::Os(std::io::Error::from_raw_os_error(err)));
+    }
+    Ok(())
 }

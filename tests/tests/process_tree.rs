@@ -1,0 +1,142 @@
+//! Process trees (issue 11): a restored tree has the same pids, parents, process groups and
+//! sessions, and the children a parent had not reaped come back as zombies with their status,
+//! so `wait`, `getppid` and `SIGCHLD` behave as before; a shell pipeline comes back whole and
+//! bash ends with the right exit status.
+
+use anyhow::{bail, ensure, Context, Result};
+use ckpt_tests::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+#[test]
+fn tree_with_groups_and_zombies_survives_two_restores() -> Result<()> {
+    require_root!();
+    survives_two_restores("tree_state", &[])
+}
+
+/// Numbers enough for the pipeline to run several seconds.
+const N: u64 = 30_000_000;
+
+/// awk prints a running sum every 100 000 numbers, `sort -n` orders the lines (all of them
+/// must arrive before it prints anything), `tail -3` keeps the last three; bash then records
+/// every stage's status and ends with its own.
+fn pipeline(out: &Path) -> String {
+    format!(
+        r#"seq 1 {N} | awk '{{ s += $1 % 1000 }} NR % 100000 == 0 {{ printf "%d %.0f\n", NR, s }}' | sort -n | tail -3 > {out}; echo "stages ${{PIPESTATUS[*]}}" >> {out}; exit 7"#,
+        out = out.display()
+    )
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The pids of `names` among bash's children, once all are registered.
+fn stages(d: &Daemon, bash: i32, names: &[&str]) -> Result<Vec<i32>> {
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    loop {
+        let registered = d.status_pids()?;
+        let kids = descendants(bash);
+        let found: Vec<Option<i32>> = names
+            .iter()
+            .map(|n| kids.iter().copied().find(|&p| comm(p) == *n && registered.contains(&p)))
+            .collect();
+        if registered.contains(&bash) && found.iter().all(Option::is_some) {
+            return Ok(found.into_iter().flatten().collect());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "bash's pipeline {names:?} should be registered; `ckptctl status` lists {registered:?}\n{}",
+                d.context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn shell_pipeline_comes_back_with_its_exit_status() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    // What an uninterrupted run prints.
+    let clean = d.dir().join("clean");
+    let st = run_with_timeout(
+        std::process::Command::new("/bin/bash").args(["-c", &pipeline(&clean)]),
+        Duration::from_secs(120),
+    )?;
+    ensure!(
+        st.status.code() == Some(7),
+        "the plain pipeline should exit 7: {:?}",
+        st.status
+    );
+    let want = std::fs::read_to_string(&clean)?;
+    ensure!(want.lines().count() == 4, "the plain pipeline printed {want:?}");
+
+    let out = d.dir().join("out");
+    let mut bash = d.run(Path::new("/bin/bash"), &["-c", &pipeline(&out)])?;
+    let pids = stages(&d, bash.pid, &["seq", "awk", "sort", "tail"])?;
+    std::thread::sleep(Duration::from_millis(500));
+    let id = d.checkpoint()?;
+    ensure!(
+        pids.iter().all(|&p| proc_alive(p)),
+        "the pipeline ended before checkpoint {id} was taken: make N bigger"
+    );
+    // Every process of the pipeline, the shell first (its children are then not its zombies),
+    // then from the end of the pipe: a stage killed before the one it feeds would let that one
+    // see the end of its input and print.
+    let tree = descendants(bash.pid);
+    bash.kill9()?;
+    bash.disarm();
+    for p in tree.into_iter().rev() {
+        kill_pid(p)?;
+    }
+    ensure!(
+        std::fs::read_to_string(&out).unwrap_or_default().is_empty(),
+        "the pipeline printed before the checkpoint, the test proves nothing"
+    );
+
+    let mut r = d.restore_args(&id, bash.pid, &["--attach"])?;
+    // The tree is back as it was: each stage is bash's child, in bash's group and session.
+    let deadline = Instant::now() + LINE_TIMEOUT;
+    while !pids
+        .iter()
+        .all(|&p| proc_state(p).is_some_and(|(_, pp)| pp == bash.pid))
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for &p in &pids {
+        let (_, ppid) = proc_state(p).with_context(|| format!("restored {} ({p}) is not there", comm(p)))?;
+        ensure!(
+            ppid == bash.pid,
+            "restored {} ({p}) should be bash's child, its parent is {ppid}",
+            comm(p)
+        );
+        // SAFETY: plain queries of another process's ids.
+        let (pg, sid) = unsafe { (libc::getpgid(p), libc::getsid(p)) };
+        // SAFETY: as above.
+        let (bpg, bsid) = unsafe { (libc::getpgid(bash.pid), libc::getsid(bash.pid)) };
+        ensure!(
+            pg == bpg && sid == bsid,
+            "restored {} ({p}) should be in bash's group and session ({bpg}, {bsid}), it is in ({pg}, {sid})",
+            comm(p)
+        );
+    }
+    let st = r.wait_child_exit(Duration::from_secs(180))?;
+    let got = std::fs::read_to_string(&out)?;
+    ensure!(
+        got == want,
+        "the restored pipeline should print what an uninterrupted one does:\n{want}got:\n{got}\n{}",
+        d.context()
+    );
+    ensure!(
+        st.code() == Some(7),
+        "ckptctl restore --attach should end with bash's exit code 7, it ended {}\n{}",
+        fmt_status(&st),
+        r.context()
+    );
+    Ok(())
+}
