@@ -166,6 +166,9 @@ pub struct Mapping {
 pub struct SharedMem {
     pub ident: u64,
     pub pgoff: u64,
+    /// The (device, inode) of a deleted file a process of the checkpoint also holds through
+    /// an fd: the memory is that file again, not a copy of it.
+    pub held: Option<(u64, u64)>,
 }
 
 impl SharedMem {

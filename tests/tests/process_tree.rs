@@ -140,3 +140,56 @@ fn shell_pipeline_comes_back_with_its_exit_status() -> Result<()> {
     );
     Ok(())
 }
+
+/// A `multiprocessing.Pool(4)` with a `Manager` (a server process reached through a Unix
+/// socket), a shared `Array` and a `Value` under a POSIX-semaphore lock, in Python's heap of
+/// deleted `/dev/shm` files: checkpointed mid-way, killed, restored, it ends with the result
+/// of an uninterrupted run and its Pool shuts down cleanly.
+#[test]
+fn multiprocessing_pool_with_manager_finishes_right() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let (prog, args) = example_cmdline("mp_pool.py", &["3000"])?;
+    let clean = run_with_timeout(std::process::Command::new(&prog).args(&args), Duration::from_secs(180))?;
+    let clean_out = String::from_utf8_lossy(&clean.stdout).into_owned();
+    let want = clean_out
+        .lines()
+        .find(|l| l.starts_with("result "))
+        .with_context(|| format!("the plain run printed no result: {clean_out}"))?
+        .to_string();
+
+    let mut app = d.run_example("mp_pool.py", &["3000"])?;
+    app.expect_line("progress", |l| l == "done 500", Duration::from_secs(60))?;
+    let id = d.checkpoint()?;
+    let tree = descendants(app.pid);
+    ensure!(
+        tree.len() >= 5,
+        "the Pool's 4 workers and the Manager should be running: {tree:?}"
+    );
+    let pid = app.pid;
+    app.kill9()?;
+    app.disarm();
+    for p in tree {
+        kill_pid(p)?;
+    }
+    let mut r = d.restore_args(&id, pid, &["--attach"])?;
+    let got = r.expect_line("the result", |l| l.starts_with("result "), Duration::from_secs(180))?;
+    ensure!(
+        got == want,
+        "the restored Pool should end with {want:?}, it printed {got:?}\n{}",
+        r.context()
+    );
+    ensure!(
+        r.history().iter().any(|l| l == "pool closed"),
+        "the restored Pool should shut down\n{}",
+        r.context()
+    );
+    let st = r.wait_child_exit(Duration::from_secs(60))?;
+    ensure!(
+        st.code() == Some(0),
+        "python should end with code 0, ckptctl ended {}\n{}",
+        fmt_status(&st),
+        r.context()
+    );
+    Ok(())
+}

@@ -86,46 +86,10 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
             kind,
         });
     }
-    refused.extend(deleted_and_mapped(pid, &out)?);
     if !refused.is_empty() {
         return Err(DumpError::UnsupportedFds { pid, fds: refused });
     }
     Ok(out)
-}
-
-/// Deleted files the process holds through an fd and also maps shared: the mapping's memory
-/// and the fd's file would come back as two files, a write through one no longer seen through
-/// the other. Refused until they can come back as one.
-fn deleted_and_mapped(pid: i32, fds: &[FdImage]) -> Result<Vec<(i32, String)>, DumpError> {
-    let deleted: Vec<(i32, &ckpt_kinds::deleted::Record)> = fds
-        .iter()
-        .filter_map(|f| match &f.kind {
-            FdKind::Object {
-                obj: ckpt_kinds::Object::Deleted(r),
-                ..
-            } => Some((f.fd, r)),
-            _ => None,
-        })
-        .collect();
-    if deleted.is_empty() {
-        return Ok(Vec::new());
-    }
-    let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
-    Ok(deleted
-        .into_iter()
-        .filter_map(|(fd, r)| {
-            let m = maps
-                .iter()
-                .find(|m| m.shared && m.inode == r.ino && libc::makedev(m.dev_major, m.dev_minor) == r.dev)?;
-            Some((
-                fd,
-                format!(
-                    "a deleted file ({}) also mapped shared at {:#x}, which would come back as two files",
-                    r.path, m.start
-                ),
-            ))
-        })
-        .collect())
 }
 
 enum Refusal {

@@ -2,14 +2,16 @@
 //! (shared anonymous memory, a memfd, a `/dev/shm` or deleted file) is saved with each process;
 //! when other processes of the checkpoint map the same memory (inherited across fork, like
 //! nginx's master and workers), the mappings get one identity here, so that restore makes the
-//! memory once and each holder maps it again, shared as it was.
+//! memory once and each holder maps it again, shared as it was. A deleted file that is also
+//! held through an fd (Python's multiprocessing heap) is linked the same way, even with one
+//! holder: restore maps the file re-created for the fd, so both stay one file.
 //!
 //! A SysV segment would come back as plain memory that `shmdt`/`shmctl` do not know: refused,
 //! naming it, until segments come back as segments.
 
-use ckpt_format::{MappingKind, ProcessImage, SharedMem};
+use ckpt_format::{FdKind, MappingKind, ProcessImage, SharedMem};
 use ckpt_sys::procfs::{self, MapEntry};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 /// Whether `e` is memory saved with the process (see `memory::classify`).
 fn saved_shared(e: &MapEntry) -> bool {
@@ -28,6 +30,18 @@ type Holders = Vec<(usize, u64, u64)>;
 /// Gives the mappings of memory shared by several of the parked processes their identity;
 /// returns every reason the processes cannot be checkpointed for their shared memory.
 pub fn link(images: &mut [&mut ProcessImage]) -> Vec<String> {
+    // Deleted files held through an fd: their mappings are those files again at restore.
+    let held: HashSet<(u64, u64)> = images
+        .iter()
+        .flat_map(|img| img.fds.iter())
+        .filter_map(|f| match &f.kind {
+            FdKind::Object {
+                obj: ckpt_kinds::Object::Deleted(r),
+                ..
+            } => Some((r.dev, r.ino)),
+            _ => None,
+        })
+        .collect();
     // By (device, inode) of the memory.
     let mut holders: HashMap<(u32, u32, u64), Holders> = HashMap::new();
     let mut refused = Vec::new();
@@ -49,12 +63,15 @@ pub fn link(images: &mut [&mut ProcessImage]) -> Vec<String> {
                 .push((i, e.start, e.offset));
         }
     }
-    let mut shared: Vec<Holders> = holders
-        .into_values()
-        .filter(|h| h.iter().any(|(i, _, _)| *i != h[0].0))
+    let file_of =
+        |(major, minor, ino): (u32, u32, u64)| Some((libc::makedev(major, minor), ino)).filter(|k| held.contains(k));
+    let mut shared: Vec<(Holders, Option<(u64, u64)>)> = holders
+        .into_iter()
+        .filter(|(k, h)| h.iter().any(|(i, _, _)| *i != h[0].0) || file_of(*k).is_some())
+        .map(|(k, h)| (h, file_of(k)))
         .collect();
     shared.sort();
-    for (n, h) in shared.into_iter().enumerate() {
+    for (n, (h, held)) in shared.into_iter().enumerate() {
         for (i, start, pgoff) in h {
             let m = images[i]
                 .mappings
@@ -65,6 +82,7 @@ pub fn link(images: &mut [&mut ProcessImage]) -> Vec<String> {
                     m.shared_with = Some(SharedMem {
                         ident: n as u64 + 1,
                         pgoff,
+                        held,
                     })
                 }
                 None => refused.push(format!(

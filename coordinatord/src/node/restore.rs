@@ -177,7 +177,8 @@ impl Node {
         // Objects change what they replace (a named queue, a dead program's socket file): only
         // once the files are known to be restorable.
         sockets.extend(super::objects::make_objects(&images)?);
-        sockets.extend(super::shared_memory::make(&pending.planned).context("re-creating shared memory")?);
+        let shared = super::shared_memory::make(&pending.planned, &sockets).context("re-creating shared memory")?;
+        sockets.extend(shared);
         let applied = match pending.files.apply(&actions) {
             Ok(a) => a,
             Err((e, done)) => bail!(

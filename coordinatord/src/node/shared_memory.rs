@@ -5,24 +5,33 @@
 
 use super::restore::Planned;
 use anyhow::Context;
-use ckpt_format::{PageStoreReader, SharedMem};
+use ckpt_format::{FdKind, PageStoreReader, SharedMem};
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
-/// The shared memory of `planned`, by (pid, handed number).
-pub fn make(planned: &[Planned]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
+/// The shared memory of `planned`, by (pid, handed number); `objects` are the fds already
+/// re-created, by (pid, fd), where a deleted file held through an fd is found again.
+pub fn make(
+    planned: &[Planned],
+    objects: &HashMap<(i32, i32), OwnedFd>,
+) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
     let mut made: HashMap<u64, std::fs::File> = HashMap::new();
     let mut out = HashMap::new();
     for p in planned {
         let img = p.image();
         let mut readers: Vec<Option<PageStoreReader>> = Vec::new();
         for m in &img.mappings {
-            let Some(SharedMem { ident, pgoff }) = m.shared_with else {
+            let Some(SharedMem { ident, pgoff, held }) = m.shared_with else {
                 continue;
             };
             let file = match made.entry(ident) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) if held.is_some() => {
+                    let file = held_file(planned, objects, held)
+                        .with_context(|| format!("process {}: the deleted file mapped at {:#x}", img.pid, m.start))?;
+                    e.insert(file)
+                }
                 std::collections::hash_map::Entry::Vacant(e) => {
                     // SAFETY: memfd_create with a literal name.
                     let fd = unsafe { libc::memfd_create(c"ckpt-shared".as_ptr(), libc::MFD_CLOEXEC) };
@@ -33,10 +42,13 @@ pub fn make(planned: &[Planned]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>>
                     e.insert(unsafe { std::fs::File::from_raw_fd(fd) })
                 }
             };
+            // A held file keeps its size (pages mapped past its end were never data).
             let end = pgoff + m.len();
-            if file.metadata()?.len() < end {
+            let size = file.metadata()?.len();
+            if size < end && held.is_none() {
                 file.set_len(end)?;
             }
+            let size = file.metadata()?.len();
             // Every holder stored the pages it saw at the same instant: the same bytes.
             let mut buf = Vec::new();
             for r in &m.pages {
@@ -55,15 +67,44 @@ pub fn make(planned: &[Planned]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>>
                 let Some(reader) = readers[i].as_ref() else { continue };
                 reader.read_run(r, &mut buf)?;
                 // Runs are clipped to the mapping (an ancestor's may span memory since unmapped).
-                let (lo, hi) = (r.addr.max(m.start), (r.addr + r.len).min(m.end));
+                let (lo, hi) = (
+                    r.addr.max(m.start),
+                    (r.addr + r.len).min(m.end).min(m.start + size.saturating_sub(pgoff)),
+                );
                 if lo < hi {
                     let from = (lo - r.addr) as usize;
                     file.write_all_at(&buf[from..from + (hi - lo) as usize], pgoff + (lo - m.start))?;
                 }
             }
-            let handed = SharedMem { ident, pgoff }.handed_as();
+            let handed = SharedMem { ident, pgoff, held }.handed_as();
             out.insert((img.pid, handed), OwnedFd::from(file.try_clone()?));
         }
     }
     Ok(out)
+}
+
+/// The deleted file `held` (device, inode) as re-created for an fd of one of `planned`, opened
+/// again read-write (the fd's own description may be read-only).
+fn held_file(
+    planned: &[Planned],
+    objects: &HashMap<(i32, i32), OwnedFd>,
+    held: Option<(u64, u64)>,
+) -> anyhow::Result<std::fs::File> {
+    let fd = planned
+        .iter()
+        .flat_map(|p| p.image().fds.iter().map(move |f| (p.image().pid, f)))
+        .find_map(|(pid, f)| match &f.kind {
+            FdKind::Object {
+                obj: ckpt_kinds::Object::Deleted(r),
+                ..
+            } if Some((r.dev, r.ino)) == held => objects.get(&(pid, f.dup_of.unwrap_or(f.fd))),
+            _ => None,
+        })
+        .context("no fd of the checkpoint holds it any more")?;
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .context("opening it again")
 }

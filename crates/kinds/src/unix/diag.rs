@@ -105,6 +105,17 @@ pub fn listeners() -> std::io::Result<Vec<Diag>> {
 /// whose owner still runs), so that its file is not taken for a dead program's leftover.
 pub fn bound_to_file(file_ino: u64) -> std::io::Result<bool> {
     let all = query(&request(0, u32::MAX, UDIAG_SHOW_VFS), true)?;
+    // Sockets this restore made itself (accepted ones carry their listener's file) are not
+    // another program's.
+    let ours: Vec<u64> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| {
+            let target = std::fs::read_link(e.ok()?.path()).ok()?;
+            let t = target.to_str()?;
+            t.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
     // The diag reports the file's inode in 32 bits.
-    Ok(all.iter().any(|d| d.vfs_ino == Some(file_ino & 0xffff_ffff)))
+    Ok(all
+        .iter()
+        .any(|d| d.vfs_ino == Some(file_ino & 0xffff_ffff) && !ours.contains(&d.ino)))
 }
