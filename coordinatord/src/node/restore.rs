@@ -88,6 +88,7 @@ impl Node {
             }
         }
         let images: Vec<&ProcessImage> = planned.iter().map(|p| &p.image).collect();
+        problems.extend(super::pty::check(id, &images));
         let files = FileRestore::open(&self.store, &dir, &self.host, rules);
         match &files {
             Ok(f) => problems.extend(f.check(&images, &self.files.watch).err().unwrap_or_default()),

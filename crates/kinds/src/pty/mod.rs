@@ -470,10 +470,12 @@ fn open_index(ptmx: &str, index: u32, access: i32) -> Result<OwnedFd, KindError>
         match got.cmp(&index) {
             std::cmp::Ordering::Equal => return Ok(m),
             std::cmp::Ordering::Less => others.push(m),
-            std::cmp::Ordering::Greater => return Err(KindError::Refused(format!(
+            std::cmp::Ordering::Greater => {
+                return Err(KindError::Refused(format!(
                 "pseudo-terminal {} was taken by another program while the restore ran; stop it, then restore again",
                 slave_path(ptmx, index)
-            ))),
+            )))
+            }
         }
     }
 }
