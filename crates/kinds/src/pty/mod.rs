@@ -413,22 +413,19 @@ struct Made1 {
 
 pub fn recreate(rec: &Record, made: &mut Made) -> Result<OwnedFd, KindError> {
     let what = || format!("pseudo-terminal {}", rec.slave);
-    if !made.pairs.contains_key(&rec.index) {
-        let ptmx = pair(rec).map(|p| p.ptmx.clone()).unwrap_or_else(|| ptmx_of(&rec.slave));
-        let master = open_index(&ptmx, rec.index, rec.access)?;
-        // Unlocked while the holders' slave descriptions are opened; locked again at the end.
-        ioctl::set_int(master.as_raw_fd(), libc::TIOCSPTLCK, 0).map_err(KindError::recreate(what()))?;
-        made.pairs.insert(
-            rec.index,
-            Made1 {
+    let one = match made.pairs.entry(rec.index) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(e) => {
+            let ptmx = pair(rec).map(|p| p.ptmx.clone()).unwrap_or_else(|| ptmx_of(&rec.slave));
+            let master = open_index(&ptmx, rec.index, rec.access)?;
+            // Unlocked while the holders' slave descriptions are opened; locked again at the end.
+            ioctl::set_int(master.as_raw_fd(), libc::TIOCSPTLCK, 0).map_err(KindError::recreate(what()))?;
+            e.insert(Made1 {
                 master,
                 slave: rec.slave.clone(),
                 state: None,
-            },
-        );
-    }
-    let Some(one) = made.pairs.get_mut(&rec.index) else {
-        return Err(KindError::Refused(format!("{} was not made", what())));
+            })
+        }
     };
     match &rec.end {
         End::Master(p) => {
