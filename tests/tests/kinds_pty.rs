@@ -70,6 +70,18 @@ fn pty_parent_holding_the_master_and_child_on_the_slave_keep_talking() -> Result
     d.register_pid(child);
     app.expect_tick(LINE_TIMEOUT)?;
     ask(&app).context("before any checkpoint")?;
+    // The child's stdio is the pair's slave, made again with it (not `ckptctl`'s stdio).
+    let id = d.checkpoint()?;
+    let shown = d.ckptctl_ok(&["show", &id])?;
+    let ptys: Vec<&str> = shown.lines().filter(|l| l.contains("pty ")).collect();
+    note!("ckptctl show {id}, its ptys:\n{}", ptys.join("\n"));
+    for want in [
+        "0 pty slave /dev/pts/",
+        "1 pty slave /dev/pts/",
+        "pty master of /dev/pts/",
+    ] {
+        ensure!(shown.contains(want), "`ckptctl show` should say {want:?}:\n{shown}");
+    }
     let mut app = two_rounds(&d, app, &[child])?;
     app.kill9()?;
     kill_pid(child)?;
