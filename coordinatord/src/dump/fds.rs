@@ -126,7 +126,7 @@ fn kind_of(
             return Ok(obj);
         }
     }
-    if fd != control_fd && fd != uffd_fd && !(fd <= 2 && (ft.is_fifo() || ft.is_socket() || is_tty_meta(meta))) {
+    if fd != control_fd && fd != uffd_fd && !(fd <= 2 && (ft.is_fifo() || ft.is_socket() || is_plain_tty(meta))) {
         let src = ckpt_kinds::Source::new(pid, fd, target, text, flags, meta);
         match ckpt_kinds::capture(&src) {
             Some(Ok(obj)) => {
@@ -225,6 +225,12 @@ fn stdio_unix(pid: i32, fd: i32, target: &str, text: &str, flags: i32, meta: &st
             None
         }
     }
+}
+
+/// A terminal on stdio that stays plain stdio: not a pty, whose slaves are read as objects
+/// (those whose master is outside become plain stdio again, see `super::pty`).
+fn is_plain_tty(meta: &std::fs::Metadata) -> bool {
+    is_tty_meta(meta) && !ckpt_kinds::pty::claims_meta(meta)
 }
 
 fn is_tty_meta(meta: &std::fs::Metadata) -> bool {

@@ -6,6 +6,7 @@ mod fds;
 mod memory;
 pub mod objects;
 pub mod precopy;
+pub mod pty;
 pub mod shared_memory;
 pub mod signals;
 pub mod sockets;

@@ -10,6 +10,7 @@ mod orphans;
 mod park;
 mod phases;
 mod pipes;
+mod pty;
 mod restore;
 mod shared_memory;
 mod tree;

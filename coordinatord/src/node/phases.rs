@@ -390,6 +390,7 @@ impl Node {
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
                 .collect();
             crate::dump::objects::link(&mut images);
+            crate::dump::pty::outside_masters(&mut images);
             let mut refused = crate::dump::shared_memory::link(&mut images);
             refused.extend(crate::dump::tree::check(&images));
             if !refused.is_empty() {

@@ -106,6 +106,7 @@ impl Node {
             problems.extend(e);
             Default::default()
         });
+        problems.extend(super::pty::check(id, &images));
         let files = FileRestore::open(&self.store, &dir, &self.host, rules);
         match &files {
             Ok(f) => problems.extend(f.check(&images, &self.files.watch).err().unwrap_or_default()),

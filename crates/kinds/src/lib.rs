@@ -21,6 +21,7 @@ pub mod inet;
 pub mod inotify;
 pub mod mqueue;
 pub mod posix_timer;
+pub mod pty;
 mod reopen;
 pub mod signalfd;
 pub mod sock_diag;
@@ -78,6 +79,7 @@ pub enum Object {
     MQueue(mqueue::Record),
     Unix(unix::Record),
     Epoll(epoll::Record),
+    Pty(pty::Record),
 }
 
 impl Object {
@@ -93,6 +95,7 @@ impl Object {
             Object::MQueue(r) => mqueue::describe(r),
             Object::Unix(r) => unix::describe(r),
             Object::Epoll(r) => epoll::describe(r),
+            Object::Pty(r) => pty::describe(r),
         }
     }
 }
@@ -112,6 +115,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
         None if unix::handles(src) => unix::capture(src).map(Object::Unix),
+        None if pty::claims(src) => pty::capture(src).map(Object::Pty),
         None => return None,
     })
 }
@@ -136,6 +140,7 @@ pub struct Restore {
     fifo: fifo::Made,
     mqueue: mqueue::Made,
     unix: unix::Restore,
+    pty: pty::Made,
 }
 
 impl Restore {
@@ -152,12 +157,14 @@ impl Restore {
             Object::MQueue(r) => mqueue::recreate(r, &mut self.mqueue),
             Object::Unix(r) => self.unix.recreate(r),
             Object::Epoll(r) => epoll::recreate(r),
+            Object::Pty(r) => pty::recreate(r, &mut self.pty),
         }
     }
 
     /// Called once every object was recreated (queued data that needs both ends, …).
     pub fn finish(&mut self) -> Result<(), KindError> {
         self.unix.finish()?;
+        self.pty.finish()?;
         Ok(())
     }
 }
@@ -178,5 +185,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         // An instance shared by several processes is registered once, by its first holder.
         Object::Epoll(r) if owner => epoll::register(fd, r),
         Object::Epoll(_) => Ok(()),
+        Object::Pty(_) => Ok(()),
     }
 }
