@@ -225,7 +225,9 @@ pub fn plan(procs: &[Node]) -> Result<Plan, Vec<String>> {
                 zombie_members.push(zb);
             }
         }
-        if t.sid == n.pid && t.tty_nr != 0 {
+        // A topmost leader's terminal was the user's, outside the checkpoint: it gets the
+        // restoring ckptctl's stdio instead, as its new session's members do.
+        if parent.is_some() && t.sid == n.pid && t.tty_nr != 0 {
             plan.terminals.push(Terminal {
                 leader: n.pid,
                 tty_nr: t.tty_nr,
@@ -314,11 +316,12 @@ mod tests {
         assert_eq!(p.roots().collect::<Vec<_>>(), vec![10]);
     }
 
-    /// An interactive shell in a pty: its jobs lead groups, a pipeline's second process joins
+    /// An interactive shell in a pty (started by a terminal program, say): its jobs lead groups, a pipeline's second process joins
     /// the first one's group, a zombie leader is made before its members join.
     #[test]
     fn job_control_groups_and_zombies() {
-        let mut sh = t(1, 20, 20);
+        let top = t(1, 19, 19);
+        let mut sh = t(19, 20, 20);
         sh.tty_nr = (136 << 8) | 3;
         sh.tpgid = 21;
         sh.zombies.push(Zombie {
@@ -332,10 +335,10 @@ mod tests {
         let a = t(20, 21, 20);
         let b = t(20, 21, 20);
         let c = t(20, 23, 20);
-        let p = plan(&[node(20, &sh), node(21, &a), node(22, &b), node(24, &c)]).unwrap();
-        assert!(p.live[0].setsid);
-        assert!(p.live[1].lead_group);
-        assert_eq!(p.live[2].join, Some(21));
+        let p = plan(&[node(19, &top), node(20, &sh), node(21, &a), node(22, &b), node(24, &c)]).unwrap();
+        assert!(p.live[1].setsid);
+        assert!(p.live[2].lead_group);
+        assert_eq!(p.live[3].join, Some(21));
         let groups: Vec<(i32, Option<i32>)> = p.groups.iter().map(|b| (b.pid, b.join)).collect();
         assert_eq!(groups, vec![(23, None), (22, Some(21)), (24, Some(23))]);
         assert_eq!(p.groups[0].zombie, Some(0x100));
