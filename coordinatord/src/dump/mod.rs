@@ -10,6 +10,7 @@ pub mod shared_memory;
 pub mod signals;
 pub mod sockets;
 pub mod state;
+pub mod sysv;
 pub mod window;
 
 use ckpt_format::{FormatError, PageStoreWriter, ProcessImage};

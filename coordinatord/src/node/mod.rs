@@ -12,6 +12,7 @@ mod phases;
 mod pipes;
 mod restore;
 mod shared_memory;
+mod sysv;
 
 use crate::registry::Registry;
 pub use attach::attach;

@@ -87,6 +87,7 @@ impl Node {
                 planned.push(Planned { image, meta, pages });
             }
         }
+        problems.extend(super::sysv::check(&dir, &self.host));
         let images: Vec<&ProcessImage> = planned.iter().map(|p| &p.image).collect();
         let files = FileRestore::open(&self.store, &dir, &self.host, rules);
         match &files {
@@ -158,6 +159,8 @@ impl Node {
         // Objects change what they replace (a named queue, a dead program's socket file): only
         // once the files are known to be restorable.
         sockets.extend(super::objects::make_objects(&images)?);
+        // Kept until every process has attached its segments (see `sysv::Held`).
+        let _sysv = super::sysv::make(&self.store.get(id)?.0, &self.host).context("re-creating SysV IPC objects")?;
         sockets.extend(super::shared_memory::make(&pending.planned).context("re-creating shared memory")?);
         let applied = match pending.files.apply(&actions) {
             Ok(a) => a,
@@ -421,6 +424,7 @@ fn syscall_name(nr: u64) -> String {
         libc::SYS_sigaltstack => "sigaltstack",
         libc::SYS_timer_settime => "timer_settime",
         libc::SYS_rt_sigqueueinfo => "rt_sigqueueinfo (a pending signal)",
+        libc::SYS_shmat => "shmat (a SysV segment)",
         _ => return format!("syscall {nr}"),
     };
     name.to_string()
