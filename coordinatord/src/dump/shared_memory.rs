@@ -1,5 +1,5 @@
 //! Memory several processes share. A mapping whose content exists nowhere but in memory
-//! (shared anonymous memory, a memfd, a `/dev/shm` or deleted file) is saved with each process;
+//! (shared anonymous memory, a memfd, a deleted file) is saved with each process;
 //! when other processes of the checkpoint map the same memory (inherited across fork, like
 //! nginx's master and workers), the mappings get one identity here, so that restore makes the
 //! memory once and each holder maps it again, shared as it was.
@@ -10,7 +10,9 @@ use ckpt_format::{MappingKind, ProcessImage, SharedMem};
 use ckpt_sys::procfs::{self, MapEntry};
 use std::collections::HashMap;
 
-/// Whether `e` is memory saved with the process (see `memory::classify`).
+/// Whether `e` is memory saved with the process (see `memory::classify`). A `/dev/shm` file
+/// that still has its name is not: it is mapped from the file again (its content is the
+/// file's, put back by its policy), like any shared file mapping.
 fn saved_shared(e: &MapEntry) -> bool {
     let p = e.path.as_str();
     e.shared
