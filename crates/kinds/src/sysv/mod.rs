@@ -284,3 +284,84 @@ impl Objects {
         shm.chain(sem).chain(self.msg.iter().map(msg::describe)).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{msg, sem, shm};
+
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() == 0 }
+    }
+
+    /// A queue and a set read, removed (as a killed program's objects would stay, they are
+    /// replaced), and made again at the same ids with the same contents.
+    #[test]
+    fn queue_and_set_come_back_at_their_ids() {
+        if !root() {
+            eprintln!("SKIPPED: choosing ids needs root");
+            return;
+        }
+        let key = 0x5d00_0000 | (std::process::id() as i32 & 0xffff);
+        // SAFETY: plain calls on objects this test makes.
+        let (q, s) = unsafe {
+            let q = libc::msgget(key, libc::IPC_CREAT | libc::IPC_EXCL | 0o640);
+            let s = libc::semget(key, 3, libc::IPC_CREAT | libc::IPC_EXCL | 0o600);
+            assert!(q >= 0 && s >= 0);
+            for (t, text) in [(2i64, &b"two"[..]), (1, b"one!"), (2, b"")] {
+                let mut buf = t.to_ne_bytes().to_vec();
+                buf.extend_from_slice(text);
+                assert_eq!(libc::msgsnd(q, buf.as_ptr().cast(), text.len(), 0), 0);
+            }
+            let mut v = [3u16, 0, 32767];
+            assert_eq!(libc::semctl(s, 0, libc::SETALL, v.as_mut_ptr()), 0);
+            (q, s)
+        };
+        let mrec = msg::capture(q).unwrap();
+        let srec = sem::capture(s).unwrap();
+        assert_eq!(srec.values, [3, 0, 32767]);
+        let types: Vec<i64> = mrec.messages.iter().map(|m| m.mtype).collect();
+        assert_eq!(types, [2, 1, 2]);
+        // The old ones are there and unused: replaced.
+        let (ms, ss) = (msg::check(&mrec).unwrap(), sem::check(&srec).unwrap());
+        msg::recreate(&mrec, &ms).unwrap();
+        sem::recreate(&srec, &ss).unwrap();
+        let (m2, s2) = (msg::capture(q).unwrap(), sem::capture(s).unwrap());
+        assert_eq!(s2.values, srec.values);
+        assert_eq!((m2.perm, s2.perm), (mrec.perm, srec.perm));
+        let texts: Vec<&[u8]> = m2.messages.iter().map(|m| &m.data[..]).collect();
+        assert_eq!(texts, [&b"two"[..], b"one!", b""]);
+        // SAFETY: removing this test's objects.
+        unsafe {
+            libc::msgctl(q, libc::IPC_RMID, std::ptr::null_mut());
+            libc::semctl(s, 0, libc::IPC_RMID);
+        }
+    }
+
+    /// A segment someone is attached to refuses; once detached it is replaced, contents kept.
+    #[test]
+    fn attached_segment_refuses_then_comes_back() {
+        if !root() {
+            eprintln!("SKIPPED: choosing ids needs root");
+            return;
+        }
+        let key = 0x5e00_0000 | (std::process::id() as i32 & 0xffff);
+        // SAFETY: plain calls on a segment this test makes.
+        let id = unsafe { libc::shmget(key, 3 * 4096 + 10, libc::IPC_CREAT | libc::IPC_EXCL | 0o600) };
+        assert!(id >= 0);
+        let (rec, mem) = shm::capture(id).unwrap();
+        assert!(shm::check(&rec).err().unwrap().contains("in use by"));
+        drop(mem);
+        let stale = shm::check(&rec).unwrap();
+        let mut made = shm::recreate(&rec, &stale).unwrap();
+        made.write_at(4096, b"hello");
+        assert!(shm::finish(&rec, made).unwrap().is_none());
+        let (again, mem) = shm::capture(id).unwrap();
+        assert_eq!((again.size, again.perm), (rec.size, rec.perm));
+        assert_eq!(&mem.bytes()[4096..4101], b"hello");
+        assert_eq!(mem.data_ranges(id), [(4096, 4096)]);
+        drop(mem);
+        // SAFETY: removing this test's segment.
+        unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+}
