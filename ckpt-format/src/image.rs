@@ -210,15 +210,14 @@ pub enum MappingKind {
     Saved { shmem: bool },
     /// An attachment of SysV shared memory segment `shmid` (one of the host's
     /// [`crate::SysvImage`]) of `size` bytes, made at `attach` (the address `shmat` returned;
-    /// the mapping may be a part of it). The restorer attaches the segment again there with the
-    /// same flags and gives back the parts the program had unmapped, so the memory is the
-    /// segment's own, never a copy.
+    /// the mapping may be a part of it), read-only (`SHM_RDONLY`: it can never be made
+    /// writable) or not. The restorer attaches the segment again there and gives back the
+    /// parts the program had unmapped, so the memory is the segment's own, never a copy.
     SysvShm {
         shmid: i32,
         attach: u64,
         size: u64,
         rdonly: bool,
-        exec: bool,
     },
 }
 

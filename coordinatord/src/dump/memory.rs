@@ -49,7 +49,7 @@ fn file_id(e: &MapEntry, seen: &mut Seen) -> Option<FileId> {
     })
 }
 
-/// `flags`: the VmFlags of the process's SysV attachments.
+/// `flags`: the VmFlags of the process's SysV attachments, by start address.
 fn classify(
     pid: i32,
     e: &MapEntry,
@@ -74,8 +74,9 @@ fn classify(
             shmid,
             attach: e.start - e.offset,
             size,
+            // Attached with SHM_RDONLY: the mapping may never be made writable. (Whether it
+            // was attached with SHM_EXEC shows nowhere; its protection is what counts.)
             rdonly: !has("mw"),
-            exec: has("me"),
         };
         return Ok((kind, Select::None));
     }

@@ -441,33 +441,29 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
 }
 
 /// Each SysV attachment is made again with `shmat` at its address (ckptd made the segments
-/// before the restorer started), with its flags: a real attachment, which `shmdt` and
+/// before the restorer started), read-only if it was: a real attachment, which `shmdt` and
 /// `shm_nattch` know. An attach covers the whole segment: the parts the program had unmapped
 /// are given back before the other mappings are made (one may lie there), and parts it had
 /// `mprotect`ed get their protection.
 fn sysv_attaches(p: &mut Plan, img: &ProcessImage) {
-    const SHM_EXEC: u64 = 0o100000;
-    let mut attaches: Vec<(i32, u64, u64, bool, bool)> = Vec::new();
+    let mut attaches: Vec<(i32, u64, u64, bool)> = Vec::new();
     for m in &img.mappings {
         if let MappingKind::SysvShm {
             shmid,
             attach,
             size,
             rdonly,
-            exec,
         } = m.kind
         {
             if !attaches.iter().any(|a| a.0 == shmid && a.1 == attach) {
-                attaches.push((shmid, attach, size, rdonly, exec));
+                attaches.push((shmid, attach, size, rdonly));
             }
         }
     }
-    for (shmid, attach, size, rdonly, exec) in attaches {
-        let flags = if rdonly { libc::SHM_RDONLY as u64 } else { 0 } | if exec { SHM_EXEC } else { 0 };
+    for (shmid, attach, size, rdonly) in attaches {
+        let flags = if rdonly { libc::SHM_RDONLY as u64 } else { 0 };
         p.sys(libc::SYS_shmat, &[shmid as u64, attach, flags], 0);
-        let prot = (libc::PROT_READ as u32)
-            | if rdonly { 0 } else { libc::PROT_WRITE as u32 }
-            | if exec { libc::PROT_EXEC as u32 } else { 0 };
+        let prot = libc::PROT_READ as u32 | if rdonly { 0 } else { libc::PROT_WRITE as u32 };
         let mine: Vec<_> = img
             .mappings
             .iter()
