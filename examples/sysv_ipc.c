@@ -10,8 +10,10 @@
  * Prints "child PID", "ids SHM SEM MSG DEST", then "tick N" (N = slots consumed) every 50 ms.
  * On SIGUSR1 it checks: every slot consumed so far was right; consuming goes on (the child
  * and the semaphores work); the ids it got at start still name its objects, with their keys
- * (shmget/semget/msgget of the key give the same ids); the segment has two attachments and
- * its pattern; the removed segment is still attached (SHM_DEST, two attachments, pattern);
+ * (shmget/semget/msgget of the key give the same ids); the segment has its pattern and five
+ * attachments (the parent's, the child's, and a read-only view in the parent whose first page
+ * is unmapped and third page inaccessible: three mappings, which the kernel counts as three);
+ * the view cannot be made writable and shows the segment's bytes; the removed segment is still attached (SHM_DEST, two attachments, pattern);
  * the queue holds the same four messages in order (read with MSG_COPY, not taken); the
  * semaphores count every slot (free + full + the one each side may hold = 64). Prints
  * "state ok", or "INVARIANT <what>" lines and "state bad".
@@ -32,6 +34,7 @@
 #include <sys/ipc.h>
 #include <sys/msg.h>
 #include <sys/sem.h>
+#include <sys/mman.h>
 #include <sys/shm.h>
 #include <time.h>
 #include <unistd.h>
@@ -159,6 +162,13 @@ int main(int argc, char **argv)
     pid_t child = fork();
     if (child < 0) return 2;
     if (child == 0) produce(r, sem);
+    /* A read-only second view of the segment, in the parent alone, whose first page is
+     * unmapped and whose third page is inaccessible: three mappings, each an attachment. */
+    unsigned char *view = shmat(shm, NULL, SHM_RDONLY);
+    if (view == (void *)-1 || munmap(view, 4096) != 0 || mprotect(view + 2 * 4096, 4096, PROT_NONE) != 0) {
+        perror("read-only view");
+        return 2;
+    }
     printf("child %d\n", (int)child);
     printf("ids %d %d %d %d\n", shm, sem, msg, dest);
     signal(SIGUSR1, on_usr1);
@@ -218,7 +228,8 @@ int main(int argc, char **argv)
             CHECK(0, "IPC_STAT of segment %d: %s", shm, strerror(errno));
         } else {
             CHECK(ds.shm_perm.__key == key, "segment key %#x", (unsigned)ds.shm_perm.__key);
-            CHECK(ds.shm_nattch == 2, "segment has %lu attachments", (unsigned long)ds.shm_nattch);
+            /* The parent's, the child's and the view's three mappings. */
+            CHECK(ds.shm_nattch == 5, "segment has %lu attachments", (unsigned long)ds.shm_nattch);
             CHECK((ds.shm_perm.mode & 0777) == 0640, "segment mode %o", ds.shm_perm.mode);
             CHECK(ds.shm_segsz == SEG, "segment size %zu", (size_t)ds.shm_segsz);
         }
@@ -226,6 +237,12 @@ int main(int argc, char **argv)
         for (size_t i = sizeof(struct ring); i < SEG && !badbyte; i++)
             if (base[i] != pattern(i, 1)) badbyte = i;
         CHECK(!badbyte, "segment byte %zu changed", badbyte);
+        unsigned char vec;
+        CHECK(mincore(view, 4096, &vec) != 0 && errno == ENOMEM, "the view's first page is mapped");
+        CHECK(mprotect(view + 4096, 4096, PROT_READ | PROT_WRITE) != 0 && errno == EACCES, "the read-only view can be made writable");
+        CHECK(memcmp(view + 4096, base + 4096, 4096) == 0 && memcmp(view + 3 * 4096, base + 3 * 4096, SEG - 3 * 4096) == 0,
+              "the view shows other bytes than the segment");
+        CHECK(mprotect(view + 2 * 4096, 4096, PROT_NONE) == 0, "the view's third page");
         if (shmctl(dest, IPC_STAT, &ds) != 0) {
             CHECK(0, "IPC_STAT of removed segment %d: %s", dest, strerror(errno));
         } else {
