@@ -180,6 +180,13 @@ impl SharedMem {
 }
 
 impl Mapping {
+    /// For an attachment of a SysV segment, the whole range its `shmat` covers.
+    pub fn sysv_attach_range(&self) -> Option<(u64, u64)> {
+        match self.kind {
+            MappingKind::SysvShm { attach, size, .. } => Some((attach, attach + size.div_ceil(4096) * 4096)),
+            _ => None,
+        }
+    }
     pub fn len(&self) -> u64 {
         self.end - self.start
     }
@@ -206,6 +213,17 @@ pub enum MappingKind {
     /// Memory whose content exists nowhere else (shared anonymous, memfd, a deleted file):
     /// every non-zero page is stored.
     Saved { shmem: bool },
+    /// An attachment of SysV shared memory segment `shmid` (one of the host's
+    /// [`crate::SysvImage`]) of `size` bytes, made at `attach` (the address `shmat` returned;
+    /// the mapping may be a part of it), read-only (`SHM_RDONLY`: it can never be made
+    /// writable) or not. The restorer attaches the segment again there and gives back the
+    /// parts the program had unmapped, so the memory is the segment's own, never a copy.
+    SysvShm {
+        shmid: i32,
+        attach: u64,
+        size: u64,
+        rdonly: bool,
+    },
 }
 
 /// Identity of a file at checkpoint time, to refuse a restore over a changed file.

@@ -19,6 +19,7 @@ mod pages;
 pub mod private;
 mod record;
 mod store;
+mod sysv;
 pub mod tree;
 
 pub use blocks::{block_hash, open_block_stores, BlockStoreReader, BlockStoreWriter};
@@ -29,3 +30,4 @@ pub use manifest::*;
 pub use pages::{PageStoreReader, PageStoreWriter, PAGE_SIZE, RUN_MAX_BYTES};
 pub use record::{read_record, write_record, RecordKind, FORMAT_VERSION};
 pub use store::{CheckpointDir, Store};
+pub use sysv::SysvImage;

@@ -24,6 +24,7 @@ pub enum RecordKind {
     Manifest = 1,
     Process = 2,
     Files = 3,
+    Sysv = 4,
 }
 
 impl RecordKind {
@@ -32,6 +33,7 @@ impl RecordKind {
             RecordKind::Manifest => "manifest",
             RecordKind::Process => "process metadata",
             RecordKind::Files => "file records",
+            RecordKind::Sysv => "SysV IPC records",
         }
     }
 }

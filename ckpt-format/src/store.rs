@@ -34,6 +34,14 @@ impl CheckpointDir {
     pub fn pages_path(&self, host: &str, pid: i32) -> PathBuf {
         self.process_dir(host, pid).join("pages.img")
     }
+    /// The SysV IPC objects of `host` (see [`crate::SysvImage`]), when its processes used any.
+    pub fn sysv_path(&self, host: &str) -> PathBuf {
+        self.path.join(host).join("sysv.img")
+    }
+    /// The contents of `host`'s SysV shared memory segments.
+    pub fn sysv_pages_path(&self, host: &str) -> PathBuf {
+        self.path.join(host).join("sysv.pages")
+    }
     pub fn manifest_path(&self) -> PathBuf {
         self.path.join(MANIFEST)
     }

@@ -31,6 +31,19 @@ impl Slots {
         // SAFETY: a field address inside the static; nothing is read.
         unsafe { &raw const (*self.get()).nonce as u64 }
     }
+    /// Where the list of SysV objects is (see `sysv`).
+    pub fn sysv_addr(&self) -> u64 {
+        // SAFETY: a field address inside the static; nothing is read.
+        unsafe { &raw const (*self.get()).sysv as u64 }
+    }
+    pub fn sysv_overflow_addr(&self) -> u64 {
+        // SAFETY: as above.
+        unsafe { &raw const (*self.get()).sysv_overflow as u64 }
+    }
+    pub fn sem_undo_pid_addr(&self) -> u64 {
+        // SAFETY: as above.
+        unsafe { &raw const (*self.get()).sem_undo_pid as u64 }
+    }
     /// The word the restorer sets; the control thread clears it.
     pub fn take_restored(&self) -> bool {
         // SAFETY: aligned u64 inside the static; only the control thread reads it.

@@ -20,6 +20,7 @@ mod restart;
 mod signals;
 mod sys;
 mod syscall;
+mod sysv;
 mod timers;
 
 /// Runs before the program's `main`: registers and starts the control thread.

@@ -8,6 +8,7 @@ use ckpt_format::{
     PROT_READ, PROT_WRITE,
 };
 use ckpt_sys::procfs::{self, MapEntry};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -48,7 +49,13 @@ fn file_id(e: &MapEntry, seen: &mut Seen) -> Option<FileId> {
     })
 }
 
-fn classify(pid: i32, e: &MapEntry, seen: &mut Seen) -> Result<(MappingKind, Select), DumpError> {
+/// `flags`: the VmFlags of the process's SysV attachments, by start address.
+fn classify(
+    pid: i32,
+    e: &MapEntry,
+    seen: &mut Seen,
+    flags: &HashMap<u64, Vec<String>>,
+) -> Result<(MappingKind, Select), DumpError> {
     let name = e.path.as_str();
     let unsupported = |why: &str| DumpError::UnsupportedMapping {
         pid,
@@ -57,6 +64,22 @@ fn classify(pid: i32, e: &MapEntry, seen: &mut Seen) -> Result<(MappingKind, Sel
         name: name.to_string(),
         why: why.to_string(),
     };
+    if e.shared && name.starts_with("/SYSV") {
+        // The segment's contents are the host's, stored once (see `dump::sysv`).
+        let has = |f: &str| flags.get(&e.start).is_some_and(|v| v.iter().any(|x| x == f));
+        // The kernel gives a segment's mappings the segment's id as inode number.
+        let shmid = e.inode as i32;
+        let size = super::sysv::segment_size(shmid).ok_or_else(|| unsupported("its SysV segment is gone"))?;
+        let kind = MappingKind::SysvShm {
+            shmid,
+            attach: e.start - e.offset,
+            size,
+            // Attached with SHM_RDONLY: the mapping may never be made writable. (Whether it
+            // was attached with SHM_EXEC shows nowhere; its protection is what counts.)
+            rdonly: !has("mw"),
+        };
+        return Ok((kind, Select::None));
+    }
     let deleted = name.ends_with(" (deleted)");
     if e.shared {
         let in_dev = name.starts_with("/dev/") && !name.starts_with("/dev/shm/");
@@ -145,6 +168,11 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
     let mut mappings = Vec::new();
     let mut special = Vec::new();
     let mut seen = Seen::new();
+    let sysv_flags = if maps.iter().any(super::sysv::is_attachment) {
+        procfs::vm_flags(pid, super::sysv::is_attachment).map_err(|e| DumpError::Proc(e, pid))?
+    } else {
+        HashMap::new()
+    };
     for e in &maps {
         if e.path == "[vsyscall]" || e.path == ckpt_proto::RESTORER_VMA_NAME {
             continue;
@@ -157,7 +185,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             });
             continue;
         }
-        let (kind, select) = classify(pid, e, &mut seen)?;
+        let (kind, select) = classify(pid, e, &mut seen, &sysv_flags)?;
         let is_tracked = tracked.contains(&(e.start, e.end));
         let incremental = is_tracked && incremental_kind(&kind) && select != Select::None;
         let mut pre_m = pre

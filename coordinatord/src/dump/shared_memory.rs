@@ -1,27 +1,25 @@
 //! Memory several processes share. A mapping whose content exists nowhere but in memory
-//! (shared anonymous memory, a memfd, a `/dev/shm` or deleted file) is saved with each process;
+//! (shared anonymous memory, a memfd, a deleted file) is saved with each process;
 //! when other processes of the checkpoint map the same memory (inherited across fork, like
 //! nginx's master and workers), the mappings get one identity here, so that restore makes the
 //! memory once and each holder maps it again, shared as it was. A deleted file that is also
 //! held through an fd (Python's multiprocessing heap) is linked the same way, even with one
 //! holder: restore maps the file re-created for the fd, so both stay one file.
 //!
-//! A SysV segment would come back as plain memory that `shmdt`/`shmctl` do not know: refused,
-//! naming it, until segments come back as segments.
+//! SysV segments are not among them: they are the host's objects (see `dump::sysv`).
 
 use ckpt_format::{FdKind, MappingKind, ProcessImage, SharedMem};
 use ckpt_sys::procfs::{self, MapEntry};
 use std::collections::{HashMap, HashSet};
 
-/// Whether `e` is memory saved with the process (see `memory::classify`).
+/// Whether `e` is memory saved with the process (see `memory::classify`). A `/dev/shm` file
+/// that still has its name is not: it is mapped from the file again (its content is the
+/// file's, put back by its policy), like any shared file mapping.
 fn saved_shared(e: &MapEntry) -> bool {
     let p = e.path.as_str();
     e.shared
-        && (p.ends_with(" (deleted)")
-            || p.starts_with("/dev/zero")
-            || p.starts_with("/dev/shm/")
-            || p.starts_with("/memfd:")
-            || p.starts_with("/SYSV"))
+        && !crate::dump::sysv::is_attachment(e)
+        && (p.ends_with(" (deleted)") || p.starts_with("/dev/zero") || p.starts_with("/memfd:"))
 }
 
 /// The mappings of one piece of memory: (image index, mapping start, offset in the memory).
@@ -49,14 +47,6 @@ pub fn link(images: &mut [&mut ProcessImage]) -> Vec<String> {
         let pid = img.pid;
         let Ok(maps) = procfs::maps(pid) else { continue };
         for e in maps.iter().filter(|e| saved_shared(e)) {
-            if e.path.starts_with("/SYSV") {
-                refused.push(format!(
-                    "process {pid}: SysV shared memory segment {} at {:#x}, which ckpt cannot bring back as a segment yet; detach it (shmdt) or run the program without it",
-                    e.path.trim_end_matches(" (deleted)"),
-                    e.start
-                ));
-                continue;
-            }
             holders
                 .entry((e.dev_major, e.dev_minor, e.inode))
                 .or_default()

@@ -13,6 +13,7 @@ mod pipes;
 mod pty;
 mod restore;
 mod shared_memory;
+mod sysv;
 mod tree;
 
 use crate::registry::Registry;

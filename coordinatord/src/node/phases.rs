@@ -385,6 +385,11 @@ impl Node {
         }
         let mut file_records = Vec::new();
         if result.is_ok() {
+            // The host's SysV objects, once for all its processes.
+            let regs: Vec<_> = parked.iter().map(|st| &st.proc.reg).collect();
+            result = crate::dump::sysv::capture(&regs, dir, &self.host, self.compress);
+        }
+        if result.is_ok() {
             let mut images: Vec<&mut ProcessImage> = parked
                 .iter_mut()
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
@@ -396,6 +401,7 @@ impl Node {
             if !refused.is_empty() {
                 result = Err(anyhow!("{}", refused.join("; ")));
             }
+
             let mut files = pending.files.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(f) = files.as_mut().filter(|_| result.is_ok()) {
                 match f.at_park(&mut images, &self.files.watch, &dir.id) {

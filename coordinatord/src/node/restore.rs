@@ -93,6 +93,7 @@ impl Node {
                 planned.push(Planned { image, meta, pages });
             }
         }
+        problems.extend(super::sysv::check(&dir, &self.host));
         let images: Vec<&ProcessImage> = planned.iter().map(|p| &p.image).collect();
         let nodes: Vec<ckpt_format::tree::Node> = images
             .iter()
@@ -178,6 +179,8 @@ impl Node {
         // Objects change what they replace (a named queue, a dead program's socket file): only
         // once the files are known to be restorable.
         sockets.extend(super::objects::make_objects(&images)?);
+        // Kept until every process has attached its segments (see `sysv::Held`).
+        let _sysv = super::sysv::make(&self.store.get(id)?.0, &self.host).context("re-creating SysV IPC objects")?;
         let shared = super::shared_memory::make(&pending.planned, &sockets).context("re-creating shared memory")?;
         sockets.extend(shared);
         let applied = match pending.files.apply(&actions) {

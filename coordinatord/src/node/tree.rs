@@ -380,6 +380,7 @@ fn syscall_name(nr: u64) -> String {
         libc::SYS_sigaltstack => "sigaltstack",
         libc::SYS_timer_settime => "timer_settime",
         libc::SYS_rt_sigqueueinfo => "rt_sigqueueinfo (a pending signal)",
+        libc::SYS_shmat => "shmat (a SysV segment)",
         _ => return format!("syscall {nr}"),
     };
     name.to_string()

@@ -164,6 +164,7 @@ fn show_process(
             MappingKind::Stack => "stack",
             MappingKind::File(_) => "file",
             MappingKind::Saved { .. } => "saved",
+            MappingKind::SysvShm { .. } => "sysv shm",
         };
         let prot = format!(
             "{}{}{}{}",

@@ -26,6 +26,7 @@ mod reopen;
 pub mod signalfd;
 pub mod sock_diag;
 pub mod source;
+pub mod sysv;
 pub mod timerfd;
 pub mod unix;
 

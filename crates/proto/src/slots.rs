@@ -11,8 +11,37 @@ pub const MAX_REBLOCK: usize = 64;
 pub const MAX_TIMERS: usize = 64;
 /// `ntimers` when the process has more POSIX timers than fit, or their list was unreadable.
 pub const TIMERS_OVERFLOW: u32 = u32::MAX;
+/// SysV IPC objects a process may note (see [`ProcSlot::sysv`]); more set `sysv_overflow`.
+pub const MAX_SYSV: usize = 256;
 /// Changed with the layout: a process restored from an older layout is refused, not misread.
-pub const SLOT_MAGIC: u64 = 0x3254_4c53_5450_4b43; // "CKPTSLT2"
+pub const SLOT_MAGIC: u64 = 0x3354_4c53_5450_4b43; // "CKPTSLT3"
+
+/// What kind of SysV object an entry of [`ProcSlot::sysv`] names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SysvKind {
+    Shm = 1,
+    Sem = 2,
+    Msg = 3,
+}
+
+impl SysvKind {
+    /// The entry for object `id` of this kind (never 0, the empty entry).
+    pub const fn entry(self, id: i32) -> u64 {
+        ((self as u64) << 32) | id as u32 as u64
+    }
+
+    /// The kind and id an entry names; None for an empty or unknown one.
+    pub fn decode(entry: u64) -> Option<(SysvKind, i32)> {
+        let id = entry as u32 as i32;
+        let kind = match entry >> 32 {
+            1 => SysvKind::Shm,
+            2 => SysvKind::Sem,
+            3 => SysvKind::Msg,
+            _ => return None,
+        };
+        (id >= 0).then_some((kind, id))
+    }
+}
 
 /// One parked thread.
 #[repr(C)]
@@ -88,6 +117,16 @@ pub struct ProcSlot {
     pub ntimers: u32,
     pub timers: [TimerSlot; MAX_TIMERS],
     pub threads: [ThreadSlot; MAX_THREADS],
+    /// SysV objects the program obtained or used ([`SysvKind::entry`]; 0 = free), noted by the
+    /// interposer's wrappers as the program runs and inherited by its forked children; an
+    /// object the program removes (`IPC_RMID`) is forgotten.
+    pub sysv: [u64; MAX_SYSV],
+    /// Set when an object did not fit in `sysv`.
+    pub sysv_overflow: u32,
+    /// The pid of the process when it made a semaphore operation with `SEM_UNDO` (the kernel
+    /// keeps undo entries per process, unseen from outside; a forked child has none, and its
+    /// pid differs).
+    pub sem_undo_pid: i32,
 }
 
 impl ProcSlot {
@@ -138,6 +177,9 @@ impl ProcSlot {
                 interval_ns: 0,
             }; MAX_TIMERS],
             threads: [T; MAX_THREADS],
+            sysv: [0; MAX_SYSV],
+            sysv_overflow: 0,
+            sem_undo_pid: 0,
         }
     }
 
@@ -147,6 +189,8 @@ impl ProcSlot {
     pub const NONCE_OFFSET: u64 = std::mem::offset_of!(ProcSlot, nonce) as u64;
     /// Offset of `reblock`, written by ckptd while the process parks.
     pub const REBLOCK_OFFSET: u64 = std::mem::offset_of!(ProcSlot, reblock) as u64;
+    /// Offset of `sysv`, read by ckptd at the park.
+    pub const SYSV_OFFSET: u64 = std::mem::offset_of!(ProcSlot, sysv) as u64;
 
     /// Rebuilds a slot from the bytes read out of the program's memory.
     pub fn from_bytes(bytes: &[u8]) -> Option<Box<ProcSlot>> {

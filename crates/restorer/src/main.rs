@@ -194,6 +194,7 @@ fn choose_region(img: &ProcessImage, current: &[MapEntry], size: u64) -> anyhow:
         .unwrap_or(0x7ff0_0000_0000);
     let limit = stack.saturating_sub(1 << 30);
     let mut used: Vec<(u64, u64)> = img.mappings.iter().map(|m| (m.start, m.end)).collect();
+    used.extend(img.mappings.iter().filter_map(|m| m.sysv_attach_range()));
     used.extend(img.special.iter().map(|s| (s.start, s.end)));
     used.extend(current.iter().map(|e| (e.start, e.end)));
     used.push((limit, u64::MAX));

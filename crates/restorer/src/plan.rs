@@ -201,8 +201,13 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         }
     }
 
-    // 3. The program's memory.
+    // 3. The program's memory: SysV segments attached first (see `sysv_attaches`), then the
+    //    rest.
+    sysv_attaches(&mut p, img);
     for m in &img.mappings {
+        if matches!(m.kind, MappingKind::SysvShm { .. }) {
+            continue;
+        }
         let len = m.len();
         let prot = m.prot as u64;
         let share = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
@@ -433,6 +438,52 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         bail!("internal: restore plan larger than its bound");
     }
     Ok(p)
+}
+
+/// Each SysV attachment is made again with `shmat` at its address (ckptd made the segments
+/// before the restorer started), read-only if it was: a real attachment, which `shmdt` and
+/// `shm_nattch` know. An attach covers the whole segment: the parts the program had unmapped
+/// are given back before the other mappings are made (one may lie there), and parts it had
+/// `mprotect`ed get their protection.
+fn sysv_attaches(p: &mut Plan, img: &ProcessImage) {
+    let mut attaches: Vec<(i32, u64, u64, bool)> = Vec::new();
+    for m in &img.mappings {
+        if let MappingKind::SysvShm {
+            shmid,
+            attach,
+            size,
+            rdonly,
+        } = m.kind
+        {
+            if !attaches.iter().any(|a| a.0 == shmid && a.1 == attach) {
+                attaches.push((shmid, attach, size, rdonly));
+            }
+        }
+    }
+    for (shmid, attach, size, rdonly) in attaches {
+        let flags = if rdonly { libc::SHM_RDONLY as u64 } else { 0 };
+        p.sys(libc::SYS_shmat, &[shmid as u64, attach, flags], 0);
+        let prot = libc::PROT_READ as u32 | if rdonly { 0 } else { libc::PROT_WRITE as u32 };
+        let mine: Vec<_> = img
+            .mappings
+            .iter()
+            .filter(|m| matches!(m.kind, MappingKind::SysvShm { shmid: s, attach: a, .. } if s == shmid && a == attach))
+            .collect();
+        let mut at = attach;
+        for m in &mine {
+            if m.start > at {
+                p.sys(libc::SYS_munmap, &[at, m.start - at], 0);
+            }
+            if m.prot != prot {
+                p.sys(libc::SYS_mprotect, &[m.start, m.len(), m.prot as u64], 0);
+            }
+            at = at.max(m.end);
+        }
+        let end = attach + page_up(size);
+        if end > at {
+            p.sys(libc::SYS_munmap, &[at, end - at], 0);
+        }
+    }
 }
 
 /// POSIX timers, made again with their ids once every thread exists (a timer may signal one),

@@ -1,5 +1,6 @@
 //! Parsers for the /proc files the checkpointer reads.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +302,24 @@ pub fn uffd_wp_ranges(pid: i32) -> Result<Vec<(u64, u64)>, ProcError> {
             }
         } else if let Some(e) = parse_maps_line(line) {
             cur = Some((e.start, e.end));
+        }
+    }
+    Ok(out)
+}
+
+/// The VmFlags of each mapping of `pid` that `want` picks, by start address ("mw": may be
+/// made writable, "me": executable, …).
+pub fn vm_flags(pid: i32, want: impl Fn(&MapEntry) -> bool) -> Result<HashMap<u64, Vec<String>>, ProcError> {
+    let text = read(PathBuf::from(format!("/proc/{pid}/smaps")))?;
+    let mut out = HashMap::new();
+    let mut cur: Option<u64> = None;
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(start) = cur.take() {
+                out.insert(start, flags.split_whitespace().map(str::to_string).collect());
+            }
+        } else if let Some(e) = parse_maps_line(line) {
+            cur = want(&e).then_some(e.start);
         }
     }
     Ok(out)

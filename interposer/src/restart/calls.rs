@@ -5,6 +5,8 @@
 use super::{ns_of, ts_of, Call};
 use crate::checkpoint::PARK_SIGNAL;
 use crate::sys;
+use crate::sysv;
+use ckpt_proto::slots::SysvKind;
 use libc::{c_int, c_long, c_uint, c_void, nfds_t, pollfd, sigset_t, size_t, ssize_t, timespec, timeval};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -346,11 +348,13 @@ pub unsafe extern "C" fn sigtimedwait(set: *const sigset_t, info: *mut libc::sig
 }
 
 /// Defines a wrapper that calls the real function again, unchanged, when a park interrupted it.
+/// `before` runs first (it must leave errno alone).
 macro_rules! again_same {
-    ($name:ident, $cname:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty) => {
+    ($name:ident, $cname:literal, ($($arg:ident: $ty:ty),*) -> $ret:ty $(, before: $before:expr)?) => {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> $ret {
             let f = real!($cname, unsafe extern "C" fn($($ty),*) -> $ret, -1 as $ret);
+            $($before;)?
             let mut call = Call::plain();
             loop {
                 call.begin();
@@ -370,9 +374,25 @@ again_same!(pause, c"pause", () -> c_int);
 again_same!(sem_wait, c"sem_wait", (sem: *mut libc::sem_t) -> c_int);
 again_same!(sem_timedwait, c"sem_timedwait", (sem: *mut libc::sem_t, abs: *const timespec) -> c_int);
 again_same!(sem_clockwait, c"sem_clockwait", (sem: *mut libc::sem_t, clock: libc::clockid_t, abs: *const timespec) -> c_int);
-again_same!(semop, c"semop", (id: c_int, ops: *mut libc::sembuf, n: size_t) -> c_int);
-again_same!(msgsnd, c"msgsnd", (id: c_int, msg: *const c_void, size: size_t, flags: c_int) -> c_int);
-again_same!(msgrcv, c"msgrcv", (id: c_int, msg: *mut c_void, size: size_t, kind: c_long, flags: c_int) -> ssize_t);
+again_same!(msgsnd, c"msgsnd", (id: c_int, msg: *const c_void, size: size_t, flags: c_int) -> c_int,
+    before: sysv::note(SysvKind::Msg, id));
+again_same!(msgrcv, c"msgrcv", (id: c_int, msg: *mut c_void, size: size_t, kind: c_long, flags: c_int) -> ssize_t,
+    before: sysv::note(SysvKind::Msg, id));
+
+#[no_mangle]
+pub unsafe extern "C" fn semop(id: c_int, ops: *mut libc::sembuf, n: size_t) -> c_int {
+    let f = real!(
+        c"semop",
+        unsafe extern "C" fn(c_int, *mut libc::sembuf, size_t) -> c_int,
+        -1
+    );
+    // Noted before it waits: a checkpoint may come meanwhile.
+    sysv::note(SysvKind::Sem, id);
+    // SAFETY: the caller's arguments, passed through unchanged.
+    let r = again_ts(Call::plain(), std::ptr::null(), |_| unsafe { f(id, ops, n) });
+    sysv::note_sem(id, ops, n, r == 0);
+    r
+}
 
 #[no_mangle]
 pub unsafe extern "C" fn sigsuspend(mask: *const sigset_t) -> c_int {
@@ -388,8 +408,11 @@ pub unsafe extern "C" fn sigsuspend(mask: *const sigset_t) -> c_int {
 pub unsafe extern "C" fn semtimedop(id: c_int, ops: *mut libc::sembuf, n: size_t, tmo: *const timespec) -> c_int {
     type F = unsafe extern "C" fn(c_int, *mut libc::sembuf, size_t, *const timespec) -> c_int;
     let f = real!(c"semtimedop", F, -1);
+    sysv::note(SysvKind::Sem, id);
     // SAFETY: the caller's arguments, or our own timespec for what is left.
-    again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(id, ops, n, t) })
+    let r = again_ts(mono(ns_of(tmo)), tmo, |t| unsafe { f(id, ops, n, t) });
+    sysv::note_sem(id, ops, n, r == 0);
+    r
 }
 
 /// `syscall(SYS_futex, …)`: waits with a timeout end with EINTR when a handler runs (without
