@@ -120,7 +120,9 @@ pub unsafe extern "C" fn fork() -> pid_t {
 /// loads the interposer) and keeps the parent's gate as it was, which `gate` tells is not its own.
 #[no_mangle]
 pub unsafe extern "C" fn _Fork() -> pid_t {
-    let Some(f) = real(&REAL_UFORK, c"_Fork") else { return -1 };
+    let Some(f) = real(&REAL_UFORK, c"_Fork") else {
+        return -1;
+    };
     gate::enter_spawn();
     // SAFETY: libc's _Fork, no arguments.
     let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn() -> pid_t>(f)() };
@@ -149,7 +151,9 @@ pub unsafe extern "C" fn posix_spawn(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    let Some(f) = real(&REAL_SPAWN, c"posix_spawn") else { return libc::ENOSYS };
+    let Some(f) = real(&REAL_SPAWN, c"posix_spawn") else {
+        return libc::ENOSYS;
+    };
     // SAFETY: libc's posix_spawn; the caller's arguments passed through.
     counted(|| unsafe { std::mem::transmute::<usize, SpawnFn>(f)(pid, path, actions, attr, argv, envp) })
 }
@@ -163,7 +167,9 @@ pub unsafe extern "C" fn posix_spawnp(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    let Some(f) = real(&REAL_SPAWNP, c"posix_spawnp") else { return libc::ENOSYS };
+    let Some(f) = real(&REAL_SPAWNP, c"posix_spawnp") else {
+        return libc::ENOSYS;
+    };
     // SAFETY: libc's posix_spawnp; the caller's arguments passed through.
     counted(|| unsafe { std::mem::transmute::<usize, SpawnFn>(f)(pid, file, actions, attr, argv, envp) })
 }
@@ -171,7 +177,9 @@ pub unsafe extern "C" fn posix_spawnp(
 /// popen returns once its child is started.
 #[no_mangle]
 pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *mut FILE {
-    let Some(f) = real(&REAL_POPEN, c"popen") else { return std::ptr::null_mut() };
+    let Some(f) = real(&REAL_POPEN, c"popen") else {
+        return std::ptr::null_mut();
+    };
     type F = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
     // SAFETY: libc's popen; the caller's arguments passed through.
     counted(|| unsafe { std::mem::transmute::<usize, F>(f)(command, mode) })
@@ -179,19 +187,15 @@ pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *
 
 #[no_mangle]
 pub unsafe extern "C" fn system(command: *const c_char) -> c_int {
-    let Some(f) = real(&REAL_SYSTEM, c"system") else { return -1 };
+    let Some(f) = real(&REAL_SYSTEM, c"system") else {
+        return -1;
+    };
     gate::wait_open();
     // SAFETY: libc's system; the caller's argument passed through.
     unsafe { std::mem::transmute::<usize, unsafe extern "C" fn(*const c_char) -> c_int>(f)(command) }
 }
 
-type CloneFn = unsafe extern "C" fn(
-    extern "C" fn(*mut c_void) -> c_int,
-    *mut c_void,
-    c_int,
-    *mut c_void,
-    ...
-) -> c_int;
+type CloneFn = unsafe extern "C" fn(extern "C" fn(*mut c_void) -> c_int, *mut c_void, c_int, *mut c_void, ...) -> c_int;
 
 /// Declared with its three optional arguments fixed: on x86-64 a variadic caller passes them
 /// where a fixed one is read, and libc's clone looks at each only when a flag asks for it. The
@@ -206,7 +210,9 @@ pub unsafe extern "C" fn clone(
     tls: *mut c_void,
     ctid: *mut pid_t,
 ) -> c_int {
-    let Some(real_clone) = real(&REAL_CLONE, c"clone") else { return -1 };
+    let Some(real_clone) = real(&REAL_CLONE, c"clone") else {
+        return -1;
+    };
     // SAFETY: libc's clone, with the caller's arguments.
     let call = || unsafe { std::mem::transmute::<usize, CloneFn>(real_clone)(f, stack, flags, arg, ptid, tls, ctid) };
     if flags & libc::CLONE_THREAD != 0 {
@@ -228,35 +234,45 @@ type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_in
 
 #[no_mangle]
 pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECVE, c"execve") else { return -1 };
+    let Some(f) = real(&REAL_EXECVE, c"execve") else {
+        return -1;
+    };
     // SAFETY: libc's execve; the caller's arguments passed through.
     exec(|| unsafe { std::mem::transmute::<usize, ExecveFn>(f)(path, argv, envp) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECV, c"execv") else { return -1 };
+    let Some(f) = real(&REAL_EXECV, c"execv") else {
+        return -1;
+    };
     // SAFETY: libc's execv; the caller's arguments passed through.
     exec(|| unsafe { std::mem::transmute::<usize, ExecvFn>(f)(path, argv) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECVP, c"execvp") else { return -1 };
+    let Some(f) = real(&REAL_EXECVP, c"execvp") else {
+        return -1;
+    };
     // SAFETY: libc's execvp; the caller's arguments passed through.
     exec(|| unsafe { std::mem::transmute::<usize, ExecvFn>(f)(file, argv) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECVPE, c"execvpe") else { return -1 };
+    let Some(f) = real(&REAL_EXECVPE, c"execvpe") else {
+        return -1;
+    };
     // SAFETY: libc's execvpe; the caller's arguments passed through.
     exec(|| unsafe { std::mem::transmute::<usize, ExecveFn>(f)(file, argv, envp) })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_FEXECVE, c"fexecve") else { return -1 };
+    let Some(f) = real(&REAL_FEXECVE, c"fexecve") else {
+        return -1;
+    };
     type F = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
     // SAFETY: libc's fexecve; the caller's arguments passed through.
     exec(|| unsafe { std::mem::transmute::<usize, F>(f)(fd, argv, envp) })
@@ -270,7 +286,9 @@ pub unsafe extern "C" fn execveat(
     envp: *const *const c_char,
     flags: c_int,
 ) -> c_int {
-    let Some(f) = real(&REAL_EXECVEAT, c"execveat") else { return -1 };
+    let Some(f) = real(&REAL_EXECVEAT, c"execveat") else {
+        return -1;
+    };
     type F = unsafe extern "C" fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int;
     // SAFETY: libc's execveat; the caller's arguments passed through.
     exec(|| unsafe { std::mem::transmute::<usize, F>(f)(dirfd, path, argv, envp, flags) })

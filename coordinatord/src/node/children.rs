@@ -8,9 +8,9 @@
 //! or exec'ing (a `posix_spawn` child registers only from the new program's constructor) — is
 //! waited for, a few seconds at most, and its gate shut too; and so on for its own children.
 //! At the park, with every process parked, a live child of a parked process that is not parked
-//! itself makes the checkpoint fail: refused, naming it and why, when it runs without the
-//! interposer; to be taken again when it does (it came in too late). Zombies are fine: they
-//! are their parent's state, recorded with it.
+//! itself, and does not end within a moment, makes the checkpoint fail: refused, naming it and
+//! why, when it runs without the interposer; to be taken again when it does (it came in too
+//! late). Zombies are fine: they are their parent's state, recorded with it.
 
 use crate::registry::{Proc, Registry};
 use std::collections::HashSet;
@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 /// How long phase 1 waits for children that are still registering.
 const REGISTER_WAIT: Duration = Duration::from_secs(3);
-/// How long the park check gives a child that is exiting to become a zombie.
-const EXIT_WAIT: Duration = Duration::from_millis(500);
+/// How long the park check gives a child outside the checkpoint to end (a `vfork` child that
+/// exec'd a short command just before its parent parked) before it judges.
+const EXIT_WAIT: Duration = Duration::from_millis(200);
 const LOOK_EVERY: Duration = Duration::from_millis(2);
 
 /// A child outside the checkpoint, found at the park.
@@ -58,7 +59,11 @@ pub fn children(pid: i32) -> Vec<i32> {
     let mut out: Vec<i32> = tids
         .iter()
         .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/task/{t}/children")).ok())
-        .flat_map(|s| s.split_whitespace().filter_map(|c| c.parse().ok()).collect::<Vec<i32>>())
+        .flat_map(|s| {
+            s.split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect::<Vec<i32>>()
+        })
         .collect();
     out.sort_unstable();
     out.dedup();
@@ -83,16 +88,18 @@ fn strays(inside: &HashSet<i32>) -> Vec<(i32, i32)> {
     out
 }
 
-/// Whether `pid` is on its way out (PF_EXITING in the flags of its stat).
-fn exiting(pid: i32) -> bool {
-    const PF_EXITING: u64 = 0x4;
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // Fields resume after the command name's last ')'; flags is field 9, the 7th after it.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
-        .is_some_and(|f| f & PF_EXITING != 0)
+/// How long ago `pid` started.
+fn age(pid: i32) -> Option<Duration> {
+    let started = ckpt_sys::procfs::start_time(pid)?;
+    let up: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf takes an integer and returns one.
+    let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(Duration::from_secs_f64((up - started as f64 / tick).max(0.0)))
 }
 
 /// A value of the auxiliary vector of `pid`.
@@ -115,7 +122,13 @@ fn auxv(pid: i32, key: u64) -> Option<u64> {
 pub fn why_uncontrolled(pid: i32) -> Option<String> {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
     if maps.contains("libckpt_interposer") {
-        return None;
+        // A forked child registers from its fork handler at once; one that has not after this
+        // long never will.
+        return age(pid).filter(|&a| a > REGISTER_WAIT).map(|_| {
+            "it has the interposer but never registered with ckptd (made by clone() or _Fork, which \
+             run no fork handler, or refused by ckptd: see its stderr)"
+                .to_string()
+        });
     }
     let exe = ckpt_sys::procfs::readlink(&format!("/proc/{pid}/exe")).unwrap_or_default();
     if auxv(pid, libc::AT_SECURE).is_some_and(|v| v != 0) {
@@ -125,7 +138,9 @@ pub fn why_uncontrolled(pid: i32) -> Option<String> {
         ));
     }
     if auxv(pid, libc::AT_BASE) == Some(0) {
-        return Some(format!("it runs {exe}, a statically linked program, which cannot preload the interposer"));
+        return Some(format!(
+            "it runs {exe}, a statically linked program, which cannot preload the interposer"
+        ));
     }
     let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
     let vars: Vec<&[u8]> = env.split(|&b| b == 0).collect();
@@ -201,8 +216,8 @@ pub fn check_parked(parked: &[i32]) -> Result<(), StrayChild> {
     let deadline = Instant::now() + EXIT_WAIT;
     let found = loop {
         let found = strays(&inside);
-        // A child that is exiting becomes a zombie in a moment: its parent cannot reap it now.
-        if !found.iter().any(|&(pid, _)| exiting(pid)) || Instant::now() > deadline {
+        // One that ends becomes a zombie (its parent cannot reap it now): that is fine.
+        if found.is_empty() || Instant::now() > deadline {
             break found;
         }
         std::thread::sleep(LOOK_EVERY);

@@ -381,6 +381,7 @@ impl Node {
             if let Err(e) = super::children::check_parked(&pids) {
                 result = Err(e.into());
             }
+            tracing::debug!(children_us = t_parked.elapsed().as_micros() as u64, "children checked");
         }
         // Every local program is parked (the barrier): intra-host communication has stopped.
         // Bytes sent on local connections until now must be in their receivers' queues.
