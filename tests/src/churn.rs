@@ -81,12 +81,7 @@ impl CProject {
 
 /// Takes `n` checkpoints, `every` apart, each while `running()` holds (fails saying which one
 /// failed, or that the program was done before all were taken); the stats of each.
-pub fn checkpoint_while(
-    d: &Daemon,
-    n: usize,
-    every: Duration,
-    running: impl Fn() -> bool,
-) -> Result<Vec<CkptStats>> {
+pub fn checkpoint_while(d: &Daemon, n: usize, every: Duration, running: impl Fn() -> bool) -> Result<Vec<CkptStats>> {
     let mut taken = Vec::new();
     for i in 1..=n {
         std::thread::sleep(every);

@@ -42,12 +42,14 @@ fn make_j2_checkpointed_five_times() -> Result<()> {
     Ok(())
 }
 
-/// A shell loop forking `sleep 0.001` (and running `true`) without pause, checkpointed 10 times.
+/// A shell loop forking `sleep 0.001` and `/bin/true` without pause, checkpointed 10 times.
 #[test]
 fn shell_loop_forking_checkpointed_ten_times() -> Result<()> {
     require_root!();
     let d = Daemon::start()?;
+    // `sleep 0.01` lives long enough to be caught by a checkpoint now and then.
     let script = "i=0; while :; do sleep 0.001; /bin/true; i=$((i+1)); \
+                  if [ $((i % 10)) = 0 ]; then sleep 0.01; fi; \
                   if [ $((i % 50)) = 0 ]; then echo tick $i; fi; done";
     let app = d.run(Path::new(BASH), &["-c", script])?;
     app.expect_tick(LINE_TIMEOUT)?;
@@ -56,7 +58,8 @@ fn shell_loop_forking_checkpointed_ten_times() -> Result<()> {
     let most = taken.iter().map(|s| s.processes).max().unwrap_or(0);
     note!("up to {most} processes in one checkpoint");
     // The loop goes on.
-    app.expect_tick(LINE_TIMEOUT).context("the loop should go on after the checkpoints")?;
+    app.expect_tick(LINE_TIMEOUT)
+        .context("the loop should go on after the checkpoints")?;
     Ok(())
 }
 
