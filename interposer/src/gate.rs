@@ -151,7 +151,7 @@ fn leave(slot: Slot) {
     sys::set_errno(saved);
 }
 
-/// An inter-host send is in the kernel.
+/// An inter-host send, or a call creating a process, is in the kernel.
 fn busy() -> bool {
     if OVERFLOW.load(SeqCst) > 0 || SPAWNING.load(SeqCst) > 0 {
         return true;
@@ -162,9 +162,10 @@ fn busy() -> bool {
     })
 }
 
-/// Shuts the gate and waits until no inter-host send and no write to a held file is in the
-/// kernel. False on timeout (a send blocked on a peer that does not read): the gate is then
-/// opened again. Writes to `hold_files` (device, inode) are held until [`release_files`].
+/// Shuts the gate and waits until no inter-host send, no write to a held file and no call
+/// creating a process is in the kernel. False on timeout (a send blocked on a peer that does
+/// not read, a `vfork` child that does not exec): the gate is then opened again. Writes to
+/// `hold_files` (device, inode) are held until [`release_files`].
 pub fn shut(timeout_ms: u32, hold_files: &[(u64, u64)]) -> bool {
     hosts::refresh_local_addrs();
     for (i, &(dev, ino)) in hold_files.iter().take(HOLD_MAX).enumerate() {

@@ -38,6 +38,7 @@ pub fn init() {
     for (cell, name) in REALS {
         sys::libc_symbol(cell, name);
     }
+    resolve_variadic();
 }
 
 static REAL_FORK: AtomicUsize = AtomicUsize::new(0);
@@ -53,13 +54,13 @@ static REAL_EXECVP: AtomicUsize = AtomicUsize::new(0);
 static REAL_EXECVPE: AtomicUsize = AtomicUsize::new(0);
 static REAL_FEXECVE: AtomicUsize = AtomicUsize::new(0);
 static REAL_EXECVEAT: AtomicUsize = AtomicUsize::new(0);
-/// Read by the trampolines: never 0 once [`init`] or [`resolve_variadic`] ran.
+/// Read by the trampolines: never 0 once [`resolve_variadic`] ran.
 static REAL_EXECL: AtomicUsize = AtomicUsize::new(0);
 static REAL_EXECLE: AtomicUsize = AtomicUsize::new(0);
 static REAL_EXECLP: AtomicUsize = AtomicUsize::new(0);
 
 /// Resolved up front: a `vfork` child must not run the dynamic linker's lookup.
-static REALS: [(&AtomicUsize, &std::ffi::CStr); 16] = [
+static REALS: [(&AtomicUsize, &std::ffi::CStr); 13] = [
     (&REAL_FORK, c"fork"),
     (&REAL_UFORK, c"_Fork"),
     (&REAL_SPAWN, c"posix_spawn"),
@@ -73,9 +74,6 @@ static REALS: [(&AtomicUsize, &std::ffi::CStr); 16] = [
     (&REAL_EXECVPE, c"execvpe"),
     (&REAL_FEXECVE, c"fexecve"),
     (&REAL_EXECVEAT, c"execveat"),
-    (&REAL_EXECL, c"execl"),
-    (&REAL_EXECLE, c"execle"),
-    (&REAL_EXECLP, c"execlp"),
 ];
 
 /// Whether this thread runs in the process the interposer set itself up in (not in a child
@@ -342,9 +340,7 @@ pub unsafe extern "C" fn vfork() -> pid_t {
 /// Before a variadic exec: waits at the gate unless in a child sharing our memory; makes sure
 /// the trampolines have somewhere to jump.
 extern "C" fn exec_wait() {
-    if REAL_EXECL.load(Relaxed) == 0 {
-        resolve_variadic();
-    }
+    resolve_variadic();
     if own_process() {
         gate::wait_open();
     }
@@ -357,7 +353,7 @@ fn resolve_variadic() {
         (&REAL_EXECLE, c"execle"),
         (&REAL_EXECLP, c"execlp"),
     ] {
-        if sys::libc_symbol(cell, name) == 0 {
+        if cell.load(Relaxed) == 0 && sys::libc_symbol(cell, name) == 0 {
             cell.store(no_exec as *const () as usize, Relaxed);
         }
     }
