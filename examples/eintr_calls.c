@@ -285,9 +285,9 @@ LOOP(waitpid, {
         struct timespec ts = {1, 0};
         nanosleep(&ts, NULL);
     } else {
-        /* A child outside ckpt's control: no ckpt variables in its environment. */
+        /* A child under ckpt's control like its parent (one outside it refuses the checkpoint). */
         char *argv[] = {"sleep", "0.05", NULL};
-        char *envp[] = {"PATH=/usr/bin:/bin", NULL};
+        char **envp = environ;
         /* Nor any of our descriptors: a listener it held would outlive a kill of ours. */
         posix_spawn_file_actions_t fa;
         posix_spawn_file_actions_init(&fa);

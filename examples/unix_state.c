@@ -13,7 +13,7 @@
  *                        and a forked child, data queued both ways; the child prints
  *                        "child ok" (or INVARIANT lines) when the parent checks.
  *   unix_state outside   a stream pair whose other end is held by a process outside ckpt
- *                        (sleep, started without the interposer), data queued; the check
+ *                        (sleep, started without the interposer, not our child), data queued; the check
  *                        wants the data then the peer closed (POLLHUP, EPIPE).
  *   unix_state inflight  a stream pair with an fd sent (SCM_RIGHTS) and never received.
  *
@@ -33,6 +33,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -361,14 +362,29 @@ static void outside_set_up(void)
 {
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp)) { perror("socketpair"); exit(2); }
     put_stream(sp[1], 30000, 40);
-    outside = fork();
-    if (outside == 0) {
-        /* Not under ckpt: no interposer in the program it becomes. */
-        unsetenv("LD_PRELOAD");
-        dup2(sp[1], 3);
-        execl("/bin/sleep", "sleep", "1000", (char *)NULL);
-        _exit(127);
+    /* Not a child of ours either (a live child of a checkpointed process must be in the
+     * checkpoint): a middle process forks it and exits, and it is reparented. */
+    int pp[2];
+    if (pipe(pp)) { perror("pipe"); exit(2); }
+    pid_t mid = fork();
+    if (mid == 0) {
+        pid_t o = fork();
+        if (o == 0) {
+            /* Not under ckpt: no interposer in the program it becomes. */
+            unsetenv("LD_PRELOAD");
+            dup2(sp[1], 3);
+            close(pp[0]);
+            close(pp[1]);
+            execl("/bin/sleep", "sleep", "1000", (char *)NULL);
+            _exit(127);
+        }
+        if (write(pp[1], &o, sizeof o) != sizeof o) _exit(1);
+        _exit(0);
     }
+    waitpid(mid, NULL, 0);
+    if (read(pp[0], &outside, sizeof outside) != sizeof outside) { perror("read"); exit(2); }
+    close(pp[0]);
+    close(pp[1]);
     close(sp[1]);
 }
 

@@ -11,6 +11,8 @@ fi
 
 missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
+# tests/tests/process_churn.rs builds a C project with make -j2.
+[ -x /usr/bin/make ] || missing+=(make)
 [ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)

@@ -44,6 +44,11 @@ impl Registry {
         map.values().cloned().collect()
     }
 
+    /// The live registration of `pid`, if any.
+    pub fn get(&self, pid: i32) -> Option<Arc<Proc>> {
+        self.lock().get(&pid).filter(|p| p.is_alive()).cloned()
+    }
+
     pub fn remove(&self, pid: i32) {
         self.lock().remove(&pid);
     }

@@ -369,6 +369,9 @@ fn find_rseq() {
 
 /// A forked child has only the forking thread: it registers as a new process of its own.
 extern "C" fn after_fork_child() {
+    // Before anything sends: the gate and counts inherited are the parent's.
+    gate::reset_in_child();
+    crate::spawn::init();
     let fd = CONTROL_FD.swap(-1, AcqRel);
     if fd >= 0 {
         // The inherited control fd belongs to the parent's registration.

@@ -11,6 +11,10 @@
 //!
 //! Outside a checkpoint a wrapper claims an entry of a table for its call and gives it back
 //! (no thread-locals: `write` is called from signal handlers; see `inflight`).
+//!
+//! Creating a process is communication too (see `spawn`): while the gate is shut, `fork`,
+//! `posix_spawn`, `exec`… wait, and the gate counts as shut only once none is in the kernel, so
+//! that every child made before it shut can be seen by ckptd then.
 
 use crate::inflight::{self, InFlight};
 use crate::sys::{futex_wait, futex_wake};
@@ -30,6 +34,11 @@ static FD: [AtomicI32; CALLS_MAX] = [const { AtomicI32::new(-1) }; CALLS_MAX];
 static OVERFLOW: AtomicU32 = AtomicU32::new(0);
 /// The control thread (its `pthread_self`), which must talk to ckptd while the gate is shut.
 static CONTROL: AtomicU64 = AtomicU64::new(0);
+/// The process whose gate this is: a child made by `fork` while the gate shut has a copy of
+/// it saying "shut" that nobody would ever open (see [`mine`]).
+static GATE_PID: AtomicI32 = AtomicI32::new(0);
+/// Process-creating calls in the kernel now (see `spawn`).
+static SPAWNING: AtomicU32 = AtomicU32::new(0);
 
 /// Files whose writes are held: (device, inode) pairs, the first HOLD_N valid. Written by the
 /// control thread before the gate shuts; read by the wrappers while it is shut.
@@ -97,6 +106,12 @@ fn held_file(fd: i32) -> bool {
     (0..n).any(|i| HOLD_DEV[i].load(Relaxed) == st.st_dev && HOLD_INO[i].load(Relaxed) == st.st_ino)
 }
 
+/// Whether the shut gate seen is this process's own, not a copy a child inherited. Only asked
+/// while the gate reads shut: `getpid` costs nothing outside a checkpoint.
+fn mine() -> bool {
+    GATE_PID.load(SeqCst) == sys::getpid()
+}
+
 /// Before a send-family call on `fd` (to `dest`, when the call names one). Returns the slot
 /// to pass to [`leave`].
 fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> Slot {
@@ -107,7 +122,7 @@ fn enter(fd: i32, dest: Option<(*const libc::sockaddr, libc::socklen_t)>) -> Slo
     loop {
         mark(slot, fd);
         let stop = STOP.load(SeqCst);
-        if stop == 0 {
+        if stop == 0 || !mine() {
             return slot;
         }
         let saved = sys::errno();
@@ -136,9 +151,9 @@ fn leave(slot: Slot) {
     sys::set_errno(saved);
 }
 
-/// An inter-host send is in the kernel.
+/// An inter-host send, or a call creating a process, is in the kernel.
 fn busy() -> bool {
-    if OVERFLOW.load(SeqCst) > 0 {
+    if OVERFLOW.load(SeqCst) > 0 || SPAWNING.load(SeqCst) > 0 {
         return true;
     }
     CALLS.held().any(|i| {
@@ -147,9 +162,10 @@ fn busy() -> bool {
     })
 }
 
-/// Shuts the gate and waits until no inter-host send and no write to a held file is in the
-/// kernel. False on timeout (a send blocked on a peer that does not read): the gate is then
-/// opened again. Writes to `hold_files` (device, inode) are held until [`release_files`].
+/// Shuts the gate and waits until no inter-host send, no write to a held file and no call
+/// creating a process is in the kernel. False on timeout (a send blocked on a peer that does
+/// not read, a `vfork` child that does not exec): the gate is then opened again. Writes to
+/// `hold_files` (device, inode) are held until [`release_files`].
 pub fn shut(timeout_ms: u32, hold_files: &[(u64, u64)]) -> bool {
     hosts::refresh_local_addrs();
     for (i, &(dev, ino)) in hold_files.iter().take(HOLD_MAX).enumerate() {
@@ -159,6 +175,7 @@ pub fn shut(timeout_ms: u32, hold_files: &[(u64, u64)]) -> bool {
     HOLD_N.store(hold_files.len().min(HOLD_MAX), SeqCst);
     HOLD_ALL.store(hold_files.len() > HOLD_MAX, SeqCst);
     FILES.store(u32::from(!hold_files.is_empty()), SeqCst);
+    GATE_PID.store(sys::getpid(), SeqCst);
     STOP.store(1, SeqCst);
     let deadline = sys::now_ns() + timeout_ms as u64 * 1_000_000;
     loop {
@@ -187,6 +204,56 @@ pub fn open() {
     release_files();
     STOP.store(0, SeqCst);
     futex_wake(&STOP, i32::MAX);
+}
+
+/// Before a call that creates a process (or replaces this one): waits while the gate is shut,
+/// then counts the call in flight until [`leave_spawn`]. The wait is a futex wait: a park
+/// signal interrupts it, parks the thread and the wait goes on.
+pub fn enter_spawn() {
+    loop {
+        SPAWNING.fetch_add(1, SeqCst);
+        let stop = STOP.load(SeqCst);
+        if stop == 0 || !mine() {
+            return;
+        }
+        leave_spawn();
+        let saved = sys::errno();
+        futex_wait(&STOP, stop, 0);
+        sys::set_errno(saved);
+    }
+}
+
+/// After a call counted by [`enter_spawn`] returned (in the parent); errno untouched.
+pub fn leave_spawn() {
+    SPAWNING.fetch_sub(1, SeqCst);
+    if STOP.load(SeqCst) != 0 {
+        CHANGED.fetch_add(1, SeqCst);
+        futex_wake(&CHANGED, i32::MAX);
+    }
+}
+
+/// Waits while the gate is shut, for calls that cannot be counted in flight (they run for
+/// long, like `system`, or are variadic trampolines that never come back, like `execl`).
+pub fn wait_open() {
+    enter_spawn();
+    leave_spawn();
+}
+
+/// In a forked child that registers as a process of its own: the gate it inherited is the
+/// parent's, caught at any moment; its own starts open and empty. Only the forking thread
+/// exists here, and it is in `fork`: entries of the parent's other threads are stale.
+pub fn reset_in_child() {
+    STOP.store(0, SeqCst);
+    release_files();
+    HOLD_N.store(0, SeqCst);
+    HOLD_ALL.store(false, SeqCst);
+    OVERFLOW.store(0, SeqCst);
+    SPAWNING.store(0, SeqCst);
+    for fd in &FD {
+        fd.store(-1, SeqCst);
+    }
+    CALLS.reset();
+    GATE_PID.store(0, SeqCst);
 }
 
 /// Defines an exported wrapper that passes through the gate to libc's function.

@@ -65,6 +65,13 @@ impl<const N: usize> InFlight<N> {
             .max_by_key(|&i| self.claim[i].load(Acquire))
     }
 
+    /// Frees every entry (a forked child: the threads that held them are not in it).
+    pub fn reset(&self) {
+        for o in &self.owner {
+            o.store(0, Release);
+        }
+    }
+
     /// Every entry held now.
     pub fn held(&self) -> impl Iterator<Item = usize> + '_ {
         (0..N).filter(|&i| self.owner[i].load(Acquire) != 0)

@@ -18,6 +18,7 @@ mod inflight;
 mod pages;
 mod restart;
 mod signals;
+mod spawn;
 mod sys;
 mod syscall;
 mod sysv;
@@ -25,6 +26,8 @@ mod timers;
 
 /// Runs before the program's `main`: registers and starts the control thread.
 extern "C" fn ckpt_init() {
+    // The process-creating wrappers work with or without ckptd.
+    spawn::init();
     let _ = std::panic::catch_unwind(control::start);
 }
 

@@ -14,7 +14,7 @@
 //! process's memory figures), [`ports`] (loopback ports of servers), [`app`] ([`App`]),
 //! [`daemon`] ([`Daemon`]), [`netns`] (hosts as network namespaces),
 //! [`cluster`] ([`Cluster`]), [`cluster_ctl`] (ckptctl against it) and [`verdict`]
-//! (self-checking examples).
+//! (self-checking examples), [`churn`] (programs whose processes come and go).
 //! Everything is re-exported here.
 
 use std::time::Duration;
@@ -23,6 +23,7 @@ use std::time::Duration;
 pub mod output;
 pub mod app;
 pub mod chain;
+pub mod churn;
 pub mod clients;
 pub mod cluster;
 pub mod cluster_ctl;
@@ -37,6 +38,7 @@ pub mod store;
 pub mod verdict;
 
 pub use app::*;
+pub use churn::*;
 pub use clients::*;
 pub use cluster::*;
 pub use daemon::*;

@@ -88,13 +88,18 @@ pub struct ExitedWhileRead {
 }
 
 /// Whether another try of the same checkpoint gets past `e`: memory the store window held was
-/// discarded, a process exited while it was read, threads came or went while parking.
+/// discarded, a process exited while it was read, threads came or went while parking, a child
+/// came into being too late to be in the checkpoint.
 pub fn try_again(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<DumpError>(),
             Some(DumpError::WindowLost { .. } | DumpError::ThreadMismatch { .. } | DumpError::TimersChanged { .. })
         ) || c.downcast_ref::<ExitedWhileRead>().is_some()
+            || matches!(
+                c.downcast_ref::<crate::node::children::StrayChild>(),
+                Some(crate::node::children::StrayChild::Late { .. })
+            )
     })
 }
 

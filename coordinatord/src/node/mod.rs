@@ -3,6 +3,7 @@
 
 mod attach;
 mod background;
+pub(crate) mod children;
 mod handle;
 mod netrestore;
 mod objects;

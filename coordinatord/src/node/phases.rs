@@ -116,6 +116,31 @@ fn local_expectations(procs: &[Arc<Proc>]) -> Vec<(String, String, u64)> {
         .collect()
 }
 
+/// Shuts the gate of `p`, holding writes to `hold`.
+fn comm_stop(p: &Proc, hold: &[(u64, u64)]) -> anyhow::Result<()> {
+    let pid = p.reg.pid;
+    let s = talk(p);
+    s.set_read_timeout(Some(Duration::from_millis(COMM_STOP_TIMEOUT_MS as u64 + 10_000)))?;
+    ckpt_proto::send(
+        &s,
+        &NodeMsg::CommStop {
+            timeout_ms: COMM_STOP_TIMEOUT_MS,
+            hold_files: hold.to_vec(),
+        },
+        &[],
+    )
+    .map_err(lost(pid))?;
+    match ckpt_proto::recv::<AppMsg>(&s).map_err(lost(pid))?.0 {
+        AppMsg::CommStopped => Ok(()),
+        AppMsg::CommStopFailed => bail!(
+            "process {pid}: its communication could not be stopped within {} s: a send stayed blocked in \
+             the kernel (its peer does not read), or a child it made with vfork has not exec'd yet",
+            COMM_STOP_TIMEOUT_MS / 1000
+        ),
+        other => bail!("process {pid} answered {other:?} to comm-stop"),
+    }
+}
+
 /// Tells every gated program to open its gate again.
 fn reopen(procs: &[Arc<Proc>]) {
     for p in procs {
@@ -167,38 +192,42 @@ impl Node {
         let running: Vec<i32> = procs.iter().map(|p| p.reg.pid).collect();
         let (decided, hold) = files.before_stop(&running);
         let mut stopped: Vec<Arc<Proc>> = Vec::new();
+        let mut left_out = Vec::new();
         for p in &procs {
             let pid = p.reg.pid;
-            let r = (|| {
-                let s = talk(p);
-                s.set_read_timeout(Some(Duration::from_millis(COMM_STOP_TIMEOUT_MS as u64 + 10_000)))?;
-                ckpt_proto::send(
-                    &s,
-                    &NodeMsg::CommStop {
-                        timeout_ms: COMM_STOP_TIMEOUT_MS,
-                        hold_files: hold.clone(),
-                    },
-                    &[],
-                )
-                .map_err(lost(pid))?;
-                match ckpt_proto::recv::<AppMsg>(&s).map_err(lost(pid))?.0 {
-                    AppMsg::CommStopped => Ok(()),
-                    AppMsg::CommStopFailed => {
-                        bail!("process {pid}: a send stayed blocked in the kernel; its peer does not read")
-                    }
-                    other => bail!("process {pid} answered {other:?} to comm-stop"),
-                }
-            })();
-            if let Err(e) = r {
+            if let Err(e) = comm_stop(p, &hold) {
                 if gone(pid, &talk(p)) {
-                    // Gone before its communication stopped: not in this checkpoint.
+                    // Gone before its communication stopped: not in this checkpoint (unless it
+                    // exec'd and registers again, see below).
                     self.leave_out(&dir, pid);
+                    left_out.push(pid);
                     continue;
                 }
                 reopen(&stopped);
                 return Err(e.context(format!("host {}", self.host)));
             }
             stopped.push(p.clone());
+        }
+        // Children made before their parent's gate shut join it (see `children`).
+        let (mut bases, mut prepared) = (bases, prepared);
+        let joined = super::children::close(&self.registry, &stopped, &left_out, |p| match comm_stop(p, &hold) {
+            Ok(()) => Ok(true),
+            Err(_) if gone(p.reg.pid, &talk(p)) => Ok(false),
+            Err(e) => Err(e),
+        });
+        match joined {
+            Ok(joined) => {
+                for p in joined {
+                    // Whatever was prepared belonged to the program it was before an exec.
+                    bases.remove(&p.reg.pid);
+                    prepared.remove(&p.reg.pid);
+                    stopped.push(p);
+                }
+            }
+            Err(e) => {
+                reopen(&stopped);
+                return Err(e.context(format!("host {}", self.host)));
+            }
         }
         let ends = conn_ends(&stopped);
         let shut = Instant::now();
@@ -346,6 +375,14 @@ impl Node {
             }
         }
         let t_parked = Instant::now();
+        // No process of the checkpoint can make a child now: each live one must be parked too.
+        if result.is_ok() {
+            let pids: Vec<i32> = parked.iter().map(|st| st.proc.reg.pid).collect();
+            if let Err(e) = super::children::check_parked(&pids) {
+                result = Err(e.into());
+            }
+            tracing::debug!(children_us = t_parked.elapsed().as_micros() as u64, "children checked");
+        }
         // Every local program is parked (the barrier): intra-host communication has stopped.
         // Bytes sent on local connections until now must be in their receivers' queues.
         if result.is_ok() {
