@@ -23,6 +23,10 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ -x /usr/bin/redis-benchmark ] || missing+=(redis-tools)
 [ -x /usr/bin/memcached ] || missing+=(memcached)
 [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+# Terminal multiplexers restored by tests/tests/terminals.rs (top is procps').
+[ -x /usr/bin/tmux ] || missing+=(tmux)
+[ -x /usr/bin/screen ] || missing+=(screen)
+[ -x /usr/bin/top ] || missing+=(procps)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test.sh: installing: ${missing[*]}" >&2

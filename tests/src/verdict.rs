@@ -59,3 +59,14 @@ pub fn kill_pid(pid: i32) -> Result<()> {
     send_signal(pid, libc::SIGKILL)?;
     wait_proc_gone(pid, GONE_TIMEOUT)
 }
+
+/// Kills `root` and every process below it: `root` first (its children then are not left as
+/// its zombies), then the others, the last-born first (a pipeline's reader before its writer).
+pub fn kill_tree(root: i32) -> Result<()> {
+    let below = crate::descendants(root);
+    kill_pid(root)?;
+    for p in below.into_iter().rev() {
+        kill_pid(p)?;
+    }
+    Ok(())
+}

@@ -229,5 +229,15 @@ pub fn zombie(pid: i32, comm: &CStr, opts: Options, join: Option<i32>, status: i
     if err != 0 {
         return Err(SpawnError::Os(std::io::Error::from_raw_os_error(err)));
     }
+    // Its end, and so the SIGCHLD it sends (dropped while ours is neither blocked nor
+    // handled), happens now, not after the program's own handler is back.
+    // SAFETY: waitid into a zeroed siginfo we own; WNOWAIT leaves the child a zombie.
+    let r = unsafe {
+        let mut si: libc::siginfo_t = std::mem::zeroed();
+        libc::waitid(libc::P_PID, pid as libc::id_t, &mut si, libc::WEXITED | libc::WNOWAIT)
+    };
+    if r != 0 {
+        return Err(SpawnError::Os(std::io::Error::last_os_error()));
+    }
     Ok(())
 }
