@@ -4,8 +4,9 @@
  * The parent P forks:
  * - z1, which exits with code 3 at once, and z2, which is killed by SIGTERM: P does not reap
  *   them, so they stay zombies (P looks at them with waitid(WNOWAIT), which leaves them so);
- * - k, which leads a process group of its own and forks g (in k's group); k and g answer P's
- *   questions through pipes with their getppid, getpgrp and getsid.
+ * - k, which leads a process group of its own and forks g (in k's group, with SIGTERM as its
+ *   parent-death signal); k and g answer P's questions through pipes with their getppid,
+ *   getpgrp, getsid and parent-death signal.
  * P counts the SIGCHLDs it gets once both have ended; a restore must not add any.
  * Prints "tick N" every 100 ms. On SIGUSR1 it checks: z1 and z2 are still its unreaped
  * children with the same statuses, k's parent is P and k leads its group, g's parent is k and
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,12 +39,13 @@ static void on_chld(int s)
 }
 
 struct rel {
-    int ppid, pgrp, sid;
+    int ppid, pgrp, sid, pdeath;
 };
 
 static struct rel me(void)
 {
-    struct rel r = { getppid(), getpgrp(), getsid(0) };
+    struct rel r = { getppid(), getpgrp(), getsid(0), 0 };
+    prctl(PR_GET_PDEATHSIG, &r.pdeath);
     return r;
 }
 
@@ -65,7 +68,7 @@ static void answer_loop(int ask, int tell, int g_ask, int g_tell)
 {
     char c;
     while (full_read(ask, &c, 1) == 0) {
-        struct rel r[2] = { me(), { 0, 0, 0 } };
+        struct rel r[2] = { me(), { 0, 0, 0, 0 } };
         if (g_ask >= 0) {
             if (write(g_ask, "?", 1) != 1 || full_read(g_tell, &r[1], sizeof r[1]) != 0)
                 r[1].ppid = -1;
@@ -133,8 +136,10 @@ int main(void)
         if (pipe(gask) || pipe(gtell))
             _exit(1);
         pid_t g = fork();
-        if (g == 0)
+        if (g == 0) {
+            prctl(PR_SET_PDEATHSIG, SIGTERM);
             answer_loop(gask[0], gtell[1], -1, -1);
+        }
         answer_loop(ask[0], tell[1], gask[1], gtell[0]);
     }
     /* Both zombies are there and their SIGCHLDs came before the first tick (two may merge
@@ -179,6 +184,8 @@ int main(void)
                 bad("grandchild's group", r[1].pgrp, k);
             if (r[1].sid != getsid(0))
                 bad("grandchild's session", r[1].sid, getsid(0));
+            if (r[1].pdeath != SIGTERM)
+                bad("grandchild's parent-death signal", r[1].pdeath, SIGTERM);
         }
         if (getpgid(k) != k)
             bad("getpgid(child)", getpgid(k), k);

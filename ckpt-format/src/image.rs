@@ -119,6 +119,8 @@ pub struct ThreadImage {
     pub queue: Vec<QueuedSignal>,
     /// The interposer's control thread: resumed like the others, it then reconnects.
     pub is_control: bool,
+    /// The signal it gets when its parent ends (`PR_SET_PDEATHSIG`; 0: none).
+    pub pdeathsig: i32,
 }
 
 /// A queued pending signal: its `siginfo_t` as the kernel held it, queued again as is.

@@ -172,6 +172,21 @@ fn record_thread(tid: i32, uc_addr: u64) {
             ],
         );
     }
+    let mut pdeathsig: i32 = 0;
+    // SAFETY: PR_GET_PDEATHSIG writes one int into a local.
+    unsafe {
+        raw6(
+            libc::SYS_prctl,
+            [
+                libc::PR_GET_PDEATHSIG as u64,
+                &mut pdeathsig as *mut i32 as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
     let rseq_size = RSEQ_SIZE.load(Relaxed);
     // SAFETY: slot `idx` was handed to this thread alone by NEXT_SLOT.
     let slot = unsafe { &mut (*SLOTS.get()).threads[idx] };
@@ -182,6 +197,7 @@ fn record_thread(tid: i32, uc_addr: u64) {
     slot.robust_head = head;
     slot.robust_len = len;
     slot.clear_tid = clear;
+    slot.pdeathsig = pdeathsig;
     if rseq_size > 0 {
         slot.rseq_addr = fs.wrapping_add(RSEQ_OFFSET.load(Relaxed) as u64);
         slot.rseq_len = rseq_size.max(32).div_ceil(32) * 32;

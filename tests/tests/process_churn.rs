@@ -18,7 +18,10 @@ fn make_j2_checkpointed_five_times_and_restored_after_the_third() -> Result<()> 
     let took = clean.build_clean()?;
     note!("clean build: {took:?}");
     let project = CProject::generate(30, 80)?;
-    let d = Daemon::start()?;
+    // gcc's temporary assembly files (written by cc1, read by as, deleted by gcc once a file
+    // is compiled) are gone by the time of the restore: their content is saved, so that the
+    // restored compilers find them as they were (see README, Files).
+    let d = Daemon::start_with(&bin_dir(), &["--file-policy", "/tmp/cc*=snapshot"])?;
     let dir = project.dir().to_str().context("temp dir not UTF-8")?;
     let mut make = d.run(Path::new(MAKE), &["-j2", "-C", dir])?;
     // Spread over the first two thirds of the build (which runs slower under checkpoints).

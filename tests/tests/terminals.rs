@@ -15,12 +15,18 @@ const LOOP: &str = r#"i=0; while true; do i=$((i+1)); echo "loop $i"; sleep 0.1;
 
 /// The highest `loop N` in `text`.
 fn last_loop(text: &str) -> Option<u64> {
-    text.lines().filter_map(|l| l.trim().strip_prefix("loop ")?.parse().ok()).max()
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("loop ")?.parse().ok())
+        .max()
 }
 
 fn output(cmd: &mut Command) -> Result<String> {
     let out = run_with_timeout(cmd, Duration::from_secs(20))?;
-    ensure!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -29,11 +35,14 @@ fn loop_goes_past(what: &str, above: u64, read: impl Fn() -> Result<String>) -> 
     let deadline = Instant::now() + LINE_TIMEOUT;
     let mut seen = String::new();
     loop {
-        if let Ok(text) = read() {
-            if let Some(n) = last_loop(&text).filter(|&n| n > above) {
-                return Ok(n);
+        match read() {
+            Ok(text) => {
+                if let Some(n) = last_loop(&text).filter(|&n| n > above) {
+                    return Ok(n);
+                }
+                seen = text;
             }
-            seen = text;
+            Err(e) => seen = format!("(it cannot be read: {e:#})"),
         }
         if Instant::now() >= deadline {
             bail!("{what}: the loop should count past {above}; it shows:\n{seen}");
@@ -52,8 +61,9 @@ impl Tmux {
         c.arg("-S").arg(&self.sock).args(args);
         c
     }
+    /// Pane `n`'s screen and the 200 lines above it.
     fn pane(&self, n: u32) -> Result<String> {
-        output(&mut self.cmd(&["capture-pane", "-p", "-t", &format!("t.{n}")]))
+        output(&mut self.cmd(&["capture-pane", "-p", "-S", "-200", "-t", &format!("t.{n}")]))
     }
     fn server(&self) -> Result<i32> {
         let pid = output(&mut self.cmd(&["display-message", "-p", "#{pid}"]))?;
@@ -79,7 +89,19 @@ fn tmux_panes_come_back_live() -> Result<()> {
     let sock = t.sock.to_str().context("socket path")?;
     let mut client = d.run(
         Path::new(TMUX),
-        &["-S", sock, "new-session", "-d", "-s", "t", "-x", "100", "-y", "40", "top -b -d 0.3"],
+        &[
+            "-S",
+            sock,
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "100",
+            "-y",
+            "40",
+            "top -b -d 0.3",
+        ],
     )?;
     let st = client.wait_child_exit(LINE_TIMEOUT)?;
     ensure!(st.success(), "tmux new-session failed\n{}", client.context());
@@ -91,16 +113,24 @@ fn tmux_panes_come_back_live() -> Result<()> {
         let at = last_loop(&t.pane(1)?).unwrap_or(0);
         ensure!(at >= seen, "the loop went back before the checkpoint");
         kill_tree(server)?;
-        let r = d.restore_ok(&id, server).with_context(|| format!("restore {round}"))?;
-        drop(r);
+        // The tree is killed by the next round, or by `t` at the end.
+        d.restore_ok(&id, server)
+            .with_context(|| format!("restore {round}"))?
+            .disarm();
         // The pane shows what the checkpoint held, then the loop counts on.
         seen = loop_goes_past(&format!("after restore {round}"), at, || t.pane(1))?;
         // top refreshes its pane: its screen changes.
         let a = t.pane(0)?;
-        ensure!(a.contains("top - "), "pane 0 should show top after restore {round}:\n{a}");
+        ensure!(
+            a.contains("top - "),
+            "pane 0 should show top after restore {round}:\n{a}"
+        );
         let deadline = Instant::now() + LINE_TIMEOUT;
         while t.pane(0)? == a {
-            ensure!(Instant::now() < deadline, "top's pane should change after restore {round}:\n{a}");
+            ensure!(
+                Instant::now() < deadline,
+                "top's pane should change after restore {round}:\n{a}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         // The panes' shells are the server's children, each leading its session on its pane.
@@ -109,12 +139,18 @@ fn tmux_panes_come_back_live() -> Result<()> {
             let (pid, tty) = l.split_once(' ').context("list-panes line")?;
             let pid: i32 = pid.parse()?;
             let (_, ppid) = proc_state(pid).with_context(|| format!("pane process {pid} is gone"))?;
-            ensure!(ppid == server, "pane process {pid} should be the server's child, its parent is {ppid}");
+            ensure!(
+                ppid == server,
+                "pane process {pid} should be the server's child, its parent is {ppid}"
+            );
             // SAFETY: plain queries of another process's ids.
             let sid = unsafe { libc::getsid(pid) };
             ensure!(sid == pid, "pane process {pid} should lead its session, it is in {sid}");
             let own = std::fs::read_link(format!("/proc/{pid}/fd/0"))?;
-            ensure!(own.to_str() == Some(tty), "pane process {pid} should have {tty} as stdin, it has {own:?}");
+            ensure!(
+                own.to_str() == Some(tty),
+                "pane process {pid} should have {tty} as stdin, it has {own:?}"
+            );
         }
     }
     Ok(())

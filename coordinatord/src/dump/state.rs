@@ -72,6 +72,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
             pending: st.sig_pnd,
             queue: Vec::new(),
             is_control: t.tid == slots.control_tid,
+            pdeathsig: t.pdeathsig,
         });
         if t.tid == pid {
             main_status = Some(st);

@@ -183,6 +183,11 @@ pub fn close(
         let mut waiting = false;
         let mut grew = false;
         for (pid, parent) in candidates {
+            // A pid can be found twice (a stray child that is also a left-out pid back from
+            // its exec): stopped once, held once (a second hold would deadlock on its stream).
+            if inside.contains(&pid) {
+                continue;
+            }
             match registry.get(pid) {
                 Some(p) if stop(&p)? => {
                     tracing::debug!(pid, parent, "joined the checkpoint after its snapshot");

@@ -14,7 +14,7 @@ pub const TIMERS_OVERFLOW: u32 = u32::MAX;
 /// SysV IPC objects a process may note (see [`ProcSlot::sysv`]); more set `sysv_overflow`.
 pub const MAX_SYSV: usize = 256;
 /// Changed with the layout: a process restored from an older layout is refused, not misread.
-pub const SLOT_MAGIC: u64 = 0x3354_4c53_5450_4b43; // "CKPTSLT3"
+pub const SLOT_MAGIC: u64 = 0x3454_4c53_5450_4b43; // "CKPTSLT4"
 
 /// What kind of SysV object an entry of [`ProcSlot::sysv`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -59,6 +59,9 @@ pub struct ThreadSlot {
     pub rseq_addr: u64,
     pub rseq_len: u32,
     pub rseq_sig: u32,
+    /// `PR_GET_PDEATHSIG` of the thread (0: none).
+    pub pdeathsig: i32,
+    pub pad: u32,
 }
 
 /// A signal disposition as `rt_sigaction` returns it.
@@ -143,6 +146,8 @@ impl ProcSlot {
             rseq_addr: 0,
             rseq_len: 0,
             rseq_sig: 0,
+            pdeathsig: 0,
+            pad: 0,
         };
         const S: KSigAction = KSigAction {
             handler: 0,

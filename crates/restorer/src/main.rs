@@ -177,7 +177,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let plan = plan::build(&img, &current, region, &working)?;
     // Groups and terminals once every process of the host exists; then, with all of them
     // built, every one becomes its program.
-    tree::finish(control)?;
+    tree::finish(control, &img)?;
     jump(&region, &plan, status)
 }
 

@@ -71,13 +71,13 @@ fn fork(pid: i32, opts: Options, prog: &str, argv: &[String], envp: &[String], f
 
 /// Says the program is built, then makes zombies, joins the group and takes the terminal as
 /// ckptd asks, until it says go.
-pub fn finish(control: RawFd) -> anyhow::Result<()> {
+pub fn finish(control: RawFd, img: &ckpt_format::ProcessImage) -> anyhow::Result<()> {
     let s = stream(control);
     answer(&s, &Ok(()))?;
     loop {
         let (step, _fds): (TreeStep, Vec<OwnedFd>) = ckpt_proto::recv(&s).context("waiting for ckptd")?;
         let r = match step {
-            TreeStep::Go => return Ok(()),
+            TreeStep::Go => return death_signal(img),
             TreeStep::Zombie {
                 pid,
                 comm,
@@ -109,6 +109,21 @@ pub fn finish(control: RawFd) -> anyhow::Result<()> {
         answer(&s, &r)?;
         r?;
     }
+}
+
+/// The signal the program gets when its parent ends, set again once its parent is its own: a
+/// topmost process's parent is now ckptd, whose end must not take the program with it.
+fn death_signal(img: &ckpt_format::ProcessImage) -> anyhow::Result<()> {
+    let sig = img.threads.first().map_or(0, |t| t.pdeathsig);
+    // SAFETY: getppid has no preconditions.
+    if sig == 0 || unsafe { libc::getppid() } != img.tree.ppid {
+        return Ok(());
+    }
+    // SAFETY: prctl with plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("setting the parent-death signal");
+    }
+    Ok(())
 }
 
 /// Takes the terminal with device number `tty_nr` as this session's controlling terminal
