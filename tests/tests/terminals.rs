@@ -33,8 +33,8 @@ fn output(cmd: &mut Command) -> Result<String> {
 /// Waits until `read()` shows a loop count above `above`; that count.
 fn loop_goes_past(what: &str, above: u64, read: impl Fn() -> Result<String>) -> Result<u64> {
     let deadline = Instant::now() + LINE_TIMEOUT;
-    let mut seen = String::new();
     loop {
+        let seen;
         match read() {
             Ok(text) => {
                 if let Some(n) = last_loop(&text).filter(|&n| n > above) {
