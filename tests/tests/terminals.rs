@@ -34,16 +34,13 @@ fn output(cmd: &mut Command) -> Result<String> {
 fn loop_goes_past(what: &str, above: u64, read: impl Fn() -> Result<String>) -> Result<u64> {
     let deadline = Instant::now() + LINE_TIMEOUT;
     loop {
-        let seen;
-        match read() {
-            Ok(text) => {
-                if let Some(n) = last_loop(&text).filter(|&n| n > above) {
-                    return Ok(n);
-                }
-                seen = text;
-            }
-            Err(e) => seen = format!("(it cannot be read: {e:#})"),
-        }
+        let seen = match read() {
+            Ok(text) => match last_loop(&text).filter(|&n| n > above) {
+                Some(n) => return Ok(n),
+                None => text,
+            },
+            Err(e) => format!("(it cannot be read: {e:#})"),
+        };
         if Instant::now() >= deadline {
             bail!("{what}: the loop should count past {above}; it shows:\n{seen}");
         }
