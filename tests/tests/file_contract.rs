@@ -341,3 +341,32 @@ fn writes_to_snapshot_files_wait_in_phase1() -> Result<()> {
     );
     Ok(())
 }
+
+/// A program whose own binary changed since the checkpoint: the restore refuses, naming the
+/// file and the `--file-policy PATH=keep` that leaves it as it is; given that, it restores.
+#[test]
+fn changed_mapped_binary_restores_with_keep() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let exe = d.dir().join("ticker");
+    std::fs::copy(example("counter")?, &exe)?;
+    let mut app = d.run(&exe, &[])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let id = d.checkpoint()?;
+    app.kill9()?;
+    app.disarm();
+    // A byte more at its end: its mapped pages are the same, its identity is not.
+    std::fs::OpenOptions::new().append(true).open(&exe)?.write_all(b"\n")?;
+    let out = d.ckptctl(&["restore", &id, "--detach"]);
+    let msg = expect_failure_one_line(&out, "a restore with the program's binary changed")?;
+    let keep = format!("--file-policy {}=keep", exe.display());
+    ensure!(
+        msg.contains("changed since the checkpoint") && msg.contains(&keep),
+        "the refusal should name the binary and the override: {msg}"
+    );
+    let policy = format!("{}=keep", exe.display());
+    let r = d.restore_args(&id, app.pid, &["--detach", "--file-policy", &policy])?;
+    r.expect_tick(LINE_TIMEOUT)
+        .context("the program should run again with its binary kept as it is")?;
+    Ok(())
+}

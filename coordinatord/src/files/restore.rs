@@ -239,7 +239,12 @@ impl FileRestore {
     /// How the restorer is to check a mapped file that is not unchanged: `Some(true)` when it
     /// is put back (checked against what was written), `Some(false)` when it is kept as is.
     pub fn mapped_override(&self, path: &str) -> Option<bool> {
-        let f = self.files.files.iter().find(|f| f.path == path)?;
+        // A file only mapped for reading (a library) has no record, but `=keep` is for it too.
+        let Some(f) = self.files.files.iter().find(|f| f.path == path) else {
+            return first_match(&self.rules, path)
+                .filter(|r| r.policy == FilePolicy::Keep)
+                .map(|_| false);
+        };
         match (self.policy(f).0, &f.content) {
             (FilePolicy::Snapshot, FileContent::Snapshot(_)) => Some(true),
             (FilePolicy::Keep, _) => Some(false),
