@@ -356,7 +356,7 @@ fn changed_mapped_binary_restores_with_keep() -> Result<()> {
     app.kill9()?;
     app.disarm();
     // A byte more at its end: its mapped pages are the same, its identity is not.
-    std::fs::OpenOptions::new().append(true).open(&exe)?.write_all(b"\n")?;
+    std::io::Write::write_all(&mut std::fs::OpenOptions::new().append(true).open(&exe)?, b"\n")?;
     let out = d.ckptctl(&["restore", &id, "--detach"]);
     let msg = expect_failure_one_line(&out, "a restore with the program's binary changed")?;
     let keep = format!("--file-policy {}=keep", exe.display());
