@@ -9,7 +9,7 @@
  *     sharing its offset;
  *   - mapped: an unlinked file mapped MAP_SHARED, written through the mapping, its fd closed
  *     (the mapping alone holds the file); with "keep-fd" as second argument the fd stays open
- *     too, which ckpt refuses (the two would come back as two files).
+ *     too, and a write through one must be seen through the other (one file, not two).
  * Every one must still be unlinked (st_nlink 0).
  *
  * Prints "tick N" every 50 ms. On SIGUSR1 it checks everything, prints "state ok" or
@@ -140,7 +140,18 @@ static void check(void)
     /* mapped: the mapping still holds what was written, through the file and through itself. */
     if (memcmp(map + 4096, "written through the mapping", 27) != 0) invariant("mapped content (mapping)", 0, 1);
     if (memcmp(map, "mapped head", 11) != 0) invariant("mapped head (mapping)", 0, 1);
-    if (mapped >= 0) expect_deleted(mapped, "mapped nlink");
+    if (mapped >= 0) {
+        expect_deleted(mapped, "mapped nlink");
+        /* The fd and the mapping are one file: a write through one is seen through the other. */
+        char got[16] = { 0 };
+        if (pread(mapped, got, 11, 0) != 11 || memcmp(got, "mapped head", 11) != 0)
+            invariant("mapped head (fd)", 0, 1);
+        if (pwrite(mapped, "via fd", 6, 200) != 6 || memcmp(map + 200, "via fd", 6) != 0)
+            invariant("a write through the fd seen in the mapping", 0, 1);
+        memcpy(map + 300, "via map", 7);
+        if (pread(mapped, got, 7, 300) != 7 || memcmp(got, "via map", 7) != 0)
+            invariant("a write through the mapping seen through the fd", 0, 1);
+    }
 
     printf(bad ? "state bad\n" : "state ok\n");
 }

@@ -193,3 +193,25 @@ fn multiprocessing_pool_with_manager_finishes_right() -> Result<()> {
     );
     Ok(())
 }
+
+/// A parent reading its child's memory with `process_vm_readv`, checking with `kill(…, 0)` and
+/// `waitpid(WNOHANG)` that the child is its own, the child checking `getppid`: restored twice.
+#[test]
+fn parent_reading_its_childs_memory_survives_two_restores() -> Result<()> {
+    require_root!();
+    survives_two_restores("relatives", &[])
+}
+
+/// dash running a loop that forks `sleep`, with a trap: it comes back twice and goes on.
+#[test]
+fn dash_loop_survives_two_restores() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let script = "trap 'echo state ok' USR1; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+    let app = d.run(Path::new("/bin/dash"), &["-c", script])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    ask_state(&app).context("before any checkpoint")?;
+    let app = restore_twice(&d, app)?;
+    kill_tree(app.pid)?;
+    Ok(())
+}

@@ -329,10 +329,13 @@ impl Node {
         let warm = crate::hot::warm();
         let mut parked: Vec<Stopped> = Vec::new();
         let mut result: anyhow::Result<()> = Ok(());
-        for (p, s) in procs.iter().zip(&streams) {
-            let pid = p.reg.pid;
-            let t_park = Instant::now();
-            let r = (|| {
+        // Every program is asked first, then the answers are taken in turn: the programs park
+        // at the same time, and the first parked does not wait for the last to be asked.
+        let t_park = Instant::now();
+        let asked: Vec<anyhow::Result<()>> = procs
+            .iter()
+            .zip(&streams)
+            .map(|(p, s)| {
                 s.set_read_timeout(Some(Duration::from_millis(PARK_TIMEOUT_MS as u64 + 20_000)))?;
                 ckpt_proto::send(
                     s,
@@ -341,7 +344,14 @@ impl Node {
                     },
                     &[],
                 )
-                .map_err(lost(pid))?;
+                .map_err(lost(p.reg.pid))
+            })
+            .collect();
+        // Every program asked is answered for, even after a failure: an answer left unread
+        // would be taken for the answer to the next message.
+        for ((p, s), sent) in procs.iter().zip(&streams).zip(asked) {
+            let pid = p.reg.pid;
+            let r = sent.and_then(|()| {
                 let answer = super::park::answer(self, p, s, Duration::from_millis(PARK_TIMEOUT_MS as u64 + 20_000));
                 match answer.map_err(lost(pid))? {
                     AppMsg::Parked { .. } => Ok(()),
@@ -350,7 +360,7 @@ impl Node {
                     }
                     other => bail!("process {pid} answered {other:?} to park"),
                 }
-            })();
+            });
             match r {
                 Ok(()) => {
                     tracing::debug!(pid, park_us = t_park.elapsed().as_micros() as u64, "parked");
@@ -369,8 +379,9 @@ impl Node {
                     self.leave_out(dir, pid);
                 }
                 Err(e) => {
-                    result = Err(e);
-                    break;
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
                 }
             }
         }

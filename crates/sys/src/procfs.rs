@@ -104,21 +104,42 @@ pub struct StatMm {
     pub num_threads: u64,
 }
 
+/// The fields of /proc/PID/stat from field 3 (state) on, and a reader of field `n` (numbered
+/// as in proc(5)) as a number.
+struct Stat {
+    path: PathBuf,
+    text: String,
+}
+
+impl Stat {
+    fn read(pid: i32) -> Result<Stat, ProcError> {
+        let path = PathBuf::from(format!("/proc/{pid}/stat"));
+        let text = read(path.clone())?;
+        Ok(Stat { path, text })
+    }
+
+    /// Fields from 3 (state) on: the command name may hold spaces and parentheses, fields
+    /// resume after the last ')'.
+    fn fields(&self) -> Result<Vec<&str>, ProcError> {
+        let rest = self
+            .text
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .ok_or_else(|| parse_err(self.path.clone(), &self.text))?;
+        Ok(rest.split_whitespace().collect())
+    }
+
+    fn num(&self, f: &[&str], n: usize) -> Result<i64, ProcError> {
+        f.get(n - 3)
+            .and_then(|s| s.parse::<i64>().ok())
+            .ok_or_else(|| parse_err(self.path.clone(), &self.text))
+    }
+}
+
 pub fn stat_mm(pid: i32) -> Result<StatMm, ProcError> {
-    let path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let text = read(path.clone())?;
-    // The command name may hold spaces and parentheses; fields resume after the last ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| parse_err(path.clone(), &text))?;
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(1)
-        .map(|s| s.parse::<i64>().unwrap_or(0) as u64)
-        .collect();
-    // `f[0]` is field 4 (ppid) of proc(5).
-    let field = |n: usize| f.get(n - 4).copied().ok_or_else(|| parse_err(path.clone(), &text));
+    let st = Stat::read(pid)?;
+    let f = st.fields()?;
+    let field = |n: usize| st.num(&f, n).map(|v| v as u64);
     Ok(StatMm {
         num_threads: field(20)?,
         start_code: field(26)?,
@@ -149,19 +170,9 @@ pub struct StatTree {
 }
 
 pub fn stat_tree(pid: i32) -> Result<StatTree, ProcError> {
-    let path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let text = read(path.clone())?;
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| parse_err(path.clone(), &text))?;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // `f[0]` is field 3 (state) of proc(5).
-    let num = |n: usize| -> Result<i64, ProcError> {
-        f.get(n - 3)
-            .and_then(|s| s.parse::<i64>().ok())
-            .ok_or_else(|| parse_err(path.clone(), &text))
-    };
+    let st = Stat::read(pid)?;
+    let f = st.fields()?;
+    let num = |n: usize| st.num(&f, n);
     Ok(StatTree {
         state: f.first().and_then(|s| s.chars().next()).unwrap_or('?'),
         ppid: num(4)? as i32,
