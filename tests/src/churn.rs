@@ -16,7 +16,9 @@ pub const BASH: &str = "/bin/bash";
 /// A C project of `files` sources, each a function whose `-O2` compile takes a while (`loops`
 /// loops in one body: the optimiser's time grows faster than the size), plus `main.c` that
 /// prints what they compute. The build is deterministic: same sources, same relative paths,
-/// no debug information, a fixed random seed per object.
+/// no debug information, a fixed random seed per object. gcc runs its stages joined by pipes
+/// (`-pipe`): its temporary files between stages are held by no process while one stage has
+/// ended and the next not yet begun, so a checkpoint taken then could not hold them.
 pub struct CProject {
     dir: tempfile::TempDir,
 }
@@ -49,7 +51,7 @@ impl CProject {
         )?;
         std::fs::write(dir.path().join("main.c"), main)?;
         let makefile = format!(
-            "CC = gcc\nCFLAGS = -O2 -frandom-seed=$@\nOBJS ={objs} main.o\n\nprog: $(OBJS)\n\t$(CC) -o $@ $(OBJS)\n\n\
+            "CC = gcc\nCFLAGS = -O2 -pipe -frandom-seed=$@\nOBJS ={objs} main.o\n\nprog: $(OBJS)\n\t$(CC) -o $@ $(OBJS)\n\n\
              %.o: %.c\n\t$(CC) $(CFLAGS) -c $< -o $@\n"
         );
         std::fs::write(dir.path().join("Makefile"), makefile)?;
@@ -58,6 +60,17 @@ impl CProject {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// How many objects the build has made so far.
+    pub fn objects(&self) -> usize {
+        std::fs::read_dir(self.dir())
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "o"))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 
     /// The program the build makes.
@@ -93,6 +106,43 @@ pub fn checkpoint_while(d: &Daemon, n: usize, every: Duration, running: impl Fn(
             .with_context(|| format!("checkpoint {i} of {n}"))?;
         note!(
             "checkpoint {i} of {n}: id {}, {} processes, {} ms, stopped {} µs",
+            st.id,
+            st.processes,
+            st.duration_us / 1000,
+            st.max_stop_us
+        );
+        taken.push(st);
+    }
+    Ok(taken)
+}
+
+/// Takes one checkpoint as soon as the build of `project` has made each of `counts` objects
+/// (however fast or slow the machine is today); fails if `running()` stops holding first.
+pub fn checkpoint_at_objects(
+    d: &Daemon,
+    project: &CProject,
+    counts: &[usize],
+    running: impl Fn() -> bool,
+) -> Result<Vec<CkptStats>> {
+    let mut taken = Vec::new();
+    for (i, &n) in counts.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while project.objects() < n {
+            if !running() || Instant::now() > deadline {
+                bail!(
+                    "the build was done or stuck before checkpoint {} (at {n} objects; it has {})\n{}",
+                    i + 1,
+                    project.objects(),
+                    d.context()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let st = d
+            .checkpoint_json(&[])
+            .with_context(|| format!("checkpoint {} at {n} objects", i + 1))?;
+        note!(
+            "checkpoint at {n} objects: id {}, {} processes, {} ms, stopped {} µs",
             st.id,
             st.processes,
             st.duration_us / 1000,

@@ -18,16 +18,12 @@ fn make_j2_checkpointed_five_times_and_restored_after_the_third() -> Result<()> 
     let took = clean.build_clean()?;
     note!("clean build: {took:?}");
     let project = CProject::generate(30, 80)?;
-    // gcc's temporary assembly files (written by cc1, read by as, deleted by gcc once a file
-    // is compiled) are gone by the time of the restore: their content is saved, so that the
-    // restored compilers find them as they were (see README, Files).
-    let d = Daemon::start_with(&bin_dir(), &["--file-policy", "/tmp/cc*=snapshot"])?;
+    let d = Daemon::start()?;
     let dir = project.dir().to_str().context("temp dir not UTF-8")?;
     let mut make = d.run(Path::new(MAKE), &["-j2", "-C", dir])?;
-    // Spread over the first two thirds of the build (which runs slower under checkpoints).
-    let every = (took / 8).max(Duration::from_millis(100));
     let pid = make.pid;
-    let mut taken = checkpoint_while(&d, 3, every, || proc_alive(pid))?;
+    // By the build's own progress (30 objects and main.o), not by the clock.
+    let mut taken = checkpoint_at_objects(&d, &project, &[2, 5, 8], || proc_alive(pid))?;
     let id = taken.last().map(|s| s.id.clone()).context("no checkpoint")?;
     // make first: its compilers are then not left as its zombies.
     let tree = descendants(pid);
@@ -41,7 +37,9 @@ fn make_j2_checkpointed_five_times_and_restored_after_the_third() -> Result<()> 
     while !proc_alive(pid) && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
-    taken.extend(checkpoint_while(&d, 2, every, || proc_alive(pid)).context("after the restore")?);
+    let after = checkpoint_at_objects(&d, &project, &[12, 16], || proc_alive(pid));
+    // make's own stderr is the file it had before the checkpoint.
+    taken.extend(after.with_context(|| format!("after the restore\n{}\n{}", r.context(), make.stderr()))?);
     ensure!(
         taken.iter().any(|s| s.processes > 1),
         "no checkpoint caught make with a child\n{}",
@@ -50,9 +48,10 @@ fn make_j2_checkpointed_five_times_and_restored_after_the_third() -> Result<()> 
     let st = r.wait_child_exit(Duration::from_secs(300))?;
     ensure!(
         st.code() == Some(0),
-        "the restored make should end with code 0 (ckptctl restore --attach passes it on), it ended {}\n{}",
+        "the restored make should end with code 0 (ckptctl restore --attach passes it on), it ended {}\n{}\n{}",
         fmt_status(&st),
-        r.context()
+        r.context(),
+        make.stderr()
     );
     let want = std::fs::read(clean.binary())?;
     let got = std::fs::read(project.binary()).context("the build made no program")?;
