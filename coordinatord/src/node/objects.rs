@@ -26,9 +26,10 @@ pub fn make_objects(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i3
             let fd = match made.get(ident) {
                 Some(fd) => fd.try_clone().context("duplicating a re-created object")?,
                 None => {
+                    // The kind's error says its cause itself: as a chain it would be said twice.
                     let fd = restore
                         .recreate(*ident, obj)
-                        .with_context(|| format!("process {} fd {}", img.pid, f.fd))?;
+                        .map_err(|e| anyhow::anyhow!("process {} fd {}: {e}", img.pid, f.fd))?;
                     made.insert(*ident, fd.try_clone().context("duplicating a re-created object")?);
                     fd
                 }
@@ -36,6 +37,6 @@ pub fn make_objects(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i3
             out.insert((img.pid, f.fd), fd);
         }
     }
-    restore.finish()?;
+    restore.finish().map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(out)
 }
