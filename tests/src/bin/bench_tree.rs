@@ -40,7 +40,18 @@ fn gather(app: &App, sig: i32, key: &str, procs: usize) -> Result<u64> {
 fn run(procs: usize, mib: u64, mode: &[&str], reps: usize) -> Result<Vec<Sample>> {
     let d = Daemon::start_in(&bin_dir_for("release"))?;
     let (n, m) = (procs.to_string(), mib.to_string());
-    let app = d.run_example("tree_writers", &[&n, &m, "10"])?;
+    let mut app = d.run_example("tree_writers", &[&n, &m, "10"])?;
+    let r = measure(&d, &app, procs, mode, reps);
+    // The children too: dropping `app` would end only their parent.
+    let below = descendants(app.pid);
+    let _ = app.kill9();
+    for p in below.into_iter().rev() {
+        let _ = kill_pid(p);
+    }
+    r
+}
+
+fn measure(d: &Daemon, app: &App, procs: usize, mode: &[&str], reps: usize) -> Result<Vec<Sample>> {
     for _ in 0..procs {
         app.wait_line(|l| l.starts_with("ready"), Duration::from_secs(300))
             .context("tree_writers did not start")?;
@@ -51,8 +62,8 @@ fn run(procs: usize, mib: u64, mode: &[&str], reps: usize) -> Result<Vec<Sample>
     }
     let mut out = Vec::new();
     for _ in 0..reps {
-        gather(&app, libc::SIGUSR2, "round", procs)?;
-        gather(&app, libc::SIGUSR1, "maxgap", procs)?;
+        gather(app, libc::SIGUSR2, "round", procs)?;
+        gather(app, libc::SIGUSR1, "maxgap", procs)?;
         let mut args = vec!["checkpoint", "--json"];
         args.extend_from_slice(mode);
         let o = d.ckptctl_timeout(&args, Duration::from_secs(600));
@@ -63,7 +74,7 @@ fn run(procs: usize, mib: u64, mode: &[&str], reps: usize) -> Result<Vec<Sample>
         if st.processes != procs as u64 {
             bail!("the checkpoint held {} processes, not {procs}", st.processes);
         }
-        let stall = gather(&app, libc::SIGUSR1, "maxgap", procs)?;
+        let stall = gather(app, libc::SIGUSR1, "maxgap", procs)?;
         out.push(Sample {
             stall_ms: stall as f64 / 1000.0,
             stop_ms: st.max_stop_us as f64 / 1000.0,
