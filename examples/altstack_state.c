@@ -20,6 +20,7 @@
 static volatile sig_atomic_t asked;
 static char *worker_alt;
 static atomic_int worker_on_alt = -1;
+static atomic_int worker_ready;
 static pthread_t worker;
 
 static void on_usr1(int s) { (void)s; asked = 1; }
@@ -40,6 +41,7 @@ static void *work(void *arg)
         perror("sigaltstack");
         exit(2);
     }
+    atomic_store(&worker_ready, 1);
     for (;;) pause();
     return NULL;
 }
@@ -56,6 +58,9 @@ int main(void)
     sa.sa_handler = on_usr2;
     sigaction(SIGUSR2, &sa, NULL);
     pthread_create(&worker, NULL, work, NULL);
+    /* Checked only once the worker has its alternate stack (the first tick may be asked at
+     * once, before a busy machine ran the worker). */
+    while (!atomic_load(&worker_ready)) usleep(1000);
     struct timespec d = {0, 50000000L};
     for (unsigned long long n = 1;; n++) {
         if (asked) {
