@@ -88,7 +88,7 @@ impl Node {
                 step(find(&made, t.leader)?, &what)?;
             }
             for r in &made {
-                ckpt_proto::send(&r.ours, &TreeStep::Go, &[]).map_err(|e| self.why(r, e.into()))?;
+                ckpt_proto::send(&r.ours, &TreeStep::Go, &[]).map_err(|e| why(r, lost(r, e)))?;
             }
             Ok(())
         })();
@@ -172,8 +172,8 @@ impl Node {
                     envp,
                 };
                 let parent = find(made, parent)?;
-                ckpt_proto::send(&parent.ours, &fork, &fds).map_err(|e| self.why(parent, e.into()))?;
-                answer(self, parent)?;
+                ckpt_proto::send(&parent.ours, &fork, &fds).map_err(|e| why(parent, lost(parent, e)))?;
+                answer_of(parent)?;
             }
         }
         // The restorer becomes the program: its writes to the checkpoint's files are the
@@ -185,20 +185,6 @@ impl Node {
             status: status_r,
             ours,
         })
-    }
-
-    /// Why restorer `r` stopped answering: what it wrote on its status pipe, if anything.
-    fn why(&self, r: &Restorer, e: anyhow::Error) -> anyhow::Error {
-        let pid = r.planned.image().pid;
-        match r
-            .status
-            .try_clone()
-            .map_err(anyhow::Error::from)
-            .and_then(|f| read_status(f, Duration::from_secs(5)))
-        {
-            Ok(Some(s)) => anyhow!("restore of pid {pid} failed: {}", describe(s)),
-            _ => e.context(format!("restore of pid {pid}")),
-        }
     }
 
     /// Waits until `r` became its program and the program reported back, then registers it.
@@ -294,10 +280,6 @@ fn step(r: &Restorer, what: &TreeStep) -> anyhow::Result<()> {
     answer_of(r)
 }
 
-fn answer(node: &Node, r: &Restorer) -> anyhow::Result<()> {
-    answer_of(r).map_err(|e| node.why(r, e))
-}
-
 fn answer_of(r: &Restorer) -> anyhow::Result<()> {
     let pid = r.planned.image().pid;
     r.ours.set_read_timeout(Some(RESTORE_TIMEOUT))?;
@@ -306,17 +288,26 @@ fn answer_of(r: &Restorer) -> anyhow::Result<()> {
     match a {
         Ok((TreeAnswer::Done, _)) => Ok(()),
         Ok((TreeAnswer::Failed { message }, _)) => bail!("restore of pid {pid} failed: {message}"),
-        Err(e) => {
-            let status = r
-                .status
-                .try_clone()
-                .map_err(anyhow::Error::from)
-                .and_then(|f| read_status(f, Duration::from_secs(5)));
-            match status {
-                Ok(Some(s)) => bail!("restore of pid {pid} failed: {}", describe(s)),
-                _ => Err(anyhow!("restorer of pid {pid} stopped answering: {e}")),
-            }
-        }
+        Err(e) => Err(why(r, anyhow!("restorer of pid {pid} stopped answering: {e}"))),
+    }
+}
+
+/// A message to restorer `r` that could not be sent.
+fn lost(r: &Restorer, e: ckpt_proto::FrameError) -> anyhow::Error {
+    anyhow::Error::from(e).context(format!("restore of pid {}", r.planned.image().pid))
+}
+
+/// Why restorer `r` stopped answering: what it wrote on its status pipe before it exited, if
+/// anything, else `e`.
+fn why(r: &Restorer, e: anyhow::Error) -> anyhow::Error {
+    let status = r
+        .status
+        .try_clone()
+        .map_err(anyhow::Error::from)
+        .and_then(|f| read_status(f, Duration::from_secs(5)));
+    match status {
+        Ok(Some(s)) => anyhow!("restore of pid {} failed: {}", r.planned.image().pid, describe(s)),
+        _ => e,
     }
 }
 
