@@ -82,17 +82,6 @@ fn own_process() -> bool {
     OWN_PID.load(Relaxed) == sys::getpid()
 }
 
-/// libc's function in `cell`, or None with errno ENOSYS.
-fn real(cell: &AtomicUsize, name: &std::ffi::CStr) -> Option<usize> {
-    match sys::libc_symbol(cell, name) {
-        0 => {
-            sys::set_errno(libc::ENOSYS);
-            None
-        }
-        f => Some(f),
-    }
-}
-
 /// Runs `call` counted in flight through the gate.
 fn counted<R>(call: impl FnOnce() -> R) -> R {
     gate::enter_spawn();
@@ -103,7 +92,9 @@ fn counted<R>(call: impl FnOnce() -> R) -> R {
 
 #[no_mangle]
 pub unsafe extern "C" fn fork() -> pid_t {
-    let Some(f) = real(&REAL_FORK, c"fork") else { return -1 };
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_FORK, c"fork") else {
+        return -1;
+    };
     gate::enter_spawn();
     // SAFETY: libc's fork, no arguments.
     let r = unsafe { std::mem::transmute::<usize, unsafe extern "C" fn() -> pid_t>(f)() };
@@ -118,7 +109,7 @@ pub unsafe extern "C" fn fork() -> pid_t {
 /// loads the interposer) and keeps the parent's gate as it was, which `gate` tells is not its own.
 #[no_mangle]
 pub unsafe extern "C" fn _Fork() -> pid_t {
-    let Some(f) = real(&REAL_UFORK, c"_Fork") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_UFORK, c"_Fork") else {
         return -1;
     };
     gate::enter_spawn();
@@ -149,7 +140,7 @@ pub unsafe extern "C" fn posix_spawn(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    let Some(f) = real(&REAL_SPAWN, c"posix_spawn") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_SPAWN, c"posix_spawn") else {
         return libc::ENOSYS;
     };
     // SAFETY: libc's posix_spawn; the caller's arguments passed through.
@@ -165,7 +156,7 @@ pub unsafe extern "C" fn posix_spawnp(
     argv: *const *mut c_char,
     envp: *const *mut c_char,
 ) -> c_int {
-    let Some(f) = real(&REAL_SPAWNP, c"posix_spawnp") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_SPAWNP, c"posix_spawnp") else {
         return libc::ENOSYS;
     };
     // SAFETY: libc's posix_spawnp; the caller's arguments passed through.
@@ -175,7 +166,7 @@ pub unsafe extern "C" fn posix_spawnp(
 /// popen returns once its child is started.
 #[no_mangle]
 pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *mut FILE {
-    let Some(f) = real(&REAL_POPEN, c"popen") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_POPEN, c"popen") else {
         return std::ptr::null_mut();
     };
     type F = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut FILE;
@@ -185,7 +176,7 @@ pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *
 
 #[no_mangle]
 pub unsafe extern "C" fn system(command: *const c_char) -> c_int {
-    let Some(f) = real(&REAL_SYSTEM, c"system") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_SYSTEM, c"system") else {
         return -1;
     };
     gate::wait_open();
@@ -208,7 +199,7 @@ pub unsafe extern "C" fn clone(
     tls: *mut c_void,
     ctid: *mut pid_t,
 ) -> c_int {
-    let Some(real_clone) = real(&REAL_CLONE, c"clone") else {
+    let Some(real_clone) = sys::libc_symbol_or_enosys(&REAL_CLONE, c"clone") else {
         return -1;
     };
     // SAFETY: libc's clone, with the caller's arguments.
@@ -232,7 +223,7 @@ type ExecvFn = unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_in
 
 #[no_mangle]
 pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECVE, c"execve") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_EXECVE, c"execve") else {
         return -1;
     };
     // SAFETY: libc's execve; the caller's arguments passed through.
@@ -241,7 +232,7 @@ pub unsafe extern "C" fn execve(path: *const c_char, argv: *const *const c_char,
 
 #[no_mangle]
 pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECV, c"execv") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_EXECV, c"execv") else {
         return -1;
     };
     // SAFETY: libc's execv; the caller's arguments passed through.
@@ -250,7 +241,7 @@ pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) 
 
 #[no_mangle]
 pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECVP, c"execvp") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_EXECVP, c"execvp") else {
         return -1;
     };
     // SAFETY: libc's execvp; the caller's arguments passed through.
@@ -259,7 +250,7 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
 
 #[no_mangle]
 pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_EXECVPE, c"execvpe") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_EXECVPE, c"execvpe") else {
         return -1;
     };
     // SAFETY: libc's execvpe; the caller's arguments passed through.
@@ -268,7 +259,7 @@ pub unsafe extern "C" fn execvpe(file: *const c_char, argv: *const *const c_char
 
 #[no_mangle]
 pub unsafe extern "C" fn fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char) -> c_int {
-    let Some(f) = real(&REAL_FEXECVE, c"fexecve") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_FEXECVE, c"fexecve") else {
         return -1;
     };
     type F = unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
@@ -284,7 +275,7 @@ pub unsafe extern "C" fn execveat(
     envp: *const *const c_char,
     flags: c_int,
 ) -> c_int {
-    let Some(f) = real(&REAL_EXECVEAT, c"execveat") else {
+    let Some(f) = sys::libc_symbol_or_enosys(&REAL_EXECVEAT, c"execveat") else {
         return -1;
     };
     type F = unsafe extern "C" fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int;

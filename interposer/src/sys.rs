@@ -259,3 +259,15 @@ pub fn libc_symbol(cell: &AtomicUsize, name: &std::ffi::CStr) -> usize {
     cell.store(p, Relaxed);
     p
 }
+
+/// [`libc_symbol`], or None with errno ENOSYS when libc has no such function (a wrapper then
+/// fails the way the missing call would).
+pub fn libc_symbol_or_enosys(cell: &AtomicUsize, name: &std::ffi::CStr) -> Option<usize> {
+    match libc_symbol(cell, name) {
+        0 => {
+            set_errno(libc::ENOSYS);
+            None
+        }
+        f => Some(f),
+    }
+}

@@ -63,21 +63,10 @@ pub fn note_sem(id: c_int, ops: *const libc::sembuf, n: size_t, ok: bool) {
     }
 }
 
-/// libc's `name`, or None (errno ENOSYS).
-fn real(cell: &AtomicUsize, name: &std::ffi::CStr) -> Option<usize> {
-    match sys::libc_symbol(cell, name) {
-        0 => {
-            sys::set_errno(libc::ENOSYS);
-            None
-        }
-        f => Some(f),
-    }
-}
-
 macro_rules! real {
     ($name:literal, $ty:ty, $fail:expr) => {{
         static CELL: AtomicUsize = AtomicUsize::new(0);
-        match real(&CELL, $name) {
+        match sys::libc_symbol_or_enosys(&CELL, $name) {
             // SAFETY: the symbol libc exports under this name has this signature.
             Some(f) => unsafe { std::mem::transmute::<usize, $ty>(f) },
             None => return $fail,
