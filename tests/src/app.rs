@@ -425,6 +425,24 @@ impl App {
             wait_proc_gone(self.pid, GONE_TIMEOUT).with_context(|| format!("{}: after kill -9", self.label))
         }
     }
+
+    /// Kills the program and every process below it, and waits until all are gone; the
+    /// handle is disarmed (a restored process may take the pid). Every one is sent SIGKILL
+    /// before any is waited for, the last-born first (a pipeline's reader dies before its
+    /// writer could let it see the end of its input), so that no parent outlives a child as
+    /// its unreaping parent. The pids that were below it.
+    pub fn kill9_tree(&mut self) -> Result<Vec<i32>> {
+        let below = crate::descendants(self.pid);
+        for &p in below.iter().rev() {
+            send_signal(p, libc::SIGKILL)?;
+        }
+        self.kill9()?;
+        self.disarm();
+        for &p in &below {
+            wait_proc_gone(p, GONE_TIMEOUT)?;
+        }
+        Ok(below)
+    }
 }
 
 impl Drop for App {

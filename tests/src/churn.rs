@@ -101,17 +101,7 @@ pub fn checkpoint_while(d: &Daemon, n: usize, every: Duration, running: impl Fn(
         if !running() {
             bail!("the program was done before checkpoint {i} of {n}\n{}", d.context());
         }
-        let st = d
-            .checkpoint_json(&[])
-            .with_context(|| format!("checkpoint {i} of {n}"))?;
-        note!(
-            "checkpoint {i} of {n}: id {}, {} processes, {} ms, stopped {} µs",
-            st.id,
-            st.processes,
-            st.duration_us / 1000,
-            st.max_stop_us
-        );
-        taken.push(st);
+        taken.push(noted_checkpoint(d, &format!("checkpoint {i} of {n}"))?);
     }
     Ok(taken)
 }
@@ -138,17 +128,20 @@ pub fn checkpoint_at_objects(
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let st = d
-            .checkpoint_json(&[])
-            .with_context(|| format!("checkpoint {} at {n} objects", i + 1))?;
-        note!(
-            "checkpoint at {n} objects: id {}, {} processes, {} ms, stopped {} µs",
-            st.id,
-            st.processes,
-            st.duration_us / 1000,
-            st.max_stop_us
-        );
-        taken.push(st);
+        taken.push(noted_checkpoint(d, &format!("checkpoint {} at {n} objects", i + 1))?);
     }
     Ok(taken)
+}
+
+/// `ckptctl checkpoint --json`, its figures noted under `what`.
+fn noted_checkpoint(d: &Daemon, what: &str) -> Result<CkptStats> {
+    let st = d.checkpoint_json(&[]).with_context(|| what.to_string())?;
+    note!(
+        "{what}: id {}, {} processes, {} ms, stopped {} µs",
+        st.id,
+        st.processes,
+        st.duration_us / 1000,
+        st.max_stop_us
+    );
+    Ok(st)
 }

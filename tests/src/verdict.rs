@@ -37,15 +37,9 @@ pub fn restore_twice(d: &Daemon, mut app: App) -> Result<App> {
     let pid = app.pid;
     for round in 1..=2 {
         let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
-        // The whole tree goes, parent first (its children are then reaped by their new
-        // parent, not left as its zombies): every process of it is in the checkpoint.
-        let tree = crate::descendants(pid);
-        app.kill9()?;
-        for p in tree {
-            kill_pid(p)?;
-        }
-        // The old handle must not kill the restored process (same pid) when it is dropped.
-        app.disarm();
+        // The whole tree goes: every process of it is in the checkpoint. The old handle must
+        // not kill the restored process (same pid) when it is dropped.
+        app.kill9_tree()?;
         app = d.restore_ok(&cp.id, pid).with_context(|| format!("restore {round}"))?;
         app.expect_tick(LINE_TIMEOUT)
             .with_context(|| format!("after restore {round}"))?;
@@ -60,13 +54,15 @@ pub fn kill_pid(pid: i32) -> Result<()> {
     wait_proc_gone(pid, GONE_TIMEOUT)
 }
 
-/// Kills `root` and every process below it: `root` first (its children then are not left as
-/// its zombies), then the others, the last-born first (a pipeline's reader before its writer).
+/// Kills `root` (not our child: a restored one) and every process below it, as
+/// [`App::kill9_tree`] does.
 pub fn kill_tree(root: i32) -> Result<()> {
     let below = crate::descendants(root);
-    kill_pid(root)?;
-    for p in below.into_iter().rev() {
-        kill_pid(p)?;
+    for &p in below.iter().rev().chain([&root]) {
+        send_signal(p, libc::SIGKILL)?;
+    }
+    for &p in below.iter().chain([&root]) {
+        wait_proc_gone(p, GONE_TIMEOUT)?;
     }
     Ok(())
 }

@@ -84,15 +84,9 @@ fn shell_pipeline_comes_back_with_its_exit_status() -> Result<()> {
         pids.iter().all(|&p| proc_alive(p)),
         "the pipeline ended before checkpoint {id} was taken: make N bigger"
     );
-    // Every process of the pipeline, the shell first (its children are then not its zombies),
-    // then from the end of the pipe: a stage killed before the one it feeds would let that one
-    // see the end of its input and print.
-    let tree = descendants(bash.pid);
-    bash.kill9()?;
-    bash.disarm();
-    for p in tree.into_iter().rev() {
-        kill_pid(p)?;
-    }
+    // Every process of the pipeline, from the end of the pipe: a stage killed before the one
+    // it feeds would let that one see the end of its input and print.
+    bash.kill9_tree()?;
     ensure!(
         std::fs::read_to_string(&out).unwrap_or_default().is_empty(),
         "the pipeline printed before the checkpoint, the test proves nothing"
@@ -161,17 +155,12 @@ fn multiprocessing_pool_with_manager_finishes_right() -> Result<()> {
     let mut app = d.run_example("mp_pool.py", &["3000"])?;
     app.expect_line("progress", |l| l == "done 500", Duration::from_secs(60))?;
     let id = d.checkpoint()?;
-    let tree = descendants(app.pid);
+    let pid = app.pid;
+    let tree = app.kill9_tree()?;
     ensure!(
         tree.len() >= 5,
-        "the Pool's 4 workers and the Manager should be running: {tree:?}"
+        "the Pool's 4 workers and the Manager should have been running: {tree:?}"
     );
-    let pid = app.pid;
-    app.kill9()?;
-    app.disarm();
-    for p in tree {
-        kill_pid(p)?;
-    }
     let mut r = d.restore_args(&id, pid, &["--attach"])?;
     let got = r.expect_line("the result", |l| l.starts_with("result "), Duration::from_secs(180))?;
     ensure!(

@@ -176,12 +176,7 @@ fn screen_session_comes_back_live() -> Result<()> {
         let id = d.checkpoint().with_context(|| format!("checkpoint {round}"))?;
         let at = last_loop(&read()?).unwrap_or(0);
         ensure!(at >= seen, "the loop went back before the checkpoint");
-        let below = descendants(pid);
-        app.kill9()?;
-        app.disarm();
-        for p in below.into_iter().rev() {
-            kill_pid(p)?;
-        }
+        app.kill9_tree()?;
         app = d.restore_ok(&id, pid).with_context(|| format!("restore {round}"))?;
         seen = loop_goes_past(&format!("after restore {round}"), at, read)?;
     }

@@ -43,11 +43,7 @@ fn run(procs: usize, mib: u64, mode: &[&str], reps: usize) -> Result<Vec<Sample>
     let mut app = d.run_example("tree_writers", &[&n, &m, "10"])?;
     let r = measure(&d, &app, procs, mode, reps);
     // The children too: dropping `app` would end only their parent.
-    let below = descendants(app.pid);
-    let _ = app.kill9();
-    for p in below.into_iter().rev() {
-        let _ = kill_pid(p);
-    }
+    let _ = app.kill9_tree();
     r
 }
 
