@@ -30,16 +30,12 @@ fn shared_memory_between_processes_stays_shared() -> Result<()> {
         let id = d
             .checkpoint()
             .with_context(|| format!("checkpoint {round}\n{}", d.context()))?;
-        // The parent first: a killed child would wait as its zombie.
-        app.kill9()?;
-        app.disarm();
-        kill_pid(child)?;
+        app.kill9_tree()?;
         app = d.restore_ok(&id, pid).with_context(|| format!("restore {round}"))?;
         app.expect_tick(LINE_TIMEOUT)?;
         ask_state(&app).with_context(|| format!("after restore {round}\n{}", d.context()))?;
     }
-    app.kill9()?;
-    kill_pid(child)?;
+    app.kill9_tree()?;
     Ok(())
 }
 

@@ -70,7 +70,7 @@ fn started(d: &Daemon, app: &App) -> Result<(i32, Vec<i32>)> {
 
 /// 20 checkpoints while the pair runs, then two rounds of kill / restore (the second from a
 /// checkpoint of the restored pair), its verdict asked each time.
-fn twenty_then_restore_twice(d: &Daemon, mut app: App, child: i32) -> Result<()> {
+fn twenty_then_restore_twice(d: &Daemon, mut app: App) -> Result<()> {
     let pid = app.pid;
     ask_state(&app).context("before any checkpoint")?;
     let mut id = String::new();
@@ -83,15 +83,12 @@ fn twenty_then_restore_twice(d: &Daemon, mut app: App, child: i32) -> Result<()>
         if round == 2 {
             id = d.checkpoint().context("checkpoint of the restored pair")?;
         }
-        app.kill9()?;
-        app.disarm();
-        kill_pid(child)?;
+        app.kill9_tree()?;
         app = d.restore_ok(&id, pid).with_context(|| format!("restore {round}"))?;
         app.expect_tick(LINE_TIMEOUT)?;
         ask_state(&app).with_context(|| format!("after restore {round}\n{}", d.context()))?;
     }
-    app.kill9()?;
-    kill_pid(child)?;
+    app.kill9_tree()?;
     Ok(())
 }
 
@@ -102,9 +99,9 @@ fn sysv_pair_survives_checkpoints_and_restores() -> Result<()> {
     let mut objects = Objects { key, dest: None };
     let d = Daemon::start()?;
     let app = d.run_example("sysv_ipc", &[&key.to_string()])?;
-    let (child, ids) = started(&d, &app)?;
+    let (_, ids) = started(&d, &app)?;
     objects.dest = ids.get(3).copied();
-    twenty_then_restore_twice(&d, app, child)
+    twenty_then_restore_twice(&d, app)
 }
 
 #[test]
@@ -126,7 +123,7 @@ fn posix_ring_survives_checkpoints_and_restores() -> Result<()> {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let r = twenty_then_restore_twice(&d, app, child);
+    let r = twenty_then_restore_twice(&d, app);
     for name in [tag.clone(), format!("sem.{tag}-free"), format!("sem.{tag}-full")] {
         let _ = std::fs::remove_file(format!("/dev/shm/{name}"));
     }
