@@ -13,6 +13,9 @@ missing=()
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 # tests/tests/process_churn.rs builds a C project with make -j2.
 [ -x /usr/bin/make ] || missing+=(make)
+# tests/tests/process_tree.rs restores zsh and tcsh loops.
+[ -x /usr/bin/zsh ] || missing+=(zsh)
+[ -x /usr/bin/tcsh ] || missing+=(tcsh)
 [ -f /usr/include/stdio.h ] || missing+=(libc6-dev)
 [ -x /usr/bin/python3 ] || missing+=(python3)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)

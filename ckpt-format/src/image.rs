@@ -354,9 +354,11 @@ pub enum FdKind {
         buffered: Vec<u8>,
         /// `F_GETPIPE_SZ`: the pipe's capacity in bytes (the program may have changed it).
         capacity: u32,
-        /// At fd 0-2: when the pipe's other end is not in the checkpoint (the user's shell, a
-        /// test harness), this end is the stdio of the `ckptctl restore` instead.
-        stdio: bool,
+        /// The job's stdin, stdout or stderr (0-2) this end is: at fd 0-2, or the pipe the job
+        /// was started with kept at another number (tcsh writes through fd 17). When the
+        /// pipe's other end is not in the checkpoint (the user's shell, a test harness), this
+        /// end is that stdio of the `ckptctl restore` instead.
+        stdio: Option<u8>,
     },
     /// A UDP socket, bound (and connected) again at restore with its options and multicast
     /// memberships; datagrams in flight may be lost. `shutdown` holds the `shutdown(2)` sides
@@ -375,10 +377,11 @@ pub enum FdKind {
         ident: u64,
         owner: bool,
         obj: ckpt_kinds::Object,
-        /// A Unix socket at fd 0-2 (or an fd sharing its description): made again only when
-        /// its peer is in the checkpoint, else replaced like [`FdKind::Stdio`] (see
+        /// A Unix socket at fd 0-2 (or an fd sharing its description), or the one the job was
+        /// started with on stdio kept at another number: made again only when its peer is in
+        /// the checkpoint, else replaced by that stdio of the `ckptctl restore` (see
         /// [`StdioPeers`]).
-        stdio: bool,
+        stdio: Option<u8>,
     },
 }
 
@@ -415,14 +418,16 @@ impl FdKind {
                 ..
             } => {
                 let end = if *write { "write" } else { "read" };
-                let stdio = if *stdio { ", stdio" } else { "" };
+                let stdio = stdio.map(|n| format!(", stdio {n}")).unwrap_or_default();
                 format!("pipe:[{ino}] {end} end ({} bytes buffered{stdio})", buffered.len())
             }
             FdKind::Udp { local, peer, opts, .. } => match peer {
                 Some(p) => format!("udp {local} -> {p}{}", opts.describe()),
                 None => format!("udp {local}{}", opts.describe()),
             },
-            FdKind::Object { obj, stdio: true, .. } => format!("{} (stdio)", obj.describe()),
+            FdKind::Object {
+                obj, stdio: Some(n), ..
+            } => format!("{} (stdio {n})", obj.describe()),
             FdKind::Object { obj, .. } => obj.describe(),
         }
     }
@@ -436,13 +441,18 @@ impl FdKind {
         )
     }
 
-    /// A pipe or Unix socket end recorded at fd 0-2: reconnected or replaced at restore (see
-    /// [`StdioPeers`]).
+    /// A pipe or Unix socket end that is one of the job's stdio: reconnected or replaced at
+    /// restore (see [`StdioPeers`]).
     pub fn is_stdio_end(&self) -> bool {
-        matches!(
-            self,
-            FdKind::Pipe { stdio: true, .. } | FdKind::Object { stdio: true, .. }
-        )
+        self.stdio_of().is_some()
+    }
+
+    /// Which of the job's stdin, stdout, stderr this pipe or Unix socket end is.
+    pub fn stdio_of(&self) -> Option<u8> {
+        match self {
+            FdKind::Pipe { stdio, .. } | FdKind::Object { stdio, .. } => *stdio,
+            _ => None,
+        }
     }
 
     /// Kinds that ckptd re-creates and hands to the restorer.
@@ -496,10 +506,12 @@ impl StdioPeers {
     /// other kind).
     pub fn reconnected(&self, kind: &FdKind) -> bool {
         match kind {
-            FdKind::Pipe { ino, stdio: true, .. } => self.pipes.contains(ino),
+            FdKind::Pipe {
+                ino, stdio: Some(_), ..
+            } => self.pipes.contains(ino),
             FdKind::Object {
                 obj: ckpt_kinds::Object::Unix(r),
-                stdio: true,
+                stdio: Some(_),
                 ..
             } => ckpt_kinds::unix::peer_within(r, &self.unix),
             _ => false,

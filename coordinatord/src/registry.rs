@@ -11,6 +11,9 @@ pub struct Proc {
     /// The control connection; held for the duration of one exchange.
     pub stream: Mutex<UnixStream>,
     pub restored_from: Option<String>,
+    /// The pipes or sockets (inodes) that were its stdin, stdout, stderr when it came under
+    /// control (see `dump::stdio`).
+    pub stdio: [Option<u64>; 3],
     /// The committed checkpoint this process's dirty-page tracking is relative to: the base of
     /// its next incremental checkpoint.
     pub track_base: Mutex<Option<String>>,
@@ -22,11 +25,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn insert(&self, reg: Registration, stream: UnixStream, restored_from: Option<String>) -> Arc<Proc> {
+    pub fn insert(
+        &self,
+        reg: Registration,
+        stream: UnixStream,
+        restored_from: Option<String>,
+        stdio: [Option<u64>; 3],
+    ) -> Arc<Proc> {
         let p = Arc::new(Proc {
             reg,
             stream: Mutex::new(stream),
             restored_from,
+            stdio,
             track_base: Mutex::new(None),
         });
         self.lock().insert(p.reg.pid, p.clone());

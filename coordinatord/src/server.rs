@@ -66,9 +66,11 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
             if reg.pid != cred.pid() {
                 anyhow::bail!("registration for pid {} came from pid {}", reg.pid, cred.pid());
             }
+            // Read while the program waits for its answer, before it can move its stdio.
+            let stdio = crate::dump::stdio::at_start(reg.pid);
             ckpt_proto::send(&s, &NodeMsg::Registered, &[])?;
             tracing::info!(pid = reg.pid, exe = %reg.exe, "registered");
-            node.registry.insert(reg, s, None);
+            node.registry.insert(reg, s, None, stdio);
         }
         Hello::Ctl { .. } => loop {
             let (req, fds) = match ckpt_proto::recv::<CtlRequest>(&s) {

@@ -191,16 +191,64 @@ fn parent_reading_its_childs_memory_survives_two_restores() -> Result<()> {
     survives_two_restores("relatives", &[])
 }
 
-/// dash running a loop that forks `sleep`, with a trap: it comes back twice and goes on.
+/// A shell whose loop forks `sleep` every 0.1 s comes back twice and goes on counting, one by
+/// one: the restored shell still owns its running child and waits for it (before trees were
+/// restored, bash and dash exited at once and zsh and tcsh waited forever). With a `USR1` trap
+/// (`state_trap`), the shell also answers a signal after each restore.
+fn shell_loop_survives_two_restores(shell: &str, args: &[&str], state_trap: bool) -> Result<()> {
+    let d = Daemon::start()?;
+    let app = d.run(Path::new(shell), args)?;
+    let first = app.expect_tick(LINE_TIMEOUT)?;
+    app.expect_consecutive_ticks(first, 2, false, LINE_TIMEOUT)?;
+    if state_trap {
+        ask_state(&app).context("before any checkpoint")?;
+    }
+    let pid = app.pid;
+    let mut app = app;
+    for round in 1..=2 {
+        let cp = d
+            .checkpoint_app(&app)
+            .with_context(|| format!("{shell}: checkpoint {round}"))?;
+        app.kill9_tree()?;
+        app = d
+            .restore_ok(&cp.id, pid)
+            .with_context(|| format!("{shell}: restore {round}"))?;
+        let t = app
+            .expect_tick(LINE_TIMEOUT)
+            .with_context(|| format!("{shell}: after restore {round}"))?;
+        app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
+            .with_context(|| format!("{shell}: after restore {round}"))?;
+        if state_trap {
+            ask_state(&app).with_context(|| format!("{shell}: after restore {round}\n{}", d.context()))?;
+        }
+    }
+    kill_tree(app.pid)?;
+    Ok(())
+}
+
+const POSIX_LOOP: &str = "trap 'echo state ok' USR1; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done";
+
 #[test]
 fn dash_loop_survives_two_restores() -> Result<()> {
     require_root!();
-    let d = Daemon::start()?;
-    let script = "trap 'echo state ok' USR1; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.1; done";
-    let app = d.run(Path::new("/bin/dash"), &["-c", script])?;
-    app.expect_tick(LINE_TIMEOUT)?;
-    ask_state(&app).context("before any checkpoint")?;
-    let app = restore_twice(&d, app)?;
-    kill_tree(app.pid)?;
-    Ok(())
+    shell_loop_survives_two_restores("/bin/dash", &["-c", POSIX_LOOP], true)
+}
+
+#[test]
+fn zsh_loop_survives_two_restores() -> Result<()> {
+    require_root!();
+    shell_loop_survives_two_restores("/usr/bin/zsh", &["-f", "-c", POSIX_LOOP], true)
+}
+
+/// tcsh traps no signal but SIGINT; its loop is read from a script file, as csh loops are.
+#[test]
+fn tcsh_loop_survives_two_restores() -> Result<()> {
+    require_root!();
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("loop.csh");
+    std::fs::write(
+        &script,
+        "@ i = 0\nwhile (1)\n  @ i++\n  echo tick $i\n  sleep 0.1\nend\n",
+    )?;
+    shell_loop_survives_two_restores("/usr/bin/tcsh", &["-f", script.to_str().unwrap()], false)
 }

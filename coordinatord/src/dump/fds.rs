@@ -134,7 +134,7 @@ fn kind_of(
                     ident: 0,
                     owner: true,
                     obj,
-                    stdio: false,
+                    stdio: None,
                 })
             }
             Some(Err(ckpt_kinds::KindError::Unsupported(what))) => return Err(unsupported(what)),
@@ -190,7 +190,7 @@ fn kind_of(
             capacity,
             // Whether it is reconnected or replaced is decided at restore, with every image of
             // the host at hand.
-            stdio: fd <= 2,
+            stdio: (fd <= 2).then_some(fd as u8),
         }
     } else if (ft.is_fifo() || ft.is_socket()) && fd <= 2 {
         FdKind::Stdio {
@@ -218,7 +218,7 @@ fn stdio_unix(pid: i32, fd: i32, target: &str, text: &str, flags: i32, meta: &st
             ident: 0,
             owner: true,
             obj: ckpt_kinds::Object::Unix(r),
-            stdio: true,
+            stdio: Some(fd as u8),
         }),
         Err(e) => {
             tracing::info!(pid, fd, error = %e, "a stdio Unix socket kept as plain stdio");

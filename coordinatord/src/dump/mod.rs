@@ -11,6 +11,7 @@ pub mod shared_memory;
 pub mod signals;
 pub mod sockets;
 pub mod state;
+pub mod stdio;
 pub mod sysv;
 pub mod tree;
 pub mod window;

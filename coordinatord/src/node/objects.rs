@@ -7,20 +7,28 @@ use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 
 /// Every object fd of the images, by (pid, fd number). Fds that share a description with an
-/// earlier fd of their process are not listed: the restorer duplicates those itself.
-pub fn make_objects(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
+/// earlier fd of their process are not listed: the restorer duplicates those itself. `stdio`
+/// is the restoring `ckptctl`'s.
+pub fn make_objects(images: &[&ProcessImage], stdio: &[OwnedFd]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
     let mut made: HashMap<u64, OwnedFd> = HashMap::new();
     let mut out = HashMap::new();
     let mut restore = ckpt_kinds::Restore::default();
     let peers = ckpt_format::StdioPeers::new(images.iter().copied());
     for img in images {
         for f in img.fds.iter().filter(|f| f.dup_of.is_none()) {
-            let FdKind::Object { ident, obj, .. } = &f.kind else {
+            let FdKind::Object {
+                ident, obj, stdio: n, ..
+            } = &f.kind
+            else {
                 continue;
             };
             // A stdio socket whose peer was outside the checkpoint gets the restoring
-            // `ckptctl`'s stdio instead (the restorer keeps what it was started with).
-            if peers.to_ckptctl(&f.kind) {
+            // `ckptctl`'s stdio instead: at 0-2 the restorer keeps what it was started with;
+            // at another number it is handed that stdio.
+            if let Some(n) = n.filter(|_| peers.to_ckptctl(&f.kind)) {
+                if f.fd > 2 {
+                    out.insert((img.pid, f.fd), super::pipes::ckptctl_stdio(stdio, n)?);
+                }
                 continue;
             }
             let fd = match made.get(ident) {

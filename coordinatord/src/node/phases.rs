@@ -438,11 +438,13 @@ impl Node {
             result = crate::dump::sysv::capture(&regs, dir, &self.host, self.compress);
         }
         if result.is_ok() {
+            let job = job_stdio(&parked);
             let mut images: Vec<&mut ProcessImage> = parked
                 .iter_mut()
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
                 .collect();
             crate::dump::objects::link(&mut images);
+            crate::dump::stdio::mark(&mut images, &job);
             crate::dump::pty::outside_masters(&mut images);
             let mut refused = crate::dump::shared_memory::link(&mut images);
             refused.extend(crate::dump::tree::check(&images));
@@ -645,4 +647,19 @@ impl Node {
             }
         })
     }
+}
+
+/// The pipes and sockets the parked processes had on stdio when they came under control:
+/// inode → 0, 1 or 2 (see `dump::stdio`).
+fn job_stdio(parked: &[Stopped]) -> HashMap<u64, u8> {
+    let mut job = HashMap::new();
+    for st in parked {
+        for (n, ino) in st.proc.stdio.iter().enumerate() {
+            if let Some(ino) = ino {
+                let n = n as u8;
+                job.entry(*ino).and_modify(|m: &mut u8| *m = (*m).min(n)).or_insert(n);
+            }
+        }
+    }
+    job
 }

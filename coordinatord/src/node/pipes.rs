@@ -11,10 +11,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// capacity.
 type Pipe<'a> = (Vec<(i32, i32, bool)>, Option<&'a [u8]>, u32);
 
-/// Every pipe end of the images, by (pid, fd number).
-pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
+/// Every pipe end of the images, by (pid, fd number). `stdio` is the restoring `ckptctl`'s.
+pub fn make_pipes(images: &[&ProcessImage], stdio_fds: &[OwnedFd]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
     let mut pipes: BTreeMap<u64, Pipe> = BTreeMap::new();
     let peers = ckpt_format::StdioPeers::new(images.iter().copied());
+    let mut out = HashMap::new();
     for img in images {
         for f in &img.fds {
             if let FdKind::Pipe {
@@ -26,8 +27,12 @@ pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32)
             } = &f.kind
             {
                 // A stdio end whose other end was outside the checkpoint gets the restoring
-                // `ckptctl`'s stdio instead (the restorer keeps what it was started with).
-                if *stdio && peers.to_ckptctl(&f.kind) {
+                // `ckptctl`'s stdio instead: at 0-2 the restorer keeps what it was started
+                // with; at another number it is handed that stdio.
+                if let Some(n) = stdio.filter(|_| peers.to_ckptctl(&f.kind)) {
+                    if f.fd > 2 {
+                        out.insert((img.pid, f.fd), ckptctl_stdio(stdio_fds, n)?);
+                    }
                     continue;
                 }
                 let e = pipes.entry(*ino).or_default();
@@ -39,7 +44,6 @@ pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32)
             }
         }
     }
-    let mut out = HashMap::new();
     for (_, (ends, buffered, capacity)) in pipes {
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         // The capacity the program's pipe had (it may have set it with F_SETPIPE_SZ); the
@@ -59,4 +63,18 @@ pub fn make_pipes(images: &[&ProcessImage]) -> anyhow::Result<HashMap<(i32, i32)
         }
     }
     Ok(out)
+}
+
+/// A copy of the restoring `ckptctl`'s stdio `n`, for an end kept above fd 2 (`/dev/null`
+/// when ckptctl gave none, as for fd 0-2).
+pub fn ckptctl_stdio(stdio: &[OwnedFd], n: u8) -> anyhow::Result<OwnedFd> {
+    match stdio.get(n as usize) {
+        Some(f) => f.try_clone().context("duplicating the restoring ckptctl's stdio"),
+        None => Ok(std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .context("/dev/null")?
+            .into()),
+    }
 }

@@ -170,7 +170,7 @@ impl Node {
         let images: Vec<&ProcessImage> = pending.planned.iter().map(|p| &p.image).collect();
         let mut sockets = netrestore::make_sockets(&images, &plan, &pending.listeners)
             .map_err(|e| e.context(format!("host {}", self.host)))?;
-        sockets.extend(super::pipes::make_pipes(&images).context("re-creating pipes")?);
+        sockets.extend(super::pipes::make_pipes(&images, &stdio).context("re-creating pipes")?);
         // The files may have changed since every node prepared: check again, then change them.
         let actions = pending
             .files
@@ -178,7 +178,7 @@ impl Node {
             .map_err(|p| anyhow!("restore of {id} refused, nothing was changed: {}", p.join("; ")))?;
         // Objects change what they replace (a named queue, a dead program's socket file): only
         // once the files are known to be restorable.
-        sockets.extend(super::objects::make_objects(&images)?);
+        sockets.extend(super::objects::make_objects(&images, &stdio)?);
         // Kept until every process has attached its segments (see `sysv::Held`).
         let _sysv = super::sysv::make(&self.store.get(id)?.0, &self.host).context("re-creating SysV IPC objects")?;
         let shared = super::shared_memory::make(&pending.planned, &sockets).context("re-creating shared memory")?;

@@ -46,6 +46,8 @@ impl Node {
         mut handed: Handed,
     ) -> anyhow::Result<Vec<i32>> {
         let by_pid: HashMap<i32, &Planned> = planned.iter().map(|p| (p.image().pid, p)).collect();
+        // The job's stdio from now on, for its next checkpoint (see `dump::stdio`).
+        let stdio = crate::dump::stdio::of_fds(handed.stdio);
         let mut made: Vec<Restorer> = Vec::new();
         let r = (|| -> anyhow::Result<()> {
             for b in &plan.live {
@@ -99,7 +101,7 @@ impl Node {
         }
         let roots: Vec<i32> = plan.roots().collect();
         for r in made {
-            if let Err(e) = self.wait_back(id, r, &roots) {
+            if let Err(e) = self.wait_back(id, r, &roots, stdio) {
                 self.kill_restored(&pids);
                 return Err(e);
             }
@@ -188,7 +190,7 @@ impl Node {
     }
 
     /// Waits until `r` became its program and the program reported back, then registers it.
-    fn wait_back(&self, id: &str, r: Restorer, roots: &[i32]) -> anyhow::Result<()> {
+    fn wait_back(&self, id: &str, r: Restorer, roots: &[i32], stdio: [Option<u64>; 3]) -> anyhow::Result<()> {
         let p = r.planned;
         let pid = p.image().pid;
         let root = roots.contains(&pid);
@@ -245,7 +247,7 @@ impl Node {
             park_signal: 0,
             uffd_fd: img.uffd_fd,
         };
-        self.registry.insert(reg, ours, Some(id.to_string()));
+        self.registry.insert(reg, ours, Some(id.to_string()), stdio);
         tracing::info!(pid, id, "process restored");
         Ok(())
     }
