@@ -288,6 +288,9 @@ pub struct FdImage {
     /// Another fd of this process sharing the same open file description.
     pub dup_of: Option<i32>,
     pub kind: FdKind,
+    /// The locks and leases taken through it (a regular file or directory; recorded on the
+    /// first fd of a description only), taken again at restore.
+    pub locks: Vec<ckpt_kinds::lock::Lock>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,7 +11,8 @@ pub const FORMAT_VERSION: u32 = 5;
 /// Version 2 gave files a policy (`FdKind::File`, the manifest's file list, `files.img`);
 /// version 3 added kernel objects (`FdKind::Object`), POSIX timers and IP socket options;
 /// version 4 the process tree (parents, groups, sessions, zombies), terminals and SysV IPC;
-/// version 5 which of the job's stdio a pipe or socket end kept at another number is.
+/// version 5 which of the job's stdio a pipe or socket end kept at another number is, and
+/// file locks and leases.
 /// bincode records have no optional fields, so each version reads only its own.
 pub const OLDEST_READABLE: u32 = 5;
 

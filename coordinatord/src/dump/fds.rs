@@ -57,6 +57,7 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
                 cloexec,
                 dup_of: Some(first_fd),
                 kind,
+                locks: Vec::new(),
             });
             continue;
         }
@@ -77,6 +78,17 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
                 .find(|(other, d, i)| (*d, *i) == key && kcmp_same_file(pid, *other, fd))
                 .map(|(other, _, _)| *other),
         };
+        // Locks belong to the description: read on its first fd only.
+        let locks = match dup_of {
+            Some(_) => Vec::new(),
+            None => match locks_of(&kind, &text) {
+                Ok(l) => l,
+                Err(why) => {
+                    refused.push((fd, why));
+                    continue;
+                }
+            },
+        };
         ids.push((fd, key.0, key.1));
         out.push(FdImage {
             fd,
@@ -84,12 +96,28 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
             cloexec,
             dup_of,
             kind,
+            locks,
         });
     }
     if !refused.is_empty() {
         return Err(DumpError::UnsupportedFds { pid, fds: refused });
     }
     Ok(out)
+}
+
+/// The locks and leases held through an fd (its fdinfo `text`), or why they cannot be taken
+/// again: only those on a regular file or directory, which the restorer reopens, can.
+fn locks_of(kind: &FdKind, text: &str) -> Result<Vec<ckpt_kinds::lock::Lock>, String> {
+    let locks = ckpt_kinds::lock::parse(text).map_err(|why| format!("{} with {why}", kind.describe()))?;
+    match kind {
+        _ if locks.is_empty() => Ok(locks),
+        FdKind::File { .. } | FdKind::Dir { .. } => Ok(locks),
+        k => Err(format!(
+            "{} with a {} (ckpt takes back locks on regular files and directories only)",
+            k.describe(),
+            locks[0].describe()
+        )),
+    }
 }
 
 enum Refusal {

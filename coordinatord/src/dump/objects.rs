@@ -52,3 +52,39 @@ pub fn link(images: &mut [&mut ProcessImage]) {
         }
     }
 }
+
+/// A lock owned by an open file description (flock, OFD, a lease) that several processes of
+/// the host hold through that one description (inherited across fork): a regular file is
+/// reopened by each restorer, so the description, and with it the lock, cannot be one again.
+/// Refused, naming both holders. Runs while every process is still parked.
+pub fn shared_locks(images: &[&mut ProcessImage]) -> Vec<String> {
+    let mut refused = Vec::new();
+    let locked = |img: &ProcessImage| -> Vec<(i32, i32, String)> {
+        img.fds
+            .iter()
+            .filter_map(|f| {
+                let l = f.locks.iter().find(|l| l.by_description())?;
+                Some((img.pid, f.fd, l.describe()))
+            })
+            .collect()
+    };
+    let all: Vec<(i32, i32, String)> = images.iter().flat_map(|img| locked(img)).collect();
+    for (i, (pid, fd, what)) in all.iter().enumerate() {
+        for img in images.iter().filter(|img| img.pid != *pid) {
+            // The other process holds the same description at some fd (its fdinfo shows the
+            // lock there too, read as its own).
+            if let Some(g) = img.fds.iter().find(|g| kcmp_file(*pid, *fd, img.pid, g.fd)) {
+                if all[..i].iter().any(|(p, f, _)| *p == img.pid && *f == g.fd) {
+                    continue;
+                }
+                refused.push(format!(
+                    "process {pid}: fd {fd} holds a {what} through an open file description that \
+                     process {} shares (fd {}); ckpt reopens a file for each process, so the lock \
+                     could not be one again: release it or keep it in one process",
+                    img.pid, g.fd
+                ));
+            }
+        }
+    }
+    refused
+}

@@ -202,6 +202,12 @@ fn show_process(
         };
         let dup = f.dup_of.map(|d| format!(" (same file as fd {d})")).unwrap_or_default();
         println!("    {:>3} {}{dup}{note}", f.fd, f.kind.describe());
+        for l in &f.locks {
+            println!(
+                "        holds a {} -> taken again before the program runs",
+                l.describe()
+            );
+        }
     }
 }
 

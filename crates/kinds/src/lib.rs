@@ -19,6 +19,7 @@ pub mod eventfd;
 pub mod fifo;
 pub mod inet;
 pub mod inotify;
+pub mod lock;
 pub mod mqueue;
 pub mod posix_timer;
 pub mod pty;

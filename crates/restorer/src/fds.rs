@@ -135,6 +135,29 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
     Ok(())
 }
 
+/// Takes the locks owned by open file descriptions (OFD, flock) again, and tests that every
+/// POSIX lock can be taken (they are taken in the restorer's last steps, see `plan`): a lock
+/// another program holds now fails the restore, naming it.
+pub fn take_locks(img: &ProcessImage) -> anyhow::Result<()> {
+    for f in img.fds.iter().filter(|f| !f.locks.is_empty()) {
+        for l in &f.locks {
+            let what = || format!("fd {} ({}): the {}", f.fd, f.kind.describe(), l.describe());
+            if let Some(why) = ckpt_kinds::lock::conflict(f.fd, l) {
+                bail!("{} cannot be taken back: {why}", what());
+            }
+            ckpt_kinds::lock::take(f.fd, l).map_err(|e| {
+                let why = match e.raw_os_error() {
+                    Some(libc::EAGAIN) => ckpt_kinds::lock::holder(f.fd, l)
+                        .unwrap_or_else(|| "another program holds a conflicting one now".to_string()),
+                    _ => e.to_string(),
+                };
+                anyhow::anyhow!("{} cannot be taken back: {why}", what())
+            })?;
+        }
+    }
+    Ok(())
+}
+
 /// What each kind of object does inside the restored process once every fd is at its number
 /// (an epoll registers its targets under the program's fd numbers).
 pub fn after_placed(img: &ProcessImage) -> anyhow::Result<()> {

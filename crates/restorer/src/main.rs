@@ -144,6 +144,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
 
     fds::place_fds(&img, control, &sockets)?;
     fds::after_placed(&img)?;
+    fds::take_locks(&img)?;
     std::env::set_current_dir(&img.cwd).with_context(|| format!("cannot enter the working directory {}", img.cwd))?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(img.umask) };

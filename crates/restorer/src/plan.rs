@@ -50,6 +50,7 @@ pub fn page_up(n: u64) -> u64 {
 pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let runs: usize = img.mappings.iter().map(|m| m.pages.len()).sum();
     let queued = img.shared_queue.len() + img.threads.iter().map(|t| t.queue.len()).sum::<usize>();
+    let locks: usize = img.fds.iter().map(|f| f.locks.len()).sum();
     let ops = 512
         + current.len() * 2
         + img.mappings.len() * 4
@@ -57,7 +58,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.threads.len() * 96
         + img.rlimits.len()
         + img.posix_timers.len() * 2
-        + queued;
+        + queued
+        + locks;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
     let data = 64 * 1024
         + img.auxv.len()
@@ -65,7 +67,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.threads.len() * 256
         + img.creds.groups.len() * 4
         + img.posix_timers.len() * 128
-        + queued * (QueuedSignal::SIZE + 16);
+        + queued * (QueuedSignal::SIZE + 16)
+        + locks * 48;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -327,6 +330,7 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
             p.sys(libc::SYS_close, &[fd as u64], IGNORE_ERROR);
         }
     }
+    locks_after_close(&mut p, img);
     for r in &img.rlimits {
         let addr = p.put_u64s(&[r.cur, r.max]);
         p.sys(libc::SYS_prlimit64, &[0, r.resource as u64, addr, 0], IGNORE_ERROR);
@@ -438,6 +442,24 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
         bail!("internal: restore plan larger than its bound");
     }
     Ok(p)
+}
+
+/// POSIX locks and leases, taken once the restorer's own fds are closed: closing any fd of a
+/// file drops the process's POSIX locks on it, and opening one breaks a lease. A lock another
+/// program took in the meantime fails the restore here (the restorer tested each beforehand,
+/// to name the holder).
+fn locks_after_close(p: &mut Plan, img: &ProcessImage) {
+    for f in &img.fds {
+        for l in &f.locks {
+            if let Some(bytes) = ckpt_kinds::lock::posix_setlk(l) {
+                let addr = p.put(&bytes);
+                p.sys(libc::SYS_fcntl, &[f.fd as u64, libc::F_SETLK as u64, addr], 0);
+            }
+            if let Some(arg) = ckpt_kinds::lock::lease_arg(l) {
+                p.sys(libc::SYS_fcntl, &[f.fd as u64, libc::F_SETLEASE as u64, arg], 0);
+            }
+        }
+    }
 }
 
 /// Each SysV attachment is made again with `shmat` at its address (ckptd made the segments
