@@ -291,6 +291,11 @@ pub struct FdImage {
     /// The locks and leases taken through it (a regular file or directory; recorded on the
     /// first fd of a description only), taken again at restore.
     pub locks: Vec<ckpt_kinds::lock::Lock>,
+    /// A regular file or directory whose open file description several processes of the host
+    /// hold (inherited across fork): the same number, not 0, in each. ckptd opens it once at
+    /// restore and hands it to every holder, so that they share its offset (and its locks)
+    /// again.
+    pub shared: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -58,6 +58,7 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
                 dup_of: Some(first_fd),
                 kind,
                 locks: Vec::new(),
+                shared: 0,
             });
             continue;
         }
@@ -97,6 +98,7 @@ pub fn dump_fds(pid: i32, control_fd: i32, uffd_fd: i32) -> Result<Vec<FdImage>,
             dup_of,
             kind,
             locks,
+            shared: 0,
         });
     }
     if !refused.is_empty() {

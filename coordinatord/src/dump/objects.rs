@@ -53,38 +53,40 @@ pub fn link(images: &mut [&mut ProcessImage]) {
     }
 }
 
-/// A lock owned by an open file description (flock, OFD, a lease) that several processes of
-/// the host hold through that one description (inherited across fork): a regular file is
-/// reopened by each restorer, so the description, and with it the lock, cannot be one again.
-/// Refused, naming both holders. Runs while every process is still parked.
-pub fn shared_locks(images: &[&mut ProcessImage]) -> Vec<String> {
-    let mut refused = Vec::new();
-    let locked = |img: &ProcessImage| -> Vec<(i32, i32, String)> {
-        img.fds
-            .iter()
-            .filter_map(|f| {
-                let l = f.locks.iter().find(|l| l.by_description())?;
-                Some((img.pid, f.fd, l.describe()))
-            })
-            .collect()
+/// Gives the regular files and directories whose open file description several of the parked
+/// processes hold (a shell's redirection inherited by its children, a log opened before fork)
+/// one number per description (see `FdImage::shared`). Runs while every process is parked.
+pub fn link_files(images: &mut [&mut ProcessImage]) {
+    let key = |k: &FdKind| match k {
+        FdKind::File { dev, ino, .. } => Some(format!("{dev}:{ino}")),
+        FdKind::Dir { path } => Some(path.clone()),
+        _ => None,
     };
-    let all: Vec<(i32, i32, String)> = images.iter().flat_map(|img| locked(img)).collect();
-    for (i, (pid, fd, what)) in all.iter().enumerate() {
-        for img in images.iter().filter(|img| img.pid != *pid) {
-            // The other process holds the same description at some fd (its fdinfo shows the
-            // lock there too, read as its own).
-            if let Some(g) = img.fds.iter().find(|g| kcmp_file(*pid, *fd, img.pid, g.fd)) {
-                if all[..i].iter().any(|(p, f, _)| *p == img.pid && *f == g.fd) {
-                    continue;
+    // (pid, fd, key, index of the image, index of the fd) of each description met so far.
+    let mut seen: Vec<(i32, i32, String, usize, usize)> = Vec::new();
+    let mut next = 1u64;
+    for i in 0..images.len() {
+        let pid = images[i].pid;
+        for n in 0..images[i].fds.len() {
+            let f = &images[i].fds[n];
+            let Some(k) = key(&f.kind).filter(|_| f.dup_of.is_none()) else {
+                continue;
+            };
+            let fd = f.fd;
+            let same = seen
+                .iter()
+                .find(|(p, g, gk, _, _)| *p != pid && *gk == k && kcmp_file(pid, fd, *p, *g))
+                .map(|&(_, _, _, pi, fi)| (pi, fi));
+            match same {
+                Some((pi, fi)) => {
+                    if images[pi].fds[fi].shared == 0 {
+                        images[pi].fds[fi].shared = next;
+                        next += 1;
+                    }
+                    images[i].fds[n].shared = images[pi].fds[fi].shared;
                 }
-                refused.push(format!(
-                    "process {pid}: fd {fd} holds a {what} through an open file description that \
-                     process {} shares (fd {}); ckpt reopens a file for each process, so the lock \
-                     could not be one again: release it or keep it in one process",
-                    img.pid, g.fd
-                ));
+                None => seen.push((pid, fd, k, i, n)),
             }
         }
     }
-    refused
 }

@@ -4,6 +4,7 @@
 mod attach;
 mod background;
 pub(crate) mod children;
+mod descriptions;
 mod handle;
 mod netrestore;
 mod objects;

@@ -444,11 +444,11 @@ impl Node {
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
                 .collect();
             crate::dump::objects::link(&mut images);
+            crate::dump::objects::link_files(&mut images);
             crate::dump::stdio::mark(&mut images, &job);
             crate::dump::pty::outside_masters(&mut images);
             let mut refused = crate::dump::shared_memory::link(&mut images);
             refused.extend(crate::dump::tree::check(&images));
-            refused.extend(crate::dump::objects::shared_locks(&images));
             if !refused.is_empty() {
                 result = Err(anyhow!("{}", refused.join("; ")));
             }

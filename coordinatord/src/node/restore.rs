@@ -190,6 +190,14 @@ impl Node {
                 changed_so_far(&done)
             ),
         };
+        // Descriptions several processes share, once their files are back.
+        match super::descriptions::make_shared(&images) {
+            Ok(s) => sockets.extend(s),
+            Err(e) => bail!(
+                "restore of {id} failed while reopening a file several processes share ({e:#}); {}",
+                changed_so_far(&applied)
+            ),
+        }
         let mut handed = super::tree::Handed {
             stdio: &stdio,
             sockets: HashMap::new(),

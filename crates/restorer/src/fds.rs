@@ -70,6 +70,10 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
             FdKind::Uffd => open("/dev/null", libc::O_RDWR)?,
             // ckptd checked and put back the files before starting us; a log's fd goes to its
             // end (never inside what others wrote since), any other to its offset.
+            // A description other processes share: ckptd opened it, at its offset.
+            FdKind::File { .. } | FdKind::Dir { .. } if f.dup_of.is_none() && sockets.contains_key(&f.fd) => {
+                sockets[&f.fd]
+            }
             FdKind::File { path, pos, policy, .. } => reopen(f, path)?
                 .inspect(|&fd| {
                     let (off, whence) = match policy {
