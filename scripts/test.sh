@@ -30,6 +30,10 @@ command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 [ -x /usr/bin/tmux ] || missing+=(tmux)
 [ -x /usr/bin/screen ] || missing+=(screen)
 [ -x /usr/bin/top ] || missing+=(procps)
+# PostgreSQL restored under its own user's ckptd by tests/tests/postgres.rs (initdb in a temporary
+# folder; setpriv, from util-linux, starts that ckptd with CAP_CHECKPOINT_RESTORE).
+[ -x /usr/lib/postgresql/15/bin/postgres ] || missing+=(postgresql)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "test.sh: installing: ${missing[*]}" >&2
@@ -38,6 +42,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
         SUDO="sudo"
     fi
     export DEBIAN_FRONTEND=noninteractive
+    if [[ " ${missing[*]} " == *" postgresql "* ]]; then
+        # The tests make their own clusters: the package is not to create (and start) one.
+        $SUDO mkdir -p /etc/postgresql-common/createcluster.d
+        echo 'create_main_cluster = false' | $SUDO tee /etc/postgresql-common/createcluster.d/ckpt-tests.conf >/dev/null
+    fi
     $SUDO apt-get update
     $SUDO apt-get install -y "${missing[@]}"
 fi

@@ -121,6 +121,20 @@ pub struct ThreadImage {
     pub is_control: bool,
     /// The signal it gets when its parent ends (`PR_SET_PDEATHSIG`; 0: none).
     pub pdeathsig: i32,
+    /// Its capability sets (each thread has its own).
+    pub caps: Caps,
+}
+
+/// A thread's capability sets, as `/proc/PID/task/TID/status` shows them (bit n = capability
+/// n). The restorer gives them back as they were: a restored program never keeps the
+/// capability its restorer held to choose pids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Caps {
+    pub inheritable: u64,
+    pub permitted: u64,
+    pub effective: u64,
+    pub bounding: u64,
+    pub ambient: u64,
 }
 
 /// A queued pending signal: its `siginfo_t` as the kernel held it, queued again as is.

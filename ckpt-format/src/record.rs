@@ -11,8 +11,9 @@ pub const FORMAT_VERSION: u32 = 5;
 /// Version 2 gave files a policy (`FdKind::File`, the manifest's file list, `files.img`);
 /// version 3 added kernel objects (`FdKind::Object`), POSIX timers and IP socket options;
 /// version 4 the process tree (parents, groups, sessions, zombies), terminals and SysV IPC;
-/// version 5 which of the job's stdio a pipe or socket end kept at another number is, and
-/// file locks and leases.
+/// version 5 which of the job's stdio a pipe or socket end kept at another number is, file
+/// locks and leases, open file descriptions shared across processes, each thread's
+/// capability sets.
 /// bincode records have no optional fields, so each version reads only its own.
 pub const OLDEST_READABLE: u32 = 5;
 

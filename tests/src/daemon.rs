@@ -28,6 +28,8 @@ pub struct Daemon {
     app_pids: Arc<Mutex<Vec<i32>>>,
     /// Extra ckptd arguments, for [`Daemon::restart`].
     extra: Vec<String>,
+    /// The user ckptd and its programs run as, when not the test's.
+    run_as: Option<RunAs>,
 }
 
 impl Daemon {
@@ -43,6 +45,16 @@ impl Daemon {
 
     /// Like [`Daemon::start_in`], with extra ckptd arguments (`--keep 3`, `--compress`…).
     pub fn start_with(bin_dir: &Path, extra: &[&str]) -> Result<Daemon> {
+        Self::start_full(bin_dir, extra, None)
+    }
+
+    /// A ckptd run as `user` (its folder, store and socket that user's), with extra ckptd
+    /// arguments; the programs [`Daemon::run`] starts run as that user too.
+    pub fn start_as(user: RunAs, extra: &[&str]) -> Result<Daemon> {
+        Self::start_full(&bin_dir(), extra, Some(user))
+    }
+
+    fn start_full(bin_dir: &Path, extra: &[&str], run_as: Option<RunAs>) -> Result<Daemon> {
         init();
         let ckptd = bin_dir.join("ckptd");
         for b in ["ckptd", "ckptctl", "ckpt-run"] {
@@ -63,6 +75,10 @@ impl Daemon {
         fs::set_permissions(&store, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let log = dir.path().join("ckptd.log");
         File::create(&log)?;
+        if let Some(u) = &run_as {
+            u.own(dir.path())?;
+            u.own(&store)?;
+        }
         let mut d = Daemon {
             dir,
             socket,
@@ -73,6 +89,7 @@ impl Daemon {
             bin_dir: bin_dir.to_path_buf(),
             app_pids: Arc::new(Mutex::new(Vec::new())),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            run_as,
         };
         d.launch(&ckptd)?;
         Ok(d)
@@ -97,9 +114,12 @@ impl Daemon {
     /// Starts ckptd (log appended) and waits until its socket accepts.
     fn launch(&mut self, ckptd: &Path) -> Result<()> {
         let logf = fs::OpenOptions::new().append(true).create(true).open(&self.log)?;
+        let mut cmd = match &self.run_as {
+            Some(u) => u.ckptd_command(ckptd),
+            None => Command::new(ckptd),
+        };
         let child = spawn_tracked(
-            Command::new(ckptd)
-                .arg("--socket")
+            cmd.arg("--socket")
                 .arg(&self.socket)
                 .arg("--store")
                 .arg(&self.store)
@@ -256,14 +276,28 @@ impl Daemon {
     }
 
     /// Starts `ckpt-run --socket <sock> -- PROG ARGS...`.
+    /// As the daemon's user when it has one ([`Daemon::start_as`]); the program's stderr
+    /// file is then that user's, so that its restore may open it again.
     pub fn run(&self, prog: &Path, args: &[&str]) -> Result<App> {
-        let mut c = Command::new(self.bin_dir.join("ckpt-run"));
+        let ckpt_run = self.bin_dir.join("ckpt-run");
+        let mut c = match &self.run_as {
+            Some(u) => u.command(&ckpt_run),
+            None => Command::new(ckpt_run),
+        };
         c.arg("--socket").arg(&self.socket).arg("--").arg(prog).args(args);
         let label = format!("ckpt-run {} {}", prog.display(), args.join(" "))
             .trim_end()
             .to_string();
         let app = App::spawn(c, &label, None, self)?;
+        if let Some(u) = &self.run_as {
+            u.own(app.stderr_path())?;
+        }
         Ok(app)
+    }
+
+    /// The user ckptd runs as, when not the test's.
+    pub fn run_as(&self) -> Option<&RunAs> {
+        self.run_as.as_ref()
     }
 
     /// Starts an example (see [`example`]) under ckpt-run.

@@ -11,7 +11,7 @@
 //! Modules: [`paths`] (binaries, examples), [`procs`] (spawn, reap,
 //! signals, /proc), [`output`] (line parsing, messages), [`store`]
 //! (checkpoint directories), [`follow`] (line readers), [`memstat`] (a
-//! process's memory figures), [`ports`] (loopback ports of servers), [`app`] ([`App`]),
+//! process's memory figures), [`ports`] (loopback ports of servers), [`run_as`] (another user's ckptd), [`app`] ([`App`]),
 //! [`daemon`] ([`Daemon`]), [`netns`] (hosts as network namespaces),
 //! [`cluster`] ([`Cluster`]), [`cluster_ctl`] (ckptctl against it) and [`verdict`]
 //! (self-checking examples), [`churn`] (programs whose processes come and go).
@@ -34,6 +34,7 @@ pub mod netns;
 pub mod paths;
 pub mod ports;
 pub mod procs;
+pub mod run_as;
 pub mod store;
 pub mod verdict;
 
@@ -49,6 +50,7 @@ pub use output::*;
 pub use paths::*;
 pub use ports::*;
 pub use procs::*;
+pub use run_as::*;
 pub use store::*;
 pub use verdict::*;
 

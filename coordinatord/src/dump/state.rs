@@ -1,7 +1,7 @@
 //! Kernel state other than memory and fds: threads, signals, credentials, limits, layout.
 
 use super::DumpError;
-use ckpt_format::{Creds, Itimer, MmFields, ProcessImage, Rlimit, SigAction, ThreadImage};
+use ckpt_format::{Caps, Creds, Itimer, MmFields, ProcessImage, Rlimit, SigAction, ThreadImage};
 use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::Registration;
 use ckpt_sys::procfs;
@@ -73,6 +73,13 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
             queue: Vec::new(),
             is_control: t.tid == slots.control_tid,
             pdeathsig: t.pdeathsig,
+            caps: Caps {
+                inheritable: st.cap_inh,
+                permitted: st.cap_prm,
+                effective: st.cap_eff,
+                bounding: st.cap_bnd,
+                ambient: st.cap_amb,
+            },
         });
         if t.tid == pid {
             main_status = Some(st);

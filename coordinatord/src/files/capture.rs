@@ -131,7 +131,9 @@ impl Capture {
     /// fd) write to, and the snapshot files whose writes the gates are to hold.
     pub fn before_stop(&self, running: &[i32]) -> (Vec<Decided>, Vec<FileKey>) {
         let uses: Vec<Use> = running.iter().flat_map(|&pid| policy::uses_of_running(pid)).collect();
-        let decided = policy::decide(&uses, &self.rules);
+        let mut decided = policy::decide(&uses, &self.rules);
+        // A pattern too wide is said once, at the park, where it refuses the checkpoint.
+        decided.extend(super::unheld::find(&self.rules, &decided).unwrap_or_default());
         let hold = decided
             .iter()
             .filter(|d| d.policy == FilePolicy::Snapshot)
@@ -188,8 +190,9 @@ impl Capture {
     ) -> anyhow::Result<Vec<FileRecord>> {
         let t = std::time::Instant::now();
         let uses: Vec<Use> = images.iter().flat_map(|i| policy::uses_of_image(i)).collect();
-        let decided = policy::decide(&uses, &self.rules);
+        let mut decided = policy::decide(&uses, &self.rules);
         super::set_fd_policies(images, &decided);
+        decided.extend(super::unheld::find(&self.rules, &decided)?);
         let pids: Vec<i32> = images.iter().map(|i| i.pid).collect();
         for &pid in &pids {
             watch.adopt(pid);

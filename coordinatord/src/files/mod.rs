@@ -9,6 +9,7 @@ pub mod capture;
 pub mod policy;
 pub mod proof;
 pub mod restore;
+pub mod unheld;
 
 use ckpt_format::{FdKind, FilePolicy, FileRule, ProcessImage};
 

@@ -70,6 +70,15 @@ struct Mark {
 impl Watch {
     /// Starts watching (and its reader thread); without fanotify, a watch that proves nothing.
     pub fn start() -> Self {
+        // Without CAP_SYS_ADMIN the kernel hides every writer's pid from the group (it reports
+        // 0): no write could be told to be the checkpoint's own, so such a watch proves nothing.
+        if !ckpt_sys::caps::effective(ckpt_sys::caps::CAP_SYS_ADMIN) {
+            tracing::warn!("cannot tell who writes to files (fanotify names no writer to a ckptd without CAP_SYS_ADMIN): logs are never cut back at restore");
+            return Self {
+                inner: None,
+                unavailable: "ckptd cannot tell who writes to files (it runs without CAP_SYS_ADMIN)".into(),
+            };
+        }
         // SAFETY: fanotify_init with constant flags.
         let fd = unsafe {
             libc::fanotify_init(

@@ -93,6 +93,9 @@ impl Node {
                 planned.push(Planned { image, meta, pages });
             }
         }
+        if let Some(p) = pids_need_capability(&planned) {
+            problems.push(p);
+        }
         problems.extend(super::sysv::check(&dir, &self.host));
         let images: Vec<&ProcessImage> = planned.iter().map(|p| &p.image).collect();
         let nodes: Vec<ckpt_format::tree::Node> = images
@@ -286,4 +289,21 @@ fn changed_so_far(done: &Applied) -> String {
     } else {
         format!("files were already changed: {}", done.notes.join("; "))
     }
+}
+
+/// Choosing a pid (clone3 `set_tid`) needs `CAP_CHECKPOINT_RESTORE` (or root's
+/// `CAP_SYS_ADMIN`): said before anything is changed, rather than by the first restorer.
+fn pids_need_capability(planned: &[Planned]) -> Option<String> {
+    use ckpt_sys::caps::{effective, CAP_CHECKPOINT_RESTORE, CAP_SYS_ADMIN};
+    if planned.is_empty() || effective(CAP_CHECKPOINT_RESTORE) || effective(CAP_SYS_ADMIN) {
+        return None;
+    }
+    let pids: Vec<String> = planned.iter().map(|p| p.image.pid.to_string()).collect();
+    let which = match pids.len() {
+        1 => format!("pid {}", pids[0]),
+        _ => format!("pids {}", pids.join(", ")),
+    };
+    Some(format!(
+        "restoring {which} needs CAP_CHECKPOINT_RESTORE, which this ckptd does not hold: run ckptd as root, or start it with that capability (see \"A ckptd for another user\" in the README)"
+    ))
 }

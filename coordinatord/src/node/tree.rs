@@ -374,6 +374,10 @@ fn syscall_name(nr: u64) -> String {
         libc::SYS_timer_settime => "timer_settime",
         libc::SYS_rt_sigqueueinfo => "rt_sigqueueinfo (a pending signal)",
         libc::SYS_shmat => "shmat (a SysV segment)",
+        libc::SYS_setgroups => "setgroups",
+        libc::SYS_setresgid => "setresgid",
+        libc::SYS_setresuid => "setresuid",
+        libc::SYS_capset => "capset",
         _ => return format!("syscall {nr}"),
     };
     name.to_string()

@@ -6,6 +6,7 @@
 //! fds on entry: 0-2 the stdio for the program, `--status-fd`, `--control-fd`.
 
 mod blob;
+mod creds;
 mod fds;
 mod plan;
 mod tree;
@@ -96,6 +97,8 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     if me != img.pid {
         bail!("restorer runs as pid {me}, the image is of pid {}", img.pid);
     }
+    let mine = creds::Mine::read()?;
+    creds::check(&img, &mine)?;
     let base = img.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
     let status = fds::lift(args.status_fd, base)?;
     std::env::set_var("CKPT_STATUS_FD", status.to_string());
@@ -175,7 +178,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let base_addr = choose_region(&img, &current, size)?;
     let region = plan::layout(base_addr, ops_bytes, data_bytes, img.threads.len(), park);
     map_region(&region)?;
-    let plan = plan::build(&img, &current, region, &working)?;
+    let plan = plan::build(&img, &current, region, &working, &mine)?;
     // Groups and terminals once every process of the host exists; then, with all of them
     // built, every one becomes its program.
     tree::finish(control, &img)?;

@@ -1,6 +1,7 @@
 //! Turns a process image into the list of operations the blob executes.
 
 use crate::blob::{Op, EXPECT_ARG2, IGNORE_ERROR, POKE, SIGRETURN, SYSCALL, THREAD};
+use crate::creds::{self, Mine};
 use anyhow::bail;
 use ckpt_format::{MappingKind, PageRun, ProcessImage, QueuedSignal, ThreadImage, PAGE_SIZE};
 use ckpt_sys::procfs::MapEntry;
@@ -55,7 +56,9 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + current.len() * 2
         + img.mappings.len() * 4
         + runs
-        + img.threads.len() * 96
+        // A thread's tail: its own calls, pending signals sent again, and its capability
+        // sets (a bounding set to narrow and ambient ones to raise, one call per capability).
+        + img.threads.len() * (96 + 96)
         + img.rlimits.len()
         + img.posix_timers.len() * 2
         + queued
@@ -65,7 +68,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.auxv.len()
         + names
         + img.threads.len() * 256
-        + img.creds.groups.len() * 4
+        + (img.creds.groups.len() * 4 + 64) * img.threads.len()
         + img.posix_timers.len() * 128
         + queued * (QueuedSignal::SIZE + 16)
         + locks * 48;
@@ -99,7 +102,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn sys(&mut self, nr: i64, args: &[u64], flags: u32) {
+    pub(crate) fn sys(&mut self, nr: i64, args: &[u64], flags: u32) {
         let mut a = [0u64; 6];
         a[..args.len()].copy_from_slice(args);
         self.ops.push(Op {
@@ -111,7 +114,7 @@ impl Plan {
     }
 
     /// Places bytes in the data area; their address in the restored process.
-    fn put(&mut self, bytes: &[u8]) -> u64 {
+    pub(crate) fn put(&mut self, bytes: &[u8]) -> u64 {
         while !self.data.len().is_multiple_of(16) {
             self.data.push(0);
         }
@@ -120,7 +123,7 @@ impl Plan {
         addr
     }
 
-    fn put_u64s(&mut self, v: &[u64]) -> u64 {
+    pub(crate) fn put_u64s(&mut self, v: &[u64]) -> u64 {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
         self.put(&bytes)
     }
@@ -151,7 +154,13 @@ fn merged(runs: &[PageRun]) -> Vec<PageRun> {
     out
 }
 
-pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &WorkingFds) -> anyhow::Result<Plan> {
+pub fn build(
+    img: &ProcessImage,
+    current: &[MapEntry],
+    region: Region,
+    fds: &WorkingFds,
+    mine: &Mine,
+) -> anyhow::Result<Plan> {
     let mut p = Plan {
         ops: Vec::new(),
         data: Vec::new(),
@@ -401,7 +410,7 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
             IGNORE_ERROR,
         );
     }
-    thread_tail(&mut p, img, main)?;
+    thread_tail(&mut p, img, main, mine)?;
     // The process's own queue, by its main thread (rt_sigqueueinfo takes any si_code from a
     // thread whose tid is the target pid); signals without a queued siginfo are sent again.
     let pid = img.pid as u64;
@@ -429,7 +438,7 @@ pub fn build(img: &ProcessImage, current: &[MapEntry], region: Region, fds: &Wor
                 IGNORE_ERROR,
             );
         }
-        thread_tail(&mut p, img, t)?;
+        thread_tail(&mut p, img, t, mine)?;
         p.ops.push(Op {
             kind: SIGRETURN,
             flags: 0,
@@ -559,7 +568,7 @@ fn place_queued(p: &mut Plan, q: &QueuedSignal) -> anyhow::Result<(u64, u64)> {
 }
 
 /// What each thread sets for itself before its sigreturn.
-fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) -> anyhow::Result<()> {
+fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage, mine: &Mine) -> anyhow::Result<()> {
     p.sys(libc::SYS_set_tid_address, &[t.clear_tid], 0);
     // No alternate signal stack but the program's own: the restorer's main thread has one (Rust
     // sets it up), and the sigreturn below keeps it when the thread had none, since the
@@ -599,22 +608,7 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage) -> anyhow::Res
     for sig in unqueued(t.pending, &t.queue) {
         p.sys(libc::SYS_tgkill, &[pid, tid, sig], IGNORE_ERROR);
     }
-    let c = &img.creds;
-    if c.uid != [0; 3] || c.gid != [0; 3] {
-        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let gaddr = p.put(&groups);
-        p.sys(libc::SYS_setgroups, &[c.groups.len() as u64, gaddr], 0);
-        p.sys(
-            libc::SYS_setresgid,
-            &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64],
-            0,
-        );
-        p.sys(
-            libc::SYS_setresuid,
-            &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64],
-            0,
-        );
-    }
+    creds::set(p, &img.creds, t, mine);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! Linux plumbing shared by ckpt's binaries.
 
+pub mod caps;
 pub mod cli;
 pub mod pagemap;
 pub mod paths;

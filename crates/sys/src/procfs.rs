@@ -217,6 +217,12 @@ pub struct Status {
     pub state: char,
     /// Threads of the process.
     pub threads: u32,
+    /// Capability sets (`CapInh`, `CapPrm`, `CapEff`, `CapBnd`, `CapAmb`), bit n = capability n.
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
 }
 
 pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
@@ -248,6 +254,11 @@ pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
             "SigBlk" => st.sig_blk = u64::from_str_radix(v, 16).unwrap_or(0),
             "State" => st.state = v.chars().next().unwrap_or('?'),
             "Threads" => st.threads = v.parse().unwrap_or(0),
+            "CapInh" => st.cap_inh = u64::from_str_radix(v, 16).unwrap_or(0),
+            "CapPrm" => st.cap_prm = u64::from_str_radix(v, 16).unwrap_or(0),
+            "CapEff" => st.cap_eff = u64::from_str_radix(v, 16).unwrap_or(0),
+            "CapBnd" => st.cap_bnd = u64::from_str_radix(v, 16).unwrap_or(0),
+            "CapAmb" => st.cap_amb = u64::from_str_radix(v, 16).unwrap_or(0),
             _ => {}
         }
     }

@@ -7,7 +7,7 @@ use std::os::fd::RawFd;
 pub enum SpawnError {
     #[error("pid {0} is in use by another process ({1}); stop it, then restore again")]
     PidInUse(i32, String),
-    #[error("restoring pid {0} needs CAP_SYS_ADMIN (run ckptd as root)")]
+    #[error("restoring pid {0} needs CAP_CHECKPOINT_RESTORE: run ckptd as root, or start it with that capability (see \"A ckptd for another user\" in the README)")]
     NoPermission(i32),
     #[error("clone3 failed: {0}")]
     Os(std::io::Error),

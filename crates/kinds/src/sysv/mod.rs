@@ -231,7 +231,7 @@ fn make_with_id(
         Ok(got) => got,
         Err(e) if e.raw_os_error() == Some(libc::EACCES) || e.raw_os_error() == Some(libc::EPERM) => {
             return Err(KindError::Refused(format!(
-                "re-creating {what}: {e}; choosing its id needs CAP_CHECKPOINT_RESTORE (run ckptd as root)"
+                "re-creating {what}: {e}; choosing its id needs CAP_CHECKPOINT_RESTORE: run ckptd as root, or start it with that capability"
             )))
         }
         Err(e) => return Err(KindError::recreate(what)(e)),
