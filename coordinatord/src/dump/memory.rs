@@ -198,8 +198,6 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
         let prot = (e.read as u32 * PROT_READ) | (e.write as u32 * PROT_WRITE) | (e.exec as u32 * PROT_EXEC);
         let idx = mappings.len();
         let file = select == Select::Modified;
-        // What to read now, the base's runs still valid for this mapping, and where an older
-        // copy of a page exists (sorted, merged).
         // Shared memory whose written pages are known (see `shared_dirty`), stored as a delta
         // against this process's own copy of it in the base.
         let shared_delta = match (&kind, shared.and_then(|s| s.get(&e.start)), base) {
@@ -212,6 +210,8 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             _ => None,
         };
         let is_shared_delta = shared_delta.is_some();
+        // What to read now, the base's runs still valid for this mapping, and where an older
+        // copy of a page exists (sorted, merged).
         let (taken, mut runs, cover): (Taken, Vec<PageRun>, Ranges) = match (delta, pre_m.as_mut(), base) {
             _ if is_shared_delta => {
                 let (data, runs) = shared_delta.unwrap_or_default();
@@ -375,9 +375,10 @@ type Ranges = Vec<(u64, u64)>;
 
 /// What to read now of a mapping of shared memory, given its `pages` (written since the base
 /// through any of the memory's mappings, holding data now) and its runs in the base
-/// (`older`), and the base's runs still valid. A page punched out of the memory (`MADV_REMOVE`, `fallocate`)
-/// changed without a write: where the base has a copy of a page that holds nothing now, it is
-/// read again (as zeros). Pages written that hold nothing now and had no copy stay holes.
+/// (`older`), and the base's runs still valid. A page punched out of the memory
+/// (`MADV_REMOVE`, `fallocate`) changed without a write: where the base has a copy of a page
+/// that holds nothing now, it is read again (as zeros). Pages written that hold nothing now
+/// and had no copy stay holes.
 fn shared_written(
     pid: i32,
     pages: &super::shared_dirty::Pages,

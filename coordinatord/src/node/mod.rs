@@ -14,6 +14,7 @@ mod pipes;
 mod pty;
 mod restore;
 mod shared_memory;
+mod shared_seen;
 mod sysv;
 mod tree;
 

@@ -271,12 +271,7 @@ impl Node {
             for proc in &p.procs {
                 *proc.track_base.lock().unwrap_or_else(|e| e.into_inner()) = commit.then(|| id.to_string());
             }
-            // The same for shared memory: what this checkpoint saw is what the next one checks.
-            let seen = p.shared_seen.lock().unwrap_or_else(|e| e.into_inner()).take();
-            *self.shared_seen.lock().unwrap_or_else(|e| e.into_inner()) = seen.filter(|_| commit).map(|mut s| {
-                s.id = id.to_string();
-                s
-            });
+            self.keep_shared(&p, id, commit);
             // Deleted checkpoints (retention, ckptctl delete) no longer need their files watched.
             self.files.watch.retain(|id| self.store.get(id).is_ok());
             if !commit {
@@ -410,23 +405,11 @@ impl Node {
         }
         // The pages of shared memory written since the last checkpoint, through any of its
         // holders' mappings, before any process is read.
-        let mut shared = Default::default();
-        if result.is_ok() {
-            let t_shared = Instant::now();
-            let of: Vec<_> = parked
-                .iter()
-                .map(|st| crate::dump::shared_dirty::Parked {
-                    pid: st.proc.reg.pid,
-                    slot_addr: st.proc.reg.slot_addr,
-                    base: pending.bases.get(&st.proc.reg.pid).map(|(id, _)| id.as_str()),
-                })
-                .collect();
-            let last = self.shared_seen.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let (written, seen) = crate::dump::shared_dirty::take(&of, last.as_ref());
-            shared = written;
-            *pending.shared_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(seen);
-            tracing::debug!(shared_us = t_shared.elapsed().as_micros() as u64, "shared memory taken");
-        }
+        let shared = if result.is_ok() {
+            self.take_shared(pending, parked.iter().map(|st| st.proc))
+        } else {
+            Default::default()
+        };
         let shared = &shared;
         if result.is_ok() {
             // The first process is read on this thread: waking another core can take longer

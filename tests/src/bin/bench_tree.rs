@@ -139,7 +139,12 @@ fn main() -> Result<()> {
     let mib = list_arg(&args, "--mib", "1024").first().copied().unwrap_or(1024);
     let procs = list_arg(&args, "--procs", "32").first().copied().unwrap_or(32) as usize;
     let reps = list_arg(&args, "--reps", "5").first().copied().unwrap_or(5) as usize;
-    println!("bench_tree: {mib} MiB in all, 10% of the pages written before each checkpoint, {reps} checkpoints per row, medians");
+    let shared_only = args.iter().any(|a| a == "--shared-only");
+    if shared_only {
+        println!("bench_tree: shared memory, a few hundred pages written before each checkpoint, {reps} checkpoints per row, medians");
+    } else {
+        println!("bench_tree: {mib} MiB in all, 10% of the pages written before each checkpoint, {reps} checkpoints per row, medians");
+    }
     println!(
         "{:<22} | {:<14} | {:>8} | {:>8} | {:>8} | {:>10}",
         "program", "mode", "stall ms", "stop ms", "ckpt ms", "stored MiB"
@@ -150,7 +155,6 @@ fn main() -> Result<()> {
         (1, "one process".to_string()),
     ];
     let modes: [(&str, &[&str]); 2] = [("incremental", &[]), ("stop-the-world", &["--stop-the-world"])];
-    let shared_only = args.iter().any(|a| a == "--shared-only");
     for (n, shape) in shapes.iter().filter(|_| !shared_only) {
         for (name, mode) in modes {
             let s = run(*n, mib, mode, reps).with_context(|| format!("{shape}, {name}"))?;

@@ -8,6 +8,8 @@
 //! terabytes must therefore never be protected whole; [`take`] protects only around the pages
 //! that matter.
 
+#[cfg(test)]
+mod shmem_probe;
 mod take;
 pub use take::{take, Take, Taken};
 
