@@ -13,6 +13,8 @@
  *            "check gen G ok" or "check gen G BAD <what>".
  *   SIGUSR2 (to the parent): toggles hold (no process writes while held) and prints
  *            "hold gen G" or "release gen G".
+ *   SIGHUP (to the parent): forks a child that makes 200 writes and exits; once it is
+ *            reaped, prints "spawned gen G" (send it while not held: the child waits).
  * With "held" it starts held. Each process writes one page, then sleeps 1 ms. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -24,6 +26,7 @@
 #include <sys/ipc.h>
 #include <sys/mman.h>
 #include <sys/shm.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -59,7 +62,8 @@ static void fill(int r, size_t p, uint64_t g) {
     w[0] = g;
 }
 
-static volatile sig_atomic_t want_check, want_toggle;
+static volatile sig_atomic_t want_check, want_toggle, want_spawn;
+static void on_hup(int s) { (void)s; want_spawn = 1; }
 static void on_usr1(int s) { (void)s; want_check = 1; }
 static void on_usr2(int s) { (void)s; want_toggle = 1; }
 
@@ -90,13 +94,27 @@ static void check(void) {
     pthread_mutex_unlock(&hdr->lock);
 }
 
-static void writer(uint64_t seed, int parent) {
+static void writer(uint64_t seed, int parent, long limit);
+
+/* A child that writes a little and is gone before the next checkpoint: its page tables,
+ * where its writes were tracked, go with it. */
+static void spawn(void) {
+    pid_t c = fork();
+    if (c < 0) { perror("fork"); return; }
+    if (c == 0) { writer(mix((uint64_t)getpid() * 3), 0, 200); _exit(0); }
+    while (waitpid(c, NULL, 0) < 0) {}
+    printf("spawned gen %llu\n", (unsigned long long)__atomic_load_n(&hdr->gen, __ATOMIC_RELAXED));
+}
+
+static void writer(uint64_t seed, int parent, long limit) {
     uint64_t rng = seed | 1;
+    long done = 0;
     struct timespec nap = {0, 1000000};
     int since_print = 0;
-    for (;;) {
+    while (limit < 0 || done < limit) {
         if (parent) {
             if (want_check) { want_check = 0; check(); }
+            if (want_spawn) { want_spawn = 0; spawn(); }
             if (want_toggle) {
                 want_toggle = 0;
                 pthread_mutex_lock(&hdr->lock);
@@ -118,6 +136,7 @@ static void writer(uint64_t seed, int parent) {
             uint64_t g = ++hdr->gen, old = region[r][p * WORDS];
             fill(r, p, g);
             hdr->sum += g - old;
+            done++;
         }
         pthread_mutex_unlock(&hdr->lock);
         nanosleep(&nap, NULL);
@@ -154,14 +173,15 @@ int main(int argc, char **argv) {
         for (size_t p = first[r]; p < pages[r]; p++) fill(r, p, 0);
     signal(SIGUSR1, on_usr1);
     signal(SIGUSR2, on_usr2);
+    signal(SIGHUP, on_hup);
     char pids[64 * 12] = "";
     for (int i = 0; i < nkids; i++) {
         pid_t c = fork();
         if (c < 0) { perror("fork"); return 2; }
-        if (c == 0) writer(mix((uint64_t)getpid()), 0);
+        if (c == 0) writer(mix((uint64_t)getpid()), 0, -1);
         snprintf(pids + strlen(pids), sizeof pids - strlen(pids), " %d", (int)c);
     }
     printf("ready gen %llu pids %d%s\n", (unsigned long long)hdr->gen, (int)getpid(), pids);
-    writer(mix((uint64_t)getpid() * 7), 1);
+    writer(mix((uint64_t)getpid() * 7), 1, -1);
     return 0;
 }

@@ -166,3 +166,40 @@ fn idle_shared_region_stores_only_written_pages() -> Result<()> {
     app.kill9_tree()?;
     Ok(())
 }
+
+/// A child forked after a checkpoint writes and exits before the next: its writes were only
+/// in its own page tables, gone with it. The next checkpoint must read the shared memory in
+/// full (the parent's fork count changed), and restored from it, the program finds every
+/// page the child wrote; the checkpoint after is incremental again.
+#[test]
+fn child_that_wrote_and_exited_forces_a_full_read() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let (mut app, pids) = start(&d, &["1", "64"])?;
+    let shared = 64 * MIB;
+    chain(&d, &app, 3, &[], shared)?;
+    app.signal(libc::SIGHUP)?;
+    app.expect_line("`spawned`", |l| l.starts_with("spawned "), LINE_TIMEOUT)?;
+    let g = toggle(&app, "hold")?;
+    let after = d.checkpoint_json(&[]).context("checkpoint after the child exited")?;
+    ensure!(
+        after.stored_bytes >= shared,
+        "the checkpoint after a child wrote and exited stored {} bytes: shared memory was not read in full\n{}",
+        after.stored_bytes,
+        d.context()
+    );
+    toggle(&app, "release")?;
+    std::thread::sleep(Duration::from_millis(100));
+    let next = d.checkpoint_json(&[]).context("the checkpoint after")?;
+    ensure!(
+        next.stored_bytes < shared / 4,
+        "the checkpoint after the full one stored {} bytes: not incremental again",
+        next.stored_bytes
+    );
+    app.kill9_tree()?;
+    app = d.restore_ok(&after.id, pids[0])?;
+    let got = check(&app).with_context(|| format!("restored from {}\n{}", after.id, d.context()))?;
+    ensure!(got == g, "restored at generation {got}, taken at {g}");
+    app.kill9_tree()?;
+    Ok(())
+}
