@@ -9,7 +9,7 @@ use crate::sys::{self, futex_wait, futex_wake, gettid, now_ns, raw6};
 use ckpt_proto::slots::{KSigAction, ProcSlot, MAX_THREADS};
 use ckpt_proto::{AppMsg, NodeMsg, ParkFailure};
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering::*};
 
 /// The slots ckptd reads. Written by handlers (each thread its own slot) and by the control
 /// thread; read by ckptd only while every thread is parked.
@@ -43,6 +43,12 @@ impl Slots {
     pub fn sem_undo_pid_addr(&self) -> u64 {
         // SAFETY: as above.
         unsafe { &raw const (*self.get()).sem_undo_pid as u64 }
+    }
+    /// Counts a child made by this process that does not share its memory (see
+    /// [`ProcSlot::forks`]).
+    pub fn count_fork(&self) {
+        // SAFETY: an aligned u64 inside the static slots, only ever updated atomically.
+        unsafe { AtomicU64::from_ptr(&raw mut (*self.get()).forks) }.fetch_add(1, Relaxed);
     }
     /// The word the restorer sets; the control thread clears it.
     pub fn take_restored(&self) -> bool {

@@ -31,7 +31,7 @@ pub fn start() {
         }
         crate::pages::UFFD.store(crate::fds::protect(crate::pages::create()), Release);
         // SAFETY: registering a fork handler with a plain extern "C" fn.
-        unsafe { libc::pthread_atfork(None, None, Some(after_fork_child)) };
+        unsafe { libc::pthread_atfork(None, Some(after_fork_parent), Some(after_fork_child)) };
     }
     let path = PathBuf::from(path);
     // Registered before main runs; should ckptd not answer now, the control thread keeps trying.
@@ -365,6 +365,13 @@ fn find_rseq() {
             RSEQ_SIZE.store(*(size as *const u32), Relaxed);
         }
     }
+}
+
+/// Every fork libc makes for this process (the program's, and those inside `daemon`,
+/// `forkpty`…) is counted: see [`ckpt_proto::slots::ProcSlot::forks`]. Also run when the fork
+/// failed; counting one too many only costs a full read of shared memory.
+extern "C" fn after_fork_parent() {
+    SLOTS.count_fork();
 }
 
 /// A forked child has only the forking thread: it registers as a new process of its own.

@@ -1,6 +1,7 @@
 //! The page management unit's in-process half: a userfaultfd in asynchronous write-protect
 //! mode, and the registration of the program's private writable memory with it (anonymous,
-//! and private file mappings).
+//! and private file mappings), and of its shared memory that lives only in memory (shared
+//! anonymous memory, memfds).
 //! ckptd reads and re-arms the written pages from the outside (PAGEMAP_SCAN on
 //! /proc/PID/pagemap); the kernel drops a registration when a mapping is moved or replaced, so
 //! such memory is stored in full at the next checkpoint.
@@ -94,7 +95,13 @@ fn consider(line: &[u8], uffd: i32) {
     // MAP_PRIVATE and written): async write-protect tracks any kind of memory.
     let deleted = fields.any(|f| f == b"(deleted)");
     let file = path.starts_with(b"/") && !path.starts_with(b"/dev/") && !deleted;
-    if perms != b"rw-p" || !(anon || file) || path == ckpt_proto::RESTORER_VMA_NAME.as_bytes() {
+    // Shared memory that exists only in memory (shared anonymous memory, a memfd): the kernel
+    // keeps write-protection per page table, so ckptd joins what each process that maps it
+    // wrote (see its `dump::shared_dirty`).
+    let shmem = deleted && (path == b"/dev/zero" || path.starts_with(b"/memfd:"));
+    let private = perms == b"rw-p" && (anon || file);
+    let shared = (perms == b"rw-s" || perms == b"r--s") && shmem;
+    if !(private || shared) || path == ckpt_proto::RESTORER_VMA_NAME.as_bytes() {
         return;
     }
     let Some(dash) = range.iter().position(|&c| c == b'-') else {
@@ -109,8 +116,8 @@ fn consider(line: &[u8], uffd: i32) {
     let _ = uffd::register_wp(uffd, start, end - start);
 }
 
-/// Registers every private writable mapping, anonymous or of a file (already registered ones
-/// stay so).
+/// Registers every private writable mapping, anonymous or of a file, and every mapping of
+/// shared anonymous memory or a memfd (already registered ones stay so).
 pub fn register_all() {
     let uffd = UFFD.load(Acquire);
     if uffd < 0 {

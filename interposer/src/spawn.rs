@@ -118,6 +118,10 @@ pub unsafe extern "C" fn _Fork() -> pid_t {
     if r != 0 {
         gate::leave_spawn();
     }
+    if r > 0 {
+        // No fork handlers ran: counted here (see `ProcSlot::forks`).
+        crate::checkpoint::SLOTS.count_fork();
+    }
     r
 }
 
@@ -207,7 +211,12 @@ pub unsafe extern "C" fn clone(
     if flags & libc::CLONE_THREAD != 0 {
         return call();
     }
-    counted(call)
+    let r = counted(call);
+    if r > 0 && flags & libc::CLONE_VM == 0 {
+        // A child with page tables of its own (see `ProcSlot::forks`).
+        crate::checkpoint::SLOTS.count_fork();
+    }
+    r
 }
 
 /// An exec of this process's program, counted unless it runs in a child sharing our memory.

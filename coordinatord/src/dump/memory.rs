@@ -146,6 +146,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
         mut pre,
         window,
         stop_the_world,
+        shared,
         ..
     } = t;
     let (base, store) = (base.map(|(_, b)| b), &mut page_store);
@@ -197,9 +198,25 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
         let prot = (e.read as u32 * PROT_READ) | (e.write as u32 * PROT_WRITE) | (e.exec as u32 * PROT_EXEC);
         let idx = mappings.len();
         let file = select == Select::Modified;
+        // Shared memory whose written pages are known (see `shared_dirty`), stored as a delta
+        // against this process's own copy of it in the base.
+        let shared_delta = match (&kind, shared.and_then(|s| s.get(&e.start)), base) {
+            (MappingKind::Saved { shmem: true }, Some(written), Some(b)) => b
+                .mappings
+                .iter()
+                .find(|m| m.start == e.start && m.end == e.end && m.kind == kind)
+                .map(|bm| shared_written(pid, written, &bm.pages, &store_map))
+                .transpose()?,
+            _ => None,
+        };
+        let is_shared_delta = shared_delta.is_some();
         // What to read now, the base's runs still valid for this mapping, and where an older
         // copy of a page exists (sorted, merged).
         let (taken, mut runs, cover): (Taken, Vec<PageRun>, Ranges) = match (delta, pre_m.as_mut(), base) {
+            _ if is_shared_delta => {
+                let (data, runs) = shared_delta.unwrap_or_default();
+                (Taken { data, gone: Vec::new() }, runs, Vec::new())
+            }
             // Read as a delta: written since the pre-copy, which worked out the base's runs
             // still valid (a run the delta rewrites stays, under the newer pages: harmless).
             (true, Some(p), _) => {
@@ -276,7 +293,14 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
         }
         if !ranges.is_empty() {
             // Content that exists nowhere else is read whole; its zero pages are not kept.
-            let keep = |batch: Batch| if select == Select::All { batch.nonzero() } else { batch };
+            // Not in a delta: a page zeroed since must go over its older copy.
+            let keep = |batch: Batch| {
+                if select == Select::All && !is_shared_delta {
+                    batch.nonzero()
+                } else {
+                    batch
+                }
+            };
             // A big delta (a program that rewrites its memory faster than the pre-copy can
             // follow) is read on two cores: the program waits for all of it.
             let (here, there) = if stop_the_world {
@@ -348,6 +372,31 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
 
 /// Address ranges [start, end).
 type Ranges = Vec<(u64, u64)>;
+
+/// What to read now of a mapping of shared memory, given its `pages` (written since the base
+/// through any of the memory's mappings, holding data now) and its runs in the base
+/// (`older`), and the base's runs still valid. A page punched out of the memory
+/// (`MADV_REMOVE`, `fallocate`) changed without a write: where the base has a copy of a page
+/// that holds nothing now, it is read again (as zeros). Pages written that hold nothing now
+/// and had no copy stay holes.
+fn shared_written(
+    pid: i32,
+    pages: &super::shared_dirty::Pages,
+    older: &[PageRun],
+    store_map: &[u32],
+) -> Result<(Ranges, Vec<PageRun>), DumpError> {
+    let (written, data) = (&pages.written, &pages.data);
+    let older_ranges = merge_ranges(run_ranges(older).collect());
+    let written_data = subtract(written, &subtract(written, data));
+    let read = merge_ranges(written_data.into_iter().chain(subtract(&older_ranges, data)).collect());
+    let kept = older
+        .iter()
+        .filter(|r| !inside(&read, r.addr, r.addr + r.len))
+        .copied()
+        .collect();
+    let runs = renumber(kept, store_map).ok_or(DumpError::BadBase { pid })?;
+    Ok((read, runs))
+}
 
 /// The address ranges of some runs.
 pub(crate) fn run_ranges(runs: &[PageRun]) -> impl Iterator<Item = (u64, u64)> + '_ {

@@ -7,6 +7,7 @@ mod memory;
 pub mod objects;
 pub mod precopy;
 pub mod pty;
+pub mod shared_dirty;
 pub mod shared_memory;
 pub mod signals;
 pub mod sockets;
@@ -19,6 +20,7 @@ pub mod window;
 use ckpt_format::{FormatError, PageStoreWriter, ProcessImage};
 use ckpt_proto::slots::ProcSlot;
 use ckpt_proto::Registration;
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -161,6 +163,9 @@ pub struct PageTarget<'a> {
     pub window: Option<window::Fds>,
     /// Write pages while the program is stopped (the baseline mode).
     pub stop_the_world: bool,
+    /// Its mappings of shared memory whose written pages are known, by start: the address
+    /// ranges written since the base (see `shared_dirty`).
+    pub shared: Option<&'a HashMap<u64, shared_dirty::Pages>>,
 }
 
 /// Reads a parked process: fds, kernel state and a copy of its memory.

@@ -15,6 +15,7 @@ mod pipes;
 mod pty;
 mod restore;
 mod shared_memory;
+mod shared_seen;
 mod sysv;
 mod tree;
 
@@ -51,6 +52,9 @@ pub struct Node {
     pub restore_stdio: Mutex<Vec<std::os::fd::OwnedFd>>,
     /// The file contract: default overrides and the watch of who writes to files.
     pub files: crate::files::Files,
+    /// What the last committed checkpoint saw of this host's shared memory (see
+    /// `dump::shared_dirty`); None when the next one must read it all.
+    pub shared_seen: Mutex<Option<crate::dump::shared_dirty::Seen>>,
 }
 
 impl Node {
@@ -69,6 +73,7 @@ impl Node {
             last_restored: Default::default(),
             restore_stdio: Default::default(),
             files: crate::files::Files::new(Vec::new()),
+            shared_seen: Default::default(),
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct Pending {
     pub prepared: std::sync::Mutex<HashMap<i32, Prepared>>,
     /// The files of the checkpoint, copied in phase 1 (taken by phase 2).
     pub files: std::sync::Mutex<Option<Capture>>,
+    /// What this checkpoint saw of the host's shared memory, kept once it is committed.
+    pub shared_seen: std::sync::Mutex<Option<crate::dump::shared_dirty::Seen>>,
 }
 
 /// What is read and opened for a process before it is parked, to keep its stop short.
@@ -240,6 +242,7 @@ impl Node {
             bases,
             prepared: std::sync::Mutex::new(prepared),
             files: std::sync::Mutex::new(Some(files)),
+            shared_seen: Default::default(),
         });
         Ok(ends)
     }
@@ -268,6 +271,7 @@ impl Node {
             for proc in &p.procs {
                 *proc.track_base.lock().unwrap_or_else(|e| e.into_inner()) = commit.then(|| id.to_string());
             }
+            self.keep_shared(&p, id, commit);
             // Deleted checkpoints (retention, ckptctl delete) no longer need their files watched.
             self.files.watch.retain(|id| self.store.get(id).is_ok());
             if !commit {
@@ -399,6 +403,14 @@ impl Node {
         if result.is_ok() {
             result = self.drain(procs, &local_expectations(procs));
         }
+        // The pages of shared memory written since the last checkpoint, through any of its
+        // holders' mappings, before any process is read.
+        let shared = if result.is_ok() {
+            self.take_shared(pending, parked.iter().map(|st| st.proc))
+        } else {
+            Default::default()
+        };
+        let shared = &shared;
         if result.is_ok() {
             // The first process is read on this thread: waking another core can take longer
             // than reading a small process.
@@ -406,9 +418,9 @@ impl Node {
                 let hs: Vec<_> = parked
                     .iter()
                     .skip(1)
-                    .map(|st| sc.spawn(|| self.dump_one(pending, st.proc)))
+                    .map(|st| sc.spawn(|| self.dump_one(pending, st.proc, shared)))
                     .collect();
-                let first = parked.first().map(|st| self.dump_one(pending, st.proc));
+                let first = parked.first().map(|st| self.dump_one(pending, st.proc, shared));
                 first
                     .into_iter()
                     .chain(
@@ -617,7 +629,12 @@ impl Node {
         Some((id, img))
     }
 
-    fn dump_one(&self, pending: &Pending, p: &Proc) -> anyhow::Result<Dumped> {
+    fn dump_one(
+        &self,
+        pending: &Pending,
+        p: &Proc,
+        shared: &crate::dump::shared_dirty::Written,
+    ) -> anyhow::Result<Dumped> {
         let dir = &pending.dir;
         let pid = p.reg.pid;
         let ready = pending
@@ -638,6 +655,7 @@ impl Node {
             fixed: ready.fixed,
             window: ready.window,
             stop_the_world: pending.mode.stop_the_world,
+            shared: shared.get(&pid),
         };
         dump_parked(&p.reg, target, &self.reaper).map_err(|e| {
             if exited(pid) {

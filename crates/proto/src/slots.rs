@@ -14,7 +14,7 @@ pub const TIMERS_OVERFLOW: u32 = u32::MAX;
 /// SysV IPC objects a process may note (see [`ProcSlot::sysv`]); more set `sysv_overflow`.
 pub const MAX_SYSV: usize = 256;
 /// Changed with the layout: a process restored from an older layout is refused, not misread.
-pub const SLOT_MAGIC: u64 = 0x3454_4c53_5450_4b43; // "CKPTSLT4"
+pub const SLOT_MAGIC: u64 = 0x3554_4c53_5450_4b43; // "CKPTSLT5"
 
 /// What kind of SysV object an entry of [`ProcSlot::sysv`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,6 +130,11 @@ pub struct ProcSlot {
     /// keeps undo entries per process, unseen from outside; a forked child has none, and its
     /// pid differs).
     pub sem_undo_pid: i32,
+    /// Children this process has made that do not share its memory (`fork`, `_Fork`, `clone`
+    /// without `CLONE_VM`), counted since it started: a child that wrote to shared memory and
+    /// is gone took the record of its writes (its page tables) with it, and ckptd tells from
+    /// this count that one may be gone.
+    pub forks: u64,
 }
 
 impl ProcSlot {
@@ -185,6 +190,7 @@ impl ProcSlot {
             sysv: [0; MAX_SYSV],
             sysv_overflow: 0,
             sem_undo_pid: 0,
+            forks: 0,
         }
     }
 
@@ -196,6 +202,9 @@ impl ProcSlot {
     pub const REBLOCK_OFFSET: u64 = std::mem::offset_of!(ProcSlot, reblock) as u64;
     /// Offset of `sysv`, read by ckptd at the park.
     pub const SYSV_OFFSET: u64 = std::mem::offset_of!(ProcSlot, sysv) as u64;
+
+    /// Offset of `forks`, read by ckptd at the park.
+    pub const FORKS_OFFSET: u64 = std::mem::offset_of!(ProcSlot, forks) as u64;
 
     /// Rebuilds a slot from the bytes read out of the program's memory.
     pub fn from_bytes(bytes: &[u8]) -> Option<Box<ProcSlot>> {

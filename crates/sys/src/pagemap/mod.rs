@@ -8,6 +8,8 @@
 //! terabytes must therefore never be protected whole; [`take`] protects only around the pages
 //! that matter.
 
+#[cfg(test)]
+mod shmem_probe;
 mod take;
 pub use take::{take, Take, Taken};
 
@@ -100,9 +102,24 @@ fn scan(pagemap: &std::fs::File, start: u64, end: u64, template: &PmScanArg) -> 
 
 /// Ranges of [start, end) written since last protected, pages holding nothing included. The
 /// kernel has a fast path for exactly this question: it is the cheapest look at a big range.
-fn written(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+pub fn written(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
     let arg = PmScanArg {
         flags: PM_SCAN_CHECK_WPASYNC,
+        category_mask: PAGE_IS_WRITTEN,
+        return_mask: PAGE_IS_WRITTEN,
+        ..Default::default()
+    };
+    scan(pagemap, start, end, &arg)
+}
+
+/// Ranges of [start, end) written since they were last protected, protected again in the same
+/// walk, holes included: in shared memory a page this process does not map (never touched
+/// here, or dropped) says nothing of the memory's content, and what was written is all that
+/// counts. Protecting a page this process does not map leaves a marker in its page table (a
+/// page table per 2 MiB): the caller protects only where the memory holds data.
+pub fn take_written(pagemap: &std::fs::File, start: u64, end: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    let arg = PmScanArg {
+        flags: PM_SCAN_CHECK_WPASYNC | PM_SCAN_WP_MATCHING,
         category_mask: PAGE_IS_WRITTEN,
         return_mask: PAGE_IS_WRITTEN,
         ..Default::default()
