@@ -16,6 +16,9 @@ pub struct ProcessImage {
     pub umask: u32,
     pub personality: u64,
     pub creds: Creds,
+    /// `oom_score_adj`, `loginuid` and what `prctl` sets for the process (see
+    /// [`crate::attrs`]).
+    pub attrs: crate::attrs::ProcAttrs,
     pub rlimits: Vec<Rlimit>,
     pub mm: MmFields,
     pub auxv: Vec<u8>,
@@ -121,6 +124,8 @@ pub struct ThreadImage {
     pub is_control: bool,
     /// The signal it gets when its parent ends (`PR_SET_PDEATHSIG`; 0: none).
     pub pdeathsig: i32,
+    /// Scheduling, affinity, I/O priority, timer slack, `no_new_privs`.
+    pub attrs: crate::attrs::ThreadAttrs,
     /// Its capability sets (each thread has its own).
     pub caps: Caps,
 }
@@ -174,6 +179,8 @@ pub struct Mapping {
     /// Memory saved with the process (`Saved { shmem: true }`) that other processes of the
     /// checkpoint map too: made once at restore by ckptd and mapped by each holder.
     pub shared_with: Option<SharedMem>,
+    /// Locked in memory (`mlock`, `mlockall`), locked again once its content is back.
+    pub locked: crate::attrs::Locked,
 }
 
 /// One piece of shared memory held by several processes of a host: `ident` names it among the

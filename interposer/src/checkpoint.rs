@@ -50,6 +50,15 @@ impl Slots {
         // SAFETY: an aligned u64 inside the static slots, only ever updated atomically.
         unsafe { AtomicU64::from_ptr(&raw mut (*self.get()).forks) }.fetch_add(1, Relaxed);
     }
+    /// Where the program's `mlockall` flags and `membarrier` registrations are noted.
+    pub fn mlockall_addr(&self) -> u64 {
+        // SAFETY: a field address inside the static; nothing is read.
+        unsafe { &raw const (*self.get()).mlockall as u64 }
+    }
+    pub fn membarrier_addr(&self) -> u64 {
+        // SAFETY: a field address inside the static; nothing is read.
+        unsafe { &raw const (*self.get()).membarrier as u64 }
+    }
     /// The word the restorer sets; the control thread clears it.
     pub fn take_restored(&self) -> bool {
         // SAFETY: aligned u64 inside the static; only the control thread reads it.
@@ -193,9 +202,12 @@ fn record_thread(tid: i32, uc_addr: u64) {
             ],
         );
     }
+    // SAFETY: PR_GET_TIMERSLACK has no pointer argument; it returns the value.
+    let timerslack = unsafe { raw6(libc::SYS_prctl, [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0]) };
     let rseq_size = RSEQ_SIZE.load(Relaxed);
     // SAFETY: slot `idx` was handed to this thread alone by NEXT_SLOT.
     let slot = unsafe { &mut (*SLOTS.get()).threads[idx] };
+    slot.timerslack_ns = timerslack.max(0) as u64;
     slot.tid = tid;
     slot.uc_addr = uc_addr;
     slot.fs_base = fs;
@@ -244,6 +256,23 @@ fn control_park(session: u32) {
         unsafe { raw6(libc::SYS_getitimer, [i as u64, it as *mut _ as u64, 0, 0, 0, 0]) };
     }
     crate::timers::record(p);
+    let mut subreaper: i32 = 0;
+    // SAFETY: PR_GET_CHILD_SUBREAPER writes one int into a local; PR_GET_DUMPABLE returns it.
+    unsafe {
+        raw6(
+            libc::SYS_prctl,
+            [
+                libc::PR_GET_CHILD_SUBREAPER as u64,
+                &mut subreaper as *mut i32 as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+        p.dumpable = raw6(libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0]) as i32;
+    }
+    p.child_subreaper = subreaper;
     let mut buf = [0u8; 64];
     let sent = ckpt_proto::encode_small(&AppMsg::Parked { nthreads: p.nthreads }, &mut buf)
         .is_some_and(|n| sys::write_all(fd, &buf[..n]));

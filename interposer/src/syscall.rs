@@ -41,5 +41,9 @@ pub unsafe extern "C" fn syscall(
     if let Some(r) = fds::raw_call(nr, &a, &|args| real(nr, args)) {
         return r;
     }
-    real(nr, &a)
+    let r = real(nr, &a);
+    if nr == libc::SYS_membarrier {
+        crate::attrs::membarrier_done(a0, r);
+    }
+    r
 }

@@ -131,3 +131,58 @@ fn ckptctl_json_list_show_delete_and_sigterm() -> Result<()> {
     );
     Ok(())
 }
+
+/// `ckptctl check` needs no ckptd: as root every feature ckpt uses works on this machine (the
+/// CI machine is the one ckpt targets), `--json` lists them; as an ordinary user without
+/// capabilities it says which ones that user lacks, and exits 1.
+#[test]
+fn ckptctl_check_reports_this_machine() -> Result<()> {
+    require_root!();
+    use std::os::unix::process::CommandExt;
+    let run = |json: bool, nobody: bool| -> Result<std::process::Output> {
+        let mut c = std::process::Command::new(bin("ckptctl")?);
+        c.arg("check");
+        if json {
+            c.arg("--json");
+        }
+        if nobody {
+            c.uid(65534).gid(65534);
+        }
+        Ok(c.output()?)
+    };
+    let out = run(false, false)?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.success(),
+        "ckptctl check as root must find everything:\n{text}"
+    );
+    for f in [
+        "userfaultfd write-protect",
+        "PAGEMAP_SCAN",
+        "clone3 set_tid",
+        "PR_TIMER_CREATE_RESTORE_IDS",
+    ] {
+        ensure!(text.contains(f), "the table should list {f}:\n{text}");
+    }
+    let v = parse_json("check --json", &String::from_utf8_lossy(&run(true, false)?.stdout))?;
+    let list = v.as_array().context("check --json is a list")?;
+    ensure!(
+        list.len() >= 10
+            && list
+                .iter()
+                .all(|f| f["ok"] == Value::Bool(true) && f["feature"].is_string()),
+        "every feature ok, named: {v}"
+    );
+    let out = run(false, true)?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    ensure!(
+        out.status.code() == Some(1),
+        "an ordinary user lacks some: exit 1\n{text}"
+    );
+    ensure!(
+        text.lines()
+            .any(|l| l.starts_with("NO") && l.contains("set_tid") && l.contains("CAP_CHECKPOINT_RESTORE")),
+        "it should say pids cannot be restored without CAP_CHECKPOINT_RESTORE:\n{text}"
+    );
+    Ok(())
+}

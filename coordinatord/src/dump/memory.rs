@@ -348,6 +348,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             name: e.path.clone(),
             pages: runs,
             shared_with: None,
+            locked: Default::default(),
         });
     }
     tracing::debug!(

@@ -1,6 +1,7 @@
 //! Reading a parked process from the outside: its memory, fds and kernel state become a
 //! process image in the store.
 
+mod attrs;
 mod copy;
 mod fds;
 mod memory;
@@ -53,6 +54,9 @@ pub enum DumpError {
         name: String,
         why: String,
     },
+    /// State ckpt would not bring back exactly: the checkpoint is refused naming it.
+    #[error("process {pid}: {what}, which ckpt cannot restore exactly; {advice}")]
+    Refused { pid: i32, what: String, advice: String },
     #[error("process {pid}: the interposer's slots are unreadable or corrupt")]
     BadSlots { pid: i32 },
     #[error("process {pid}: its previous checkpoint's image names a page store it does not list; take a full one with `ckptctl checkpoint --full`")]
@@ -191,6 +195,13 @@ pub fn dump_parked(
     let m = memory::dump_memory(pid, &mem, t)?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err(pid, "status"))?;
+    let locked = attrs::locked(pid, &status)?;
+    for m in image.mappings.iter_mut() {
+        if let Some(l) = locked.get(&m.start) {
+            m.locked = *l;
+        }
+    }
     image.special = m.special;
     image.stores = m.stores;
     Ok(Dumped {

@@ -73,6 +73,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
             queue: Vec::new(),
             is_control: t.tid == slots.control_tid,
             pdeathsig: t.pdeathsig,
+            attrs: super::attrs::thread(pid, t)?,
             caps: Caps {
                 inheritable: st.cap_inh,
                 permitted: st.cap_prm,
@@ -129,6 +130,11 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         value_us: us(t.value_sec, t.value_usec),
     });
     let posix_timers = posix_timers(pid, slots)?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| DumpError::Io {
+        pid,
+        what: "status".into(),
+        source,
+    })?;
     Ok(ProcessImage {
         pid,
         tree: super::tree::read(pid)?,
@@ -143,6 +149,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
             gid: st.gid,
             groups: st.groups,
         },
+        attrs: super::attrs::process(pid, slots, &status)?,
         rlimits,
         mm: MmFields {
             start_code: stat.start_code,

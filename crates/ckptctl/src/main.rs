@@ -1,6 +1,7 @@
 //! `ckptctl`: talks to the local ckptd.
 
 mod attach;
+mod check;
 mod client;
 mod render;
 
@@ -71,6 +72,9 @@ enum Cmd {
     },
     /// Delete a checkpoint
     Delete { id: String },
+    /// Report which kernel features ckpt needs work on this machine, with the privileges of
+    /// this command (run it as ckptd's user); needs no ckptd
+    Check,
 }
 
 fn main() {
@@ -121,8 +125,9 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
         _ => false,
     };
     let caught = if attach { Some(attach::catch()?) } else { None };
-    let c = client::Client::connect(socket)?;
     let (req, fds): (CtlRequest, Vec<i32>) = match &args.cmd {
+        // Asks the kernel here, not ckptd.
+        Cmd::Check => return Ok(check::run(args.json)),
         Cmd::Checkpoint {
             hold_phase1_ms,
             full,
@@ -153,6 +158,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
         ),
         Cmd::Delete { id } => (CtlRequest::Delete { id: id.clone() }, vec![]),
     };
+    let c = client::Client::connect(socket)?;
     match c.call(&req, &fds)? {
         CtlReply::Error { message } => Err(client::Failure::Refused(message)),
         reply => {

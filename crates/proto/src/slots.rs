@@ -14,7 +14,7 @@ pub const TIMERS_OVERFLOW: u32 = u32::MAX;
 /// SysV IPC objects a process may note (see [`ProcSlot::sysv`]); more set `sysv_overflow`.
 pub const MAX_SYSV: usize = 256;
 /// Changed with the layout: a process restored from an older layout is refused, not misread.
-pub const SLOT_MAGIC: u64 = 0x3554_4c53_5450_4b43; // "CKPTSLT5"
+pub const SLOT_MAGIC: u64 = 0x3654_4c53_5450_4b43; // "CKPTSLT6"
 
 /// What kind of SysV object an entry of [`ProcSlot::sysv`] names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -62,6 +62,8 @@ pub struct ThreadSlot {
     /// `PR_GET_PDEATHSIG` of the thread (0: none).
     pub pdeathsig: i32,
     pub pad: u32,
+    /// `PR_GET_TIMERSLACK` of the thread, in ns.
+    pub timerslack_ns: u64,
 }
 
 /// A signal disposition as `rt_sigaction` returns it.
@@ -135,6 +137,15 @@ pub struct ProcSlot {
     /// is gone took the record of its writes (its page tables) with it, and ckptd tells from
     /// this count that one may be gone.
     pub forks: u64,
+    /// `PR_GET_CHILD_SUBREAPER` and `PR_GET_DUMPABLE` at the park.
+    pub child_subreaper: i32,
+    pub dumpable: i32,
+    /// The flags of the program's last `mlockall` (0 after `munlockall`), noted by the
+    /// interposer's wrappers: the kernel shows `MCL_FUTURE` nowhere.
+    pub mlockall: i32,
+    /// `membarrier` registrations the program made through `syscall()` (bit `n`: command
+    /// `1 << n`), noted by the interposer: the kernel shows them nowhere.
+    pub membarrier: u32,
 }
 
 impl ProcSlot {
@@ -153,6 +164,7 @@ impl ProcSlot {
             rseq_sig: 0,
             pdeathsig: 0,
             pad: 0,
+            timerslack_ns: 0,
         };
         const S: KSigAction = KSigAction {
             handler: 0,
@@ -191,6 +203,10 @@ impl ProcSlot {
             sysv_overflow: 0,
             sem_undo_pid: 0,
             forks: 0,
+            child_subreaper: 0,
+            dumpable: 0,
+            mlockall: 0,
+            membarrier: 0,
         }
     }
 

@@ -5,6 +5,7 @@
 //!
 //! fds on entry: 0-2 the stdio for the program, `--status-fd`, `--control-fd`.
 
+mod attrs;
 mod blob;
 mod creds;
 mod fds;
@@ -148,6 +149,8 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     fds::place_fds(&img, control, &sockets)?;
     fds::after_placed(&img)?;
     fds::take_locks(&img)?;
+    attrs::check(&img)?;
+    attrs::process_now(&img)?;
     std::env::set_current_dir(&img.cwd).with_context(|| format!("cannot enter the working directory {}", img.cwd))?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(img.umask) };

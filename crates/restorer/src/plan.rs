@@ -52,6 +52,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let runs: usize = img.mappings.iter().map(|m| m.pages.len()).sum();
     let queued = img.shared_queue.len() + img.threads.iter().map(|t| t.queue.len()).sum::<usize>();
     let locks: usize = img.fds.iter().map(|f| f.locks.len()).sum();
+    let (attr_ops, attr_data) = crate::attrs::bounds(img);
     let ops = 512
         + current.len() * 2
         + img.mappings.len() * 4
@@ -62,7 +63,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.rlimits.len()
         + img.posix_timers.len() * 2
         + queued
-        + locks;
+        + locks
+        + attr_ops;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
     let data = 64 * 1024
         + img.auxv.len()
@@ -71,7 +73,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + (img.creds.groups.len() * 4 + 64) * img.threads.len()
         + img.posix_timers.len() * 128
         + queued * (QueuedSignal::SIZE + 16)
-        + locks * 48;
+        + locks * 48
+        + attr_data;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -344,6 +347,8 @@ pub fn build(
         let addr = p.put_u64s(&[r.cur, r.max]);
         p.sys(libc::SYS_prlimit64, &[0, r.resource as u64, addr, 0], IGNORE_ERROR);
     }
+    // Under the program's own RLIMIT_MEMLOCK.
+    crate::attrs::memory_ops(&mut p, img);
 
     // 5. Threads: each other thread is cloned with its tid and runs its own tail of ops; the
     //    main thread (this one) goes last.
@@ -608,7 +613,9 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage, mine: &Mine) -
     for sig in unqueued(t.pending, &t.queue) {
         p.sys(libc::SYS_tgkill, &[pid, tid, sig], IGNORE_ERROR);
     }
+    crate::attrs::thread_ops(p, t);
     creds::set(p, &img.creds, t, mine);
+    crate::attrs::after_creds(p, img, t);
     Ok(())
 }
 

@@ -5,6 +5,7 @@ pub mod cli;
 pub mod pagemap;
 pub mod paths;
 pub mod peer;
+pub mod probe;
 pub mod procfs;
 pub mod spawn;
 pub mod uffd;

@@ -1,0 +1,121 @@
+//! Reads the attributes of a parked process and its threads (`ckpt_format::attrs`): from
+//! outside where the kernel shows them (`sched_getattr`, `sched_getaffinity`, `ioprio_get`,
+//! /proc), from the interposer's slots where only the process itself can ask (`prctl` getters,
+//! the `mlockall` and `membarrier` calls it made). What cannot be set again exactly refuses the
+//! checkpoint, naming it.
+
+use super::DumpError;
+use ckpt_format::attrs::{Locked, ProcAttrs, SchedAttr, ThreadAttrs};
+use ckpt_proto::slots::{ProcSlot, ThreadSlot};
+use std::collections::HashMap;
+
+fn read_proc(pid: i32, what: &str) -> Result<String, DumpError> {
+    std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|source| DumpError::Io {
+        pid,
+        what: what.to_string(),
+        source,
+    })
+}
+
+/// The value of `key:` in a status file.
+fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .map(str::trim)
+}
+
+pub fn process(pid: i32, slots: &ProcSlot, status: &str) -> Result<ProcAttrs, DumpError> {
+    let int = |what: &str| -> Result<i64, DumpError> {
+        let s = read_proc(pid, what)?;
+        s.trim().parse().map_err(|_| DumpError::Io {
+            pid,
+            what: what.to_string(),
+            source: std::io::Error::other(format!("unexpected content {s:?}")),
+        })
+    };
+    Ok(ProcAttrs {
+        oom_score_adj: int("oom_score_adj")? as i32,
+        loginuid: int("loginuid")? as u32,
+        thp_disabled: status_field(status, "THP_enabled") == Some("0"),
+        child_subreaper: slots.child_subreaper != 0,
+        dumpable: slots.dumpable,
+        mlockall: slots.mlockall,
+        membarrier: slots.membarrier,
+    })
+}
+
+pub fn thread(pid: i32, t: &ThreadSlot) -> Result<ThreadAttrs, DumpError> {
+    let tid = t.tid;
+    let os = |what: &str| {
+        let what = format!("thread {tid}: {what}");
+        move |source| DumpError::Io { pid, what, source }
+    };
+    let mut raw = [0u8; 56];
+    // SAFETY: sched_getattr writes at most `size` (56) bytes into the buffer.
+    if unsafe { libc::syscall(libc::SYS_sched_getattr, tid, raw.as_mut_ptr(), 56u32, 0u32) } < 0 {
+        return Err(os("scheduling attributes")(std::io::Error::last_os_error()));
+    }
+    let sched = SchedAttr::from_bytes(&raw);
+    let mut mask = [0u64; 16];
+    // SAFETY: sched_getaffinity writes at most the given size into the buffer.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_sched_getaffinity,
+            tid,
+            std::mem::size_of_val(&mask),
+            mask.as_mut_ptr(),
+        )
+    };
+    if n < 0 {
+        return Err(os("CPU affinity")(std::io::Error::last_os_error()));
+    }
+    let words = (n as usize).div_ceil(8);
+    // SAFETY: ioprio_get has integer arguments only.
+    let ioprio = unsafe {
+        libc::syscall(libc::SYS_ioprio_get, 1 /* IOPRIO_WHO_PROCESS */, tid)
+    };
+    if ioprio < 0 {
+        return Err(os("I/O priority")(std::io::Error::last_os_error()));
+    }
+    let status = read_proc(pid, &format!("task/{tid}/status"))?;
+    let seccomp = status_field(&status, "Seccomp").unwrap_or("0");
+    if seccomp != "0" {
+        let mode = if seccomp == "1" { "strict mode" } else { "a filter" };
+        return Err(DumpError::Refused {
+            pid,
+            what: format!("thread {tid} runs under seccomp ({mode})"),
+            advice: "run it without seccomp to checkpoint it".into(),
+        });
+    }
+    Ok(ThreadAttrs {
+        sched,
+        affinity: mask[..words].to_vec(),
+        ioprio: ioprio as i32,
+        timerslack_ns: t.timerslack_ns,
+        no_new_privs: status_field(&status, "NoNewPrivs") == Some("1"),
+    })
+}
+
+/// How each mapping (by start address) is locked in memory; read only when the process has
+/// locked memory at all (`VmLck`), since smaps is slow to read.
+pub fn locked(pid: i32, status: &str) -> Result<HashMap<u64, Locked>, DumpError> {
+    let vmlck = status_field(status, "VmLck")
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    if vmlck == 0 {
+        return Ok(HashMap::new());
+    }
+    let flags = ckpt_sys::procfs::vm_flags(pid, |_| true).map_err(|e| DumpError::Proc(e, pid))?;
+    Ok(flags
+        .into_iter()
+        .filter_map(|(start, f)| {
+            let has = |x: &str| f.iter().any(|g| g == x);
+            match (has("lo"), has("lf")) {
+                (true, true) => Some((start, Locked::OnFault)),
+                (true, false) => Some((start, Locked::Yes)),
+                _ => None,
+            }
+        })
+        .collect())
+}

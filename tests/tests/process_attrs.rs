@@ -1,0 +1,33 @@
+//! Process and thread attributes (issue 12): scheduling policy, priority and reset-on-fork,
+//! nice, CPU affinity, I/O priority, timer slack and `no_new_privs` of each thread;
+//! `oom_score_adj`, audit loginuid, THP disabled, child subreaper, dumpable, supplementary
+//! groups, `mlock`/`mlock2(MLOCK_ONFAULT)`/`mlockall(MCL_FUTURE)` and `membarrier`
+//! registration of the process: each comes back exactly, twice; seccomp is refused, named.
+
+use anyhow::{ensure, Context, Result};
+use ckpt_tests::*;
+
+#[test]
+fn every_attribute_comes_back_twice() -> Result<()> {
+    require_root!();
+    survives_two_restores("proc_attrs", &[])
+}
+
+#[test]
+fn a_thread_under_seccomp_is_refused_by_name() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let mut app = d.run_example("proc_attrs", &["seccomp"])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let out = d.ckptctl(&["checkpoint"]);
+    let msg = expect_failure_one_line(&out, "checkpoint of a thread under seccomp")?;
+    ensure!(
+        msg.contains("seccomp") && msg.contains(&format!("thread {}", app.pid)),
+        "the refusal should name the thread and seccomp: {msg}"
+    );
+    let t = app.drain_last_tick().unwrap_or(0);
+    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
+        .context("the program must run on")?;
+    app.kill9()?;
+    Ok(())
+}
