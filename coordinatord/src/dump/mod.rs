@@ -4,6 +4,7 @@
 mod attrs;
 mod copy;
 mod fds;
+pub mod host;
 mod memory;
 pub mod objects;
 pub mod precopy;

@@ -12,10 +12,12 @@ mod orphans;
 mod park;
 mod phases;
 mod pipes;
+mod prepare;
 mod pty;
 mod restore;
 mod shared_memory;
 mod shared_seen;
+mod store;
 mod sysv;
 mod tree;
 
