@@ -98,6 +98,21 @@ impl FileRestore {
         Ok(me)
     }
 
+    /// The files whose content this restore brings back or checks, and sqlite's companions
+    /// beside the snapshots: the directory undo leaves them to the contract.
+    pub fn contract_paths(&self) -> std::collections::HashSet<std::path::PathBuf> {
+        let mut out = std::collections::HashSet::new();
+        for f in &self.files.files {
+            out.insert(std::path::PathBuf::from(&f.path));
+            if matches!(f.content, FileContent::Snapshot(_)) {
+                for c in ["-journal", "-wal", "-shm"] {
+                    out.insert(std::path::PathBuf::from(format!("{}{c}", f.path)));
+                }
+            }
+        }
+        out
+    }
+
     fn reader(&self, store: u32) -> Result<&BlockStoreReader, String> {
         self.readers
             .get(store as usize)
@@ -432,7 +447,7 @@ fn cut(path: &str, size: u64) -> std::io::Result<u64> {
 
 /// Renames `NAME` beside `snapshot` to `NAME.ckpt-aside-ID` (or `…-ID.N` if taken); never
 /// deletes anything.
-fn set_aside(snapshot: &str, name: &str, id: &str) -> std::io::Result<String> {
+pub(crate) fn set_aside(snapshot: &str, name: &str, id: &str) -> std::io::Result<String> {
     let dir = Path::new(snapshot).parent().unwrap_or(Path::new("/"));
     let from = dir.join(name);
     for n in 0..1000 {

@@ -176,6 +176,9 @@ impl Node {
             .files
             .check(&images, &self.files.watch)
             .map_err(|p| anyhow!("restore of {id} refused, nothing was changed: {}", p.join("; ")))?;
+        // What the program did to its directories since: decided now, undone before files are
+        // put back (a file made since never meets the restored program).
+        let dirs = crate::files::dirs::undo::Plan::make(&self.files.dirs, id, &pending.files.contract_paths());
         // Objects change what they replace (a named queue, a dead program's socket file): only
         // once the files are known to be restorable.
         sockets.extend(super::objects::make_objects(&images)?);
@@ -183,13 +186,27 @@ impl Node {
         let _sysv = super::sysv::make(&self.store.get(id)?.0, &self.host).context("re-creating SysV IPC objects")?;
         let shared = super::shared_memory::make(&pending.planned, &sockets).context("re-creating shared memory")?;
         sockets.extend(shared);
-        let applied = match pending.files.apply(&actions) {
-            Ok(a) => a,
-            Err((e, done)) => bail!(
-                "restore of {id} failed while putting files back ({e}); {}",
-                changed_so_far(&done)
+        let undone = match dirs.apply(id) {
+            Ok(notes) => notes,
+            Err((e, notes)) => bail!(
+                "restore of {id} failed while undoing changes to directories ({e}); {}",
+                changed_so_far(&Applied {
+                    notes,
+                    ..Default::default()
+                })
             ),
         };
+        let mut applied = match pending.files.apply(&actions) {
+            Ok(a) => a,
+            Err((e, mut done)) => {
+                done.notes.splice(0..0, undone);
+                bail!(
+                    "restore of {id} failed while putting files back ({e}); {}",
+                    changed_so_far(&done)
+                )
+            }
+        };
+        applied.notes.splice(0..0, undone);
         let mut handed = super::tree::Handed {
             stdio: &stdio,
             sockets: HashMap::new(),
