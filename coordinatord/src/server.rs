@@ -67,7 +67,7 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
                 anyhow::bail!("registration for pid {} came from pid {}", reg.pid, cred.pid());
             }
             // Before the answer: the program's first change to a directory is its own.
-            node.files.dirs.register(reg.pid);
+            node.files.dirs.register(reg.pid, false);
             ckpt_proto::send(&s, &NodeMsg::Registered, &[])?;
             tracing::info!(pid = reg.pid, exe = %reg.exe, "registered");
             node.registry.insert(reg, s, None);

@@ -1,7 +1,8 @@
 //! What a program did to its directories after a checkpoint is undone at the restore of that
 //! checkpoint (issue 11): files it created are set aside (`NAME.ckpt-aside-ID`), files it
 //! renamed are renamed back, a file it removed is reported; a file another program created in
-//! the same directory meanwhile is left alone. Restoring the same checkpoint twice, and a later
+//! the same directory meanwhile is left alone, as is one made by a program started after the
+//! checkpoint under the same ckptd. Restoring the same checkpoint twice, and a later
 //! checkpoint of the restored program, work too.
 
 use anyhow::{ensure, Context, Result};
@@ -64,6 +65,15 @@ fn created_renamed_removed_files_are_undone_at_restore() -> Result<()> {
         // Another program, outside the checkpoint, creates a file there after it.
         let outside = dir.join(format!("outside{round}"));
         std::fs::write(&outside, "outside\n")?;
+        // And, in round 1, a program started after the checkpoint under the same ckptd.
+        let beside = if round == 1 {
+            let script = format!("echo beside > {ds}/outside_beside; echo made; exec sleep 100");
+            let b = d.run(Path::new(BASH), &["-c", &script])?;
+            b.expect_line("made", |l| l == "made", LINE_TIMEOUT)?;
+            Some(b)
+        } else {
+            None
+        };
         app.kill9_tree()?;
         let (restored, notes) = restore_noted(&d, &id, pid).with_context(|| format!("round {round}"))?;
         app = restored;
@@ -104,6 +114,13 @@ fn created_renamed_removed_files_are_undone_at_restore() -> Result<()> {
             !notes.iter().any(|n| n.contains("outside")),
             "another program's file must not be touched: {notes:#?}"
         );
+        if let Some(mut b) = beside {
+            ensure!(
+                std::fs::read_to_string(dir.join("outside_beside")).ok().as_deref() == Some("beside\n"),
+                "a file of a program started after the checkpoint must be left alone"
+            );
+            b.kill9_tree()?;
+        }
     }
     app.kill9_tree()?;
     Ok(())

@@ -467,7 +467,10 @@ impl Node {
                 .iter()
                 .filter_map(|st| st.dumped.as_ref().map(|d| &d.image))
                 .collect();
-            self.files.dirs.mark(&dir.id, &crate::files::dirs::places(&images));
+            let pids: Vec<i32> = images.iter().map(|i| i.pid).collect();
+            self.files
+                .dirs
+                .mark(&dir.id, &pids, &crate::files::dirs::places(&images));
         }
         tracing::debug!(dump_us = t_parked.elapsed().as_micros() as u64, "parked work");
         let verdict = if result.is_ok() {

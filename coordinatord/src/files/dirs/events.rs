@@ -31,11 +31,19 @@ pub enum Change {
     },
 }
 
-/// One event as read: its mask, the pid that caused it, its changes.
-pub struct Event {
+/// One event as read: its mask, the pid that caused it, its info records.
+pub struct Event<'a> {
     pub mask: u64,
     pub pid: i32,
-    pub changes: Vec<Change>,
+    info: &'a [u8],
+}
+
+impl Event<'_> {
+    /// What the event stands for (read only for the events of ckptd's processes: the file
+    /// systems' other events are many).
+    pub fn changes(&self) -> Vec<Change> {
+        changes(self.mask, &Records::of(self.info))
+    }
 }
 
 const OLD_DFID_NAME: u8 = libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME;
@@ -44,7 +52,7 @@ const DFID_NAME: u8 = libc::FAN_EVENT_INFO_TYPE_DFID_NAME;
 const FID: u8 = libc::FAN_EVENT_INFO_TYPE_FID;
 
 /// The events in a buffer `read` from the fanotify group.
-pub fn parse(mut buf: &[u8]) -> Vec<Event> {
+pub fn parse(mut buf: &[u8]) -> Vec<Event<'_>> {
     const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
     let mut out = Vec::new();
     while buf.len() >= META {
@@ -55,11 +63,7 @@ pub fn parse(mut buf: &[u8]) -> Vec<Event> {
         let pid = u32_at(20) as i32;
         let info = &buf[meta_len.min(len)..len];
         buf = &buf[len..];
-        out.push(Event {
-            mask,
-            pid,
-            changes: changes(mask, &Records::of(info)),
-        });
+        out.push(Event { mask, pid, info });
     }
     out
 }

@@ -9,16 +9,21 @@
 //! interposer's constructor and fork handler wait for ckptd's answer, and ckptd notes the pid
 //! before it answers), so every change a program makes comes from a pid ckptd knows by then.
 //! A pid counts only for the process that registered it (its start time), so that a process
-//! outside the checkpoint that later gets the pid of an exited one is not taken for it.
+//! outside the checkpoint that later gets the pid of an exited one is not taken for it; and a
+//! change counts for a checkpoint only when its process descends from the checkpoint's (see
+//! [`lineage`]).
 //!
 //! Filesystem marks need `CAP_SYS_ADMIN`, and resolving a directory's handle to its path
 //! `CAP_DAC_READ_SEARCH`: an unprivileged ckptd does not watch directories, and a restore
 //! says so and leaves them alone, as it does after a queue overflow or a ckptd restart.
 
 pub mod events;
+pub mod lineage;
 pub mod undo;
 
 use events::Change;
+use lineage::{Lineage, Roots, Who};
+use std::collections::HashSet;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -26,8 +31,6 @@ use std::sync::{Arc, Mutex};
 /// At most this many changes are kept; beyond, the oldest go and the checkpoints that needed
 /// them can no longer be undone (their restore says so).
 const MAX_CHANGES: usize = 200_000;
-/// How many pids are kept before those whose process exited are dropped.
-const PRUNE_PIDS_AT: usize = 4096;
 
 const MASK: u64 = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME | libc::FAN_ONDIR;
 
@@ -50,10 +53,11 @@ struct State {
     overflow_at: Option<u64>,
     /// `seq` of the newest change dropped for room.
     dropped_at: Option<u64>,
-    /// The processes under control (registered or restored): their start times.
-    pids: HashMap<i32, Option<u64>>,
-    /// Changes by those processes, with the `seq` of their event, while a checkpoint needs them.
-    changes: VecDeque<(u64, Change)>,
+    /// The processes under control (registered or restored), and whose child each is.
+    lineage: Lineage,
+    /// Changes by those processes, with the `seq` of their event and who made them, while a
+    /// checkpoint needs them.
+    changes: VecDeque<(u64, Who, Change)>,
     /// Marked file systems by fsid: an fd on each (to open directories by handle there).
     filesystems: HashMap<[u8; 8], OwnedFd>,
     /// Checkpoints by id: when their processes were parked, and the file systems they work
@@ -64,6 +68,7 @@ struct State {
 #[derive(Clone)]
 struct Mark {
     seq: u64,
+    roots: Roots,
     unwatched: Vec<String>,
 }
 
@@ -122,23 +127,25 @@ impl DirWatch {
         }
     }
 
-    /// A process under control from now on (registered, or restored before it runs).
-    pub fn register(&self, pid: i32) {
+    /// A process under control from now on: registered (before it runs code of its own), or
+    /// `restored` (before it runs).
+    pub fn register(&self, pid: i32, restored: bool) {
         let Some(inner) = &self.inner else { return };
-        let mut st = inner.lock();
-        if st.pids.len() >= PRUNE_PIDS_AT {
+        if inner.lock().lineage.full() {
             // Events queued so far are attributed while the processes they name are known.
-            drop(st);
             inner.drain();
-            st = inner.lock();
-            st.pids.retain(|&pid, _| ckpt_sys::procfs::alive(pid));
+            let mut st = inner.lock();
+            let st = &mut *st;
+            let needed: HashSet<Who> = st.changes.iter().map(|(_, w, _)| *w).collect();
+            let roots: Vec<&Roots> = st.marks.values().map(|m| &m.roots).collect();
+            st.lineage.prune(&needed, &roots);
         }
-        st.pids.insert(pid, ckpt_sys::procfs::start_time(pid));
+        inner.lock().lineage.register(pid, restored);
     }
 
-    /// Notes the instant checkpoint `id`'s processes are parked, watching first the file
-    /// systems of `places` (their working directories, the files they write, /tmp).
-    pub fn mark(&self, id: &str, places: &[String]) {
+    /// Notes the instant checkpoint `id`'s processes (`pids`) are parked, watching first the
+    /// file systems of `places` (their working directories, the files they write, /tmp).
+    pub fn mark(&self, id: &str, pids: &[i32], places: &[String]) {
         let Some(inner) = &self.inner else { return };
         let mut unwatched = Vec::new();
         for p in places {
@@ -150,7 +157,8 @@ impl DirWatch {
         inner.drain();
         let mut st = inner.lock();
         let seq = st.seq;
-        st.marks.insert(id.to_string(), Mark { seq, unwatched });
+        let roots = st.lineage.roots(pids);
+        st.marks.insert(id.to_string(), Mark { seq, roots, unwatched });
     }
 
     /// The checkpoint was aborted.
@@ -166,7 +174,7 @@ impl DirWatch {
         let oldest = st.marks.values().map(|m| m.seq).min();
         match oldest {
             Some(seq) => {
-                while st.changes.front().is_some_and(|(s, _)| *s <= seq) {
+                while st.changes.front().is_some_and(|(s, _, _)| *s <= seq) {
                     st.changes.pop_front();
                 }
             }
@@ -197,8 +205,8 @@ impl DirWatch {
             changes: st
                 .changes
                 .iter()
-                .filter(|(s, _)| *s > mark.seq)
-                .map(|(_, c)| c.clone())
+                .filter(|(s, who, _)| *s > mark.seq && st.lineage.belongs(*who, &mark.roots))
+                .map(|(_, _, c)| c.clone())
                 .collect(),
             unwatched: mark.unwatched.clone(),
         }
@@ -285,23 +293,19 @@ impl Inner {
                     st.overflow_at = Some(st.seq);
                     continue;
                 }
-                if ev.pid == self.me || st.marks.is_empty() || ev.changes.is_empty() {
+                if ev.pid == self.me || st.marks.is_empty() {
                     continue;
                 }
-                let Some(&start) = st.pids.get(&ev.pid) else { continue };
                 // The process that registered, still running or gone without its pid taken.
-                let now = ckpt_sys::procfs::start_time(ev.pid);
-                if now.is_some() && now != start {
-                    continue;
-                }
+                let Some(who) = st.lineage.who(ev.pid) else { continue };
                 let seq = st.seq;
-                for c in ev.changes {
+                for c in ev.changes() {
                     if st.changes.len() >= MAX_CHANGES {
-                        if let Some((s, _)) = st.changes.pop_front() {
+                        if let Some((s, _, _)) = st.changes.pop_front() {
                             st.dropped_at = Some(s);
                         }
                     }
-                    st.changes.push_back((seq, c));
+                    st.changes.push_back((seq, who, c));
                 }
             }
         }
