@@ -206,7 +206,7 @@ impl Node {
                 )
             }
         };
-        applied.notes.splice(0..0, undone);
+        applied.notes.splice(0..0, undone.into_iter().chain(dirs.notes));
         let mut handed = super::tree::Handed {
             stdio: &stdio,
             sockets: HashMap::new(),

@@ -21,6 +21,9 @@ pub mod events;
 pub mod lineage;
 pub mod undo;
 
+#[cfg(test)]
+mod tests;
+
 use events::Change;
 use lineage::{Lineage, Roots, Who};
 use std::collections::HashSet;

@@ -38,12 +38,13 @@ enum Step {
 }
 
 /// Where a file the program touched since the checkpoint was then and is now.
-struct Track {
-    created: bool,
-    dir: bool,
-    then: Option<Place>,
-    now: Option<Place>,
-    removed: bool,
+#[derive(Debug, PartialEq, Eq)]
+pub(super) struct Track {
+    pub created: bool,
+    pub dir: bool,
+    pub then: Option<Place>,
+    pub now: Option<Place>,
+    pub removed: bool,
 }
 
 impl Plan {
@@ -173,8 +174,8 @@ impl Plan {
         plan
     }
 
-    /// Carries the plan out; a line for each change, then the notes. On an error, what was
-    /// already done is in it.
+    /// Carries the plan out; a line for each change. On an error, what was already done is in
+    /// it.
     pub fn apply(&self, id: &str) -> Result<Vec<String>, (String, Vec<String>)> {
         let mut done = Vec::new();
         for s in &self.steps {
@@ -215,14 +216,13 @@ impl Plan {
                 },
             }
         }
-        done.extend(self.notes.iter().cloned());
         Ok(done)
     }
 }
 
 /// Follows each file the program touched from where it was at the checkpoint (or its creation)
 /// to where it is now, by its handle.
-fn tracks(changes: Vec<Change>) -> Vec<(Vec<u8>, Track)> {
+pub(super) fn tracks(changes: Vec<Change>) -> Vec<(Vec<u8>, Track)> {
     let mut order: Vec<Vec<u8>> = Vec::new();
     let mut map: HashMap<Vec<u8>, Track> = HashMap::new();
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
