@@ -125,3 +125,41 @@ fn created_renamed_removed_files_are_undone_at_restore() -> Result<()> {
     app.kill9_tree()?;
     Ok(())
 }
+
+/// A ckptd restarted since the checkpoint cannot tell what the program did to its directories:
+/// the restore says so in one line and leaves them as they are.
+#[test]
+fn restarted_ckptd_leaves_directories_alone_and_says_so() -> Result<()> {
+    require_root!();
+    let tmp = tempfile::Builder::new().prefix("ckpt-dirs-").tempdir()?;
+    let dir = tmp.path();
+    let ds = dir.to_str().context("temp dir not UTF-8")?;
+    let mut d = Daemon::start()?;
+    let mut app = d.run_example("dir_changes.c", &[ds])?;
+    let pid = app.pid;
+    app.expect_line("ready", |l| l == "ready", LINE_TIMEOUT)?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let id = d.checkpoint()?;
+    app.signal(libc::SIGUSR2)?;
+    app.expect_line("changed", |l| l == "changed", LINE_TIMEOUT)?;
+    d.restart(libc::SIGTERM)?;
+    app.kill9_tree()?;
+    let (mut app, notes) = restore_noted(&d, &id, pid)?;
+    let unknown: Vec<&String> = notes
+        .iter()
+        .filter(|n| n.starts_with("directories left as they are: "))
+        .collect();
+    ensure!(unknown.len() == 1, "one line should say why: {notes:#?}");
+    ensure!(
+        !notes
+            .iter()
+            .any(|n| n.starts_with("set aside") || n.starts_with("renamed")),
+        "nothing may be changed: {notes:#?}"
+    );
+    for name in ["new1", "final", "renamed", "newdir/f"] {
+        ensure!(dir.join(name).exists(), "{name} should be left as it is");
+    }
+    app.expect_tick(LINE_TIMEOUT)?;
+    app.kill9_tree()?;
+    Ok(())
+}
