@@ -35,6 +35,9 @@ use std::sync::{Arc, Mutex};
 /// them can no longer be undone (their restore says so).
 const MAX_CHANGES: usize = 200_000;
 
+/// Who ckptd's own changes are by.
+const OWN: Who = (0, 0);
+
 const MASK: u64 = libc::FAN_CREATE | libc::FAN_DELETE | libc::FAN_RENAME | libc::FAN_ONDIR;
 
 pub struct DirWatch {
@@ -208,10 +211,25 @@ impl DirWatch {
             changes: st
                 .changes
                 .iter()
-                .filter(|(s, who, _)| *s > mark.seq && st.lineage.belongs(*who, &mark.roots))
+                .filter(|(s, who, _)| *s > mark.seq && (*who == OWN || st.lineage.belongs(*who, &mark.roots)))
                 .map(|(_, _, c)| c.clone())
                 .collect(),
             unwatched: mark.unwatched.clone(),
+        }
+    }
+
+    /// Notes renames ckptd made itself (a restore's): they count for every checkpoint taken
+    /// before them, whatever its processes.
+    pub fn record_own(&self, changes: Vec<Change>) {
+        let Some(inner) = &self.inner else { return };
+        inner.drain();
+        let mut st = inner.lock();
+        if st.marks.is_empty() {
+            return;
+        }
+        let seq = st.seq;
+        for c in changes {
+            st.changes.push_back((seq, OWN, c));
         }
     }
 

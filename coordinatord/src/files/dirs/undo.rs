@@ -9,7 +9,9 @@
 //!   it is reported (one the checkpoint holds open is the fd restore's business, and a file of
 //!   the file contract is put back by it).
 //!
-//! Nothing whose path has a `.ckpt-aside-` part is touched (an earlier restore put it there).
+//! A file made since that is already aside (its path has a `.ckpt-aside-` part: an earlier
+//! restore put it there) stays there. ckptd's own renames count as changes of every checkpoint
+//! taken before them: a restore of a later checkpoint, whose files they were, renames them back.
 //!
 //! A rename that replaced a file leaves no trace of the file it replaced (the kernel reports
 //! the rename only): that file is not brought back, nor reported.
@@ -76,13 +78,7 @@ impl Plan {
                 .entry(p.dir.clone())
                 .or_insert_with(|| watch.with_fs(&p.dir, |m| fid::dir_path(m, &p.dir)).flatten())
                 .clone()?;
-            let path = dir.join(OsStr::from_bytes(&p.name));
-            // What an earlier restore set aside stays aside: ckptd's own renames are not in
-            // the events, so the files it moved are found by their name.
-            let aside = path
-                .iter()
-                .any(|c| c.as_bytes().windows(ASIDE.len()).any(|w| w == ASIDE.as_bytes()));
-            (!aside).then_some(path)
+            Some(dir.join(OsStr::from_bytes(&p.name)))
         };
         let holds = |path: &Path, child: &[u8]| matches!(fid::key_at(path), Ok(Some(k)) if k == child);
         let (mut aside_files, mut aside_dirs, mut backs) = (Vec::new(), Vec::new(), Vec::new());
@@ -90,7 +86,8 @@ impl Plan {
             match (t.created, &t.now, &t.then) {
                 (true, Some(now), _) => {
                     let Some(path) = path_of(now) else { continue };
-                    if contract.contains(&path) || !holds(&path, child) {
+                    // Set aside by an earlier restore (itself, or the directory it is in).
+                    if is_aside(&path) || contract.contains(&path) || !holds(&path, child) {
                         continue;
                     }
                     if t.dir {
@@ -174,11 +171,34 @@ impl Plan {
         plan
     }
 
+    /// What the plan renames back, by the path it renames to: where that file is now.
+    pub fn moves(&self) -> HashMap<PathBuf, PathBuf> {
+        self.steps
+            .iter()
+            .filter_map(|s| match s {
+                Step::Back { now, then } => Some((then.clone(), now.clone())),
+                Step::Aside(_) => None,
+            })
+            .collect()
+    }
+
     /// Carries the plan out; a line for each change. On an error, what was already done is in
-    /// it.
-    pub fn apply(&self, id: &str) -> Result<Vec<String>, (String, Vec<String>)> {
+    /// it. `watch` notes each of its renames as a change of every checkpoint taken before, so
+    /// that restoring a later checkpoint, whose files these were, brings them back.
+    pub fn apply(&self, watch: &DirWatch, id: &str) -> Result<Vec<String>, (String, Vec<String>)> {
+        let mut own = Vec::new();
+        let r = self.apply_steps(id, &mut own);
+        watch.record_own(own);
+        r
+    }
+
+    fn apply_steps(&self, id: &str, own: &mut Vec<Change>) -> Result<Vec<String>, (String, Vec<String>)> {
         let mut done = Vec::new();
         for s in &self.steps {
+            let before = placed(match s {
+                Step::Aside(path) => path,
+                Step::Back { now, .. } => now,
+            });
             match s {
                 Step::Aside(path) => {
                     let name = path
@@ -187,6 +207,7 @@ impl Plan {
                         .unwrap_or_default();
                     match crate::files::restore::set_aside(&path.to_string_lossy(), &name, id) {
                         Ok(to) => {
+                            own.extend(renamed(before, Path::new(&to)));
                             tracing::info!(from = %path.display(), to, "set aside: made after the checkpoint");
                             done.push(format!(
                                 "set aside {} as {to} (made by the program after the checkpoint)",
@@ -200,6 +221,7 @@ impl Plan {
                 }
                 Step::Back { now, then } => match rename_noreplace(now, then) {
                     Ok(()) => {
+                        own.extend(renamed(before, then));
                         tracing::info!(from = %now.display(), to = %then.display(), "renamed back");
                         done.push(format!(
                             "renamed {} back to {} (renamed by the program after the checkpoint)",
@@ -218,6 +240,12 @@ impl Plan {
         }
         Ok(done)
     }
+}
+
+/// Whether a restore put `path` (or a directory it is in) aside.
+fn is_aside(path: &Path) -> bool {
+    path.iter()
+        .any(|c| c.as_bytes().windows(ASIDE.len()).any(|w| w == ASIDE.as_bytes()))
 }
 
 /// Follows each file the program touched from where it was at the checkpoint (or its creation)
@@ -275,6 +303,31 @@ pub(super) fn tracks(changes: Vec<Change>) -> Vec<(Vec<u8>, Track)> {
         .into_iter()
         .filter_map(|k| map.remove(&k).map(|t| (k, t)))
         .collect()
+}
+
+/// A path's place (its directory's handle and its name), its own handle, and whether it is a
+/// directory.
+fn placed(path: &Path) -> Option<(Place, Vec<u8>, bool)> {
+    let child = fid::key_at(path).ok()??;
+    let dir = fid::key_at(path.parent()?).ok()??;
+    let name = path.file_name()?.as_bytes().to_vec();
+    let is_dir = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    Some((Place { dir, name }, child, is_dir))
+}
+
+/// The change of a rename ckptd made, from what was `before` to `to`.
+fn renamed(before: Option<(Place, Vec<u8>, bool)>, to: &Path) -> Option<Change> {
+    let (from, child, dir) = before?;
+    let to_dir = fid::key_at(to.parent()?).ok()??;
+    Some(Change::Rename {
+        from,
+        to: Place {
+            dir: to_dir,
+            name: to.file_name()?.as_bytes().to_vec(),
+        },
+        child,
+        dir,
+    })
 }
 
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
