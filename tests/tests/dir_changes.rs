@@ -163,3 +163,49 @@ fn restarted_ckptd_leaves_directories_alone_and_says_so() -> Result<()> {
     app.kill9_tree()?;
     Ok(())
 }
+
+/// Restoring an earlier checkpoint sets aside what the program made since; restoring then a
+/// later checkpoint, which has those files, brings them back to their names.
+#[test]
+fn later_checkpoint_after_an_earlier_one_gets_its_files_back() -> Result<()> {
+    require_root!();
+    let tmp = tempfile::Builder::new().prefix("ckpt-dirs-").tempdir()?;
+    let dir = tmp.path();
+    let ds = dir.to_str().context("temp dir not UTF-8")?;
+    let d = Daemon::start()?;
+    let mut app = d.run_example("dir_changes.c", &[ds])?;
+    let pid = app.pid;
+    app.expect_line("ready", |l| l == "ready", LINE_TIMEOUT)?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let early = d.checkpoint()?;
+    app.signal(libc::SIGUSR2)?;
+    app.expect_line("changed", |l| l == "changed", LINE_TIMEOUT)?;
+    let late = d.checkpoint()?;
+    app.kill9_tree()?;
+    let (mut app, notes) = restore_noted(&d, &early, pid)?;
+    note!("restore of {early}: {notes:#?}");
+    ask_state(&app).with_context(|| format!("after restoring {early}: {notes:#?}"))?;
+    ensure!(!dir.join("new1").exists(), "new1 should be aside");
+    app.kill9_tree()?;
+    let (mut app, notes) = restore_noted(&d, &late, pid)?;
+    note!("restore of {late}: {notes:#?}");
+    for name in ["new1", "final", "sub/added", "newdir/f", "renamed"] {
+        ensure!(
+            dir.join(name).exists(),
+            "{name} existed at checkpoint {late} and should be back: {notes:#?}"
+        );
+    }
+    for name in ["old", "doomed"] {
+        ensure!(
+            !dir.join(name).exists(),
+            "{name} did not exist at checkpoint {late}: {notes:#?}"
+        );
+    }
+    expect_note(
+        &notes,
+        &format!("renamed {ds}/new1.ckpt-aside-{early} back to {ds}/new1"),
+    )?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    app.kill9_tree()?;
+    Ok(())
+}

@@ -223,11 +223,12 @@ impl Plan {
                     Ok(()) => {
                         own.extend(renamed(before, then));
                         tracing::info!(from = %now.display(), to = %then.display(), "renamed back");
-                        done.push(format!(
-                            "renamed {} back to {} (renamed by the program after the checkpoint)",
-                            now.display(),
-                            then.display()
-                        ));
+                        let by = if is_aside(now) {
+                            "set aside by a restore of an earlier checkpoint"
+                        } else {
+                            "renamed by the program after the checkpoint"
+                        };
+                        done.push(format!("renamed {} back to {} ({by})", now.display(), then.display()));
                     }
                     Err(e) => {
                         return Err((
