@@ -54,7 +54,7 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
-    /// Events read so far.
+    /// The order of things: events read so far and ckptd's own changes noted.
     seq: u64,
     overflow_at: Option<u64>,
     /// `seq` of the newest change dropped for room.
@@ -227,6 +227,8 @@ impl DirWatch {
         if st.marks.is_empty() {
             return;
         }
+        // After every checkpoint taken so far, even one taken with no event since.
+        st.seq += 1;
         let seq = st.seq;
         for c in changes {
             st.changes.push_back((seq, OWN, c));
