@@ -244,8 +244,10 @@ impl Node {
             self.keep_shared(&p, id, commit);
             // Deleted checkpoints (retention, ckptctl delete) no longer need their files watched.
             self.files.watch.retain(|id| self.store.get(id).is_ok());
+            self.files.dirs.retain(|id| self.store.get(id).is_ok());
             if !commit {
                 self.files.watch.forget(id);
+                self.files.dirs.forget(id);
             }
             if !commit && p.dir.path.exists() {
                 let host_dir = p.dir.path.join(&self.host);
@@ -437,6 +439,18 @@ impl Node {
                     Err(e) => result = Err(e),
                 }
             }
+        }
+        if result.is_ok() {
+            // While parked: from this instant, what the processes do to directories is undone
+            // by a restore of this checkpoint.
+            let images: Vec<&ProcessImage> = parked
+                .iter()
+                .filter_map(|st| st.dumped.as_ref().map(|d| &d.image))
+                .collect();
+            let pids: Vec<i32> = images.iter().map(|i| i.pid).collect();
+            self.files
+                .dirs
+                .mark(&dir.id, &pids, &crate::files::dirs::places(&images));
         }
         tracing::debug!(dump_us = t_parked.elapsed().as_micros() as u64, "parked work");
         let verdict = if result.is_ok() {

@@ -181,6 +181,7 @@ impl Node {
         // The restorer becomes the program: its writes to the checkpoint's files are the
         // checkpoint's own from its first instant.
         self.files.watch.adopt(pid);
+        self.files.dirs.register(pid, true);
         tracing::info!(pid, id, parent = ?b.parent, "restorer started");
         Ok(Restorer {
             planned: p,
