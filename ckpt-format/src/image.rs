@@ -13,6 +13,8 @@ pub struct ProcessImage {
     pub args: Vec<String>,
     pub comm: String,
     pub cwd: String,
+    /// Its root directory (`chroot`), as ckptd sees the path; `/` for most.
+    pub root: String,
     pub umask: u32,
     pub personality: u64,
     pub creds: Creds,

@@ -307,21 +307,7 @@ fn release(session: u32) {
 
 /// Lists this process's threads into `out` with raw getdents64; returns how many.
 fn list_tasks(dents: &mut [u8], out: &mut [i32; MAX_THREADS]) -> Option<usize> {
-    // A NUL-terminated literal path.
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
-    let dfd = unsafe {
-        sys::sys6(
-            libc::SYS_open,
-            [
-                c"/proc/self/task".as_ptr() as u64,
-                (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )
-    } as i32;
+    let dfd = crate::fds::open_proc(c"self/task", libc::O_RDONLY | libc::O_DIRECTORY) as i32;
     if dfd < 0 {
         return None;
     }
@@ -455,20 +441,7 @@ const LEADER_CHECK_NS: u64 = 20_000_000;
 
 /// Whether this process's main thread is a zombie (read with raw calls into `buf`).
 fn zombie(buf: &mut [u8]) -> bool {
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
-    let fd = unsafe {
-        sys::sys6(
-            libc::SYS_open,
-            [
-                c"/proc/self/stat".as_ptr() as u64,
-                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
+    let fd = crate::fds::open_proc(c"self/stat", libc::O_RDONLY);
     if fd < 0 {
         return false;
     }

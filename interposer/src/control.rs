@@ -30,6 +30,7 @@ pub fn start() {
             return;
         }
         crate::pages::UFFD.store(crate::fds::protect(crate::pages::create()), Release);
+        crate::fds::PROC_FD.store(crate::fds::open_proc_dir(), Release);
         // SAFETY: registering a fork handler with a plain extern "C" fn.
         unsafe { libc::pthread_atfork(None, Some(after_fork_parent), Some(after_fork_child)) };
     }

@@ -123,8 +123,7 @@ pub fn register_all() {
     if uffd < 0 {
         return;
     }
-    // SAFETY: a NUL-terminated literal path; raw open.
-    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = crate::fds::open_proc(c"self/maps", libc::O_RDONLY) as i32;
     if fd < 0 {
         return;
     }

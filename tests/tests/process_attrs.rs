@@ -31,3 +31,12 @@ fn a_thread_under_seccomp_is_refused_by_name() -> Result<()> {
     app.kill9()?;
     Ok(())
 }
+
+/// A process that moved its root (`chroot`, as daemons do once started) comes back inside the
+/// same root, its working directory in it, twice.
+#[test]
+fn a_chrooted_process_comes_back_in_its_root_twice() -> Result<()> {
+    require_root!();
+    let dir = tempfile::tempdir()?;
+    survives_two_restores("chroot_state", &[dir.path().to_str().unwrap()])
+}

@@ -142,6 +142,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         args: fixed.args,
         comm: threads[0].comm.clone(),
         cwd: procfs::readlink(&format!("/proc/{pid}/cwd")).map_err(perr)?,
+        root: root(pid)?,
         umask: st.umask,
         personality: fixed.personality,
         creds: Creds {
@@ -218,4 +219,17 @@ fn posix_timers(pid: i32, slots: &ProcSlot) -> Result<Vec<ckpt_kinds::posix_time
             })
         })
         .collect()
+}
+
+/// The process's root directory (`chroot`); one that was removed cannot be entered again.
+fn root(pid: i32) -> Result<String, DumpError> {
+    let root = procfs::readlink(&format!("/proc/{pid}/root")).map_err(|e| DumpError::Proc(e, pid))?;
+    if root.ends_with(" (deleted)") {
+        return Err(DumpError::Refused {
+            pid,
+            what: format!("its root directory {root} was removed"),
+            advice: "keep the directory it chroot'ed into".into(),
+        });
+    }
+    Ok(root)
 }

@@ -185,6 +185,11 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     // Groups and terminals once every process of the host exists; then, with all of them
     // built, every one becomes its program.
     tree::finish(control, &img)?;
+    // Last: nothing after it opens a path (the working directory was entered above and stays).
+    if img.root != "/" {
+        std::os::unix::fs::chroot(&img.root)
+            .with_context(|| format!("cannot enter the root directory {}", img.root))?;
+    }
     jump(&region, &plan, status)
 }
 
