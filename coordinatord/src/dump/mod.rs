@@ -1,7 +1,7 @@
 //! Reading a parked process from the outside: its memory, fds and kernel state become a
 //! process image in the store.
 
-mod attrs;
+pub mod attrs;
 mod copy;
 mod fds;
 pub mod host;

@@ -158,6 +158,9 @@ impl Node {
             bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);
         }
         let procs = self.registry.alive();
+        if let Some(e) = procs.iter().find_map(|p| crate::dump::attrs::traced(p.reg.pid)) {
+            bail!("host {}: {e}", self.host);
+        }
         let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));
         // The files to snapshot: their writes are held from the gate's shutting to the park.
         let mut files = Capture::begin(&self.store, &dir, &self.host, self.files.rules_for(rules));
