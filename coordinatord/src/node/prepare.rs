@@ -51,6 +51,9 @@ impl Node {
         procs: &[Arc<Proc>],
         mode: CheckpointMode,
     ) -> (HashMap<i32, (String, ProcessImage)>, HashMap<i32, Prepared>) {
+        // The cut must not wait on the copy (a busy machine slows it at nice 19): past this,
+        // the pre-copy gives up and the stop copies the rest.
+        let deadline = std::time::Instant::now() + self.precopy_budget;
         let mut bases = HashMap::new();
         let mut prepared = HashMap::new();
         for p in procs {
@@ -68,7 +71,12 @@ impl Node {
             }
             let mut use_base = true;
             if !mode.stop_the_world {
-                match precopy(pid, self.own_store(&dir.id, pid), base.as_ref().map(|(_, b)| b)) {
+                match precopy(
+                    pid,
+                    self.own_store(&dir.id, pid),
+                    base.as_ref().map(|(_, b)| b),
+                    deadline,
+                ) {
                     Ok(copy) => ready.pre = Some(copy),
                     Err(e) => {
                         tracing::warn!(pid, "pre-copy failed, storing it in full: {e}");
