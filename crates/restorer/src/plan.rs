@@ -20,8 +20,9 @@ pub struct WorkingFds {
     pub status: i32,
     /// Page store fd by store index (0 = this checkpoint's).
     pub stores: Vec<i32>,
-    /// fd of each mapped file, by path.
-    pub files: HashMap<String, i32>,
+    /// fd of each mapped file, by path and whether it is open for writing (see
+    /// [`fds::map_writable`](crate::fds::map_writable)).
+    pub files: HashMap<(String, bool), i32>,
     /// memfd holding the content of each shared mapping without a file, by start address.
     pub memfds: HashMap<u64, i32>,
     pub exe: Option<i32>,
@@ -227,7 +228,7 @@ pub fn build(
         let prot = m.prot as u64;
         let share = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
         let (fd, off, mut flags) = match &m.kind {
-            MappingKind::File(id) => match fds.files.get(&id.path) {
+            MappingKind::File(id) => match fds.files.get(&(id.path.clone(), crate::fds::map_writable(m))) {
                 Some(&fd) => (fd as u64, id.offset, share),
                 None => bail!("internal: no fd for {}", id.path),
             },
