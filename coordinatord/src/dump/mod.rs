@@ -189,7 +189,7 @@ pub fn dump_parked(
     let t_fds = t0.elapsed();
     let mut image = state::dump_state(reg, slots, t.fixed.take())?;
     signals::read_queues(reaper, &mut image, slots.park_signal)?;
-    timer_signals_in_order(&image)?;
+    signals::timer_signals_in_order(&image)?;
     let t_state = t0.elapsed();
     image.fds = fds;
     image.parent = t.base.map(|(id, _)| id.to_string());
@@ -272,22 +272,4 @@ mod tests {
         let other = DumpError::BadSlots { pid: 1 };
         assert!(!try_again(&anyhow::Error::from(other)));
     }
-}
-
-/// Refuses a POSIX timer whose own signal the restore could not put back in its place (see
-/// [`ckpt_kinds::posix_timer::check_pending_order`]).
-fn timer_signals_in_order(image: &ProcessImage) -> Result<(), DumpError> {
-    use ckpt_kinds::posix_timer::{check_pending_order, target};
-    for t in &image.posix_timers {
-        let queue = match target(t) {
-            None => &image.shared_queue,
-            Some(tid) => match image.threads.iter().find(|x| x.tid == tid) {
-                Some(th) => &th.queue,
-                None => continue,
-            },
-        };
-        let infos: Vec<&[u8]> = queue.iter().map(|q| q.info.as_slice()).collect();
-        check_pending_order(t, &infos).map_err(|err| DumpError::Timers { pid: image.pid, err })?;
-    }
-    Ok(())
 }

@@ -185,6 +185,37 @@ pub fn describe(rec: &Record) -> String {
 mod tests {
     use super::*;
 
+    fn siginfo(signo: i32, code: i32, timer: i32) -> Vec<u8> {
+        let mut b = vec![0u8; 128];
+        b[0..4].copy_from_slice(&signo.to_ne_bytes());
+        b[8..12].copy_from_slice(&code.to_ne_bytes());
+        b[16..20].copy_from_slice(&timer.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn a_timer_signal_is_refused_only_behind_one_of_its_number() {
+        let rec = Record {
+            id: 3,
+            clock: 1,
+            notify: Notify::Signal,
+            signo: 40,
+            sigval: 0,
+            value_ns: 0,
+            interval_ns: 0,
+            overrun: 0,
+        };
+        let own = siginfo(40, SI_TIMER, 3);
+        assert!(is_own_signal(&rec, &own));
+        assert!(!is_own_signal(&rec, &siginfo(40, SI_TIMER, 4)));
+        assert!(!is_own_signal(&rec, &siginfo(40, -1 /* SI_QUEUE */, 3)));
+        let other_number = siginfo(41, -1, 0);
+        let same_number = siginfo(40, -1, 0);
+        assert!(check_pending_order(&rec, &[other_number.clone(), own.clone(), same_number.clone()]).is_ok());
+        assert!(check_pending_order(&rec, &[same_number, own]).is_err());
+        assert!(check_pending_order(&rec, &[other_number]).is_ok());
+    }
+
     #[test]
     fn parses_every_notify_kind() {
         let text = "ID: 0\nsignal: 14/0000000000000000\nnotify: signal/pid.100\nClockID: 1\n\

@@ -208,6 +208,9 @@ fn same_file(id: &FileId, meta: &std::fs::Metadata, check: Option<&MappedCheck>)
     }
 }
 
+/// fds of mapped files by path and whether they are open for writing (see [`map_writable`]).
+pub type MappedFiles = HashMap<(String, bool), RawFd>;
+
 /// Opens every mapped file (checking it is the one that was mapped, or the one ckptd put
 /// back) and fills a memfd for each shared mapping without a file. Returns fds by path and by
 /// mapping start.
@@ -217,7 +220,7 @@ pub fn mapping_fds(
     base: RawFd,
     checks: &HashMap<String, MappedCheck>,
     shared: &HashMap<i32, RawFd>,
-) -> anyhow::Result<(HashMap<(String, bool), RawFd>, HashMap<u64, RawFd>)> {
+) -> anyhow::Result<(MappedFiles, HashMap<u64, RawFd>)> {
     let mut files = HashMap::new();
     let mut memfds = HashMap::new();
     for m in &img.mappings {

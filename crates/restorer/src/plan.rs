@@ -22,7 +22,7 @@ pub struct WorkingFds {
     pub stores: Vec<i32>,
     /// fd of each mapped file, by path and whether it is open for writing (see
     /// [`fds::map_writable`](crate::fds::map_writable)).
-    pub files: HashMap<(String, bool), i32>,
+    pub files: crate::fds::MappedFiles,
     /// memfd holding the content of each shared mapping without a file, by start address.
     pub memfds: HashMap<u64, i32>,
     pub exe: Option<i32>,
