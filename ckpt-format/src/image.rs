@@ -183,6 +183,10 @@ pub struct Mapping {
     pub shared_with: Option<SharedMem>,
     /// Locked in memory (`mlock`, `mlockall`), locked again once its content is back.
     pub locked: crate::attrs::Locked,
+    /// The program may make it writable (VmFlags `mw`). Only a shared file mapping can lack
+    /// it (its file was opened read-only): it is mapped again from a read-only fd, one that
+    /// has it from a writable fd, whatever its protection now.
+    pub may_write: bool,
 }
 
 /// One piece of shared memory held by several processes of a host: `ident` names it among the

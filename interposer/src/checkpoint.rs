@@ -204,6 +204,11 @@ fn record_thread(tid: i32, uc_addr: u64) {
     }
     // SAFETY: PR_GET_TIMERSLACK has no pointer argument; it returns the value.
     let timerslack = unsafe { raw6(libc::SYS_prctl, [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0]) };
+    // SAFETY: as above: no pointer arguments, the value is returned. Only the thread itself can
+    // read either.
+    let securebits = unsafe { raw6(libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0]) };
+    // SAFETY: as above.
+    let mce_kill = unsafe { raw6(libc::SYS_prctl, [libc::PR_MCE_KILL_GET as u64, 0, 0, 0, 0, 0]) };
     let rseq_size = RSEQ_SIZE.load(Relaxed);
     // SAFETY: slot `idx` was handed to this thread alone by NEXT_SLOT.
     let slot = unsafe { &mut (*SLOTS.get()).threads[idx] };
@@ -216,6 +221,13 @@ fn record_thread(tid: i32, uc_addr: u64) {
     slot.robust_len = len;
     slot.clear_tid = clear;
     slot.pdeathsig = pdeathsig;
+    slot.securebits = securebits.clamp(0, u16::MAX as i64) as u16;
+    // The default (2) when it cannot be read: nothing to set at restore.
+    slot.mce_kill = if (0..=2).contains(&mce_kill) {
+        mce_kill as u16
+    } else {
+        2
+    };
     if rseq_size > 0 {
         slot.rseq_addr = fs.wrapping_add(RSEQ_OFFSET.load(Relaxed) as u64);
         slot.rseq_len = rseq_size.max(32).div_ceil(32) * 32;

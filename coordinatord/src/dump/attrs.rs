@@ -107,12 +107,27 @@ pub fn thread(pid: i32, t: &ThreadSlot) -> Result<ThreadAttrs, DumpError> {
             advice: "run it without seccomp to checkpoint it".into(),
         });
     }
+    // Securebits other than KEEP_CAPS take CAP_SETPCAP to set, which the restorer can only
+    // use while the thread still has it.
+    let effective = status_field(&status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok());
+    if t.securebits & !(1 << 4) != 0 && effective.is_some_and(|e| e & (1 << 8) == 0) {
+        return Err(DumpError::Refused {
+            pid,
+            what: format!(
+                "thread {tid} holds securebits {:#x} without CAP_SETPCAP, which they cannot be set again without",
+                t.securebits
+            ),
+            advice: "keep CAP_SETPCAP in its effective set to checkpoint it".into(),
+        });
+    }
     Ok(ThreadAttrs {
         sched,
         affinity: mask[..words].to_vec(),
         ioprio: ioprio as i32,
         timerslack_ns: t.timerslack_ns,
         no_new_privs: status_field(&status, "NoNewPrivs") == Some("1"),
+        securebits: t.securebits as u32,
+        mce_kill: t.mce_kill as u32,
     })
 }
 

@@ -190,6 +190,7 @@ pub fn dump_parked(
     let t_fds = t0.elapsed();
     let mut image = state::dump_state(reg, slots, t.fixed.take())?;
     signals::read_queues(reaper, &mut image, slots.park_signal)?;
+    signals::timer_signals_in_order(&image)?;
     let t_state = t0.elapsed();
     image.fds = fds;
     image.parent = t.base.map(|(id, _)| id.to_string());

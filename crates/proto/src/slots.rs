@@ -61,7 +61,10 @@ pub struct ThreadSlot {
     pub rseq_sig: u32,
     /// `PR_GET_PDEATHSIG` of the thread (0: none).
     pub pdeathsig: i32,
-    pub pad: u32,
+    /// `PR_GET_SECUREBITS` of the thread.
+    pub securebits: u16,
+    /// `PR_MCE_KILL_GET` of the thread (0 late, 1 early, 2 the system's default).
+    pub mce_kill: u16,
     /// `PR_GET_TIMERSLACK` of the thread, in ns.
     pub timerslack_ns: u64,
 }
@@ -163,7 +166,8 @@ impl ProcSlot {
             rseq_len: 0,
             rseq_sig: 0,
             pdeathsig: 0,
-            pad: 0,
+            securebits: 0,
+            mce_kill: 0,
             timerslack_ns: 0,
         };
         const S: KSigAction = KSigAction {

@@ -20,8 +20,9 @@ pub struct WorkingFds {
     pub status: i32,
     /// Page store fd by store index (0 = this checkpoint's).
     pub stores: Vec<i32>,
-    /// fd of each mapped file, by path.
-    pub files: HashMap<String, i32>,
+    /// fd of each mapped file, by path and whether it is open for writing (see
+    /// [`fds::map_writable`](crate::fds::map_writable)).
+    pub files: crate::fds::MappedFiles,
     /// memfd holding the content of each shared mapping without a file, by start address.
     pub memfds: HashMap<u64, i32>,
     pub exe: Option<i32>,
@@ -227,7 +228,7 @@ pub fn build(
         let prot = m.prot as u64;
         let share = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
         let (fd, off, mut flags) = match &m.kind {
-            MappingKind::File(id) => match fds.files.get(&id.path) {
+            MappingKind::File(id) => match fds.files.get(&(id.path.clone(), crate::fds::map_writable(m))) {
                 Some(&fd) => (fd as u64, id.offset, share),
                 None => bail!("internal: no fd for {}", id.path),
             },
@@ -419,7 +420,7 @@ pub fn build(
     // The process's own queue, by its main thread (rt_sigqueueinfo takes any si_code from a
     // thread whose tid is the target pid); signals without a queued siginfo are sent again.
     let pid = img.pid as u64;
-    for q in &img.shared_queue {
+    for q in img.shared_queue.iter().filter(|q| !raised_by_timer(img, None, &q.info)) {
         let (sig, info) = place_queued(&mut p, q)?;
         p.sys(libc::SYS_rt_sigqueueinfo, &[pid, sig, info], 0);
     }
@@ -535,24 +536,60 @@ fn posix_timers(p: &mut Plan, img: &ProcessImage) {
         &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0],
         0,
     );
+    let mut wait = false;
     for t in &img.posix_timers {
         let sev = p.put(&sigevent(t));
         // timer_create reads the wanted id from where it writes the id it gives.
         let id = p.put(&(t.id as i64).to_le_bytes());
         p.sys(libc::SYS_timer_create, &[t.clock as u64, sev, id], 0);
-        if t.value_ns != 0 {
+        // A timer whose own signal is pending fires at once: its signal is the kernel's
+        // again, queued once, and rearms a periodic timer when taken (see `timer_signal`).
+        let pending = timer_signal(img, t).is_some();
+        let value = if pending { 1 } else { t.value_ns };
+        if value != 0 {
             let ns = |v: u64| [v / 1_000_000_000, v % 1_000_000_000];
             let [isec, insec] = ns(t.interval_ns);
-            let [vsec, vnsec] = ns(t.value_ns);
+            let [vsec, vnsec] = ns(value);
             let its = p.put_u64s(&[isec, insec, vsec, vnsec]);
             p.sys(libc::SYS_timer_settime, &[t.id as u64, 0, its, 0], 0);
         }
+        // A CPU-time clock (negative ids, and the two of the calling process and thread)
+        // fires only as CPU time is used: at the program's first tick.
+        wait |= pending
+            && t.clock >= 0
+            && t.clock != libc::CLOCK_PROCESS_CPUTIME_ID
+            && t.clock != libc::CLOCK_THREAD_CPUTIME_ID;
+    }
+    if wait {
+        // The timers expire a nanosecond after being armed, in the timer interrupt: a
+        // millisecond is ample for their signals to be queued before any program code runs.
+        let ts = p.put_u64s(&[0, 1_000_000]);
+        p.sys(libc::SYS_nanosleep, &[ts, 0], IGNORE_ERROR);
     }
     p.sys(
         libc::SYS_prctl,
         &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0],
         0,
     );
+}
+
+/// The timer whose own signal `info` is, if any (`tid`: the queue's thread, `None` for the
+/// process's queue); `timer_signal`'s inverse.
+fn raised_by_timer(img: &ProcessImage, tid: Option<i32>, info: &[u8]) -> bool {
+    use ckpt_kinds::posix_timer::{is_own_signal, target};
+    img.posix_timers
+        .iter()
+        .any(|t| target(t) == tid && is_own_signal(t, info))
+}
+
+/// The entry of timer `t`'s own signal in its queue, if it is pending.
+fn timer_signal<'a>(img: &'a ProcessImage, t: &ckpt_kinds::posix_timer::Record) -> Option<&'a QueuedSignal> {
+    use ckpt_kinds::posix_timer::{is_own_signal, target};
+    let queue = match target(t) {
+        None => &img.shared_queue,
+        Some(tid) => &img.threads.iter().find(|x| x.tid == tid)?.queue,
+    };
+    queue.iter().find(|q| is_own_signal(t, &q.info))
 }
 
 /// Signals in `pending` none of `queue` is for, in increasing number.
@@ -606,7 +643,7 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage, mine: &Mine) -
     // status fd, where a failure could not be reported. The kernel held these very signals
     // under the same limits at the checkpoint.
     let (pid, tid) = (img.pid as u64, t.tid as u64);
-    for q in &t.queue {
+    for q in t.queue.iter().filter(|q| !raised_by_timer(img, Some(t.tid), &q.info)) {
         let (sig, info) = place_queued(p, q)?;
         p.sys(libc::SYS_rt_tgsigqueueinfo, &[pid, tid, sig, info], IGNORE_ERROR);
     }
