@@ -183,6 +183,9 @@ pub struct Mapping {
     pub shared_with: Option<SharedMem>,
     /// Locked in memory (`mlock`, `mlockall`), locked again once its content is back.
     pub locked: crate::attrs::Locked,
+    /// Registered for dirty-page tracking at the checkpoint: the restorer registers and
+    /// protects it again before the program runs (see `ProcSlot::RESTORED_TRACKED`).
+    pub tracked: bool,
     /// The program may make it writable (VmFlags `mw`). Only a shared file mapping can lack
     /// it (its file was opened read-only): it is mapped again from a read-only fd, one that
     /// has it from a writable fd, whatever its protection now.

@@ -59,15 +59,15 @@ impl Slots {
         // SAFETY: a field address inside the static; nothing is read.
         unsafe { &raw const (*self.get()).membarrier as u64 }
     }
-    /// The word the restorer sets; the control thread clears it.
-    pub fn take_restored(&self) -> bool {
+    /// The word the restorer sets (see [`ProcSlot::restored`]); the control thread clears it.
+    pub fn take_restored(&self) -> u64 {
         // SAFETY: aligned u64 inside the static; only the control thread reads it.
         let p = unsafe { &raw mut (*self.get()).restored };
         // SAFETY: as above.
         unsafe {
             let v = p.read_volatile();
             p.write_volatile(0);
-            v != 0
+            v
         }
     }
 }

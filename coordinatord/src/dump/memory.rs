@@ -352,6 +352,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             pages: runs,
             shared_with: None,
             locked: Default::default(),
+            tracked: is_tracked,
             may_write: !e.shared || e.write || vm_flags.get(&e.start).is_none_or(|f| f.iter().any(|x| x == "mw")),
         });
     }

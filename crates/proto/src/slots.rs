@@ -104,7 +104,9 @@ pub struct TimerSlot {
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSlot {
     pub magic: u64,
-    /// Set to 1 by the restorer; the control thread sees it when it resumes.
+    /// Set by the restorer (1, or [`ProcSlot::RESTORED_TRACKED`] when it armed a new
+    /// dirty-page tracker before the program ran); the control thread sees it when it
+    /// resumes.
     pub restored: u64,
     /// Set by the restorer to a value no earlier restore used: threads resuming a timed call
     /// learn from it that they were restored (their deadlines then start again).
@@ -216,6 +218,9 @@ impl ProcSlot {
 
     /// Offset of `restored`, poked by the restorer.
     pub const RESTORED_OFFSET: u64 = std::mem::offset_of!(ProcSlot, restored) as u64;
+    /// `restored` when the restorer armed the tracker: every page the program writes from its
+    /// first instruction on shows, so its next checkpoint is incremental to the restored one.
+    pub const RESTORED_TRACKED: u64 = 2;
     /// Offset of `nonce`, poked by the restorer.
     pub const NONCE_OFFSET: u64 = std::mem::offset_of!(ProcSlot, nonce) as u64;
     /// Offset of `reblock`, written by ckptd while the process parks.

@@ -56,7 +56,14 @@ pub fn receive_sockets(control: RawFd, base: RawFd) -> anyhow::Result<HashMap<i3
 }
 
 /// Puts every fd of the image at its number. `sockets` are the re-created sockets by number.
-pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawFd>) -> anyhow::Result<()> {
+/// `tracker`: the dirty-page tracker made for the program, placed at the number its image
+/// recorded for the interposer's (else a placeholder goes there).
+pub fn place_fds(
+    img: &ProcessImage,
+    control: RawFd,
+    sockets: &HashMap<i32, RawFd>,
+    tracker: Option<RawFd>,
+) -> anyhow::Result<()> {
     let wanted: Vec<i32> = img.fds.iter().map(|f| f.fd).collect();
     for f in &img.fds {
         let src = match &f.kind {
@@ -66,8 +73,11 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
             // `ckptctl restore`'s), even when it shared one socket with another of them.
             k if k.is_stdio_end() && f.fd <= 2 && !sockets.contains_key(&f.dup_of.unwrap_or(f.fd)) => continue,
             FdKind::Control => control,
-            // A placeholder: the restored interposer makes a new tracker at this number.
-            FdKind::Uffd => open("/dev/null", libc::O_RDWR)?,
+            FdKind::Uffd => match tracker {
+                Some(t) => t,
+                // A placeholder: the restored interposer makes a new tracker at this number.
+                None => open("/dev/null", libc::O_RDWR)?,
+            },
             // ckptd checked and put back the files before starting us; a log's fd goes to its
             // end (never inside what others wrote since), any other to its offset.
             // A description other processes share: ckptd opened it, at its offset.

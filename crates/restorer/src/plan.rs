@@ -53,6 +53,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let runs: usize = img.mappings.iter().map(|m| m.pages.len()).sum();
     let queued = img.shared_queue.len() + img.threads.iter().map(|t| t.queue.len()).sum::<usize>();
     let locks: usize = img.fds.iter().map(|f| f.locks.len()).sum();
+    let tracked = img.mappings.iter().filter(|m| m.tracked).count();
     let (attr_ops, attr_data) = crate::attrs::bounds(img);
     let ops = 512
         + current.len() * 2
@@ -65,7 +66,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.posix_timers.len() * 2
         + queued
         + locks
-        + attr_ops;
+        + attr_ops
+        + tracked * 2;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
     let data = 64 * 1024
         + img.auxv.len()
@@ -75,7 +77,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.posix_timers.len() * 128
         + queued * (QueuedSignal::SIZE + 16)
         + locks * 48
-        + attr_data;
+        + attr_data
+        + tracked * 64;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -164,6 +167,7 @@ pub fn build(
     region: Region,
     fds: &WorkingFds,
     mine: &Mine,
+    tracker: bool,
 ) -> anyhow::Result<Plan> {
     let mut p = Plan {
         ops: Vec::new(),
@@ -277,7 +281,18 @@ pub fn build(
         kind: POKE,
         flags: 0,
         nr: 0,
-        args: [img.restored_flag_addr, 1, 0, 0, 0, 0],
+        args: [
+            img.restored_flag_addr,
+            if tracker {
+                ckpt_proto::slots::ProcSlot::RESTORED_TRACKED
+            } else {
+                1
+            },
+            0,
+            0,
+            0,
+            0,
+        ],
     });
     // A value no earlier restore of this process used: its threads' timed calls start their
     // remaining time again from now.
@@ -350,6 +365,9 @@ pub fn build(
     }
     // Under the program's own RLIMIT_MEMLOCK.
     crate::attrs::memory_ops(&mut p, img);
+    if tracker {
+        track(&mut p, img);
+    }
 
     // 5. Threads: each other thread is cloned with its tid and runs its own tail of ops; the
     //    main thread (this one) goes last.
@@ -457,6 +475,23 @@ pub fn build(
         bail!("internal: restore plan larger than its bound");
     }
     Ok(p)
+}
+
+/// Registers and write-protects again the memory that was tracked at the checkpoint, with the
+/// tracker at the interposer's number, once its content is back and before any of the
+/// program runs: from its first instruction on, what the program writes shows, and its next
+/// checkpoint can be incremental to the one restored (its memory is that one's). A range the
+/// kernel refuses is simply not tracked: it is then stored in full, or as written.
+fn track(p: &mut Plan, img: &ProcessImage) {
+    let fd = img.uffd_fd as u64;
+    for m in img.mappings.iter().filter(|m| m.tracked) {
+        let (reg, arg) = ckpt_sys::uffd::register_wp_call(m.start, m.end - m.start);
+        let arg = p.put(&arg);
+        p.sys(libc::SYS_ioctl, &[fd, reg, arg], IGNORE_ERROR);
+        let (wp, arg) = ckpt_sys::uffd::write_protect_call(m.start, m.end - m.start);
+        let arg = p.put(&arg);
+        p.sys(libc::SYS_ioctl, &[fd, wp, arg], IGNORE_ERROR);
+    }
 }
 
 /// POSIX locks and leases, taken once the restorer's own fds are closed: closing any fd of a
