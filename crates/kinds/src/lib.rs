@@ -26,6 +26,7 @@ pub mod pty;
 mod reopen;
 pub mod signalfd;
 pub mod sock_diag;
+pub mod sockfilter;
 pub mod source;
 pub mod sysv;
 pub mod timerfd;

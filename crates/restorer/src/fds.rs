@@ -88,6 +88,7 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::TcpListen { .. }
             | FdKind::TcpConn { .. }
+            | FdKind::TcpSocket { .. }
             | FdKind::Udp { .. }
             | FdKind::Pipe { .. }
             | FdKind::Object { .. }
@@ -97,6 +98,7 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
             }
             FdKind::TcpListen { .. }
             | FdKind::TcpConn { .. }
+            | FdKind::TcpSocket { .. }
             | FdKind::Udp { .. }
             | FdKind::Pipe { .. }
             | FdKind::Object { .. } => {

@@ -14,11 +14,13 @@
 
 pub mod diag;
 pub mod mcast;
+pub mod ping;
 mod raw;
 mod table;
 
 pub use mcast::Membership;
 
+use crate::sockfilter::{self, Filter};
 use crate::KindError;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -58,6 +60,8 @@ pub struct Opts {
     pub mcast_if: [u8; 4],
     /// Multicast groups the socket joined (UDP).
     pub memberships: Vec<Membership>,
+    /// A classic BPF socket filter and SO_LOCK_FILTER, attached again last.
+    pub filter: Filter,
 }
 
 impl Opts {
@@ -91,15 +95,7 @@ pub fn capture(pid: i32, fd: RawFd, sock: Sock) -> Result<Opts, KindError> {
     o.rcvtimeo = raw::get_timeval(fd, libc::SO_RCVTIMEO).map_err(read("SO_RCVTIMEO"))?;
     o.sndtimeo = raw::get_timeval(fd, libc::SO_SNDTIMEO).map_err(read("SO_SNDTIMEO"))?;
     o.bind_device = raw::get_name(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE).map_err(read("SO_BINDTODEVICE"))?;
-    match raw::get(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, &mut []) {
-        Ok(0) => {}
-        Ok(_) | Err(_) => {
-            return Err(refused(
-                "a socket filter is attached (SO_ATTACH_FILTER or SO_ATTACH_BPF); ckpt does not bring filters back"
-                    .into(),
-            ))
-        }
-    }
+    o.filter = sockfilter::capture(fd)?;
     if sock.tcp {
         o.congestion = raw::get_name(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION).map_err(read("TCP_CONGESTION"))?;
         let ulp = raw::get_name(fd, libc::IPPROTO_TCP, libc::TCP_ULP).unwrap_or_default();
@@ -201,6 +197,12 @@ impl Opts {
                 (format!("IP_MULTICAST_IF={a}"), e)
             })?;
         }
+        // Last. A connection gets its options once ckptd has made it and refilled its queue,
+        // so its filter never sees ckptd's own traffic.
+        sockfilter::attach(fd, &self.filter).map_err(|e| {
+            let what = format!("SO_ATTACH_FILTER ({} instructions)", self.filter.insns.len());
+            (what, e)
+        })?;
         Ok(())
     }
 
@@ -240,12 +242,13 @@ impl Opts {
             .map_err(|(what, e)| refused(format!("its socket option {what} cannot be set back by ckptd ({e})")))
     }
 
-    /// A short summary for `ckptctl show`: the memberships.
+    /// A short summary for `ckptctl show`: the memberships and the filter.
     pub fn describe(&self) -> String {
+        let filter = sockfilter::describe(&self.filter);
         if self.memberships.is_empty() {
-            return String::new();
+            return filter;
         }
         let list: Vec<String> = self.memberships.iter().map(mcast::describe).collect();
-        format!(" (member of {})", list.join("; "))
+        format!(" (member of {}){filter}", list.join("; "))
     }
 }

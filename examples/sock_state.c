@@ -1,0 +1,323 @@
+/*
+ * sock_state: holds sockets in the states issue 12 found changed after a restore, and checks,
+ * when asked, that each is as it was set up:
+ * - an ICMP echo ("ping") socket bound to 127.0.0.1 (its echo identifier chosen by the
+ *   kernel), with IP_TTL 33: same family, protocol and identifier, and it still gets its
+ *   replies from 127.0.0.1;
+ * - a UDP socket with a classic BPF filter that cuts every datagram to 3 bytes (11 with its
+ *   UDP header, which the filter sees), locked
+ *   (SO_LOCK_FILTER): the same program read back with SO_GET_FILTER, still locked (detaching
+ *   fails with EPERM), and a 10-byte datagram to itself arrives as 3 bytes;
+ * - TCP sockets not connected: one just made (TCP_NODELAY, SO_KEEPALIVE), one bound to
+ *   127.0.0.1 on a port of the kernel's choice, one bound to 127.0.0.1 without a port
+ *   (IP_BIND_ADDRESS_NO_PORT): same names, not connected, in state CLOSE;
+ * - a half-closed local connection: the client sent "abc" then shut down its sending side
+ *   (FIN_WAIT2), the server has "abc" unread then end of file (CLOSE_WAIT) and had sent
+ *   "xyz" the client has not read; the client cannot send any more (EPIPE);
+ * - a connection whose one end shut down its receiving side (both ESTABLISHED).
+ *
+ * With the argument `ebpf` it also attaches an eBPF socket filter (SO_ATTACH_BPF) to a UDP
+ * socket and prints "ebpf on fd N"; with `ended`, it also holds both ends of a connection
+ * closed by both sides ("ended on fd N"): ckpt cannot bring either back, the checkpoint must
+ * be refused naming it.
+ *
+ * Prints "tick N" every 50 ms. On SIGUSR1 it checks everything, prints "state ok" or
+ * "INVARIANT <what>" lines then "state bad"; a check leaves every socket as it found it.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/bpf.h>
+#include <linux/filter.h>
+#include <netinet/in.h>
+#include <netinet/ip_icmp.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t asked;
+static void on_usr1(int s) { (void)s; asked = 1; }
+
+static int ping4, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b;
+static struct sockaddr_in ping_addr, filt_addr, bound_addr, noport_addr;
+static int bad;
+static unsigned short seq;
+
+static void invariant(const char *what, long long a, long long b)
+{
+    printf("INVARIANT %s: got %lld, want %lld\n", what, a, b);
+    bad = 1;
+}
+
+static void die(const char *what)
+{
+    perror(what);
+    exit(2);
+}
+
+static int geti(int fd, int level, int opt)
+{
+    int v = -1;
+    socklen_t l = sizeof v;
+    if (getsockopt(fd, level, opt, &v, &l)) return -errno;
+    return v;
+}
+
+static int tcp_state(int fd)
+{
+    struct tcp_info ti;
+    socklen_t l = sizeof ti;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l)) return -errno;
+    return ti.tcpi_state;
+}
+
+static struct sockaddr_in lo(unsigned short port)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return a;
+}
+
+static struct sockaddr_in name_of(int fd)
+{
+    struct sockaddr_in a = {0};
+    socklen_t l = sizeof a;
+    if (getsockname(fd, (void *)&a, &l)) die("getsockname");
+    return a;
+}
+
+static void same_name(const char *what, int fd, struct sockaddr_in want)
+{
+    struct sockaddr_in a = name_of(fd);
+    if (a.sin_addr.s_addr != want.sin_addr.s_addr) invariant(what, ntohl(a.sin_addr.s_addr), ntohl(want.sin_addr.s_addr));
+    if (a.sin_port != want.sin_port) invariant(what, ntohs(a.sin_port), ntohs(want.sin_port));
+}
+
+static int revents(int fd, short ev)
+{
+    struct pollfd p = {fd, ev, 0};
+    return poll(&p, 1, 0) > 0 ? p.revents : 0;
+}
+
+static void pair(int *cli, int *srv)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = lo(0);
+    socklen_t al = sizeof a;
+    if (l < 0 || bind(l, (void *)&a, sizeof a) || listen(l, 1) || getsockname(l, (void *)&a, &al)) die("listener");
+    *cli = socket(AF_INET, SOCK_STREAM, 0);
+    if (*cli < 0 || connect(*cli, (void *)&a, sizeof a)) die("connect");
+    *srv = accept(l, NULL, NULL);
+    if (*srv < 0) die("accept");
+    close(l);
+}
+
+static void set_up(void)
+{
+    ping4 = socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP);
+    if (ping4 < 0) die("ping socket (is the group in net.ipv4.ping_group_range?)");
+    struct sockaddr_in a = lo(0);
+    int ttl = 33;
+    if (bind(ping4, (void *)&a, sizeof a) || setsockopt(ping4, IPPROTO_IP, IP_TTL, &ttl, sizeof ttl)) die("ping bind");
+    ping_addr = name_of(ping4);
+
+    filt = socket(AF_INET, SOCK_DGRAM, 0);
+    if (filt < 0 || bind(filt, (void *)&a, sizeof a)) die("udp");
+    filt_addr = name_of(filt);
+    struct sock_filter cut[] = {BPF_STMT(BPF_RET | BPF_K, 11)};
+    struct sock_fprog f = {1, cut};
+    int one = 1;
+    if (setsockopt(filt, SOL_SOCKET, SO_ATTACH_FILTER, &f, sizeof f)) die("SO_ATTACH_FILTER");
+    if (setsockopt(filt, SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof one)) die("SO_LOCK_FILTER");
+
+    tfresh = socket(AF_INET, SOCK_STREAM, 0);
+    if (tfresh < 0 || setsockopt(tfresh, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) ||
+        setsockopt(tfresh, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one))
+        die("tcp fresh");
+    tbound = socket(AF_INET, SOCK_STREAM, 0);
+    if (tbound < 0 || bind(tbound, (void *)&a, sizeof a)) die("tcp bound");
+    bound_addr = name_of(tbound);
+    tnoport = socket(AF_INET, SOCK_STREAM, 0);
+    if (tnoport < 0 || setsockopt(tnoport, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) ||
+        bind(tnoport, (void *)&a, sizeof a))
+        die("tcp bound without port");
+    noport_addr = name_of(tnoport);
+
+    pair(&hc_cli, &hc_srv);
+    if (write(hc_srv, "xyz", 3) != 3 || write(hc_cli, "abc", 3) != 3 || shutdown(hc_cli, SHUT_WR)) die("half close");
+    pair(&rd_a, &rd_b);
+    if (shutdown(rd_a, SHUT_RD)) die("shutdown SHUT_RD");
+    /* The FIN is acknowledged at once on loopback. */
+    for (int i = 0; i < 100 && (tcp_state(hc_cli) != TCP_FIN_WAIT2 || tcp_state(hc_srv) != TCP_CLOSE_WAIT); i++) usleep(1000);
+}
+
+static void check_ping(void)
+{
+    same_name("ping socket name", ping4, ping_addr);
+    if (geti(ping4, SOL_SOCKET, SO_PROTOCOL) != IPPROTO_ICMP) invariant("ping protocol", geti(ping4, SOL_SOCKET, SO_PROTOCOL), IPPROTO_ICMP);
+    if (geti(ping4, SOL_SOCKET, SO_TYPE) != SOCK_DGRAM) invariant("ping type", geti(ping4, SOL_SOCKET, SO_TYPE), SOCK_DGRAM);
+    if (geti(ping4, IPPROTO_IP, IP_TTL) != 33) invariant("ping IP_TTL", geti(ping4, IPPROTO_IP, IP_TTL), 33);
+    struct icmphdr req = {.type = ICMP_ECHO};
+    req.un.echo.sequence = htons(++seq);
+    struct sockaddr_in to = lo(0);
+    if (sendto(ping4, &req, sizeof req, 0, (void *)&to, sizeof to) != sizeof req) {
+        invariant("ping send (errno)", errno, 0);
+        return;
+    }
+    struct pollfd p = {ping4, POLLIN, 0};
+    if (poll(&p, 1, 2000) != 1) {
+        invariant("ping reply within 2 s", 0, 1);
+        return;
+    }
+    struct icmphdr rep;
+    ssize_t n = recv(ping4, &rep, sizeof rep, 0);
+    if (n != sizeof rep || rep.type != ICMP_ECHOREPLY) invariant("ping reply type", n == sizeof rep ? rep.type : -1, ICMP_ECHOREPLY);
+    /* The kernel writes the socket's identifier (its port) into every request. */
+    if (rep.un.echo.id != ping_addr.sin_port) invariant("ping reply identifier", ntohs(rep.un.echo.id), ntohs(ping_addr.sin_port));
+    if (ntohs(rep.un.echo.sequence) != seq) invariant("ping reply sequence", ntohs(rep.un.echo.sequence), seq);
+}
+
+static void check_filter(void)
+{
+    struct sock_filter got[4];
+    socklen_t l = 4; /* in instructions */
+    if (getsockopt(filt, SOL_SOCKET, SO_GET_FILTER, got, &l)) {
+        invariant("SO_GET_FILTER (errno)", errno, 0);
+    } else {
+        if (l != 1) invariant("filter length", l, 1);
+        if (got[0].code != (BPF_RET | BPF_K) || got[0].k != 11) invariant("filter instruction k", got[0].k, 11);
+    }
+    if (geti(filt, SOL_SOCKET, SO_LOCK_FILTER) != 1) invariant("SO_LOCK_FILTER", geti(filt, SOL_SOCKET, SO_LOCK_FILTER), 1);
+    int z = 0;
+    if (setsockopt(filt, SOL_SOCKET, SO_DETACH_FILTER, &z, sizeof z) != -1 || errno != EPERM) invariant("detaching a locked filter (errno)", errno, EPERM);
+    same_name("filtered socket name", filt, filt_addr);
+    if (sendto(filt, "0123456789", 10, 0, (void *)&filt_addr, sizeof filt_addr) != 10) invariant("send to itself (errno)", errno, 0);
+    char b[32];
+    struct pollfd p = {filt, POLLIN, 0};
+    poll(&p, 1, 2000);
+    ssize_t n = recv(filt, b, sizeof b, MSG_DONTWAIT);
+    if (n != 3 || memcmp(b, "012", 3)) invariant("datagram cut by the filter (length)", n, 3);
+}
+
+static void check_unconnected(void)
+{
+    struct sockaddr_in any = {.sin_family = AF_INET};
+    same_name("fresh TCP socket name", tfresh, any);
+    same_name("bound TCP socket name", tbound, bound_addr);
+    same_name("TCP socket bound without port", tnoport, noport_addr);
+    if (ntohs(noport_addr.sin_port) != 0) invariant("IP_BIND_ADDRESS_NO_PORT port", ntohs(noport_addr.sin_port), 0);
+    if (geti(tnoport, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT) != 1) invariant("IP_BIND_ADDRESS_NO_PORT", geti(tnoport, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT), 1);
+    if (geti(tfresh, IPPROTO_TCP, TCP_NODELAY) != 1) invariant("TCP_NODELAY on fresh", geti(tfresh, IPPROTO_TCP, TCP_NODELAY), 1);
+    if (geti(tfresh, SOL_SOCKET, SO_KEEPALIVE) != 1) invariant("SO_KEEPALIVE on fresh", geti(tfresh, SOL_SOCKET, SO_KEEPALIVE), 1);
+    int fds[3] = {tfresh, tbound, tnoport};
+    for (int i = 0; i < 3; i++) {
+        struct sockaddr_in p;
+        socklen_t l = sizeof p;
+        if (getpeername(fds[i], (void *)&p, &l) != -1 || errno != ENOTCONN) invariant("unconnected getpeername (errno)", errno, ENOTCONN);
+        if (tcp_state(fds[i]) != TCP_CLOSE) invariant("unconnected TCP state", tcp_state(fds[i]), TCP_CLOSE);
+    }
+}
+
+static void peek(const char *what, int fd, const char *want)
+{
+    char b[16];
+    ssize_t n = recv(fd, b, sizeof b, MSG_PEEK | MSG_DONTWAIT);
+    if (n != (ssize_t)strlen(want) || memcmp(b, want, n)) invariant(what, n, (long long)strlen(want));
+}
+
+static void connected_to_each_other(const char *what, int a, int b)
+{
+    struct sockaddr_in p;
+    socklen_t l = sizeof p;
+    if (getpeername(a, (void *)&p, &l)) {
+        invariant(what, errno, 0);
+        return;
+    }
+    struct sockaddr_in n = name_of(b);
+    if (p.sin_port != n.sin_port) invariant(what, ntohs(p.sin_port), ntohs(n.sin_port));
+}
+
+static void check_half_closed(void)
+{
+    if (tcp_state(hc_cli) != TCP_FIN_WAIT2) invariant("half-closed client state", tcp_state(hc_cli), TCP_FIN_WAIT2);
+    if (tcp_state(hc_srv) != TCP_CLOSE_WAIT) invariant("half-closed server state", tcp_state(hc_srv), TCP_CLOSE_WAIT);
+    connected_to_each_other("half-closed client's peer", hc_cli, hc_srv);
+    connected_to_each_other("half-closed server's peer", hc_srv, hc_cli);
+    peek("server's unread bytes before EOF", hc_srv, "abc");
+    if (!(revents(hc_srv, POLLRDHUP) & POLLRDHUP)) invariant("server sees the client's FIN (POLLRDHUP)", 0, 1);
+    peek("client's unread bytes", hc_cli, "xyz");
+    if (revents(hc_cli, POLLRDHUP) & POLLRDHUP) invariant("client's receiving side open (POLLRDHUP)", 1, 0);
+    if (send(hc_cli, "q", 1, MSG_NOSIGNAL | MSG_DONTWAIT) != -1 || errno != EPIPE) invariant("client send after SHUT_WR (errno)", errno, EPIPE);
+
+    if (tcp_state(rd_a) != TCP_ESTABLISHED) invariant("SHUT_RD end state", tcp_state(rd_a), TCP_ESTABLISHED);
+    if (tcp_state(rd_b) != TCP_ESTABLISHED) invariant("SHUT_RD peer state", tcp_state(rd_b), TCP_ESTABLISHED);
+    connected_to_each_other("SHUT_RD end's peer", rd_a, rd_b);
+    if (!(revents(rd_a, POLLRDHUP) & POLLRDHUP)) invariant("SHUT_RD end (POLLRDHUP)", 0, 1);
+    if (revents(rd_b, POLLRDHUP) & POLLRDHUP) invariant("SHUT_RD peer (POLLRDHUP)", 1, 0);
+    char c;
+    if (recv(rd_a, &c, 1, MSG_DONTWAIT) != 0) invariant("recv on the SHUT_RD end (errno)", errno, 0);
+}
+
+static void check(void)
+{
+    bad = 0;
+    check_ping();
+    check_filter();
+    check_unconnected();
+    check_half_closed();
+    printf(bad ? "state bad\n" : "state ok\n");
+}
+
+static int attach_ebpf(int fd)
+{
+    struct bpf_insn prog[] = {
+        {.code = BPF_ALU64 | BPF_MOV | BPF_K, .dst_reg = 0, .imm = 0xffff},
+        {.code = BPF_JMP | BPF_EXIT},
+    };
+    union bpf_attr at;
+    memset(&at, 0, sizeof at);
+    at.prog_type = BPF_PROG_TYPE_SOCKET_FILTER;
+    at.insns = (unsigned long)prog;
+    at.insn_cnt = 2;
+    at.license = (unsigned long)"GPL";
+    int pfd = syscall(SYS_bpf, BPF_PROG_LOAD, &at, sizeof at);
+    if (pfd < 0) die("BPF_PROG_LOAD");
+    if (setsockopt(fd, SOL_SOCKET, SO_ATTACH_BPF, &pfd, sizeof pfd)) die("SO_ATTACH_BPF");
+    close(pfd);
+    return fd;
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGUSR1, on_usr1);
+    set_up();
+    if (argc == 2 && !strcmp(argv[1], "ebpf")) {
+        printf("ebpf on fd %d\n", attach_ebpf(socket(AF_INET, SOCK_DGRAM, 0)));
+    } else if (argc == 2 && !strcmp(argv[1], "ended")) {
+        int a, b;
+        pair(&a, &b);
+        if (shutdown(a, SHUT_WR) || shutdown(b, SHUT_WR)) die("shutdown both");
+        usleep(20000);
+        printf("ended on fd %d\n", a);
+    } else if (argc != 1) {
+        fprintf(stderr, "usage: sock_state [ebpf|ended]\n");
+        return 2;
+    }
+    struct timespec d = {0, 50000000L};
+    for (unsigned long long n = 1;; n++) {
+        if (asked) {
+            asked = 0;
+            check();
+        }
+        printf("tick %llu\n", n);
+        nanosleep(&d, NULL);
+    }
+}
