@@ -14,7 +14,10 @@
  * - a half-closed local connection: the client sent "abc" then shut down its sending side
  *   (FIN_WAIT2), the server has "abc" unread then end of file (CLOSE_WAIT) and had sent
  *   "xyz" the client has not read; the client cannot send any more (EPIPE);
- * - a connection whose one end shut down its receiving side (both ESTABLISHED).
+ * - a connection whose one end shut down its receiving side (both ESTABLISHED);
+ * - a Unix datagram socketpair whose receiving end has a classic filter cutting datagrams to
+ *   2 bytes, locked, a datagram "he" (sent as "hello") unread, and the socket-level options
+ *   SO_PRIORITY 5, SO_KEEPALIVE, SO_TIMESTAMP, SO_RCVLOWAT 2, SO_LINGER on for 7 s.
  *
  * With the argument `ebpf` it also attaches an eBPF socket filter (SO_ATTACH_BPF) to a UDP
  * socket and prints "ebpf on fd N"; with `ended`, it also holds both ends of a connection
@@ -45,7 +48,7 @@
 static volatile sig_atomic_t asked;
 static void on_usr1(int s) { (void)s; asked = 1; }
 
-static int ping4, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b;
+static int ping4, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b, ux[2];
 static struct sockaddr_in ping_addr, filt_addr, bound_addr, noport_addr;
 static int bad;
 static unsigned short seq;
@@ -154,6 +157,20 @@ static void set_up(void)
     if (write(hc_srv, "xyz", 3) != 3 || write(hc_cli, "abc", 3) != 3 || shutdown(hc_cli, SHUT_WR)) die("half close");
     pair(&rd_a, &rd_b);
     if (shutdown(rd_a, SHUT_RD)) die("shutdown SHUT_RD");
+    if (socketpair(AF_UNIX, SOCK_DGRAM, 0, ux)) die("socketpair");
+    struct sock_filter two[] = {BPF_STMT(BPF_RET | BPF_K, 2)};
+    struct sock_fprog f2 = {1, two};
+    int prio = 5, lowat = 2;
+    struct linger lg = {1, 7};
+    if (setsockopt(ux[1], SOL_SOCKET, SO_ATTACH_FILTER, &f2, sizeof f2) ||
+        setsockopt(ux[1], SOL_SOCKET, SO_LOCK_FILTER, &one, sizeof one) ||
+        setsockopt(ux[1], SOL_SOCKET, SO_PRIORITY, &prio, sizeof prio) ||
+        setsockopt(ux[1], SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) ||
+        setsockopt(ux[1], SOL_SOCKET, SO_TIMESTAMP, &one, sizeof one) ||
+        setsockopt(ux[1], SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof lowat) ||
+        setsockopt(ux[1], SOL_SOCKET, SO_LINGER, &lg, sizeof lg))
+        die("unix options");
+    if (send(ux[0], "hello", 5, 0) != 5) die("unix send");
     /* The FIN is acknowledged at once on loopback. */
     for (int i = 0; i < 100 && (tcp_state(hc_cli) != TCP_FIN_WAIT2 || tcp_state(hc_srv) != TCP_CLOSE_WAIT); i++) usleep(1000);
 }
@@ -265,9 +282,35 @@ static void check_half_closed(void)
     if (recv(rd_a, &c, 1, MSG_DONTWAIT) != 0) invariant("recv on the SHUT_RD end (errno)", errno, 0);
 }
 
+static void check_unix(void)
+{
+    int fd = ux[1];
+    struct sock_filter got[2];
+    socklen_t l = 2;
+    if (getsockopt(fd, SOL_SOCKET, SO_GET_FILTER, got, &l) || l != 1 || got[0].k != 2) invariant("unix filter read back (length)", l, 1);
+    if (geti(fd, SOL_SOCKET, SO_LOCK_FILTER) != 1) invariant("unix SO_LOCK_FILTER", geti(fd, SOL_SOCKET, SO_LOCK_FILTER), 1);
+    if (geti(fd, SOL_SOCKET, SO_PRIORITY) != 5) invariant("unix SO_PRIORITY", geti(fd, SOL_SOCKET, SO_PRIORITY), 5);
+    if (geti(fd, SOL_SOCKET, SO_KEEPALIVE) != 1) invariant("unix SO_KEEPALIVE", geti(fd, SOL_SOCKET, SO_KEEPALIVE), 1);
+    if (geti(fd, SOL_SOCKET, SO_TIMESTAMP) != 1) invariant("unix SO_TIMESTAMP", geti(fd, SOL_SOCKET, SO_TIMESTAMP), 1);
+    if (geti(fd, SOL_SOCKET, SO_RCVLOWAT) != 2) invariant("unix SO_RCVLOWAT", geti(fd, SOL_SOCKET, SO_RCVLOWAT), 2);
+    struct linger lg;
+    socklen_t ll = sizeof lg;
+    if (getsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, &ll) || !lg.l_onoff || lg.l_linger != 7) invariant("unix SO_LINGER seconds", lg.l_linger, 7);
+    if (geti(ux[0], SOL_SOCKET, SO_PRIORITY) != 0) invariant("unix peer SO_PRIORITY", geti(ux[0], SOL_SOCKET, SO_PRIORITY), 0);
+    /* The queued datagram first (already cut), then a new one cut by the filter. */
+    if (send(ux[0], "world", 5, 0) != 5) invariant("unix send (errno)", errno, 0);
+    char b[8];
+    ssize_t n = recv(fd, b, sizeof b, MSG_DONTWAIT);
+    if (n != 2 || memcmp(b, "he", 2)) invariant("unix queued datagram (length)", n, 2);
+    n = recv(fd, b, sizeof b, MSG_DONTWAIT);
+    if (n != 2 || memcmp(b, "wo", 2)) invariant("unix new datagram cut by the filter (length)", n, 2);
+    if (send(ux[0], "hello", 5, 0) != 5) invariant("unix send again (errno)", errno, 0);
+}
+
 static void check(void)
 {
     bad = 0;
+    check_unix();
     check_ping();
     check_filter();
     check_unconnected();
