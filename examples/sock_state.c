@@ -17,12 +17,19 @@
  * - a connection whose one end shut down its receiving side (both ESTABLISHED);
  * - a Unix datagram socketpair whose receiving end has a classic filter cutting datagrams to
  *   2 bytes, locked, a datagram "he" (sent as "hello") unread, and the socket-level options
- *   SO_PRIORITY 5, SO_KEEPALIVE, SO_TIMESTAMP, SO_RCVLOWAT 2, SO_LINGER on for 7 s.
+ *   SO_PRIORITY 5, SO_KEEPALIVE, SO_TIMESTAMP, SO_RCVLOWAT 2, SO_LINGER on for 7 s;
+ * - a route netlink socket bound by the kernel (its port id, the pid) to the multicast
+ *   routing groups (quiet: no notification comes while the test runs), with NETLINK_EXT_ACK and NETLINK_GET_STRICT_CHK, and one never bound:
+ *   same port ids, groups and flags, and the bound one still answers a request for `lo`;
+ *   a generic netlink socket joined to group 63 (past the 32 of the bind bitmap, no family's) by
+ *   NETLINK_ADD_MEMBERSHIP.
  *
  * With the argument `ebpf` it also attaches an eBPF socket filter (SO_ATTACH_BPF) to a UDP
  * socket and prints "ebpf on fd N"; with `ended`, it also holds both ends of a connection
- * closed by both sides ("ended on fd N"): ckpt cannot bring either back, the checkpoint must
- * be refused naming it.
+ * closed by both sides ("ended on fd N"); with `nlqueued`, a route netlink socket with a
+ * reply unread ("nlqueued on fd N"); with `packet`, a packet socket ("packet on fd N"); with
+ * `raw`, a raw IP socket ("raw on fd N"): ckpt cannot bring these back, the checkpoint must be
+ * refused naming it.
  *
  * Prints "tick N" every 50 ms. On SIGUSR1 it checks everything, prints "state ok" or
  * "INVARIANT <what>" lines then "state bad"; a check leaves every socket as it found it.
@@ -32,6 +39,9 @@
 #include <errno.h>
 #include <linux/bpf.h>
 #include <linux/filter.h>
+#include <linux/if_ether.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <netinet/in.h>
 #include <netinet/ip_icmp.h>
 #include <netinet/tcp.h>
@@ -48,7 +58,8 @@
 static volatile sig_atomic_t asked;
 static void on_usr1(int s) { (void)s; asked = 1; }
 
-static int ping4, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b, ux[2];
+static int ping4, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b, ux[2], nlr, nlu, nlg;
+static struct sockaddr_nl nlr_addr;
 static struct sockaddr_in ping_addr, filt_addr, bound_addr, noport_addr;
 static int bad;
 static unsigned short seq;
@@ -171,6 +182,18 @@ static void set_up(void)
         setsockopt(ux[1], SOL_SOCKET, SO_LINGER, &lg, sizeof lg))
         die("unix options");
     if (send(ux[0], "hello", 5, 0) != 5) die("unix send");
+    nlr = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+    struct sockaddr_nl na = {.nl_family = AF_NETLINK, .nl_groups = RTMGRP_IPV4_MROUTE | RTMGRP_IPV6_MROUTE};
+    if (nlr < 0 || bind(nlr, (void *)&na, sizeof na)) die("netlink route");
+    if (setsockopt(nlr, SOL_NETLINK, NETLINK_EXT_ACK, &one, sizeof one) ||
+        setsockopt(nlr, SOL_NETLINK, NETLINK_GET_STRICT_CHK, &one, sizeof one))
+        die("netlink flags");
+    socklen_t nl = sizeof nlr_addr;
+    if (getsockname(nlr, (void *)&nlr_addr, &nl)) die("netlink name");
+    nlu = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_ROUTE);
+    nlg = socket(AF_NETLINK, SOCK_RAW, NETLINK_GENERIC);
+    int g63 = 63;
+    if (nlu < 0 || nlg < 0 || setsockopt(nlg, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g63, sizeof g63)) die("netlink others");
     /* The FIN is acknowledged at once on loopback. */
     for (int i = 0; i < 100 && (tcp_state(hc_cli) != TCP_FIN_WAIT2 || tcp_state(hc_srv) != TCP_CLOSE_WAIT); i++) usleep(1000);
 }
@@ -307,9 +330,50 @@ static void check_unix(void)
     if (send(ux[0], "hello", 5, 0) != 5) invariant("unix send again (errno)", errno, 0);
 }
 
+static unsigned int membership_word(int fd, int word)
+{
+    unsigned int bits[4] = {0};
+    socklen_t l = sizeof bits;
+    if (getsockopt(fd, SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, bits, &l)) return 0xdead;
+    return bits[word];
+}
+
+static void check_netlink(void)
+{
+    struct sockaddr_nl a;
+    socklen_t l = sizeof a;
+    if (getsockname(nlr, (void *)&a, &l) || a.nl_pid != nlr_addr.nl_pid) invariant("route netlink port id", a.nl_pid, nlr_addr.nl_pid);
+    if (a.nl_pid != (unsigned)getpid()) invariant("route netlink port id is the pid", a.nl_pid, getpid());
+    if (a.nl_groups != (RTMGRP_IPV4_MROUTE | RTMGRP_IPV6_MROUTE)) invariant("route netlink groups", a.nl_groups, RTMGRP_IPV4_MROUTE | RTMGRP_IPV6_MROUTE);
+    if (geti(nlr, SOL_NETLINK, NETLINK_EXT_ACK) != 1) invariant("NETLINK_EXT_ACK", geti(nlr, SOL_NETLINK, NETLINK_EXT_ACK), 1);
+    if (geti(nlr, SOL_NETLINK, NETLINK_GET_STRICT_CHK) != 1) invariant("NETLINK_GET_STRICT_CHK", geti(nlr, SOL_NETLINK, NETLINK_GET_STRICT_CHK), 1);
+    if (geti(nlr, SOL_SOCKET, SO_PROTOCOL) != NETLINK_ROUTE) invariant("route netlink protocol", geti(nlr, SOL_SOCKET, SO_PROTOCOL), NETLINK_ROUTE);
+    l = sizeof a;
+    if (getsockname(nlu, (void *)&a, &l) || a.nl_pid != 0) invariant("unbound netlink port id", a.nl_pid, 0);
+    if (geti(nlu, SOL_SOCKET, SO_TYPE) != SOCK_DGRAM) invariant("unbound netlink type", geti(nlu, SOL_SOCKET, SO_TYPE), SOCK_DGRAM);
+    if (membership_word(nlg, 1) != 1u << 30) invariant("generic netlink group 63", membership_word(nlg, 1), 1u << 30);
+    if (geti(nlg, SOL_SOCKET, SO_PROTOCOL) != NETLINK_GENERIC) invariant("generic netlink protocol", geti(nlg, SOL_SOCKET, SO_PROTOCOL), NETLINK_GENERIC);
+    /* RTM_GETLINK for lo (index 1): one RTM_NEWLINK back, addressed to our port id. */
+    struct {
+        struct nlmsghdr h;
+        struct ifinfomsg i;
+    } req = {{sizeof req, RTM_GETLINK, NLM_F_REQUEST, 7, 0}, {.ifi_family = AF_UNSPEC, .ifi_index = 1}};
+    if (send(nlr, &req, sizeof req, 0) != sizeof req) invariant("netlink send (errno)", errno, 0);
+    char buf[8192];
+    struct pollfd p = {nlr, POLLIN, 0};
+    poll(&p, 1, 2000);
+    ssize_t n = recv(nlr, buf, sizeof buf, MSG_DONTWAIT);
+    struct nlmsghdr *h = (void *)buf;
+    if (n < (ssize_t)sizeof *h || h->nlmsg_type != RTM_NEWLINK || h->nlmsg_seq != 7)
+        invariant("netlink answer type", n < (ssize_t)sizeof *h ? -1 : h->nlmsg_type, RTM_NEWLINK);
+    else if (h->nlmsg_pid != nlr_addr.nl_pid)
+        invariant("netlink answer port id", h->nlmsg_pid, nlr_addr.nl_pid);
+}
+
 static void check(void)
 {
     bad = 0;
+    check_netlink();
     check_unix();
     check_ping();
     check_filter();
@@ -350,8 +414,25 @@ int main(int argc, char **argv)
         if (shutdown(a, SHUT_WR) || shutdown(b, SHUT_WR)) die("shutdown both");
         usleep(20000);
         printf("ended on fd %d\n", a);
+    } else if (argc == 2 && !strcmp(argv[1], "nlqueued")) {
+        int q = socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE);
+        struct {
+            struct nlmsghdr h;
+            struct ifinfomsg i;
+        } req = {{sizeof req, RTM_GETLINK, NLM_F_REQUEST, 1, 0}, {.ifi_family = AF_UNSPEC, .ifi_index = 1}};
+        if (q < 0 || send(q, &req, sizeof req, 0) != sizeof req) die("netlink request");
+        usleep(20000);
+        printf("nlqueued on fd %d\n", q);
+    } else if (argc == 2 && !strcmp(argv[1], "packet")) {
+        int pk = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
+        if (pk < 0) die("packet socket");
+        printf("packet on fd %d\n", pk);
+    } else if (argc == 2 && !strcmp(argv[1], "raw")) {
+        int r = socket(AF_INET, SOCK_RAW, IPPROTO_UDP);
+        if (r < 0) die("raw socket");
+        printf("raw on fd %d\n", r);
     } else if (argc != 1) {
-        fprintf(stderr, "usage: sock_state [ebpf|ended]\n");
+        fprintf(stderr, "usage: sock_state [ebpf|ended|nlqueued|packet|raw]\n");
         return 2;
     }
     struct timespec d = {0, 50000000L};

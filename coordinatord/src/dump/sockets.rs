@@ -221,7 +221,7 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                 // A connection that ended, was reset or failed has its receive side shut.
                 if inet::diag::by_poll(raw) & 1 != 0 || getpeername::<SockaddrStorage>(raw).is_ok() {
                     return Err(unsupported(format!(
-                        "a TCP socket whose connection has ended (closed by both sides, reset, or failed to connect), which ckpt cannot make again ({target})"
+                        "a TCP socket whose connection has ended (closed by both sides, reset, or failed to connect) ({target})"
                     )));
                 }
                 // Made, maybe bound, not connected yet: options that act before connect or
@@ -253,7 +253,7 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
             }
             if !remade_state(c.state) {
                 return Err(unsupported(format!(
-                    "a TCP socket in state {}, which ckpt cannot make again; checkpoint again once it has settled ({target})",
+                    "a TCP socket in state {} ({target}; a passing state: checkpoint again once it has settled)",
                     state_name(c.state)
                 )));
             }
@@ -307,9 +307,7 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                 icmp,
             })
         }
-        (libc::SOCK_RAW, p) => Err(unsupported(format!(
-            "a raw IP socket (protocol {p}), which ckpt does not re-create ({target})"
-        ))),
+        (libc::SOCK_RAW, p) => Err(unsupported(format!("a raw IP socket (protocol {p}) ({target})"))),
         (_, p) => Err(unsupported(format!(
             "an IP socket of type {ty} and protocol {} ({target})",
             proto_name(p)
@@ -322,7 +320,7 @@ fn family_name(domain: i32) -> String {
     match domain {
         libc::AF_UNIX => "a unix socket".into(),
         libc::AF_NETLINK => "a netlink socket".into(),
-        libc::AF_PACKET => "a packet socket (AF_PACKET)".into(),
+        libc::AF_PACKET => "a packet socket (AF_PACKET; ckpt does not read its ring, fanout and memberships)".into(),
         libc::AF_VSOCK => "a vsock socket".into(),
         libc::AF_ALG => "a kernel crypto socket (AF_ALG)".into(),
         libc::AF_BLUETOOTH => "a bluetooth socket".into(),

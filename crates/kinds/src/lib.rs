@@ -21,12 +21,14 @@ pub mod inet;
 pub mod inotify;
 pub mod lock;
 pub mod mqueue;
+pub mod netlink;
 pub mod posix_timer;
 pub mod pty;
 mod reopen;
 pub mod signalfd;
 pub mod sock_diag;
 pub mod sockfilter;
+pub mod socklevel;
 pub mod source;
 pub mod sysv;
 pub mod timerfd;
@@ -83,6 +85,7 @@ pub enum Object {
     Unix(unix::Record),
     Epoll(epoll::Record),
     Pty(pty::Record),
+    Netlink(netlink::Record),
 }
 
 impl Object {
@@ -99,6 +102,7 @@ impl Object {
             Object::Unix(r) => unix::describe(r),
             Object::Epoll(r) => epoll::describe(r),
             Object::Pty(r) => pty::describe(r),
+            Object::Netlink(r) => netlink::describe(r),
         }
     }
 }
@@ -119,6 +123,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
         None if unix::handles(src) => unix::capture(src).map(Object::Unix),
         None if pty::claims(src) => pty::capture(src).map(Object::Pty),
+        None if netlink::handles(src) => netlink::capture(src).map(Object::Netlink),
         None => return None,
     })
 }
@@ -161,6 +166,7 @@ impl Restore {
             Object::Unix(r) => self.unix.recreate(r),
             Object::Epoll(r) => epoll::recreate(r),
             Object::Pty(r) => pty::recreate(r, &mut self.pty),
+            Object::Netlink(r) => netlink::recreate(r),
         }
     }
 
@@ -189,5 +195,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Epoll(r) if owner => epoll::register(fd, r),
         Object::Epoll(_) => Ok(()),
         Object::Pty(_) => Ok(()),
+        Object::Netlink(_) => Ok(()),
     }
 }

@@ -26,8 +26,6 @@ pub fn socket(v6: bool) -> std::io::Result<OwnedFd> {
 /// At checkpoint time: whether ckptd will be able to make the socket again.
 pub fn check(v6: bool) -> Result<(), String> {
     socket(v6).map(drop).map_err(|e| {
-        format!(
-            "an ICMP echo (ping) socket, which ckptd cannot make again ({e}): its group must be in net.ipv4.ping_group_range"
-        )
+        format!("an ICMP echo (ping) socket that ckptd cannot make ({e}; ckptd's group must be in net.ipv4.ping_group_range)")
     })
 }

@@ -3,32 +3,10 @@
 //! can set and read back, and a classic socket filter.
 
 use crate::sockfilter::{self, Filter};
+use crate::socklevel;
 use crate::KindError;
 use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
-
-// Not in the libc crate yet (asm-generic/socket.h).
-const SO_PASSPIDFD: i32 = 76;
-const SO_PASSRIGHTS: i32 = 83;
-
-/// Socket-level integer options any socket takes and reports back, by name (stable across
-/// versions of this list); each is set back only where the new socket's value differs. One a
-/// kernel does not know is one the program could not set either: it is not read.
-const GENERIC: &[(&str, i32)] = &[
-    ("SO_REUSEADDR", libc::SO_REUSEADDR),
-    ("SO_KEEPALIVE", libc::SO_KEEPALIVE),
-    ("SO_BROADCAST", libc::SO_BROADCAST),
-    ("SO_DONTROUTE", libc::SO_DONTROUTE),
-    ("SO_OOBINLINE", libc::SO_OOBINLINE),
-    ("SO_RCVLOWAT", libc::SO_RCVLOWAT),
-    ("SO_PRIORITY", libc::SO_PRIORITY),
-    ("SO_MARK", libc::SO_MARK),
-    ("SO_TIMESTAMP", libc::SO_TIMESTAMP),
-    ("SO_TIMESTAMPNS", libc::SO_TIMESTAMPNS),
-    ("SO_PASSSEC", libc::SO_PASSSEC),
-    ("SO_PASSPIDFD", SO_PASSPIDFD),
-    ("SO_PASSRIGHTS", SO_PASSRIGHTS),
-];
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Opts {
@@ -41,63 +19,13 @@ pub struct Opts {
     pub sndtimeo: (i64, i64),
     /// The program's SO_PEEK_OFF (-1: off).
     pub peek_off: i32,
-    /// The [`GENERIC`] options this kernel reported.
+    /// The generic socket-level options this kernel reported ([`socklevel`]).
     pub generic: Vec<(String, i32)>,
     /// SO_LINGER (l_onoff, l_linger): no effect on a Unix socket, but read back.
     pub linger: (i32, i32),
     /// A classic BPF filter and SO_LOCK_FILTER, attached once the queue is refilled (the
     /// datagrams in it already passed the filter).
     pub filter: Filter,
-}
-
-fn get_int(fd: RawFd, opt: i32) -> std::io::Result<i32> {
-    let mut v: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: v and len are valid out-pointers of the right size.
-    if unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(v)
-}
-
-fn linger(fd: RawFd) -> (i32, i32) {
-    let mut l = libc::linger {
-        l_onoff: 0,
-        l_linger: 0,
-    };
-    let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
-    // SAFETY: l and len are valid out-pointers of the right size.
-    unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&mut l as *mut libc::linger).cast(),
-            &mut len,
-        )
-    };
-    (l.l_onoff, l.l_linger)
-}
-
-fn set_linger(fd: RawFd, (on, secs): (i32, i32)) -> std::io::Result<()> {
-    let l = libc::linger {
-        l_onoff: on,
-        l_linger: secs,
-    };
-    // SAFETY: l is a valid linger of the given size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 pub fn int(fd: RawFd, level: i32, opt: i32) -> i32 {
@@ -180,10 +108,6 @@ pub fn set_buf(fd: RawFd, opt: i32, reported: i32) -> std::io::Result<()> {
 impl Opts {
     /// Reads the options; an eBPF filter is refused.
     pub fn read(fd: RawFd) -> Result<Opts, KindError> {
-        let generic = GENERIC
-            .iter()
-            .filter_map(|&(name, opt)| get_int(fd, opt).ok().map(|v| (name.to_string(), v)))
-            .collect();
         Ok(Opts {
             passcred: int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED) != 0,
             rcvbuf: int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
@@ -191,8 +115,8 @@ impl Opts {
             rcvtimeo: timeo(fd, libc::SO_RCVTIMEO),
             sndtimeo: timeo(fd, libc::SO_SNDTIMEO),
             peek_off: int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF),
-            generic,
-            linger: linger(fd),
+            generic: socklevel::read(fd),
+            linger: socklevel::linger(fd),
             filter: sockfilter::capture(fd)?,
         })
     }
@@ -215,19 +139,9 @@ impl Opts {
         if self.sndtimeo != (0, 0) {
             set_timeo(fd, libc::SO_SNDTIMEO, self.sndtimeo)?;
         }
-        for (name, v) in &self.generic {
-            let Some(&(_, opt)) = GENERIC.iter().find(|(n, _)| n == name) else {
-                return Err(std::io::Error::other(format!(
-                    "{name} is unknown to this version of ckpt"
-                )));
-            };
-            let err = |e: std::io::Error| std::io::Error::new(e.kind(), format!("{name}={v}: {e}"));
-            if get_int(fd, opt).map_err(err)? != *v {
-                set_int(fd, libc::SOL_SOCKET, opt, *v).map_err(err)?;
-            }
-        }
+        socklevel::apply(fd, &self.generic)?;
         if self.linger.0 != 0 {
-            set_linger(fd, self.linger)?;
+            socklevel::set_linger(fd, self.linger)?;
         }
         Ok(())
     }
