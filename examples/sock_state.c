@@ -4,6 +4,8 @@
  * - an ICMP echo ("ping") socket bound to 127.0.0.1 (its echo identifier chosen by the
  *   kernel), with IP_TTL 33: same family, protocol and identifier, and it still gets its
  *   replies from 127.0.0.1;
+ * - a raw ICMP socket bound to 127.0.0.1 whose ICMP_FILTER passes echo replies only, with
+ *   IP_TTL 44: same protocol, name and filter, and it sees the ping socket's reply;
  * - a UDP socket with a classic BPF filter that cuts every datagram to 3 bytes (11 with its
  *   UDP header, which the filter sees), locked
  *   (SO_LOCK_FILTER): the same program read back with SO_GET_FILTER, still locked (detaching
@@ -27,9 +29,8 @@
  * With the argument `ebpf` it also attaches an eBPF socket filter (SO_ATTACH_BPF) to a UDP
  * socket and prints "ebpf on fd N"; with `ended`, it also holds both ends of a connection
  * closed by both sides ("ended on fd N"); with `nlqueued`, a route netlink socket with a
- * reply unread ("nlqueued on fd N"); with `packet`, a packet socket ("packet on fd N"); with
- * `raw`, a raw IP socket ("raw on fd N"): ckpt cannot bring these back, the checkpoint must be
- * refused naming it.
+ * reply unread ("nlqueued on fd N"); with `packet`, a packet socket ("packet on fd N"): ckpt
+ * cannot bring these back, the checkpoint must be refused naming it.
  *
  * Prints "tick N" every 50 ms. On SIGUSR1 it checks everything, prints "state ok" or
  * "INVARIANT <what>" lines then "state bad"; a check leaves every socket as it found it.
@@ -55,12 +56,18 @@
 #include <time.h>
 #include <unistd.h>
 
+/* linux/icmp.h, which clashes with netinet/ip_icmp.h. */
+#define ICMP_FILTER 1
+struct icmp_filter {
+    unsigned int data;
+};
+
 static volatile sig_atomic_t asked;
 static void on_usr1(int s) { (void)s; asked = 1; }
 
-static int ping4, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b, ux[2], nlr, nlu, nlg;
+static int ping4, rawicmp, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b, ux[2], nlr, nlu, nlg;
 static struct sockaddr_nl nlr_addr;
-static struct sockaddr_in ping_addr, filt_addr, bound_addr, noport_addr;
+static struct sockaddr_in raw_addr, ping_addr, filt_addr, bound_addr, noport_addr;
 static int bad;
 static unsigned short seq;
 
@@ -142,6 +149,15 @@ static void set_up(void)
     if (bind(ping4, (void *)&a, sizeof a) || setsockopt(ping4, IPPROTO_IP, IP_TTL, &ttl, sizeof ttl)) die("ping bind");
     ping_addr = name_of(ping4);
 
+    rawicmp = socket(AF_INET, SOCK_RAW, IPPROTO_ICMP);
+    struct icmp_filter only_replies = {~(1u << ICMP_ECHOREPLY)};
+    int ttl44 = 44;
+    if (rawicmp < 0 || bind(rawicmp, (void *)&a, sizeof a) ||
+        setsockopt(rawicmp, SOL_RAW, ICMP_FILTER, &only_replies, sizeof only_replies) ||
+        setsockopt(rawicmp, IPPROTO_IP, IP_TTL, &ttl44, sizeof ttl44))
+        die("raw icmp");
+    raw_addr = name_of(rawicmp);
+
     filt = socket(AF_INET, SOCK_DGRAM, 0);
     if (filt < 0 || bind(filt, (void *)&a, sizeof a)) die("udp");
     filt_addr = name_of(filt);
@@ -222,6 +238,27 @@ static void check_ping(void)
     /* The kernel writes the socket's identifier (its port) into every request. */
     if (rep.un.echo.id != ping_addr.sin_port) invariant("ping reply identifier", ntohs(rep.un.echo.id), ntohs(ping_addr.sin_port));
     if (ntohs(rep.un.echo.sequence) != seq) invariant("ping reply sequence", ntohs(rep.un.echo.sequence), seq);
+
+    same_name("raw ICMP socket name", rawicmp, raw_addr);
+    if (geti(rawicmp, SOL_SOCKET, SO_PROTOCOL) != IPPROTO_ICMP) invariant("raw protocol", geti(rawicmp, SOL_SOCKET, SO_PROTOCOL), IPPROTO_ICMP);
+    if (geti(rawicmp, SOL_SOCKET, SO_TYPE) != SOCK_RAW) invariant("raw type", geti(rawicmp, SOL_SOCKET, SO_TYPE), SOCK_RAW);
+    if (geti(rawicmp, IPPROTO_IP, IP_TTL) != 44) invariant("raw IP_TTL", geti(rawicmp, IPPROTO_IP, IP_TTL), 44);
+    struct icmp_filter f;
+    socklen_t fl = sizeof f;
+    if (getsockopt(rawicmp, SOL_RAW, ICMP_FILTER, &f, &fl) || f.data != ~(1u << ICMP_ECHOREPLY)) invariant("raw ICMP_FILTER", f.data, ~(1u << ICMP_ECHOREPLY));
+    /* Its copy of the reply (with the IP header), among whatever else came. */
+    int seen = 0;
+    char pkt[2048];
+    for (int i = 0; i < 50 && !seen; i++) {
+        struct pollfd rp = {rawicmp, POLLIN, 0};
+        if (poll(&rp, 1, 100) != 1) continue;
+        ssize_t m = recv(rawicmp, pkt, sizeof pkt, MSG_DONTWAIT);
+        if (m < 28) continue;
+        struct icmphdr *h = (void *)(pkt + (pkt[0] & 0xf) * 4);
+        if (h->type != ICMP_ECHOREPLY) invariant("raw ICMP_FILTER let through type", h->type, ICMP_ECHOREPLY);
+        seen = h->un.echo.id == ping_addr.sin_port && ntohs(h->un.echo.sequence) == seq;
+    }
+    if (!seen) invariant("raw socket saw the echo reply", 0, 1);
 }
 
 static void check_filter(void)
@@ -427,12 +464,8 @@ int main(int argc, char **argv)
         int pk = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
         if (pk < 0) die("packet socket");
         printf("packet on fd %d\n", pk);
-    } else if (argc == 2 && !strcmp(argv[1], "raw")) {
-        int r = socket(AF_INET, SOCK_RAW, IPPROTO_UDP);
-        if (r < 0) die("raw socket");
-        printf("raw on fd %d\n", r);
     } else if (argc != 1) {
-        fprintf(stderr, "usage: sock_state [ebpf|ended|nlqueued|packet|raw]\n");
+        fprintf(stderr, "usage: sock_state [ebpf|ended|nlqueued|packet]\n");
         return 2;
     }
     struct timespec d = {0, 50000000L};

@@ -403,14 +403,14 @@ pub enum FdKind {
     },
     /// A UDP socket, bound (and connected) again at restore with its options and multicast
     /// memberships; datagrams in flight may be lost. `shutdown` holds the `shutdown(2)` sides
-    /// (1: receive, 2: send). With `icmp`, an ICMP echo ("ping") socket, whose port is its
-    /// echo identifier.
+    /// (1: receive, 2: send). `kind` tells a UDP socket from an ICMP echo ("ping") socket,
+    /// whose port is its echo identifier, and a raw IP socket.
     Udp {
         local: String,
         peer: Option<String>,
         opts: SockOpts,
         shutdown: u8,
-        icmp: bool,
+        kind: DgramKind,
     },
     /// A kernel object of a kind `ckpt_kinds` handles (eventfd, epoll, Unix socket…), made once
     /// per host at restore by ckptd and handed to every holder. Holders of one object (across
@@ -425,6 +425,20 @@ pub enum FdKind {
         /// the checkpoint, else replaced by that stdio of the `ckptctl restore` (see
         /// [`StdioPeers`]).
         stdio: Option<u8>,
+    },
+}
+
+/// What kind of IP datagram socket an [`FdKind::Udp`] is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum DgramKind {
+    Udp,
+    /// `socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)` or its IPv6 counterpart.
+    Ping,
+    /// `socket(AF_INET, SOCK_RAW, protocol)`; its holders (across fork) share `ino`, the
+    /// socket's inode at the checkpoint, and share one socket again.
+    Raw {
+        protocol: i32,
+        ino: u64,
     },
 }
 
@@ -479,10 +493,14 @@ impl FdKind {
                 local,
                 peer,
                 opts,
-                icmp,
+                kind,
                 ..
             } => {
-                let kind = if *icmp { "ping" } else { "udp" };
+                let kind = match kind {
+                    DgramKind::Udp => "udp".to_string(),
+                    DgramKind::Ping => "ping".to_string(),
+                    DgramKind::Raw { protocol, .. } => format!("raw ip protocol {protocol}"),
+                };
                 match peer {
                     Some(p) => format!("{kind} {local} -> {p}{}", opts.describe()),
                     None => format!("{kind} {local}{}", opts.describe()),

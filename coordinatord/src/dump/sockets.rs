@@ -2,7 +2,7 @@
 //! options, the kernel's byte counts and the bytes queued unread (peeked, not consumed).
 
 use super::DumpError;
-use ckpt_format::{FdKind, SockOpts};
+use ckpt_format::{DgramKind, FdKind, SockOpts};
 use ckpt_kinds::inet::{self, Sock};
 pub use ckpt_kinds::source::grab;
 use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
@@ -230,6 +230,7 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                     v6,
                     tcp: true,
                     listener: true,
+                    raw: 0,
                 };
                 let ino = nix::sys::stat::fstat(raw).map_err(|e| io(e.into()))?.st_ino;
                 return Ok(FdKind::TcpSocket {
@@ -244,6 +245,7 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                     v6,
                     tcp: true,
                     listener: true,
+                    raw: 0,
                 };
                 return Ok(FdKind::TcpListen {
                     local,
@@ -275,6 +277,7 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                         v6,
                         tcp: true,
                         listener: false,
+                        raw: 0,
                     },
                 )?,
                 shutdown: own_shutdown(c.state, d.shutdown),
@@ -282,11 +285,13 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
         }
         (libc::SOCK_DGRAM, libc::IPPROTO_UDP | libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => {
             let icmp = protocol != libc::IPPROTO_UDP;
+            let kind = if icmp { DgramKind::Ping } else { DgramKind::Udp };
             let peer = getpeername::<SockaddrStorage>(raw).ok().map(|a| addr_string(&a));
             let sock = Sock {
                 v6,
                 tcp: false,
                 listener: false,
+                raw: 0,
             };
             if icmp {
                 inet::ping::check(v6).map_err(|e| unsupported(format!("{e} ({target})")))?;
@@ -304,10 +309,27 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                 peer,
                 opts,
                 shutdown,
-                icmp,
+                kind,
             })
         }
-        (libc::SOCK_RAW, p) => Err(unsupported(format!("a raw IP socket (protocol {p}) ({target})"))),
+        (libc::SOCK_RAW, p) => {
+            let peer = getpeername::<SockaddrStorage>(raw).ok().map(|a| addr_string(&a));
+            let sock = Sock {
+                v6,
+                tcp: false,
+                listener: false,
+                raw: p,
+            };
+            let ino = nix::sys::stat::fstat(raw).map_err(|e| io(e.into()))?.st_ino;
+            Ok(FdKind::Udp {
+                local,
+                peer,
+                opts: opts(pid, fd, raw, sock)?,
+                // Raw sockets are listed by raw_diag, not inet_diag's UDP table.
+                shutdown: inet::diag::by_poll(raw),
+                kind: DgramKind::Raw { protocol: p, ino },
+            })
+        }
         (_, p) => Err(unsupported(format!(
             "an IP socket of type {ty} and protocol {} ({target})",
             proto_name(p)

@@ -5,7 +5,7 @@
 //! the program runs. An end whose peer is not in the checkpoint comes back reset.
 
 use anyhow::{bail, Context};
-use ckpt_format::{FdKind, ProcessImage, SockOpts};
+use ckpt_format::{DgramKind, FdKind, ProcessImage, SockOpts};
 use ckpt_kinds::inet::Sock;
 use ckpt_proto::EndPlan;
 use std::collections::HashMap;
@@ -31,11 +31,12 @@ fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) {
     };
 }
 
-fn sock(addr: SocketAddr, tcp: bool, listener: bool) -> Sock {
+fn sock(addr: SocketAddr, tcp: bool, listener: bool, raw: i32) -> Sock {
     Sock {
         v6: addr.is_ipv6(),
         tcp,
         listener,
+        raw,
     }
 }
 
@@ -47,6 +48,8 @@ enum Kind {
     Udp,
     /// An ICMP echo socket.
     Ping,
+    /// A raw socket of that protocol.
+    Raw(i32),
 }
 
 /// A socket of `addr`'s family with the program's options, bound to `addr` (not bound when
@@ -66,10 +69,14 @@ fn bound(addr: SocketAddr, kind: Kind, opts: &SockOpts) -> anyhow::Result<OwnedF
         Kind::Udp => socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?,
         Kind::Ping => ckpt_kinds::inet::ping::socket(addr.is_ipv6())
             .with_context(|| format!("cannot make the ICMP echo socket {addr} again"))?,
+        Kind::Raw(p) => raw_socket(addr.is_ipv6(), p)
+            .with_context(|| format!("cannot make the raw socket of protocol {p} again"))?,
     };
-    opts.apply(s.as_raw_fd(), sock(addr, tcp, tcp))
+    let raw = if let Kind::Raw(p) = kind { p } else { 0 };
+    opts.apply(s.as_raw_fd(), sock(addr, tcp, tcp, raw))
         .with_context(|| format!("cannot re-create the socket bound to {addr}"))?;
-    if addr.ip().is_unspecified() && addr.port() == 0 {
+    // A raw socket's port is its protocol, not a binding.
+    if addr.ip().is_unspecified() && (addr.port() == 0 || raw != 0) {
         return Ok(s);
     }
     if tcp {
@@ -95,6 +102,18 @@ fn bound(addr: SocketAddr, kind: Kind, opts: &SockOpts) -> anyhow::Result<OwnedF
         );
     }
     Ok(s)
+}
+
+/// A raw IP socket of `protocol`.
+fn raw_socket(v6: bool, protocol: i32) -> std::io::Result<OwnedFd> {
+    let dom = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket returns a new fd or -1.
+    let s = unsafe { libc::socket(dom, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just created and is ours.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(s) })
 }
 
 fn parse(a: &str) -> anyhow::Result<SocketAddr> {
@@ -241,18 +260,21 @@ pub fn make_sockets(
                     peer,
                     opts,
                     shutdown,
-                    icmp,
+                    kind,
                 } => {
                     // Without SO_REUSEADDR or SO_REUSEPORT no two UDP sockets bind one
                     // address: holders of one there share it (fork, dup), and get one again.
                     // (An unbound socket, port 0, is its own.)
                     let alone =
                         opts.int("SO_REUSEADDR") == 0 && opts.int("SO_REUSEPORT") == 0 && parse(local)?.port() != 0;
-                    let (kind, key) = if *icmp {
-                        (Kind::Ping, format!("ping {local}"))
-                    } else {
-                        (Kind::Udp, format!("udp {local}"))
+                    let (kind, key) = match kind {
+                        DgramKind::Ping => (Kind::Ping, format!("ping {local}")),
+                        DgramKind::Udp => (Kind::Udp, format!("udp {local}")),
+                        // Raw sockets never exclude each other: one is shared only by its
+                        // holders (fork, dup).
+                        DgramKind::Raw { protocol, ino } => (Kind::Raw(*protocol), format!("raw {ino}")),
                     };
+                    let alone = alone || matches!(kind, Kind::Raw(_));
                     if alone {
                         if let Some(first) = shared_listeners.get(&key) {
                             let s: &OwnedFd = first;
@@ -327,7 +349,7 @@ pub fn make_sockets(
     }
     for (id, s, _, opts, _) in conns {
         let at = s.local_addr()?;
-        opts.apply(s.as_raw_fd(), sock(at, true, false))
+        opts.apply(s.as_raw_fd(), sock(at, true, false, 0))
             .with_context(|| format!("cannot re-create the connection from {at}"))?;
         out.insert(id, s.into());
     }

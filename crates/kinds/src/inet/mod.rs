@@ -27,6 +27,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use table::SO_BUF_LOCK;
 
 const SOCK_SNDBUF_LOCK: i32 = 1;
+/// linux/icmpv6.h
+const ICMP6_FILTER: i32 = 1;
 const SOCK_RCVBUF_LOCK: i32 = 2;
 
 /// What kind of socket the options belong to.
@@ -35,6 +37,8 @@ pub struct Sock {
     pub v6: bool,
     pub tcp: bool,
     pub listener: bool,
+    /// The protocol of a raw socket (`SOCK_RAW`); 0 for others.
+    pub raw: i32,
 }
 
 /// The options of one TCP or UDP socket.
@@ -60,6 +64,8 @@ pub struct Opts {
     pub mcast_if: [u8; 4],
     /// Multicast groups the socket joined (UDP).
     pub memberships: Vec<Membership>,
+    /// ICMP6_FILTER of a raw ICMPv6 socket (`struct icmp6_filter`); empty for others.
+    pub icmp6_filter: Vec<u8>,
     /// A classic BPF socket filter and SO_LOCK_FILTER, attached again last.
     pub filter: Filter,
 }
@@ -110,6 +116,12 @@ pub fn capture(pid: i32, fd: RawFd, sock: Sock) -> Result<Opts, KindError> {
         o.mcast_if = a;
         o.memberships = mcast::read(pid, fd, sock.v6)
             .map_err(|e| refused(format!("its multicast memberships cannot be read exactly ({e})")))?;
+    }
+    if sock.v6 && sock.raw == libc::IPPROTO_ICMPV6 {
+        let mut f = vec![0u8; 32];
+        let n = raw::get(fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &mut f).map_err(read("ICMP6_FILTER"))?;
+        f.truncate(n);
+        o.icmp6_filter = f;
     }
     Ok(o)
 }
@@ -197,6 +209,10 @@ impl Opts {
                 (format!("IP_MULTICAST_IF={a}"), e)
             })?;
         }
+        if !self.icmp6_filter.is_empty() {
+            raw::set(fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &self.icmp6_filter)
+                .map_err(|e| ("ICMP6_FILTER".to_string(), e))?;
+        }
         // Last. A connection gets its options once ckptd has made it and refilled its queue,
         // so its filter never sees ckptd's own traffic.
         sockfilter::attach(fd, &self.filter).map_err(|e| {
@@ -230,9 +246,13 @@ impl Opts {
     /// congestion control no longer available, …) refuses the checkpoint instead of the restore.
     pub fn check(&self, sock: Sock) -> Result<(), KindError> {
         let dom = if sock.v6 { libc::AF_INET6 } else { libc::AF_INET };
-        let ty = if sock.tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
+        let (ty, proto) = match (sock.tcp, sock.raw) {
+            (true, _) => (libc::SOCK_STREAM, 0),
+            (false, 0) => (libc::SOCK_DGRAM, 0),
+            (false, p) => (libc::SOCK_RAW, p),
+        };
         // SAFETY: socket returns a new fd or -1.
-        let s = unsafe { libc::socket(dom, ty | libc::SOCK_CLOEXEC, 0) };
+        let s = unsafe { libc::socket(dom, ty | libc::SOCK_CLOEXEC, proto) };
         if s < 0 {
             return Err(KindError::read("a scratch socket")(std::io::Error::last_os_error()));
         }

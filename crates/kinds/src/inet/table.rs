@@ -12,6 +12,9 @@ const SO_PREFER_BUSY_POLL: i32 = 69;
 const IP_RECVERR_RFC4884: i32 = 26;
 const IP_LOCAL_PORT_RANGE: i32 = 51;
 const TCP_TX_DELAY: i32 = 37;
+const IP_NODEFRAG: i32 = 22;
+const IPV6_HDRINCL: i32 = 36;
+const SOL_RAW: i32 = 255;
 
 /// Which sockets an option is read from and set on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,6 +26,8 @@ pub enum Scope {
     Listener,
     /// Not on a connected TCP socket (only meaningful before bind/connect, refused after).
     NotConn,
+    /// Raw sockets only.
+    Raw,
 }
 
 pub struct Spec {
@@ -125,7 +130,13 @@ pub const TABLE: &[Spec] = &[
     s("IP_RECVTTL", IP, libc::IP_RECVTTL, Scope::All),
     s("IP_RECVTOS", IP, libc::IP_RECVTOS, Scope::All),
     s("IP_RECVORIGDSTADDR", IP, libc::IP_RECVORIGDSTADDR, Scope::All),
+    s("IP_HDRINCL", IP, libc::IP_HDRINCL, Scope::Raw),
+    s("IP_NODEFRAG", IP, IP_NODEFRAG, Scope::Raw),
+    // struct icmp_filter is one u32 (a raw ICMP socket's; others answer EOPNOTSUPP).
+    s("ICMP_FILTER", SOL_RAW, 1, Scope::Raw),
     s6("IPV6_V6ONLY", libc::IPV6_V6ONLY, Scope::NotConn),
+    s6("IPV6_CHECKSUM", libc::IPV6_CHECKSUM, Scope::Raw),
+    s6("IPV6_HDRINCL", IPV6_HDRINCL, Scope::Raw),
     s6("IPV6_UNICAST_HOPS", libc::IPV6_UNICAST_HOPS, Scope::All),
     s6("IPV6_TCLASS", libc::IPV6_TCLASS, Scope::All),
     s6("IPV6_MTU_DISCOVER", libc::IPV6_MTU_DISCOVER, Scope::All),
@@ -155,6 +166,7 @@ impl Spec {
             Scope::Udp => !sock.tcp,
             Scope::Listener => sock.tcp && sock.listener,
             Scope::NotConn => !sock.tcp || sock.listener,
+            Scope::Raw => sock.raw != 0,
         }
     }
 
