@@ -16,7 +16,9 @@
  * - a half-closed local connection: the client sent "abc" then shut down its sending side
  *   (FIN_WAIT2), the server has "abc" unread then end of file (CLOSE_WAIT) and had sent
  *   "xyz" the client has not read; the client cannot send any more (EPIPE);
- * - a connection whose one end shut down its receiving side (both ESTABLISHED);
+ * - a connection whose one end shut down its receiving side (both ESTABLISHED), the other
+ *   with SO_PEEK_OFF 0; the bound TCP socket with SO_MAX_PACING_RATE and SO_TXREHASH 0, the
+ *   filtered UDP socket with SO_RCVMARK;
  * - a Unix datagram socketpair whose receiving end has a classic filter cutting datagrams to
  *   2 bytes, locked, a datagram "he" (sent as "hello") unread, and the socket-level options
  *   SO_PRIORITY 5, SO_KEEPALIVE, SO_TIMESTAMP, SO_RCVLOWAT 2, SO_LINGER on for 7 s;
@@ -172,7 +174,11 @@ static void set_up(void)
         setsockopt(tfresh, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one))
         die("tcp fresh");
     tbound = socket(AF_INET, SOCK_STREAM, 0);
-    if (tbound < 0 || bind(tbound, (void *)&a, sizeof a)) die("tcp bound");
+    int rate = 1000000, rehash = 0;
+    if (tbound < 0 || bind(tbound, (void *)&a, sizeof a) ||
+        setsockopt(tbound, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, sizeof rate) ||
+        setsockopt(tbound, SOL_SOCKET, SO_TXREHASH, &rehash, sizeof rehash))
+        die("tcp bound");
     bound_addr = name_of(tbound);
     tnoport = socket(AF_INET, SOCK_STREAM, 0);
     if (tnoport < 0 || setsockopt(tnoport, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one) ||
@@ -183,7 +189,10 @@ static void set_up(void)
     pair(&hc_cli, &hc_srv);
     if (write(hc_srv, "xyz", 3) != 3 || write(hc_cli, "abc", 3) != 3 || shutdown(hc_cli, SHUT_WR)) die("half close");
     pair(&rd_a, &rd_b);
-    if (shutdown(rd_a, SHUT_RD)) die("shutdown SHUT_RD");
+    int peek_off = 0;
+    if (shutdown(rd_a, SHUT_RD) || setsockopt(rd_b, SOL_SOCKET, SO_PEEK_OFF, &peek_off, sizeof peek_off) ||
+        setsockopt(filt, SOL_SOCKET, SO_RCVMARK, &one, sizeof one))
+        die("shutdown SHUT_RD, SO_PEEK_OFF, SO_RCVMARK");
     if (socketpair(AF_UNIX, SOCK_DGRAM, 0, ux)) die("socketpair");
     struct sock_filter two[] = {BPF_STMT(BPF_RET | BPF_K, 2)};
     struct sock_fprog f2 = {1, two};
@@ -293,6 +302,10 @@ static void check_unconnected(void)
     if (geti(tnoport, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT) != 1) invariant("IP_BIND_ADDRESS_NO_PORT", geti(tnoport, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT), 1);
     if (geti(tfresh, IPPROTO_TCP, TCP_NODELAY) != 1) invariant("TCP_NODELAY on fresh", geti(tfresh, IPPROTO_TCP, TCP_NODELAY), 1);
     if (geti(tfresh, SOL_SOCKET, SO_KEEPALIVE) != 1) invariant("SO_KEEPALIVE on fresh", geti(tfresh, SOL_SOCKET, SO_KEEPALIVE), 1);
+    if (geti(tbound, SOL_SOCKET, SO_MAX_PACING_RATE) != 1000000) invariant("SO_MAX_PACING_RATE", geti(tbound, SOL_SOCKET, SO_MAX_PACING_RATE), 1000000);
+    if (geti(tbound, SOL_SOCKET, SO_TXREHASH) != 0) invariant("SO_TXREHASH", geti(tbound, SOL_SOCKET, SO_TXREHASH), 0);
+    if (geti(filt, SOL_SOCKET, SO_RCVMARK) != 1) invariant("SO_RCVMARK", geti(filt, SOL_SOCKET, SO_RCVMARK), 1);
+    if (geti(rd_b, SOL_SOCKET, SO_PEEK_OFF) != 0) invariant("SO_PEEK_OFF on a connection", geti(rd_b, SOL_SOCKET, SO_PEEK_OFF), 0);
     int fds[3] = {tfresh, tbound, tnoport};
     for (int i = 0; i < 3; i++) {
         struct sockaddr_in p;

@@ -5,7 +5,15 @@
 
 use std::os::fd::RawFd;
 
-// Not in the libc crate yet (asm-generic/socket.h).
+// Not in the libc crate yet (asm-generic/socket.h); the IP table uses them too.
+pub const SO_TIMESTAMPING_OLD: i32 = 37;
+pub const SO_WIFI_STATUS: i32 = 41;
+pub const SO_NOFCS: i32 = 43;
+pub const SO_SELECT_ERR_QUEUE: i32 = 45;
+/// Read as an int: capped at 2^32-1, which is also what an unset rate reads as.
+pub const SO_MAX_PACING_RATE: i32 = 47;
+pub const SO_TXREHASH: i32 = 74;
+pub const SO_RCVMARK: i32 = 75;
 const SO_PASSPIDFD: i32 = 76;
 const SO_PASSRIGHTS: i32 = 83;
 
@@ -27,6 +35,14 @@ pub const GENERIC: &[(&str, i32)] = &[
     ("SO_PASSSEC", libc::SO_PASSSEC),
     ("SO_PASSPIDFD", SO_PASSPIDFD),
     ("SO_PASSRIGHTS", SO_PASSRIGHTS),
+    // The flags only: a PHC binding (SOF_TIMESTAMPING_BIND_PHC) does not set back as an int.
+    ("SO_TIMESTAMPING", SO_TIMESTAMPING_OLD),
+    ("SO_WIFI_STATUS", SO_WIFI_STATUS),
+    ("SO_NOFCS", SO_NOFCS),
+    ("SO_SELECT_ERR_QUEUE", SO_SELECT_ERR_QUEUE),
+    ("SO_MAX_PACING_RATE", SO_MAX_PACING_RATE),
+    ("SO_TXREHASH", SO_TXREHASH),
+    ("SO_RCVMARK", SO_RCVMARK),
 ];
 
 fn get_int(fd: RawFd, opt: i32) -> std::io::Result<i32> {

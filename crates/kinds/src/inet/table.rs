@@ -4,6 +4,9 @@
 //! touched keeps following the system's defaults.
 
 use super::Sock;
+use crate::socklevel::{
+    SO_MAX_PACING_RATE, SO_NOFCS, SO_RCVMARK, SO_SELECT_ERR_QUEUE, SO_TIMESTAMPING_OLD, SO_TXREHASH, SO_WIFI_STATUS,
+};
 
 // Not in the libc crate yet (asm-generic/socket.h, linux/in.h).
 pub const SO_BUF_LOCK: i32 = 72;
@@ -84,6 +87,16 @@ pub const TABLE: &[Spec] = &[
     s("SO_BUSY_POLL", SOL, libc::SO_BUSY_POLL, Scope::All),
     s("SO_PREFER_BUSY_POLL", SOL, SO_PREFER_BUSY_POLL, Scope::All),
     s("SO_ZEROCOPY", SOL, SO_ZEROCOPY, Scope::All),
+    // An offset into the receive queue (Linux 6.9 for TCP): set once a connection's queue is
+    // refilled, as every option of a connection is.
+    s("SO_PEEK_OFF", SOL, libc::SO_PEEK_OFF, Scope::All),
+    s("SO_TIMESTAMPING", SOL, SO_TIMESTAMPING_OLD, Scope::All),
+    s("SO_WIFI_STATUS", SOL, SO_WIFI_STATUS, Scope::All),
+    s("SO_NOFCS", SOL, SO_NOFCS, Scope::All),
+    s("SO_SELECT_ERR_QUEUE", SOL, SO_SELECT_ERR_QUEUE, Scope::All),
+    s("SO_MAX_PACING_RATE", SOL, SO_MAX_PACING_RATE, Scope::All),
+    s("SO_TXREHASH", SOL, SO_TXREHASH, Scope::All),
+    s("SO_RCVMARK", SOL, SO_RCVMARK, Scope::All),
     s("TCP_NODELAY", TCP, libc::TCP_NODELAY, Scope::Tcp),
     s("TCP_CORK", TCP, libc::TCP_CORK, Scope::Tcp),
     s("TCP_KEEPIDLE", TCP, libc::TCP_KEEPIDLE, Scope::Tcp),
