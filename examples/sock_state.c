@@ -14,7 +14,8 @@
  *   127.0.0.1 on a port of the kernel's choice, one bound to 127.0.0.1 without a port
  *   (IP_BIND_ADDRESS_NO_PORT): same names, not connected, in state CLOSE;
  * - a half-closed local connection: the client sent "abc" then shut down its sending side
- *   (FIN_WAIT2), the server has "abc" unread then end of file (CLOSE_WAIT) and had sent
+ *   (FIN_WAIT2), the server has "abc" unread then end of file (CLOSE_WAIT), a peek offset of
+ *   1 (SO_PEEK_OFF: a peek shows "bc"), and had sent
  *   "xyz" the client has not read; the client cannot send any more (EPIPE);
  * - a connection whose one end shut down its receiving side (both ESTABLISHED), the other
  *   with SO_PEEK_OFF 0; the bound TCP socket with SO_MAX_PACING_RATE and SO_TXREHASH 0, the
@@ -188,6 +189,8 @@ static void set_up(void)
 
     pair(&hc_cli, &hc_srv);
     if (write(hc_srv, "xyz", 3) != 3 || write(hc_cli, "abc", 3) != 3 || shutdown(hc_cli, SHUT_WR)) die("half close");
+    int po1 = 1;
+    if (setsockopt(hc_srv, SOL_SOCKET, SO_PEEK_OFF, &po1, sizeof po1)) die("SO_PEEK_OFF");
     pair(&rd_a, &rd_b);
     int peek_off = 0;
     if (shutdown(rd_a, SHUT_RD) || setsockopt(rd_b, SOL_SOCKET, SO_PEEK_OFF, &peek_off, sizeof peek_off) ||
@@ -340,7 +343,16 @@ static void check_half_closed(void)
     if (tcp_state(hc_srv) != TCP_CLOSE_WAIT) invariant("half-closed server state", tcp_state(hc_srv), TCP_CLOSE_WAIT);
     connected_to_each_other("half-closed client's peer", hc_cli, hc_srv);
     connected_to_each_other("half-closed server's peer", hc_srv, hc_cli);
+    /* SO_PEEK_OFF 1: a peek starts after "a" and moves the offset; put it back after. */
+    if (geti(hc_srv, SOL_SOCKET, SO_PEEK_OFF) != 1) invariant("server SO_PEEK_OFF", geti(hc_srv, SOL_SOCKET, SO_PEEK_OFF), 1);
+    peek("server's unread bytes before EOF, from its peek offset", hc_srv, "bc");
+    int po = 1;
+    if (setsockopt(hc_srv, SOL_SOCKET, SO_PEEK_OFF, &po, sizeof po)) invariant("setting SO_PEEK_OFF back (errno)", errno, 0);
+    po = 0;
+    setsockopt(hc_srv, SOL_SOCKET, SO_PEEK_OFF, &po, sizeof po);
     peek("server's unread bytes before EOF", hc_srv, "abc");
+    po = 1;
+    setsockopt(hc_srv, SOL_SOCKET, SO_PEEK_OFF, &po, sizeof po);
     if (!(revents(hc_srv, POLLRDHUP) & POLLRDHUP)) invariant("server sees the client's FIN (POLLRDHUP)", 0, 1);
     peek("client's unread bytes", hc_cli, "xyz");
     if (revents(hc_cli, POLLRDHUP) & POLLRDHUP) invariant("client's receiving side open (POLLRDHUP)", 1, 0);

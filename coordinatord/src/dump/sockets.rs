@@ -125,7 +125,9 @@ fn diag(pid: i32, fd: RawFd, raw: RawFd, family: i32, protocol: i32) -> Result<i
     })
 }
 
-/// The bytes queued unread, without consuming them.
+/// The bytes queued unread, without consuming them. A peek offset the program set
+/// (`SO_PEEK_OFF`, Linux 6.9 for TCP) would make the peek start there and move it: it is put
+/// at 0 for the peek, then back.
 fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
     let mut n: i32 = 0;
     // SAFETY: SIOCINQ writes one int.
@@ -133,6 +135,18 @@ fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n.max(0) as usize];
     if buf.is_empty() {
         return Ok(buf);
+    }
+    let set_peek_off = |v: i32| {
+        // SAFETY: passing a pointer to a local int of the right size.
+        let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, (&v as *const i32).cast(), 4) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let peek_off = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF);
+    if peek_off > 0 {
+        set_peek_off(0)?;
     }
     // SAFETY: buf is writable for its length.
     let got = unsafe {
@@ -143,8 +157,12 @@ fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
+    let err = std::io::Error::last_os_error();
+    if peek_off >= 0 {
+        set_peek_off(peek_off)?;
+    }
     if got < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(err);
     }
     buf.truncate(got as usize);
     Ok(buf)
