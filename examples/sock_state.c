@@ -27,13 +27,17 @@
  *   routing groups (quiet: no notification comes while the test runs), with NETLINK_EXT_ACK and NETLINK_GET_STRICT_CHK, and one never bound:
  *   same port ids, groups and flags, and the bound one still answers a request for `lo`;
  *   a generic netlink socket joined to group 63 (past the 32 of the bind bitmap, no family's) by
- *   NETLINK_ADD_MEMBERSHIP.
+ *   NETLINK_ADD_MEMBERSHIP;
+ * - a packet socket (SOCK_DGRAM, ETH_P_IP) bound to lo with PACKET_AUXDATA and
+ *   PACKET_IGNORE_OUTGOING and a promiscuous membership on lo: same address and options, lo
+ *   promiscuous, and it sees a datagram sent to 127.0.0.1.
  *
  * With the argument `ebpf` it also attaches an eBPF socket filter (SO_ATTACH_BPF) to a UDP
  * socket and prints "ebpf on fd N"; with `ended`, it also holds both ends of a connection
  * closed by both sides ("ended on fd N"); with `nlqueued`, a route netlink socket with a
- * reply unread ("nlqueued on fd N"); with `packet`, a packet socket ("packet on fd N"): ckpt
- * cannot bring these back, the checkpoint must be refused naming it.
+ * reply unread ("nlqueued on fd N"); with `packetring`, a packet socket with a receive ring
+ * ("packetring on fd N"): ckpt cannot bring these back, the checkpoint must be refused naming
+ * it.
  *
  * Prints "tick N" every 50 ms. On SIGUSR1 it checks everything, prints "state ok" or
  * "INVARIANT <what>" lines then "state bad"; a check leaves every socket as it found it.
@@ -44,6 +48,8 @@
 #include <linux/bpf.h>
 #include <linux/filter.h>
 #include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <netinet/in.h>
@@ -68,7 +74,7 @@ struct icmp_filter {
 static volatile sig_atomic_t asked;
 static void on_usr1(int s) { (void)s; asked = 1; }
 
-static int ping4, rawicmp, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b, ux[2], nlr, nlu, nlg;
+static int ping4, rawicmp, filt, tfresh, tbound, tnoport, hc_srv, hc_cli, rd_a, rd_b, ux[2], nlr, nlu, nlg, pk;
 static struct sockaddr_nl nlr_addr;
 static struct sockaddr_in raw_addr, ping_addr, filt_addr, bound_addr, noport_addr;
 static int bad;
@@ -222,6 +228,13 @@ static void set_up(void)
     nlg = socket(AF_NETLINK, SOCK_RAW, NETLINK_GENERIC);
     int g63 = 63;
     if (nlu < 0 || nlg < 0 || setsockopt(nlg, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, &g63, sizeof g63)) die("netlink others");
+    pk = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
+    struct sockaddr_ll ll = {.sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_IP), .sll_ifindex = if_nametoindex("lo")};
+    struct packet_mreq pm = {.mr_ifindex = ll.sll_ifindex, .mr_type = PACKET_MR_PROMISC};
+    if (pk < 0 || setsockopt(pk, SOL_PACKET, PACKET_AUXDATA, &one, sizeof one) ||
+        setsockopt(pk, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof one) || bind(pk, (void *)&ll, sizeof ll) ||
+        setsockopt(pk, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &pm, sizeof pm))
+        die("packet socket");
     /* The FIN is acknowledged at once on loopback. */
     for (int i = 0; i < 100 && (tcp_state(hc_cli) != TCP_FIN_WAIT2 || tcp_state(hc_srv) != TCP_CLOSE_WAIT); i++) usleep(1000);
 }
@@ -432,9 +445,42 @@ static void check_netlink(void)
         invariant("netlink answer port id", h->nlmsg_pid, nlr_addr.nl_pid);
 }
 
+static void check_packet(void)
+{
+    struct sockaddr_ll ll;
+    socklen_t l = sizeof ll;
+    if (getsockname(pk, (void *)&ll, &l) || ll.sll_ifindex != (int)if_nametoindex("lo")) invariant("packet socket interface", ll.sll_ifindex, if_nametoindex("lo"));
+    if (ll.sll_protocol != htons(ETH_P_IP)) invariant("packet socket protocol", ntohs(ll.sll_protocol), ETH_P_IP);
+    if (geti(pk, SOL_SOCKET, SO_TYPE) != SOCK_DGRAM) invariant("packet socket type", geti(pk, SOL_SOCKET, SO_TYPE), SOCK_DGRAM);
+    if (geti(pk, SOL_PACKET, PACKET_AUXDATA) != 1) invariant("PACKET_AUXDATA", geti(pk, SOL_PACKET, PACKET_AUXDATA), 1);
+    if (geti(pk, SOL_PACKET, PACKET_IGNORE_OUTGOING) != 1) invariant("PACKET_IGNORE_OUTGOING", geti(pk, SOL_PACKET, PACKET_IGNORE_OUTGOING), 1);
+    /* The device's own flags (SIOCGIFFLAGS shows only the promiscuity asked by ioctl). */
+    unsigned int flags = 0;
+    FILE *ff = fopen("/sys/class/net/lo/flags", "r");
+    if (!ff || fscanf(ff, "%x", &flags) != 1 || !(flags & IFF_PROMISC)) invariant("lo promiscuous (membership)", flags, IFF_PROMISC);
+    if (ff) fclose(ff);
+    /* A datagram with a marker to 127.0.0.1: the packet socket sees its IP packet. */
+    char marker[32];
+    snprintf(marker, sizeof marker, "sock_state %d %u", (int)getpid(), seq);
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = lo(9);
+    sendto(u, marker, strlen(marker), 0, (void *)&to, sizeof to);
+    close(u);
+    int seen = 0;
+    static char pkt[65536];
+    for (int i = 0; i < 5000 && !seen; i++) {
+        struct pollfd p = {pk, POLLIN, 0};
+        if (poll(&p, 1, 100) != 1) break;
+        ssize_t n = recv(pk, pkt, sizeof pkt, MSG_DONTWAIT);
+        seen = n > 0 && memmem(pkt, n, marker, strlen(marker)) != NULL;
+    }
+    if (!seen) invariant("packet socket saw the datagram", 0, 1);
+}
+
 static void check(void)
 {
     bad = 0;
+    check_packet();
     check_netlink();
     check_unix();
     check_ping();
@@ -485,12 +531,13 @@ int main(int argc, char **argv)
         if (q < 0 || send(q, &req, sizeof req, 0) != sizeof req) die("netlink request");
         usleep(20000);
         printf("nlqueued on fd %d\n", q);
-    } else if (argc == 2 && !strcmp(argv[1], "packet")) {
-        int pk = socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_IP));
-        if (pk < 0) die("packet socket");
-        printf("packet on fd %d\n", pk);
+    } else if (argc == 2 && !strcmp(argv[1], "packetring")) {
+        int r = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+        struct tpacket_req tr = {.tp_block_size = 4096, .tp_block_nr = 1, .tp_frame_size = 2048, .tp_frame_nr = 2};
+        if (r < 0 || setsockopt(r, SOL_PACKET, PACKET_RX_RING, &tr, sizeof tr)) die("packet ring");
+        printf("packetring on fd %d\n", r);
     } else if (argc != 1) {
-        fprintf(stderr, "usage: sock_state [ebpf|ended|nlqueued|packet]\n");
+        fprintf(stderr, "usage: sock_state [ebpf|ended|nlqueued|packetring]\n");
         return 2;
     }
     struct timespec d = {0, 50000000L};

@@ -2,10 +2,10 @@
 //! ICMP echo socket, a locked classic BPF filter, TCP sockets made or bound but not connected,
 //! a half-closed local connection (FIN_WAIT2 / CLOSE_WAIT with its unread bytes) and one shut
 //! for reading, a raw ICMP socket with its ICMP_FILTER, a Unix socket's filter and
-//! socket-level options, route and generic netlink
-//! sockets (port id, groups, flags): each comes back exactly, twice. What cannot come back (an
+//! socket-level options, route and generic netlink sockets (port id, groups, flags), a packet
+//! socket (interface, options, membership): each comes back exactly, twice. What cannot come back (an
 //! eBPF filter, a connection both sides closed, a netlink socket with replies unread, a packet
-//! socket) refuses the checkpoint, named, and the program runs on.
+//! socket with a ring) refuses the checkpoint, named, and the program runs on.
 
 use anyhow::{ensure, Context, Result};
 use ckpt_tests::*;
@@ -89,7 +89,7 @@ fn a_netlink_socket_with_messages_unread_is_refused_by_name() -> Result<()> {
 }
 
 #[test]
-fn a_packet_socket_is_refused_by_name() -> Result<()> {
+fn a_packet_socket_with_a_ring_is_refused_by_name() -> Result<()> {
     require_root!();
-    refused("packet", "a packet socket (AF_PACKET")
+    refused("packetring", "a packet socket with a mapped ring")
 }

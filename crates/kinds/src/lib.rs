@@ -22,6 +22,7 @@ pub mod inotify;
 pub mod lock;
 pub mod mqueue;
 pub mod netlink;
+pub mod packet;
 pub mod posix_timer;
 pub mod pty;
 mod reopen;
@@ -86,6 +87,7 @@ pub enum Object {
     Epoll(epoll::Record),
     Pty(pty::Record),
     Netlink(netlink::Record),
+    Packet(packet::Record),
 }
 
 impl Object {
@@ -103,6 +105,7 @@ impl Object {
             Object::Epoll(r) => epoll::describe(r),
             Object::Pty(r) => pty::describe(r),
             Object::Netlink(r) => netlink::describe(r),
+            Object::Packet(r) => packet::describe(r),
         }
     }
 }
@@ -124,6 +127,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         None if unix::handles(src) => unix::capture(src).map(Object::Unix),
         None if pty::claims(src) => pty::capture(src).map(Object::Pty),
         None if netlink::handles(src) => netlink::capture(src).map(Object::Netlink),
+        None if packet::handles(src) => packet::capture(src).map(Object::Packet),
         None => return None,
     })
 }
@@ -167,6 +171,7 @@ impl Restore {
             Object::Epoll(r) => epoll::recreate(r),
             Object::Pty(r) => pty::recreate(r, &mut self.pty),
             Object::Netlink(r) => netlink::recreate(r),
+            Object::Packet(r) => packet::recreate(r),
         }
     }
 
@@ -196,5 +201,6 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Epoll(_) => Ok(()),
         Object::Pty(_) => Ok(()),
         Object::Netlink(_) => Ok(()),
+        Object::Packet(_) => Ok(()),
     }
 }
