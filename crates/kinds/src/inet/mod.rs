@@ -27,9 +27,9 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use table::SO_BUF_LOCK;
 
 const SOCK_SNDBUF_LOCK: i32 = 1;
+const SOCK_RCVBUF_LOCK: i32 = 2;
 /// linux/icmpv6.h
 const ICMP6_FILTER: i32 = 1;
-const SOCK_RCVBUF_LOCK: i32 = 2;
 
 /// What kind of socket the options belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +41,7 @@ pub struct Sock {
     pub raw: i32,
 }
 
-/// The options of one TCP or UDP socket.
+/// The options of one TCP, UDP, ping or raw IP socket.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Opts {
     /// Every integer option that applies to the socket, by name, as getsockopt reported it.
