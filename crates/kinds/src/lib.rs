@@ -21,11 +21,15 @@ pub mod inet;
 pub mod inotify;
 pub mod lock;
 pub mod mqueue;
+pub mod netlink;
+pub mod packet;
 pub mod posix_timer;
 pub mod pty;
 mod reopen;
 pub mod signalfd;
 pub mod sock_diag;
+pub mod sockfilter;
+pub mod socklevel;
 pub mod source;
 pub mod sysv;
 pub mod timerfd;
@@ -82,6 +86,8 @@ pub enum Object {
     Unix(unix::Record),
     Epoll(epoll::Record),
     Pty(pty::Record),
+    Netlink(netlink::Record),
+    Packet(packet::Record),
 }
 
 impl Object {
@@ -98,6 +104,8 @@ impl Object {
             Object::Unix(r) => unix::describe(r),
             Object::Epoll(r) => epoll::describe(r),
             Object::Pty(r) => pty::describe(r),
+            Object::Netlink(r) => netlink::describe(r),
+            Object::Packet(r) => packet::describe(r),
         }
     }
 }
@@ -118,6 +126,8 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
         None if unix::handles(src) => unix::capture(src).map(Object::Unix),
         None if pty::claims(src) => pty::capture(src).map(Object::Pty),
+        None if netlink::handles(src) => netlink::capture(src).map(Object::Netlink),
+        None if packet::handles(src) => packet::capture(src).map(Object::Packet),
         None => return None,
     })
 }
@@ -160,6 +170,8 @@ impl Restore {
             Object::Unix(r) => self.unix.recreate(r),
             Object::Epoll(r) => epoll::recreate(r),
             Object::Pty(r) => pty::recreate(r, &mut self.pty),
+            Object::Netlink(r) => netlink::recreate(r),
+            Object::Packet(r) => packet::recreate(r),
         }
     }
 
@@ -188,5 +200,7 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Epoll(r) if owner => epoll::register(fd, r),
         Object::Epoll(_) => Ok(()),
         Object::Pty(_) => Ok(()),
+        Object::Netlink(_) => Ok(()),
+        Object::Packet(_) => Ok(()),
     }
 }
