@@ -61,7 +61,7 @@ impl Client {
     }
 
     /// Sends `req` and returns its answer; the progress events that come before it go to
-    /// `progress`, which is also ticked every [`TICK`] while nothing comes.
+    /// `progress`, which is also ticked every [`TICK_MS`] while nothing comes.
     pub fn call(
         &self,
         req: &CtlRequest,
