@@ -187,6 +187,8 @@ fn kind_of(
             ino: meta.ino(),
             policy: None,
         }
+    } else if ft.is_dir() && target.ends_with(" (deleted)") {
+        return Err(unsupported(format!("a directory that was removed ({target})")));
     } else if ft.is_dir() {
         FdKind::Dir {
             path: target.to_string(),
@@ -208,15 +210,17 @@ fn kind_of(
         }
     } else if ft.is_fifo() && target.starts_with("pipe:") {
         let write = flags & libc::O_ACCMODE == libc::O_WRONLY;
-        let (capacity, buffered) = super::sockets::pipe_state(pid, fd, !write).map_err(|source| DumpError::Io {
-            pid,
-            what: format!("pipe fd {fd}"),
-            source,
-        })?;
+        let (capacity, buffered, packets) =
+            super::sockets::pipe_state(pid, fd, !write).map_err(|source| DumpError::Io {
+                pid,
+                what: format!("pipe fd {fd}"),
+                source,
+            })?;
         FdKind::Pipe {
             ino: meta.ino(),
             write,
             buffered,
+            packets,
             capacity,
             // Whether it is reconnected or replaced is decided at restore, with every image of
             // the host at hand.

@@ -141,7 +141,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         exe: fixed.exe,
         args: fixed.args,
         comm: threads[0].comm.clone(),
-        cwd: procfs::readlink(&format!("/proc/{pid}/cwd")).map_err(perr)?,
+        cwd: working_dir(pid)?,
         umask: st.umask,
         personality: fixed.personality,
         creds: Creds {
@@ -218,4 +218,17 @@ fn posix_timers(pid: i32, slots: &ProcSlot) -> Result<Vec<ckpt_kinds::posix_time
             })
         })
         .collect()
+}
+
+/// The working directory, refused when it was removed: ckpt enters it again by its path.
+fn working_dir(pid: i32) -> Result<String, DumpError> {
+    let cwd = procfs::readlink(&format!("/proc/{pid}/cwd")).map_err(|e| DumpError::Proc(e, pid))?;
+    if cwd.ends_with(" (deleted)") {
+        return Err(DumpError::Refused {
+            pid,
+            what: format!("its working directory {cwd} was removed"),
+            advice: "let it chdir elsewhere first".to_string(),
+        });
+    }
+    Ok(cwd)
 }

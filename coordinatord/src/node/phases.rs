@@ -461,6 +461,7 @@ impl Node {
             crate::dump::pty::outside_masters(&mut images);
             let mut refused = crate::dump::shared_memory::link(&mut images);
             refused.extend(crate::dump::tree::check(&images));
+            refused.extend(crate::dump::objects::outside_processes(&images));
             if !refused.is_empty() {
                 result = Err(anyhow!("{}", refused.join("; ")));
             }

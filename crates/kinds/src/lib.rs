@@ -21,7 +21,10 @@ pub mod inet;
 pub mod inotify;
 pub mod lock;
 pub mod mqueue;
+pub mod opath;
+pub mod pidfd;
 pub mod posix_timer;
+pub mod procfile;
 pub mod pty;
 mod reopen;
 pub mod signalfd;
@@ -82,6 +85,9 @@ pub enum Object {
     Unix(unix::Record),
     Epoll(epoll::Record),
     Pty(pty::Record),
+    Path(opath::Record),
+    PidFd(pidfd::Record),
+    Proc(procfile::Record),
 }
 
 impl Object {
@@ -98,6 +104,9 @@ impl Object {
             Object::Unix(r) => unix::describe(r),
             Object::Epoll(r) => epoll::describe(r),
             Object::Pty(r) => pty::describe(r),
+            Object::Path(r) => opath::describe(r),
+            Object::PidFd(r) => pidfd::describe(r),
+            Object::Proc(r) => procfile::describe(r),
         }
     }
 }
@@ -112,7 +121,10 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         Some("signalfd") => signalfd::capture(src).map(Object::SignalFd),
         Some("inotify") => inotify::capture(src).map(Object::Inotify),
         Some("eventpoll") => epoll::capture(src).map(Object::Epoll),
+        Some("pidfd") => pidfd::capture(src).map(Object::PidFd),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
+        None if opath::claims(src) => opath::capture(src).map(Object::Path),
+        None if procfile::claims(src) => procfile::capture(src).map(Object::Proc),
         None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
         None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
@@ -160,6 +172,9 @@ impl Restore {
             Object::Unix(r) => self.unix.recreate(r),
             Object::Epoll(r) => epoll::recreate(r),
             Object::Pty(r) => pty::recreate(r, &mut self.pty),
+            Object::Path(r) => opath::recreate(r),
+            Object::PidFd(r) => pidfd::recreate(r),
+            Object::Proc(r) => procfile::recreate(r),
         }
     }
 
@@ -188,5 +203,29 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Epoll(r) if owner => epoll::register(fd, r),
         Object::Epoll(_) => Ok(()),
         Object::Pty(_) => Ok(()),
+        Object::Path(_) => Ok(()),
+        // Opened once every process of the restore exists (`pidfd::open_again`).
+        Object::PidFd(_) => Ok(()),
+        Object::Proc(_) => Ok(()),
+    }
+}
+
+/// Objects that name processes (pidfds, `/proc/PID/…` files) are put at their numbers once
+/// every process of the restore exists; the others were placed already (false).
+pub fn open_late(fd: RawFd, obj: &Object, cloexec: bool) -> Result<bool, KindError> {
+    match obj {
+        Object::PidFd(r) => pidfd::open_again(fd, r, cloexec).map(|_| true),
+        Object::Proc(r) => procfile::open_again(fd, r, cloexec).map(|_| true),
+        _ => Ok(false),
+    }
+}
+
+/// The process an object names, when it must be one of the checkpoint's (its pid could name
+/// another process after a restore).
+pub fn names_process(obj: &Object) -> Option<i32> {
+    match obj {
+        Object::PidFd(r) => Some(r.pid),
+        Object::Proc(r) => Some(r.pid),
+        _ => None,
     }
 }

@@ -173,6 +173,30 @@ pub fn after_placed(img: &ProcessImage) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts the objects that name processes (pidfds, `/proc/PID/…` files; placeholders until
+/// now) at their numbers, once every process of the restore exists, zombies included; an fd
+/// sharing a description with one gets a duplicate of it again.
+pub fn open_late(img: &ProcessImage) -> anyhow::Result<()> {
+    let mut late = Vec::new();
+    for f in img.fds.iter().filter(|f| f.dup_of.is_none()) {
+        if let FdKind::Object { obj, .. } = &f.kind {
+            if ckpt_kinds::open_late(f.fd, obj, f.cloexec)
+                .with_context(|| format!("fd {} ({})", f.fd, obj.describe()))?
+            {
+                late.push(f.fd);
+            }
+        }
+    }
+    for f in img.fds.iter().filter(|f| f.dup_of.is_some_and(|d| late.contains(&d))) {
+        let flags = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: dup3 between two of the program's fds.
+        if unsafe { libc::dup3(f.dup_of.unwrap_or(f.fd), f.fd, flags) } < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("placing fd {}", f.fd));
+        }
+    }
+    Ok(())
+}
+
 fn reopen(f: &FdImage, path: &str) -> anyhow::Result<Option<RawFd>> {
     if f.dup_of.is_some() {
         return Ok(None);

@@ -77,7 +77,11 @@ pub fn finish(control: RawFd, img: &ckpt_format::ProcessImage) -> anyhow::Result
     loop {
         let (step, _fds): (TreeStep, Vec<OwnedFd>) = ckpt_proto::recv(&s).context("waiting for ckptd")?;
         let r = match step {
-            TreeStep::Go => return death_signal(img),
+            TreeStep::Go => {
+                // Every process of the restore exists now: pidfds and /proc files can name them.
+                crate::fds::open_late(img)?;
+                return death_signal(img);
+            }
             TreeStep::Zombie {
                 pid,
                 comm,

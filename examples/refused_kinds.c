@@ -1,0 +1,71 @@
+/*
+ * refused_kinds MODE: holds one thing ckpt refuses to checkpoint rather than bring back
+ * changed, and prints "tick N" every 50 ms:
+ *   memfd        a memfd held through an fd
+ *   fanotify     a fanotify group with an inode mark
+ *   aio          an AIO context (io_setup)
+ *   rmdir-cwd    a working directory that was removed
+ *   rmdir-fd     an open directory fd of a removed directory
+ *   pidfd-out    a pidfd of its parent, which is outside the checkpoint
+ *   proc-out     /proc/PPID/status of its parent, outside the checkpoint
+ */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <linux/aio_abi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/fanotify.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+static int scratch_dir(char *buf, size_t n)
+{
+    snprintf(buf, n, "/tmp/ckpt-refused-%d", (int)getpid());
+    return mkdir(buf, 0700);
+}
+
+int main(int argc, char **argv)
+{
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    const char *mode = argc > 1 ? argv[1] : "";
+    char dir[64];
+    int fd = -1;
+    if (!strcmp(mode, "memfd")) {
+        fd = memfd_create("scratch", MFD_CLOEXEC);
+        if (fd >= 0 && write(fd, "data", 4) != 4) fd = -1;
+    } else if (!strcmp(mode, "fanotify")) {
+        fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
+        if (fd >= 0 && fanotify_mark(fd, FAN_MARK_ADD, FAN_OPEN, AT_FDCWD, "/tmp") < 0) fd = -1;
+    } else if (!strcmp(mode, "aio")) {
+        aio_context_t ctx = 0;
+        fd = (int)syscall(SYS_io_setup, 8, &ctx);
+    } else if (!strcmp(mode, "rmdir-cwd")) {
+        if (scratch_dir(dir, sizeof dir) == 0 && chdir(dir) == 0 && rmdir(dir) == 0) fd = 0;
+    } else if (!strcmp(mode, "rmdir-fd")) {
+        if (scratch_dir(dir, sizeof dir) == 0) fd = open(dir, O_RDONLY | O_DIRECTORY);
+        if (fd >= 0 && rmdir(dir) < 0) fd = -1;
+    } else if (!strcmp(mode, "pidfd-out")) {
+        fd = (int)syscall(SYS_pidfd_open, getppid(), 0);
+    } else if (!strcmp(mode, "proc-out")) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/status", (int)getppid());
+        fd = open(path, O_RDONLY);
+    } else {
+        fprintf(stderr, "usage: refused_kinds memfd|fanotify|aio|rmdir-cwd|rmdir-fd|pidfd-out|proc-out\n");
+        return 2;
+    }
+    if (fd < 0) {
+        perror(mode);
+        return 2;
+    }
+    printf("holding %s (%d) pid %d\n", mode, fd, (int)getpid());
+    struct timespec ts = {0, 50000000L};
+    for (unsigned long long n = 1;; n++) {
+        printf("tick %llu\n", n);
+        nanosleep(&ts, NULL);
+    }
+}
