@@ -1,7 +1,7 @@
 /*
  * refused_kinds MODE: holds one thing ckpt refuses to checkpoint rather than bring back
  * changed, and prints "tick N" every 50 ms:
- *   memfd        a memfd held through an fd
+ *   memfd-huge   a huge-page memfd (MFD_HUGETLB) held through an fd
  *   fanotify     a fanotify group with an inode mark
  *   aio          an AIO context (io_setup)
  *   rmdir-cwd    a working directory that was removed
@@ -34,9 +34,8 @@ int main(int argc, char **argv)
     const char *mode = argc > 1 ? argv[1] : "";
     char dir[64];
     int fd = -1;
-    if (!strcmp(mode, "memfd")) {
-        fd = memfd_create("scratch", MFD_CLOEXEC);
-        if (fd >= 0 && write(fd, "data", 4) != 4) fd = -1;
+    if (!strcmp(mode, "memfd-huge")) {
+        fd = memfd_create("huge", MFD_CLOEXEC | MFD_HUGETLB);
     } else if (!strcmp(mode, "fanotify")) {
         fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
         if (fd >= 0 && fanotify_mark(fd, FAN_MARK_ADD, FAN_OPEN, AT_FDCWD, "/tmp") < 0) fd = -1;
@@ -55,7 +54,7 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "/proc/%d/status", (int)getppid());
         fd = open(path, O_RDONLY);
     } else {
-        fprintf(stderr, "usage: refused_kinds memfd|fanotify|aio|rmdir-cwd|rmdir-fd|pidfd-out|proc-out\n");
+        fprintf(stderr, "usage: refused_kinds memfd-huge|fanotify|aio|rmdir-cwd|rmdir-fd|pidfd-out|proc-out\n");
         return 2;
     }
     if (fd < 0) {

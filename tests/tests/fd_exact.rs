@@ -60,9 +60,15 @@ fn refused(example: &str, args: &[&str], words: &[&str]) -> Result<()> {
 }
 
 #[test]
-fn a_memfd_held_by_fd_is_refused_by_name() -> Result<()> {
+fn memfds_keep_name_seals_content_offsets_and_stay_one_with_their_mapping() -> Result<()> {
     require_root!();
-    refused("refused_kinds", &["memfd"], &["fd ", "memfd", "/memfd:scratch"])
+    survives_two_restores("memfd_state", &[])
+}
+
+#[test]
+fn a_huge_page_memfd_is_refused_by_name() -> Result<()> {
+    require_root!();
+    refused("refused_kinds", &["memfd-huge"], &["fd ", "/memfd:huge", "MFD_HUGETLB"])
 }
 
 #[test]

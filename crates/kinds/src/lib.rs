@@ -20,6 +20,7 @@ pub mod fifo;
 pub mod inet;
 pub mod inotify;
 pub mod lock;
+pub mod memfd;
 pub mod mqueue;
 pub mod opath;
 pub mod pidfd;
@@ -88,6 +89,7 @@ pub enum Object {
     Path(opath::Record),
     PidFd(pidfd::Record),
     Proc(procfile::Record),
+    Memfd(memfd::Record),
 }
 
 impl Object {
@@ -107,6 +109,7 @@ impl Object {
             Object::Path(r) => opath::describe(r),
             Object::PidFd(r) => pidfd::describe(r),
             Object::Proc(r) => procfile::describe(r),
+            Object::Memfd(r) => memfd::describe(r),
         }
     }
 }
@@ -125,6 +128,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None if opath::claims(src) => opath::capture(src).map(Object::Path),
         None if procfile::claims(src) => procfile::capture(src).map(Object::Proc),
+        None if memfd::claims(src) => memfd::capture(src).map(Object::Memfd),
         None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
         None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
@@ -155,6 +159,7 @@ pub struct Restore {
     mqueue: mqueue::Made,
     unix: unix::Restore,
     pty: pty::Made,
+    memfd: memfd::Made,
 }
 
 impl Restore {
@@ -175,6 +180,7 @@ impl Restore {
             Object::Path(r) => opath::recreate(r),
             Object::PidFd(r) => pidfd::recreate(r),
             Object::Proc(r) => procfile::recreate(r),
+            Object::Memfd(r) => memfd::recreate(r, &mut self.memfd),
         }
     }
 
@@ -207,6 +213,7 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         // Opened once every process of the restore exists (`pidfd::open_again`).
         Object::PidFd(_) => Ok(()),
         Object::Proc(_) => Ok(()),
+        Object::Memfd(_) => Ok(()),
     }
 }
 
