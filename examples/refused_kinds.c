@@ -4,8 +4,6 @@
  *   memfd-huge   a huge-page memfd (MFD_HUGETLB) held through an fd
  *   fanotify     a fanotify group with an inode mark
  *   aio          an AIO context (io_setup)
- *   rmdir-cwd    a working directory that was removed
- *   rmdir-fd     an open directory fd of a removed directory
  *   pidfd-out    a pidfd of its parent, which is outside the checkpoint
  *   proc-out     /proc/PPID/status of its parent, outside the checkpoint
  */
@@ -22,17 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
-static int scratch_dir(char *buf, size_t n)
-{
-    snprintf(buf, n, "/tmp/ckpt-refused-%d", (int)getpid());
-    return mkdir(buf, 0700);
-}
-
 int main(int argc, char **argv)
 {
     setvbuf(stdout, NULL, _IOLBF, 0);
     const char *mode = argc > 1 ? argv[1] : "";
-    char dir[64];
     int fd = -1;
     if (!strcmp(mode, "memfd-huge")) {
         fd = memfd_create("huge", MFD_CLOEXEC | MFD_HUGETLB);
@@ -42,11 +33,6 @@ int main(int argc, char **argv)
     } else if (!strcmp(mode, "aio")) {
         aio_context_t ctx = 0;
         fd = (int)syscall(SYS_io_setup, 8, &ctx);
-    } else if (!strcmp(mode, "rmdir-cwd")) {
-        if (scratch_dir(dir, sizeof dir) == 0 && chdir(dir) == 0 && rmdir(dir) == 0) fd = 0;
-    } else if (!strcmp(mode, "rmdir-fd")) {
-        if (scratch_dir(dir, sizeof dir) == 0) fd = open(dir, O_RDONLY | O_DIRECTORY);
-        if (fd >= 0 && rmdir(dir) < 0) fd = -1;
     } else if (!strcmp(mode, "pidfd-out")) {
         fd = (int)syscall(SYS_pidfd_open, getppid(), 0);
     } else if (!strcmp(mode, "proc-out")) {
@@ -54,7 +40,7 @@ int main(int argc, char **argv)
         snprintf(path, sizeof path, "/proc/%d/status", (int)getppid());
         fd = open(path, O_RDONLY);
     } else {
-        fprintf(stderr, "usage: refused_kinds memfd-huge|fanotify|aio|rmdir-cwd|rmdir-fd|pidfd-out|proc-out\n");
+        fprintf(stderr, "usage: refused_kinds memfd-huge|fanotify|aio|pidfd-out|proc-out\n");
         return 2;
     }
     if (fd < 0) {

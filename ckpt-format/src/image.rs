@@ -13,6 +13,9 @@ pub struct ProcessImage {
     pub args: Vec<String>,
     pub comm: String,
     pub cwd: String,
+    /// The working directory when it was removed (`cwd` then ends in ` (deleted)`): made
+    /// again and removed, shared with an fd of the process on the same directory.
+    pub cwd_removed: Option<ckpt_kinds::deleted_dir::Record>,
     pub umask: u32,
     pub personality: u64,
     pub creds: Creds,

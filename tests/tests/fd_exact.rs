@@ -84,23 +84,18 @@ fn an_aio_context_is_refused_by_name() -> Result<()> {
 }
 
 #[test]
-fn a_removed_working_directory_is_refused() -> Result<()> {
+fn removed_working_directory_and_directory_fds_stay_removed() -> Result<()> {
     require_root!();
-    refused(
-        "refused_kinds",
-        &["rmdir-cwd"],
-        &["working directory", "ckpt-refused-", "removed"],
-    )
+    let dir = tempfile::Builder::new().prefix("ckpt-rmdir-").tempdir()?;
+    survives_two_restores("removed_dirs", &[path_arg(dir.path())?])
 }
 
+/// The same with no fd on the working directory: the restorer makes it alone.
 #[test]
-fn an_fd_of_a_removed_directory_is_refused() -> Result<()> {
+fn removed_working_directory_held_by_nothing_else() -> Result<()> {
     require_root!();
-    refused(
-        "refused_kinds",
-        &["rmdir-fd"],
-        &["fd ", "directory that was removed", "ckpt-refused-"],
-    )
+    let dir = tempfile::Builder::new().prefix("ckpt-rmdir-").tempdir()?;
+    survives_two_restores("removed_dirs", &[path_arg(dir.path())?, "nofd"])
 }
 
 #[test]

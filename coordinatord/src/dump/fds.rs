@@ -187,8 +187,6 @@ fn kind_of(
             ino: meta.ino(),
             policy: None,
         }
-    } else if ft.is_dir() && target.ends_with(" (deleted)") {
-        return Err(unsupported(format!("a directory that was removed ({target})")));
     } else if ft.is_dir() {
         FdKind::Dir {
             path: target.to_string(),

@@ -14,6 +14,7 @@
 //! options live here, in [`inet`].
 
 pub mod deleted;
+pub mod deleted_dir;
 pub mod epoll;
 pub mod eventfd;
 pub mod fifo;
@@ -90,6 +91,7 @@ pub enum Object {
     PidFd(pidfd::Record),
     Proc(procfile::Record),
     Memfd(memfd::Record),
+    DeletedDir(deleted_dir::Record),
 }
 
 impl Object {
@@ -110,6 +112,7 @@ impl Object {
             Object::PidFd(r) => pidfd::describe(r),
             Object::Proc(r) => procfile::describe(r),
             Object::Memfd(r) => memfd::describe(r),
+            Object::DeletedDir(r) => deleted_dir::describe(r),
         }
     }
 }
@@ -129,6 +132,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         None if opath::claims(src) => opath::capture(src).map(Object::Path),
         None if procfile::claims(src) => procfile::capture(src).map(Object::Proc),
         None if memfd::claims(src) => memfd::capture(src).map(Object::Memfd),
+        None if deleted_dir::claims(src) => deleted_dir::capture(src).map(Object::DeletedDir),
         None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
         None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
@@ -160,6 +164,7 @@ pub struct Restore {
     unix: unix::Restore,
     pty: pty::Made,
     memfd: memfd::Made,
+    deleted_dir: deleted_dir::Made,
 }
 
 impl Restore {
@@ -181,6 +186,7 @@ impl Restore {
             Object::PidFd(r) => pidfd::recreate(r),
             Object::Proc(r) => procfile::recreate(r),
             Object::Memfd(r) => memfd::recreate(r, &mut self.memfd),
+            Object::DeletedDir(r) => deleted_dir::recreate(r, &mut self.deleted_dir),
         }
     }
 
@@ -214,6 +220,7 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::PidFd(_) => Ok(()),
         Object::Proc(_) => Ok(()),
         Object::Memfd(_) => Ok(()),
+        Object::DeletedDir(_) => Ok(()),
     }
 }
 

@@ -197,6 +197,37 @@ pub fn open_late(img: &ProcessImage) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Enters the program's working directory. One that was removed is made again and removed:
+/// the directory of an fd of the process on the same one, else one of its own.
+pub fn enter_working_dir(img: &ProcessImage) -> anyhow::Result<()> {
+    let Some(rec) = &img.cwd_removed else {
+        return std::env::set_current_dir(&img.cwd)
+            .with_context(|| format!("cannot enter the working directory {}", img.cwd));
+    };
+    let held = img.fds.iter().find_map(|f| match &f.kind {
+        FdKind::Object {
+            obj: ckpt_kinds::Object::DeletedDir(r),
+            ..
+        } if (r.dev, r.ino) == (rec.dev, rec.ino) => Some(f.fd),
+        _ => None,
+    });
+    let made;
+    let fd = match held {
+        Some(fd) => fd,
+        None => {
+            made = ckpt_kinds::deleted_dir::make(rec)
+                .with_context(|| format!("cannot make the removed working directory {} again", rec.path))?;
+            std::os::fd::AsRawFd::as_raw_fd(&made)
+        }
+    };
+    // SAFETY: fchdir to a directory fd we hold.
+    if unsafe { libc::fchdir(fd) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot enter the removed working directory {}", rec.path));
+    }
+    Ok(())
+}
+
 fn reopen(f: &FdImage, path: &str) -> anyhow::Result<Option<RawFd>> {
     if f.dup_of.is_some() {
         return Ok(None);

@@ -151,7 +151,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     fds::take_locks(&img)?;
     attrs::check(&img)?;
     attrs::process_now(&img)?;
-    std::env::set_current_dir(&img.cwd).with_context(|| format!("cannot enter the working directory {}", img.cwd))?;
+    fds::enter_working_dir(&img)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(img.umask) };
 
