@@ -2,7 +2,7 @@
  * refused_kinds MODE: holds one thing ckpt refuses to checkpoint rather than bring back
  * changed, and prints "tick N" every 50 ms:
  *   memfd-huge   a huge-page memfd (MFD_HUGETLB) held through an fd
- *   fanotify     a fanotify group with an inode mark
+ *   fanotify     a fanotify group with an event queued, not read
  *   aio          an AIO context (io_setup)
  *   pidfd-out    a pidfd of its parent, which is outside the checkpoint
  *   proc-out     /proc/PPID/status of its parent, outside the checkpoint
@@ -28,8 +28,12 @@ int main(int argc, char **argv)
     if (!strcmp(mode, "memfd-huge")) {
         fd = memfd_create("huge", MFD_CLOEXEC | MFD_HUGETLB);
     } else if (!strcmp(mode, "fanotify")) {
-        fd = fanotify_init(FAN_CLASS_NOTIF, O_RDONLY);
-        if (fd >= 0 && fanotify_mark(fd, FAN_MARK_ADD, FAN_OPEN, AT_FDCWD, "/tmp") < 0) fd = -1;
+        fd = fanotify_init(FAN_CLASS_NOTIF | FAN_REPORT_FID, O_RDONLY);
+        char dir[64];
+        snprintf(dir, sizeof dir, "/tmp/ckpt-fanotify-%d", (int)getpid());
+        if (fd >= 0 && (mkdir(dir, 0700) || fanotify_mark(fd, FAN_MARK_ADD, FAN_DELETE | FAN_ONDIR, AT_FDCWD, "/tmp") ||
+                        rmdir(dir)))
+            fd = -1;
     } else if (!strcmp(mode, "aio")) {
         aio_context_t ctx = 0;
         fd = (int)syscall(SYS_io_setup, 8, &ctx);

@@ -72,9 +72,20 @@ fn a_huge_page_memfd_is_refused_by_name() -> Result<()> {
 }
 
 #[test]
-fn a_fanotify_group_is_refused_by_name() -> Result<()> {
+fn fanotify_groups_keep_flags_and_marks() -> Result<()> {
     require_root!();
-    refused("refused_kinds", &["fanotify"], &["fd ", "fanotify"])
+    let dir = tempfile::Builder::new().prefix("ckpt-fanotify-").tempdir()?;
+    survives_two_restores("fanotify_state", &[path_arg(dir.path())?])
+}
+
+#[test]
+fn a_fanotify_group_with_events_queued_is_refused_by_name() -> Result<()> {
+    require_root!();
+    refused(
+        "refused_kinds",
+        &["fanotify"],
+        &["fd ", "fanotify group", "not read yet"],
+    )
 }
 
 #[test]

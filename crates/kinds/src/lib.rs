@@ -17,6 +17,7 @@ pub mod deleted;
 pub mod deleted_dir;
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod inet;
 pub mod inotify;
@@ -92,6 +93,7 @@ pub enum Object {
     Proc(procfile::Record),
     Memfd(memfd::Record),
     DeletedDir(deleted_dir::Record),
+    Fanotify(fanotify::Record),
 }
 
 impl Object {
@@ -113,6 +115,7 @@ impl Object {
             Object::Proc(r) => procfile::describe(r),
             Object::Memfd(r) => memfd::describe(r),
             Object::DeletedDir(r) => deleted_dir::describe(r),
+            Object::Fanotify(r) => fanotify::describe(r),
         }
     }
 }
@@ -128,6 +131,7 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         Some("inotify") => inotify::capture(src).map(Object::Inotify),
         Some("eventpoll") => epoll::capture(src).map(Object::Epoll),
         Some("pidfd") => pidfd::capture(src).map(Object::PidFd),
+        Some("fanotify") => fanotify::capture(src).map(Object::Fanotify),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
         None if opath::claims(src) => opath::capture(src).map(Object::Path),
         None if procfile::claims(src) => procfile::capture(src).map(Object::Proc),
@@ -187,6 +191,7 @@ impl Restore {
             Object::Proc(r) => procfile::recreate(r),
             Object::Memfd(r) => memfd::recreate(r, &mut self.memfd),
             Object::DeletedDir(r) => deleted_dir::recreate(r, &mut self.deleted_dir),
+            Object::Fanotify(r) => fanotify::recreate(r),
         }
     }
 
@@ -221,15 +226,19 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Proc(_) => Ok(()),
         Object::Memfd(_) => Ok(()),
         Object::DeletedDir(_) => Ok(()),
+        Object::Fanotify(_) => Ok(()),
     }
 }
 
-/// Objects that name processes (pidfds, `/proc/PID/…` files) are put at their numbers once
-/// every process of the restore exists; the others were placed already (false).
-pub fn open_late(fd: RawFd, obj: &Object, cloexec: bool) -> Result<bool, KindError> {
+/// Work once every process of the restore exists and is built, just before the programs run:
+/// objects that name processes (pidfds, `/proc/PID/…` files) are put at their numbers (true;
+/// the others were placed already), and a fanotify group's first holder reads away the events
+/// the restore itself raised.
+pub fn open_late(fd: RawFd, obj: &Object, cloexec: bool, owner: bool) -> Result<bool, KindError> {
     match obj {
         Object::PidFd(r) => pidfd::open_again(fd, r, cloexec).map(|_| true),
         Object::Proc(r) => procfile::open_again(fd, r, cloexec).map(|_| true),
+        Object::Fanotify(_) if owner => fanotify::drain(fd).map(|_| false),
         _ => Ok(false),
     }
 }

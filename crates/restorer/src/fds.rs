@@ -175,12 +175,13 @@ pub fn after_placed(img: &ProcessImage) -> anyhow::Result<()> {
 
 /// Puts the objects that name processes (pidfds, `/proc/PID/…` files; placeholders until
 /// now) at their numbers, once every process of the restore exists, zombies included; an fd
-/// sharing a description with one gets a duplicate of it again.
+/// sharing a description with one gets a duplicate of it again. Clears the events the restore
+/// raised in fanotify groups.
 pub fn open_late(img: &ProcessImage) -> anyhow::Result<()> {
     let mut late = Vec::new();
     for f in img.fds.iter().filter(|f| f.dup_of.is_none()) {
-        if let FdKind::Object { obj, .. } = &f.kind {
-            if ckpt_kinds::open_late(f.fd, obj, f.cloexec)
+        if let FdKind::Object { obj, owner, .. } = &f.kind {
+            if ckpt_kinds::open_late(f.fd, obj, f.cloexec, *owner)
                 .with_context(|| format!("fd {} ({})", f.fd, obj.describe()))?
             {
                 late.push(f.fd);
