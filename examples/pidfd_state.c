@@ -3,7 +3,8 @@
  * has exited and is not reaped (a zombie, exit status 7). When asked it checks each still
  * refers to the same process: the pid its fdinfo names, signals sent through it, the child's
  * exit status read through it (waitid P_PIDFD, WNOWAIT), poll (the zombie's is readable, the
- * live child's is not), the non-blocking wait (EAGAIN), and the flags.
+ * live child's is not), the non-blocking wait (EAGAIN), the flags, and an epoll watching the
+ * live child's pidfd (still registered: EPOLL_CTL_MOD works, and it reports nothing).
  *
  * Prints "tick N" every 50 ms; on SIGUSR1 prints "state ok" or "INVARIANT <what>".
  */
@@ -15,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -37,7 +39,7 @@ static void invariant(const char *what, long a, long b)
     bad = 1;
 }
 
-static int self_fd, live_fd, zombie_fd;
+static int self_fd, live_fd, zombie_fd, ep;
 static pid_t live, zombie;
 
 static long fdinfo_pid(int fd)
@@ -75,6 +77,9 @@ static void check(void)
     struct pollfd p[2] = {{live_fd, POLLIN, 0}, {zombie_fd, POLLIN, 0}};
     if (poll(p, 2, 0) != 1 || p[0].revents || !(p[1].revents & POLLIN))
         invariant("poll: only the zombie's pidfd is readable", p[1].revents, POLLIN);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 7};
+    if (epoll_ctl(ep, EPOLL_CTL_MOD, live_fd, &ev) != 0) invariant("the epoll still watches the live pidfd (errno)", errno, 0);
+    if (epoll_wait(ep, &ev, 1, 0) != 0) invariant("epoll events for a live child", 1, 0);
     printf(bad ? "state bad\n" : "state ok\n");
 }
 
@@ -92,7 +97,9 @@ int main(void)
     self_fd = syscall(SYS_pidfd_open, getpid(), 0);
     live_fd = syscall(SYS_pidfd_open, live, PIDFD_NONBLOCK);
     zombie_fd = syscall(SYS_pidfd_open, zombie, 0);
-    if (self_fd < 0 || live_fd < 0 || zombie_fd < 0) {
+    ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = 7};
+    if (self_fd < 0 || live_fd < 0 || zombie_fd < 0 || ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, live_fd, &ev)) {
         perror("pidfd_open");
         return 2;
     }

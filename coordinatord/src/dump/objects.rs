@@ -106,7 +106,7 @@ pub fn outside_processes(images: &[&mut ProcessImage]) -> Vec<String> {
             let FdKind::Object { obj, .. } = &f.kind else { continue };
             if let Some(pid) = ckpt_kinds::names_process(obj).filter(|p| !within(*p)) {
                 out.push(format!(
-                    "process {}: fd {} is a {}, of process {pid}, which is not in the checkpoint \
+                    "process {}: fd {} ({}) names process {pid}, which is not in the checkpoint \
                      (after a restore that pid could name another process); close it or \
                      checkpoint both together",
                     img.pid,

@@ -230,16 +230,38 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
     }
 }
 
-/// Work once every process of the restore exists and is built, just before the programs run:
-/// objects that name processes (pidfds, `/proc/PID/…` files) are put at their numbers (true;
-/// the others were placed already), and a fanotify group's first holder reads away the events
-/// the restore itself raised.
-pub fn open_late(fd: RawFd, obj: &Object, cloexec: bool, owner: bool) -> Result<bool, KindError> {
-    match obj {
+/// When a restored process's objects that name processes (pidfds, `/proc/PID/…` files,
+/// placeholders until then) are opened: `Early` once its fds are in place (its children are
+/// forked by then, so an epoll can watch a pidfd of one; `/proc` files of its own only),
+/// `Late` once every process of the
+/// restore exists and is built (zombies, siblings), for those not opened yet. `Late` also
+/// reads away, in a fanotify group's first holder, the events the restore itself raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Early,
+    Late,
+}
+
+/// Puts an object that names a process at its number (true), or leaves it (false): not of
+/// such a kind, or, early, its process does not exist yet.
+pub fn open_named(fd: RawFd, obj: &Object, cloexec: bool, owner: bool, when: When) -> Result<bool, KindError> {
+    let r = match obj {
         Object::PidFd(r) => pidfd::open_again(fd, r, cloexec).map(|_| true),
+        // Early, only the process's own: another's `/proc/PID/mem` opened while that restorer
+        // is still being exec'd would name the memory it leaves.
+        // SAFETY: getpid has no preconditions.
+        Object::Proc(r) if when == When::Early && r.pid != unsafe { libc::getpid() } => Ok(false),
         Object::Proc(r) => procfile::open_again(fd, r, cloexec).map(|_| true),
-        Object::Fanotify(_) if owner => fanotify::drain(fd).map(|_| false),
+        Object::Fanotify(_) if owner && when == When::Late => fanotify::drain(fd).map(|_| false),
         _ => Ok(false),
+    };
+    match r {
+        Err(KindError::Recreate { source, .. })
+            if when == When::Early && matches!(source.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENOENT)) =>
+        {
+            Ok(false)
+        }
+        r => r,
     }
 }
 

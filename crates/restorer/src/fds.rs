@@ -174,28 +174,29 @@ pub fn after_placed(img: &ProcessImage) -> anyhow::Result<()> {
 }
 
 /// Puts the objects that name processes (pidfds, `/proc/PID/…` files; placeholders until
-/// now) at their numbers, once every process of the restore exists, zombies included; an fd
-/// sharing a description with one gets a duplicate of it again. Clears the events the restore
-/// raised in fanotify groups.
-pub fn open_late(img: &ProcessImage) -> anyhow::Result<()> {
-    let mut late = Vec::new();
-    for f in img.fds.iter().filter(|f| f.dup_of.is_none()) {
+/// then) at their numbers, and an fd sharing a description with one gets a duplicate of it
+/// again: early, those whose process exists already; late, once every process of the restore
+/// exists, zombies included, the rest (then also clearing the events the restore raised in
+/// fanotify groups). Returns the fds placed.
+pub fn open_named(img: &ProcessImage, when: ckpt_kinds::When, done: &[i32]) -> anyhow::Result<Vec<i32>> {
+    let mut placed = Vec::new();
+    for f in img.fds.iter().filter(|f| f.dup_of.is_none() && !done.contains(&f.fd)) {
         if let FdKind::Object { obj, owner, .. } = &f.kind {
-            if ckpt_kinds::open_late(f.fd, obj, f.cloexec, *owner)
+            if ckpt_kinds::open_named(f.fd, obj, f.cloexec, *owner, when)
                 .with_context(|| format!("fd {} ({})", f.fd, obj.describe()))?
             {
-                late.push(f.fd);
+                placed.push(f.fd);
             }
         }
     }
-    for f in img.fds.iter().filter(|f| f.dup_of.is_some_and(|d| late.contains(&d))) {
+    for f in img.fds.iter().filter(|f| f.dup_of.is_some_and(|d| placed.contains(&d))) {
         let flags = if f.cloexec { libc::O_CLOEXEC } else { 0 };
         // SAFETY: dup3 between two of the program's fds.
         if unsafe { libc::dup3(f.dup_of.unwrap_or(f.fd), f.fd, flags) } < 0 {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("placing fd {}", f.fd));
         }
     }
-    Ok(())
+    Ok(placed)
 }
 
 /// Enters the program's working directory. One that was removed is made again and removed:

@@ -147,6 +147,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         .transpose()?;
 
     fds::place_fds(&img, control, &sockets)?;
+    let named = fds::open_named(&img, ckpt_kinds::When::Early, &[])?;
     fds::after_placed(&img)?;
     fds::take_locks(&img)?;
     attrs::check(&img)?;
@@ -184,7 +185,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let plan = plan::build(&img, &current, region, &working, &mine)?;
     // Groups and terminals once every process of the host exists; then, with all of them
     // built, every one becomes its program.
-    tree::finish(control, &img)?;
+    tree::finish(control, &img, &named)?;
     jump(&region, &plan, status)
 }
 
