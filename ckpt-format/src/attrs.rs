@@ -37,6 +37,10 @@ pub struct ThreadAttrs {
     pub timerslack_ns: u64,
     /// `PR_SET_NO_NEW_PRIVS`.
     pub no_new_privs: bool,
+    /// `PR_GET_SECUREBITS` (`SECBIT_KEEP_CAPS` is `PR_SET_KEEPCAPS`).
+    pub securebits: u32,
+    /// `PR_MCE_KILL_GET`: 0 late, 1 early, 2 the system's default.
+    pub mce_kill: u32,
 }
 
 /// `struct sched_attr` as `sched_getattr` gives it.

@@ -16,6 +16,8 @@ pub struct ProcessImage {
     /// The working directory when it was removed (`cwd` then ends in ` (deleted)`): made
     /// again and removed, shared with an fd of the process on the same directory.
     pub cwd_removed: Option<ckpt_kinds::deleted_dir::Record>,
+    /// Its root directory (`chroot`), as ckptd sees the path; `/` for most.
+    pub root: String,
     pub umask: u32,
     pub personality: u64,
     pub creds: Creds,
@@ -184,6 +186,13 @@ pub struct Mapping {
     pub shared_with: Option<SharedMem>,
     /// Locked in memory (`mlock`, `mlockall`), locked again once its content is back.
     pub locked: crate::attrs::Locked,
+    /// Registered for dirty-page tracking at the checkpoint: the restorer registers and
+    /// protects it again before the program runs (see `ProcSlot::RESTORED_TRACKED`).
+    pub tracked: bool,
+    /// The program may make it writable (VmFlags `mw`). Only a shared file mapping can lack
+    /// it (its file was opened read-only): it is mapped again from a read-only fd, one that
+    /// has it from a writable fd, whatever its protection now.
+    pub may_write: bool,
 }
 
 /// One piece of shared memory held by several processes of a host: `ident` names it among the

@@ -52,6 +52,11 @@ struct Args {
     /// storing long written stretches while it runs (a write to one then waits for its page)
     #[arg(long)]
     no_store_window: bool,
+    /// Copying memory before the stop (the pre-copy) gives up after this long, so that the cut
+    /// comes about this soon after it is asked for, however busy the machine; what was not
+    /// copied then is copied while the programs are stopped
+    #[arg(long, value_name = "MS", default_value_t = 750)]
+    precopy_ms: u64,
     /// Testing hook: wait this long before reading store windows
     #[arg(long, hide = true, default_value_t = 0)]
     test_window_delay_ms: u64,
@@ -137,6 +142,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut node = node::Node::new(host, store, restorer, args.compress);
     node.store_window = !args.no_store_window;
     node.window_delay = std::time::Duration::from_millis(args.test_window_delay_ms);
+    node.precopy_budget = std::time::Duration::from_millis(args.precopy_ms);
     node.files.rules = args.file_policy;
     let node = Arc::new(node);
     let role = match &args.join {

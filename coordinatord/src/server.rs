@@ -68,6 +68,8 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
             }
             // Read while the program waits for its answer, before it can move its stdio.
             let stdio = crate::dump::stdio::at_start(reg.pid);
+            // Before the answer: the program's first change to a directory is its own.
+            node.files.dirs.register(reg.pid, false);
             ckpt_proto::send(&s, &NodeMsg::Registered, &[])?;
             tracing::info!(pid = reg.pid, exe = %reg.exe, "registered");
             node.registry.insert(reg, s, None, stdio);

@@ -59,15 +59,15 @@ impl Slots {
         // SAFETY: a field address inside the static; nothing is read.
         unsafe { &raw const (*self.get()).membarrier as u64 }
     }
-    /// The word the restorer sets; the control thread clears it.
-    pub fn take_restored(&self) -> bool {
+    /// The word the restorer sets (see [`ProcSlot::restored`]); the control thread clears it.
+    pub fn take_restored(&self) -> u64 {
         // SAFETY: aligned u64 inside the static; only the control thread reads it.
         let p = unsafe { &raw mut (*self.get()).restored };
         // SAFETY: as above.
         unsafe {
             let v = p.read_volatile();
             p.write_volatile(0);
-            v != 0
+            v
         }
     }
 }
@@ -204,6 +204,11 @@ fn record_thread(tid: i32, uc_addr: u64) {
     }
     // SAFETY: PR_GET_TIMERSLACK has no pointer argument; it returns the value.
     let timerslack = unsafe { raw6(libc::SYS_prctl, [libc::PR_GET_TIMERSLACK as u64, 0, 0, 0, 0, 0]) };
+    // SAFETY: as above: no pointer arguments, the value is returned. Only the thread itself can
+    // read either.
+    let securebits = unsafe { raw6(libc::SYS_prctl, [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0]) };
+    // SAFETY: as above.
+    let mce_kill = unsafe { raw6(libc::SYS_prctl, [libc::PR_MCE_KILL_GET as u64, 0, 0, 0, 0, 0]) };
     let rseq_size = RSEQ_SIZE.load(Relaxed);
     // SAFETY: slot `idx` was handed to this thread alone by NEXT_SLOT.
     let slot = unsafe { &mut (*SLOTS.get()).threads[idx] };
@@ -216,6 +221,13 @@ fn record_thread(tid: i32, uc_addr: u64) {
     slot.robust_len = len;
     slot.clear_tid = clear;
     slot.pdeathsig = pdeathsig;
+    slot.securebits = securebits.clamp(0, u16::MAX as i64) as u16;
+    // The default (2) when it cannot be read: nothing to set at restore.
+    slot.mce_kill = if (0..=2).contains(&mce_kill) {
+        mce_kill as u16
+    } else {
+        2
+    };
     if rseq_size > 0 {
         slot.rseq_addr = fs.wrapping_add(RSEQ_OFFSET.load(Relaxed) as u64);
         slot.rseq_len = rseq_size.max(32).div_ceil(32) * 32;
@@ -307,21 +319,7 @@ fn release(session: u32) {
 
 /// Lists this process's threads into `out` with raw getdents64; returns how many.
 fn list_tasks(dents: &mut [u8], out: &mut [i32; MAX_THREADS]) -> Option<usize> {
-    // A NUL-terminated literal path.
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
-    let dfd = unsafe {
-        sys::sys6(
-            libc::SYS_open,
-            [
-                c"/proc/self/task".as_ptr() as u64,
-                (libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )
-    } as i32;
+    let dfd = crate::fds::open_proc(c"self/task", libc::O_RDONLY | libc::O_DIRECTORY) as i32;
     if dfd < 0 {
         return None;
     }
@@ -455,20 +453,7 @@ const LEADER_CHECK_NS: u64 = 20_000_000;
 
 /// Whether this process's main thread is a zombie (read with raw calls into `buf`).
 fn zombie(buf: &mut [u8]) -> bool {
-    // SAFETY: every pointer argument points to live memory of the size the call expects.
-    let fd = unsafe {
-        sys::sys6(
-            libc::SYS_open,
-            [
-                c"/proc/self/stat".as_ptr() as u64,
-                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
+    let fd = crate::fds::open_proc(c"self/stat", libc::O_RDONLY);
     if fd < 0 {
         return false;
     }

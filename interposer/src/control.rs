@@ -30,6 +30,7 @@ pub fn start() {
             return;
         }
         crate::pages::UFFD.store(crate::fds::protect(crate::pages::create()), Release);
+        crate::fds::PROC_FD.store(crate::fds::open_proc_dir(), Release);
         // SAFETY: registering a fork handler with a plain extern "C" fn.
         unsafe { libc::pthread_atfork(None, Some(after_fork_parent), Some(after_fork_child)) };
     }
@@ -205,13 +206,18 @@ fn serve(path: &Path) {
                 // Read or not, the threads run again now; inter-host sends stay held until ckptd
                 // says the checkpoint is over everywhere (CommResume), so that no byte reaches a
                 // peer on a host that has not been read yet.
-                match checkpoint::park_all(timeout_ms) {
-                    Ok(()) if SLOTS.take_restored() => {
+                let park = checkpoint::park_all(timeout_ms);
+                let restored = if park.is_ok() { SLOTS.take_restored() } else { 0 };
+                match park {
+                    Ok(()) if restored != 0 => {
                         // A restored program: its gate's state in memory is the checkpoint's.
                         gate::open();
                         gated = false;
-                        // The kernel's tracker did not survive: a new one at the same number.
-                        crate::pages::recreate();
+                        // The kernel's tracker did not survive: the restorer armed a new one at
+                        // the same number, or left a placeholder for one to be made here.
+                        if restored != ProcSlot::RESTORED_TRACKED {
+                            crate::pages::recreate();
+                        }
                         Some(AppMsg::Restored { pid: sys::getpid() })
                     }
                     Ok(()) => None,

@@ -1,5 +1,5 @@
-//! The interposer's own descriptors — its link to ckptd and its dirty-page tracker — survive
-//! what programs do to descriptors they believe are theirs.
+//! The interposer's own descriptors — its link to ckptd, its dirty-page tracker and its handle on
+//! `/proc` — survive what programs do to descriptors they believe are theirs.
 //!
 //! They live at high numbers (daemons close low ones, shells keep theirs near 255). A `close` of
 //! one of them succeeds without closing it, `close_range`/`closefrom` close everything around
@@ -15,8 +15,60 @@ use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering::*};
 /// Where the interposer's own descriptors go, when the fd limit allows.
 const HIGH: i32 = 1000;
 
-fn cells() -> [&'static AtomicI32; 2] {
-    [&CONTROL_FD, &UFFD]
+/// `/proc`, opened (`O_PATH`) when the interposer starts: a program that moves its root
+/// (`chroot`) or its mounts still has its `/proc/self/…` read through it (see [`open_proc`]).
+pub static PROC_FD: AtomicI32 = AtomicI32::new(-1);
+
+fn cells() -> [&'static AtomicI32; 3] {
+    [&CONTROL_FD, &UFFD, &PROC_FD]
+}
+
+/// Opens `/proc` for [`PROC_FD`], at the interposer's high numbers; -1 if there is none.
+pub fn open_proc_dir() -> i32 {
+    // SAFETY: a NUL-terminated literal path; returns an fd or a negative errno.
+    let fd = unsafe {
+        sys::raw6(
+            libc::SYS_openat,
+            [
+                libc::AT_FDCWD as u64,
+                c"/proc".as_ptr() as u64,
+                (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+                0,
+                0,
+                0,
+            ],
+        )
+    };
+    if fd < 0 {
+        return -1;
+    }
+    protect(fd as i32)
+}
+
+/// Opens `rel` (`self/task`, NUL-terminated, below `/proc`) through [`PROC_FD`], or by its
+/// absolute path when there is none; the raw result (an fd or a negative errno). Allocates
+/// nothing: usable while other threads are parked.
+pub fn open_proc(rel: &std::ffi::CStr, flags: i32) -> i64 {
+    let dir = PROC_FD.load(Acquire);
+    let mut path = [0u8; 64];
+    let (at, p) = if dir >= 0 {
+        (dir as i64, rel.as_ptr() as u64)
+    } else {
+        let bytes = rel.to_bytes_with_nul();
+        if bytes.len() + 6 > path.len() {
+            return -(libc::ENAMETOOLONG as i64);
+        }
+        path[..6].copy_from_slice(b"/proc/");
+        path[6..6 + bytes.len()].copy_from_slice(bytes);
+        (libc::AT_FDCWD as i64, path.as_ptr() as u64)
+    };
+    // SAFETY: `p` points to a NUL-terminated path that lives for the call.
+    unsafe {
+        sys::raw6(
+            libc::SYS_openat,
+            [at as u64, p, (flags | libc::O_CLOEXEC) as u64, 0, 0, 0],
+        )
+    }
 }
 
 /// Whether `fd` is one of the interposer's own descriptors.
@@ -89,7 +141,7 @@ fn step_aside(fd: i64) {
 }
 
 /// Our descriptors within [first, last], sorted.
-fn own_within(first: u32, last: u32) -> [i64; 2] {
+fn own_within(first: u32, last: u32) -> [i64; 3] {
     let mut v = cells().map(|c| c.load(Acquire) as i64);
     v.sort_unstable();
     v.map(|fd| {

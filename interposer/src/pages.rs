@@ -24,12 +24,9 @@ pub static UFFD: AtomicI32 = AtomicI32::new(-1);
 /// Creates the tracking userfaultfd; -1 when the kernel cannot (tracking is then off and every
 /// checkpoint is full).
 pub fn create() -> i32 {
-    let features = uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
     // An unprivileged program may only watch its own user-mode faults; that is enough to track
     // writes, which async write-protect resolves in the kernel whoever writes.
-    uffd::open(0, features)
-        .or_else(|_| uffd::open(uffd::USER_MODE_ONLY, features))
-        .map_or(-1, IntoRawFd::into_raw_fd)
+    uffd::open_tracker().map_or(-1, IntoRawFd::into_raw_fd)
 }
 
 /// A userfaultfd for one store window (see the module's comment); -1 when the kernel cannot,
@@ -47,8 +44,8 @@ pub fn window() -> i32 {
     uffd::open(0, features).map_or(-1, IntoRawFd::into_raw_fd)
 }
 
-/// After a restore: a new tracker at the fd number the program's image recorded (the restorer
-/// left a placeholder there).
+/// After a restore whose restorer could not arm a tracker: a new one at the fd number the
+/// program's image recorded (the restorer left a placeholder there).
 pub fn recreate() {
     let old = UFFD.load(Acquire);
     let new = create();
@@ -123,8 +120,7 @@ pub fn register_all() {
     if uffd < 0 {
         return;
     }
-    // SAFETY: a NUL-terminated literal path; raw open.
-    let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    let fd = crate::fds::open_proc(c"self/maps", libc::O_RDONLY) as i32;
     if fd < 0 {
         return;
     }

@@ -30,21 +30,7 @@ pub fn record(p: &mut ProcSlot) {
 
 /// Reads /proc/self/timers into BUF; its length, or None if unreadable or larger than BUF.
 fn read_list() -> Option<usize> {
-    let path = c"/proc/self/timers";
-    // SAFETY: a NUL-terminated path; openat returns an fd or a negative errno.
-    let fd = unsafe {
-        raw6(
-            libc::SYS_openat,
-            [
-                libc::AT_FDCWD as u64,
-                path.as_ptr() as u64,
-                (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
-                0,
-                0,
-                0,
-            ],
-        )
-    };
+    let fd = crate::fds::open_proc(c"self/timers", libc::O_RDONLY);
     if fd < 0 {
         return None;
     }

@@ -18,7 +18,11 @@ pub const BASH: &str = "/bin/bash";
 /// prints what they compute. The build is deterministic: same sources, same relative paths,
 /// no debug information, a fixed random seed per object. gcc runs its stages joined by pipes
 /// (`-pipe`): its temporary files between stages are held by no process while one stage has
-/// ended and the next not yet begun, so a checkpoint taken then could not hold them.
+/// ended and the next not yet begun, so a checkpoint taken then could not hold them; and one
+/// `cc1` is writing at the checkpoint (a log by its policy, whose content is not saved) is
+/// removed by gcc once `as` has read it, so a restore of that checkpoint after the build went
+/// on is refused (the log is gone): without `-pipe`, 4 of 4 tries of
+/// `make_j2_killed_after_third_checkpoint_and_restored` were.
 pub struct CProject {
     dir: tempfile::TempDir,
 }

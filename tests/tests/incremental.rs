@@ -230,3 +230,57 @@ fn dirty_log_one_percent_rounds_incremental_chain_and_delete() -> Result<()> {
     }
     Ok(())
 }
+
+/// After a restore, the next checkpoint is incremental to the restored one (its memory is that
+/// one's, and the restorer armed its tracker before it ran): one round of 1 % of 256 MiB
+/// written after each of two restores is all the next checkpoint stores, and that checkpoint
+/// restores exactly.
+#[test]
+fn after_a_restore_the_next_checkpoint_is_incremental_to_it() -> Result<()> {
+    require_root!();
+    const MIB256: u64 = 256 << 20;
+    let d = Daemon::start()?;
+    let mut app = d.run_example("dirty_log", &["256", "1", "sig"])?;
+    let pid = app.pid;
+    app.expect_line("the `start` line", |l| l.starts_with("start "), LINE_TIMEOUT)?;
+    let mut writes = 0;
+    for _ in 0..ROUNDS_BEFORE_FULL {
+        writes = round(&app)?;
+    }
+    let mut base = d.checkpoint_json(&["--full"])?.id;
+    for k in 1..=2 {
+        app.kill9_tree()?;
+        app = d
+            .restore_ok(&base, pid)
+            .with_context(|| format!("restore {k} of {base}"))?;
+        ensure!(
+            verify(&app)? == writes,
+            "restore {k} of {base}: not the checkpoint's writes"
+        );
+        writes = round(&app)?;
+        let st = d
+            .checkpoint_json(&[])
+            .with_context(|| format!("checkpoint after restore {k}"))?;
+        let (parent, _) = d.manifest_parent(&st.id)?;
+        let pct = st.stored_bytes as f64 * 100.0 / MIB256 as f64;
+        note!(
+            "after restore {k}: checkpoint {} parent {parent:?} stored {} bytes ({pct:.2}%)",
+            st.id,
+            st.stored_bytes
+        );
+        ensure!(
+            parent.as_deref() == Some(base.as_str()),
+            "the checkpoint after restore {k} should be incremental to {base}, its parent is {parent:?}"
+        );
+        ensure!(
+            pct < 4.0,
+            "the checkpoint after restore {k} stored {pct:.2}% of 256 MiB for one round of 1 %"
+        );
+        base = st.id;
+    }
+    app.kill9_tree()?;
+    let r = d.restore_ok(&base, pid)?;
+    ensure!(verify(&r)? == writes, "restore of {base}: not the checkpoint's writes");
+    kill_tree(r.pid)?;
+    Ok(())
+}

@@ -69,3 +69,37 @@ fn mem_pattern_256mib_checkpoint_kill_restore() -> Result<()> {
     r.kill9()?;
     Ok(())
 }
+
+/// A pre-copy out of time (`--precopy-ms`: none at all, then a few ms, which ends it part-way
+/// through the mappings) leaves the rest to the stop: a full and an incremental checkpoint of
+/// each, both restored, and the whole pattern verifies.
+#[test]
+fn precopy_out_of_time_leaves_the_rest_to_the_stop() -> Result<()> {
+    require_root!();
+    for budget in ["0", "3"] {
+        let d = Daemon::start_with(&bin_dir(), &["--precopy-ms", budget])?;
+        let app = d.run_example("mem_pattern", &["64"])?;
+        let pid = app.pid;
+        let first = app.expect_tick_line(Duration::from_secs(90))?;
+        app.expect_consecutive_ticks(first.0, 1, true, LINE_TIMEOUT)?;
+        let full = d.checkpoint_app(&app)?;
+        let incr = d.checkpoint_app(&app)?;
+        let mut app = app;
+        for cp in [&incr, &full] {
+            // Disarms the handle too: the restored process takes the same pid.
+            app.kill9_tree()?;
+            app = d.restore_ok(&cp.id, pid)?;
+            let (t, line) = app.expect_tick_line(Duration::from_secs(60))?;
+            cp.check_resumed(t, &app)?;
+            ensure!(
+                line.trim_end().ends_with(" ok"),
+                "--precopy-ms {budget}, checkpoint {}: expected `ok` at the end of {line:?}\n{}",
+                cp.id,
+                app.context()
+            );
+            app.expect_consecutive_ticks(t, 2, true, LINE_TIMEOUT)?;
+        }
+        app.kill9()?;
+    }
+    Ok(())
+}

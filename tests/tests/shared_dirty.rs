@@ -70,8 +70,12 @@ fn chain(d: &Daemon, app: &App, n: usize, first: &[&str], shared_bytes: u64) -> 
             .with_context(|| format!("checkpoint {k} under writes"))?;
         eprintln!("checkpoint {} under writes: {} bytes stored", st.id, st.stored_bytes);
         if k > 0 {
+            // A full read stores the whole region for each of the three holders; what the
+            // writers dirty between two checkpoints (about 12 MB/s) grows with the time
+            // between them, which a loaded machine stretches: one holder's region, a third of
+            // a full read, is far from either. (The idle test bounds the bytes exactly.)
             ensure!(
-                st.stored_bytes < shared_bytes / 4,
+                st.stored_bytes < shared_bytes,
                 "incremental checkpoint {} stored {} bytes: shared memory ({} bytes per holder) was read in full\n{}",
                 st.id,
                 st.stored_bytes,

@@ -24,6 +24,26 @@ fn status_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
+/// Why `pid` cannot be checkpointed for a tracer attached to it: a debugger or tracer outside
+/// the checkpoint would not be attached again, and the program could tell (`TracerPid`, its
+/// stops no longer reported). Asked before the park, which a tracer would hold up (the park
+/// signal stops the thread for the tracer first).
+pub fn traced(pid: i32) -> Option<DumpError> {
+    let status = read_proc(pid, "status").ok()?;
+    let tracer: i32 = status_field(&status, "TracerPid")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    if tracer == 0 || tracer == std::process::id() as i32 {
+        return None;
+    }
+    let comm = std::fs::read_to_string(format!("/proc/{tracer}/comm")).unwrap_or_default();
+    Some(DumpError::Refused {
+        pid,
+        what: format!("it is traced by process {tracer} ({})", comm.trim()),
+        advice: "detach the tracer (gdb, strace) first".into(),
+    })
+}
+
 pub fn process(pid: i32, slots: &ProcSlot, status: &str) -> Result<ProcAttrs, DumpError> {
     let int = |what: &str| -> Result<i64, DumpError> {
         let s = read_proc(pid, what)?;
@@ -87,12 +107,27 @@ pub fn thread(pid: i32, t: &ThreadSlot) -> Result<ThreadAttrs, DumpError> {
             advice: "run it without seccomp to checkpoint it".into(),
         });
     }
+    // Securebits other than KEEP_CAPS take CAP_SETPCAP to set, which the restorer can only
+    // use while the thread still has it.
+    let effective = status_field(&status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok());
+    if t.securebits & !(1 << 4) != 0 && effective.is_some_and(|e| e & (1 << 8) == 0) {
+        return Err(DumpError::Refused {
+            pid,
+            what: format!(
+                "thread {tid} holds securebits {:#x} without CAP_SETPCAP, which they cannot be set again without",
+                t.securebits
+            ),
+            advice: "keep CAP_SETPCAP in its effective set to checkpoint it".into(),
+        });
+    }
     Ok(ThreadAttrs {
         sched,
         affinity: mask[..words].to_vec(),
         ioprio: ioprio as i32,
         timerslack_ns: t.timerslack_ns,
         no_new_privs: status_field(&status, "NoNewPrivs") == Some("1"),
+        securebits: t.securebits as u32,
+        mce_kill: t.mce_kill as u32,
     })
 }
 

@@ -176,8 +176,11 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
     let mut mappings = Vec::new();
     let mut special = Vec::new();
     let mut seen = Seen::new();
-    let sysv_flags = if maps.iter().any(super::sysv::is_attachment) {
-        procfs::vm_flags(pid, super::sysv::is_attachment).map_err(|e| DumpError::Proc(e, pid))?
+    // VmFlags, read only where the maps do not tell: SysV attachments, and shared file
+    // mappings without write permission (whether they may be made writable).
+    let wants_flags = |e: &MapEntry| super::sysv::is_attachment(e) || (e.shared && !e.write && e.path.starts_with('/'));
+    let vm_flags = if maps.iter().any(wants_flags) {
+        procfs::vm_flags(pid, wants_flags).map_err(|e| DumpError::Proc(e, pid))?
     } else {
         HashMap::new()
     };
@@ -193,7 +196,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             });
             continue;
         }
-        let (kind, select) = classify(pid, e, &mut seen, &sysv_flags)?;
+        let (kind, select) = classify(pid, e, &mut seen, &vm_flags)?;
         let is_tracked = tracked.contains(&(e.start, e.end));
         let incremental = is_tracked && incremental_kind(&kind) && select != Select::None;
         let mut pre_m = pre
@@ -356,6 +359,8 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             pages: runs,
             shared_with: None,
             locked: Default::default(),
+            tracked: is_tracked,
+            may_write: !e.shared || e.write || vm_flags.get(&e.start).is_none_or(|f| f.iter().any(|x| x == "mw")),
         });
     }
     tracing::debug!(

@@ -1,9 +1,10 @@
 //! Reading a parked process from the outside: its memory, fds and kernel state become a
 //! process image in the store.
 
-mod attrs;
+pub mod attrs;
 mod copy;
 mod fds;
+pub mod host;
 mod memory;
 pub mod objects;
 pub mod precopy;
@@ -189,6 +190,7 @@ pub fn dump_parked(
     let t_fds = t0.elapsed();
     let mut image = state::dump_state(reg, slots, t.fixed.take())?;
     signals::read_queues(reaper, &mut image, slots.park_signal)?;
+    signals::timer_signals_in_order(&image)?;
     let t_state = t0.elapsed();
     image.fds = fds;
     image.parent = t.base.map(|(id, _)| id.to_string());

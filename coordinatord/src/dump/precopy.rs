@@ -60,8 +60,16 @@ const SETTLED_PAGES: u64 = 256;
 /// Copies what a checkpoint against `base` needs of the tracked memory of `pid`, which runs;
 /// `own_store` is the new checkpoint's page store, as its image will name it. Like a live
 /// migration, it copies again what was written during the copy, in rounds, while the rounds
-/// get smaller; what a program keeps rewriting faster than that is left to the stop.
-pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Result<Precopy, DumpError> {
+/// get smaller; what a program keeps rewriting faster than that is left to the stop. Past
+/// `deadline` it gives up, between mappings (a mapping whose tracking it re-armed is always
+/// copied): a mapping it did not reach is read by the stop as if there were no pre-copy.
+pub fn precopy(
+    pid: i32,
+    own_store: String,
+    base: Option<&ProcessImage>,
+    deadline: std::time::Instant,
+) -> Result<Precopy, DumpError> {
+    let late = || std::time::Instant::now() >= deadline;
     let (_, store_map) = store_numbers(own_store, base);
     let io = |what: &str| super::io_err(pid, what);
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
@@ -74,6 +82,10 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
         .filter(|e| !e.shared && (anonymous(&e.path) || file_backed(&e.path)) && tracked.contains(&(e.start, e.end)))
         .collect();
     for e in &regions {
+        if late() {
+            tracing::info!(pid, "pre-copy out of time; the stop copies the rest");
+            break;
+        }
         let file = file_backed(&e.path);
         let mut m = PreMapping::default();
         // Against a base: what was written since it, and what is gone where its runs are.
@@ -108,6 +120,9 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
     for _ in 1..MAX_ROUNDS {
         let mut pages = 0;
         for e in &regions {
+            if late() {
+                break;
+            }
             let Some(m) = out.mappings.get_mut(&(e.start, e.end)) else {
                 continue;
             };
@@ -135,7 +150,7 @@ pub fn precopy(pid: i32, own_store: String, base: Option<&ProcessImage>) -> Resu
         }
         tracing::debug!(pid, pages, "pre-copy round");
         // Settled, or not getting smaller: the program writes as fast as this copies.
-        if pages < SETTLED_PAGES || pages * 2 > last {
+        if pages < SETTLED_PAGES || pages * 2 > last || late() {
             break;
         }
         last = pages;

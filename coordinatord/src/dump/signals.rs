@@ -143,6 +143,24 @@ fn decode(mut b: &[u8]) -> Option<Vec<(i32, Vec<QueuedSignal>)>> {
     Some(queues)
 }
 
+/// Refuses a POSIX timer whose own signal the restore could not put back in its place (see
+/// [`ckpt_kinds::posix_timer::check_pending_order`]).
+pub fn timer_signals_in_order(image: &ProcessImage) -> Result<(), DumpError> {
+    use ckpt_kinds::posix_timer::{check_pending_order, target};
+    for t in &image.posix_timers {
+        let queue = match target(t) {
+            None => &image.shared_queue,
+            Some(tid) => match image.threads.iter().find(|x| x.tid == tid) {
+                Some(th) => &th.queue,
+                None => continue,
+            },
+        };
+        let infos: Vec<&[u8]> = queue.iter().map(|q| q.info.as_slice()).collect();
+        check_pending_order(t, &infos).map_err(|err| DumpError::Timers { pid: image.pid, err })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::{decode, encode, SIZE};

@@ -144,6 +144,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         comm: threads[0].comm.clone(),
         cwd,
         cwd_removed,
+        root: root(pid)?,
         umask: st.umask,
         personality: fixed.personality,
         creds: Creds {
@@ -232,4 +233,17 @@ fn working_dir(pid: i32) -> Result<(String, Option<ckpt_kinds::deleted_dir::Reco
     let meta = std::fs::metadata(&link).map_err(super::io_err(pid, "its removed working directory"))?;
     let rec = ckpt_kinds::deleted_dir::of(&cwd, &meta, 0);
     Ok((cwd, Some(rec)))
+}
+
+/// The process's root directory (`chroot`); one that was removed cannot be entered again.
+fn root(pid: i32) -> Result<String, DumpError> {
+    let root = procfs::readlink(&format!("/proc/{pid}/root")).map_err(|e| DumpError::Proc(e, pid))?;
+    if root.ends_with(" (deleted)") {
+        return Err(DumpError::Refused {
+            pid,
+            what: format!("its root directory {root} was removed"),
+            advice: "keep the directory it chroot'ed into".into(),
+        });
+    }
+    Ok(root)
 }

@@ -48,3 +48,18 @@ pub fn mark(images: &mut [&mut ProcessImage], job: &HashMap<u64, u8>) {
         }
     }
 }
+
+/// The job's stdio over the host's processes (each one's [`at_start`]): inode → 0, 1 or 2,
+/// the lowest when one pipe was several (`2>&1`).
+pub fn job<'a>(procs: impl Iterator<Item = &'a [Option<u64>; 3]>) -> HashMap<u64, u8> {
+    let mut job = HashMap::new();
+    for stdio in procs {
+        for (n, ino) in stdio.iter().enumerate() {
+            if let Some(ino) = ino {
+                let n = n as u8;
+                job.entry(*ino).and_modify(|m: &mut u8| *m = (*m).min(n)).or_insert(n);
+            }
+        }
+    }
+    job
+}

@@ -3,9 +3,12 @@
 //! checkpoint records what the policy needs ([`capture`]); ckptd watches who writes to those
 //! files afterwards ([`proof`]); a restore checks every file before it changes any, then puts
 //! snapshots back, cuts logs back where it has proof and sets aside companions that appeared
-//! since ([`restore`]).
+//! since ([`restore`]); what the program did to its directories since (files created, renamed,
+//! removed) is undone where it can be ([`dirs`]).
 
 pub mod capture;
+pub mod dirs;
+pub mod fid;
 pub mod policy;
 pub mod proof;
 pub mod restore;
@@ -21,6 +24,8 @@ pub struct Files {
     /// `ckptd --file-policy` rules, after those of each checkpoint.
     pub rules: Vec<FileRule>,
     pub watch: proof::Watch,
+    /// What programs do to their directories, undone at restore.
+    pub dirs: dirs::DirWatch,
 }
 
 impl Files {
@@ -28,6 +33,7 @@ impl Files {
         Self {
             rules,
             watch: proof::Watch::start(),
+            dirs: dirs::DirWatch::start(),
         }
     }
 

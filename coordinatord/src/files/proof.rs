@@ -213,18 +213,6 @@ impl Watch {
     }
 }
 
-/// The identity fanotify reports a file by: its file system's id, then its file handle.
-fn handle_key(fsid: &[u8], handle_type: i32, handle: &[u8]) -> Vec<u8> {
-    let mut k = Vec::with_capacity(fsid.len() + 4 + handle.len());
-    k.extend_from_slice(fsid);
-    k.extend_from_slice(&handle_type.to_ne_bytes());
-    k.extend_from_slice(handle);
-    k
-}
-
-const AT_HANDLE_FID: i32 = 0x200;
-const MAX_HANDLE_SZ: usize = 128;
-
 impl Inner {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -246,38 +234,8 @@ impl Inner {
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: a zeroed statfs is a valid out-buffer.
-        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: sfs is a valid out-pointer.
-        if unsafe { libc::fstatfs(file.as_raw_fd(), &mut sfs) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: f_fsid is two plain ints.
-        let fsid: [u8; 8] = unsafe { std::mem::transmute(sfs.f_fsid) };
-        // struct file_handle: u32 bytes, i32 type, then the handle.
-        let mut buf = [0u8; 8 + MAX_HANDLE_SZ];
-        buf[..4].copy_from_slice(&(MAX_HANDLE_SZ as u32).to_ne_bytes());
-        let mut mount_id = 0;
-        let empty = c"";
-        let mut get = |flags: i32| {
-            // SAFETY: buf is a file_handle with room for MAX_HANDLE_SZ bytes.
-            unsafe {
-                libc::name_to_handle_at(
-                    file.as_raw_fd(),
-                    empty.as_ptr(),
-                    buf.as_mut_ptr().cast(),
-                    &mut mount_id,
-                    libc::AT_EMPTY_PATH | flags,
-                )
-            }
-        };
-        // The identifying handle is what fanotify reports; older kernels know only the other.
-        if get(AT_HANDLE_FID) != 0 && get(0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let n = (u32::from_ne_bytes(buf[..4].try_into().unwrap_or_default()) as usize).min(MAX_HANDLE_SZ);
-        let ty = i32::from_ne_bytes(buf[4..8].try_into().unwrap_or_default());
-        Ok(handle_key(&fsid, ty, &buf[8..8 + n]))
+        use std::os::fd::AsFd;
+        super::fid::key_of(file.as_fd())
     }
 
     fn run(&self) {
@@ -344,7 +302,7 @@ impl Inner {
             let Some(handle) = rec.get(20..20 + hbytes) else {
                 continue;
             };
-            let Some(&key) = st.handles.get(&handle_key(&rec[4..12], htype, handle)) else {
+            let Some(&key) = st.handles.get(&super::fid::key(&rec[4..12], htype, handle)) else {
                 continue;
             };
             let ours = st.ours.get(&pid).is_some_and(|(fd, start)| is_ours(fd, *start, pid));

@@ -21,6 +21,9 @@ pub struct FileRestore {
     /// Readers of the block stores, by index (`None`: no block lives there).
     readers: Vec<Option<BlockStoreReader>>,
     rules: Vec<FileRule>,
+    /// Files the directory undo will rename back to these paths before the files are put
+    /// back: a path is checked where its file is now.
+    moves: HashMap<std::path::PathBuf, std::path::PathBuf>,
 }
 
 /// What the restore does with each file.
@@ -86,6 +89,7 @@ impl FileRestore {
             files,
             readers,
             rules: rules.to_vec(),
+            moves: HashMap::new(),
         };
         let mut buf = Vec::new();
         for f in &me.files.files {
@@ -96,6 +100,31 @@ impl FileRestore {
             }
         }
         Ok(me)
+    }
+
+    /// What the directory undo will rename back (to → from), for the checks.
+    pub fn set_moves(&mut self, moves: HashMap<std::path::PathBuf, std::path::PathBuf>) {
+        self.moves = moves;
+    }
+
+    /// Where the file that will be at `path` is now.
+    fn now_at<'a>(&'a self, path: &'a str) -> &'a Path {
+        self.moves.get(Path::new(path)).map_or(Path::new(path), |p| p.as_path())
+    }
+
+    /// The files whose content this restore brings back or checks, and sqlite's companions
+    /// beside the snapshots: the directory undo leaves them to the contract.
+    pub fn contract_paths(&self) -> std::collections::HashSet<std::path::PathBuf> {
+        let mut out = std::collections::HashSet::new();
+        for f in &self.files.files {
+            out.insert(std::path::PathBuf::from(&f.path));
+            if matches!(f.content, FileContent::Snapshot(_)) {
+                for c in ["-journal", "-wal", "-shm"] {
+                    out.insert(std::path::PathBuf::from(format!("{}{c}", f.path)));
+                }
+            }
+        }
+        out
     }
 
     fn reader(&self, store: u32) -> Result<&BlockStoreReader, String> {
@@ -156,7 +185,7 @@ impl FileRestore {
                 }
                 (FileContent::Append(mark), FilePolicy::Append | FilePolicy::Snapshot) => {
                     let force_cut = forced && policy == FilePolicy::Snapshot;
-                    match check_log(&f.path, mark) {
+                    match check_log(self.now_at(&f.path), mark) {
                         Err(why) if !(force_cut && why.1) => {
                             problems.push(format!("{}: {}; {}", f.path, why.0, self.keep_hint(&f.path)));
                             continue;
@@ -214,7 +243,7 @@ impl FileRestore {
                 if !seen.insert(id.path.clone()) || self.mapped_override(&id.path).is_some() {
                     continue;
                 }
-                let same = std::fs::metadata(&id.path).map(|meta| {
+                let same = std::fs::metadata(self.now_at(&id.path)).map(|meta| {
                     let i = Ident::of(&meta);
                     (i.dev, i.ino, i.size, i.mtime_ns) == (id.dev, id.ino, id.size, id.mtime_ns)
                 });
@@ -389,7 +418,7 @@ impl FileRestore {
 
 /// Whether a log still begins with what it held at the checkpoint: `Err((why, forcible))`,
 /// forcible when a forced rollback can still cut it back.
-fn check_log(path: &str, mark: &ckpt_format::AppendMark) -> Result<(), (String, bool)> {
+fn check_log(path: &Path, mark: &ckpt_format::AppendMark) -> Result<(), (String, bool)> {
     let f = match File::open(path) {
         Ok(f) => f,
         Err(e) => {
@@ -432,7 +461,7 @@ fn cut(path: &str, size: u64) -> std::io::Result<u64> {
 
 /// Renames `NAME` beside `snapshot` to `NAME.ckpt-aside-ID` (or `…-ID.N` if taken); never
 /// deletes anything.
-fn set_aside(snapshot: &str, name: &str, id: &str) -> std::io::Result<String> {
+pub(crate) fn set_aside(snapshot: &str, name: &str, id: &str) -> std::io::Result<String> {
     let dir = Path::new(snapshot).parent().unwrap_or(Path::new("/"));
     let from = dir.join(name);
     for n in 0..1000 {

@@ -12,10 +12,12 @@ mod orphans;
 mod park;
 mod phases;
 mod pipes;
+mod prepare;
 mod pty;
 mod restore;
 mod shared_memory;
 mod shared_seen;
+mod store;
 mod sysv;
 mod tree;
 
@@ -41,6 +43,8 @@ pub struct Node {
     pub store_window: bool,
     /// A testing hook: how long to wait before reading store windows.
     pub window_delay: std::time::Duration,
+    /// How long the pre-copy of a checkpoint may take, over all of the host's programs.
+    pub precopy_budget: std::time::Duration,
     /// The checkpoint between phase 1 and its end, on this node.
     pub pending: Mutex<Option<phases::Pending>>,
     /// The restore between its prepare and connect steps.
@@ -68,6 +72,7 @@ impl Node {
             compress,
             store_window: true,
             window_delay: Default::default(),
+            precopy_budget: std::time::Duration::from_millis(750),
             pending: Default::default(),
             pending_restore: Default::default(),
             last_restored: Default::default(),

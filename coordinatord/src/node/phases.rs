@@ -4,17 +4,13 @@
 //! has arrived, parks every local program (the per-host barrier: intra-host communication stops
 //! here), reads each one and its files, lets them all run again and makes the images durable.
 
+use super::prepare::Prepared;
 use super::Node;
-use crate::dump::precopy::{precopy, Precopy};
-use crate::dump::state::Fixed;
 use crate::dump::{dump_parked, sockets, Dumped, PageTarget};
 use crate::files::capture::Capture;
 use crate::registry::Proc;
-use anyhow::{anyhow, bail, Context};
-use ckpt_format::{
-    read_record, write_record, CheckpointDir, FileRule, FileSummary, PageStoreWriter, ProcessEntry, ProcessImage,
-    RecordKind,
-};
+use anyhow::{anyhow, bail};
+use ckpt_format::{CheckpointDir, FileRule, FileSummary, ProcessEntry, ProcessImage};
 use ckpt_proto::{AppMsg, CheckpointMode, ConnEnd, NodeMsg};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
@@ -42,17 +38,7 @@ pub struct Pending {
     pub shared_seen: std::sync::Mutex<Option<crate::dump::shared_dirty::Seen>>,
 }
 
-/// What is read and opened for a process before it is parked, to keep its stop short.
-#[derive(Default)]
-pub struct Prepared {
-    /// Memory copied while it ran (not in stop-the-world mode).
-    pre: Option<Precopy>,
-    fixed: Option<Fixed>,
-    store: Option<PageStoreWriter>,
-    window: Option<crate::dump::window::Fds>,
-}
-
-fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
+pub(super) fn talk(p: &Proc) -> MutexGuard<'_, std::os::unix::net::UnixStream> {
     p.stream.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -67,24 +53,8 @@ fn gone(pid: i32, s: &std::os::unix::net::UnixStream) -> bool {
     exited(pid) || crate::registry::hung_up(s)
 }
 
-fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
+pub(super) fn lost(pid: i32) -> impl Fn(ckpt_proto::FrameError) -> anyhow::Error {
     move |e| anyhow!("process {pid} stopped answering ({e}); it may have exited")
-}
-
-/// Has `p` register its memory for dirty-page tracking (while it runs, before a checkpoint);
-/// the store window it hands over, if any.
-fn track(p: &Proc) -> anyhow::Result<Option<crate::dump::window::Fds>> {
-    let pid = p.reg.pid;
-    if p.reg.uffd_fd < 0 {
-        return Ok(None);
-    }
-    let s = talk(p);
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    ckpt_proto::send(&s, &NodeMsg::Track, &[]).map_err(lost(pid))?;
-    match ckpt_proto::recv::<AppMsg>(&s).map_err(lost(pid))? {
-        (AppMsg::Tracked, fds) => Ok(crate::dump::window::Fds::new(fds)),
-        (other, _) => bail!("process {pid} answered {other:?} to track"),
-    }
 }
 
 /// A process parked by phase 2.
@@ -188,6 +158,9 @@ impl Node {
             bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);
         }
         let procs = self.registry.alive();
+        if let Some(e) = procs.iter().find_map(|p| crate::dump::attrs::traced(p.reg.pid)) {
+            bail!("host {}: {e}", self.host);
+        }
         let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));
         // The files to snapshot: their writes are held from the gate's shutting to the park.
         let mut files = Capture::begin(&self.store, &dir, &self.host, self.files.rules_for(rules));
@@ -274,8 +247,10 @@ impl Node {
             self.keep_shared(&p, id, commit);
             // Deleted checkpoints (retention, ckptctl delete) no longer need their files watched.
             self.files.watch.retain(|id| self.store.get(id).is_ok());
+            self.files.dirs.retain(|id| self.store.get(id).is_ok());
             if !commit {
                 self.files.watch.forget(id);
+                self.files.dirs.forget(id);
             }
             if !commit && p.dir.path.exists() {
                 let host_dir = p.dir.path.join(&self.host);
@@ -450,18 +425,12 @@ impl Node {
             result = crate::dump::sysv::capture(&regs, dir, &self.host, self.compress);
         }
         if result.is_ok() {
-            let job = job_stdio(&parked);
+            let job = crate::dump::stdio::job(parked.iter().map(|st| &st.proc.stdio));
             let mut images: Vec<&mut ProcessImage> = parked
                 .iter_mut()
                 .filter_map(|st| st.dumped.as_mut().map(|d| &mut d.image))
                 .collect();
-            crate::dump::objects::link(&mut images);
-            crate::dump::objects::link_files(&mut images);
-            crate::dump::stdio::mark(&mut images, &job);
-            crate::dump::pty::outside_masters(&mut images);
-            let mut refused = crate::dump::shared_memory::link(&mut images);
-            refused.extend(crate::dump::tree::check(&images));
-            refused.extend(crate::dump::objects::outside_processes(&images));
+            let refused = crate::dump::host::link(&mut images, &job);
             if !refused.is_empty() {
                 result = Err(anyhow!("{}", refused.join("; ")));
             }
@@ -473,6 +442,18 @@ impl Node {
                     Err(e) => result = Err(e),
                 }
             }
+        }
+        if result.is_ok() {
+            // While parked: from this instant, what the processes do to directories is undone
+            // by a restore of this checkpoint.
+            let images: Vec<&ProcessImage> = parked
+                .iter()
+                .filter_map(|st| st.dumped.as_ref().map(|d| &d.image))
+                .collect();
+            let pids: Vec<i32> = images.iter().map(|i| i.pid).collect();
+            self.files
+                .dirs
+                .mark(&dir.id, &pids, &crate::files::dirs::places(&images));
         }
         tracing::debug!(dump_us = t_parked.elapsed().as_micros() as u64, "parked work");
         let verdict = if result.is_ok() {
@@ -498,105 +479,7 @@ impl Node {
             .collect();
         drop(streams);
         result?;
-        // Stored while the programs run.
-        let t_store = Instant::now();
-        // First what was left in place: a program's thread may wait on one of those pages, so
-        // this runs at normal priority, one thread per process (empty windows close with the
-        // rest, once stored).
-        let mut parked = parked;
-        if parked.iter().any(|(_, _, d)| d.has_window()) {
-            std::thread::sleep(self.window_delay);
-        }
-        std::thread::scope(|sc| {
-            let hs: Vec<_> = parked
-                .iter_mut()
-                .filter(|(_, _, d)| d.has_window())
-                .map(|(_, _, d)| sc.spawn(move || d.serve_window()))
-                .collect();
-            hs.into_iter().try_for_each(|h| match h.join() {
-                Ok(r) => r.map_err(anyhow::Error::from),
-                Err(_) => Err(anyhow!("store window thread panicked")),
-            })
-        })?;
-        let images = super::background::run(|| {
-            parked
-                .into_iter()
-                .map(|(at, stop_us, d)| {
-                    let (window_bytes, window_faults) = (d.served.bytes, d.served.faults);
-                    Ok((at, stop_us, window_bytes, window_faults, d.finish()?))
-                })
-                .collect::<anyhow::Result<Vec<_>>>()
-        })?;
-        let files = pending.files.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let file_summaries = match files {
-            Some(f) => f.finish(file_records)?,
-            None => Vec::new(),
-        };
-        let store_us = t_store.elapsed().as_micros() as u64;
-        let mut entries = Vec::new();
-        for (parked_at_us, stop_us, window_bytes, window_faults, image) in images {
-            let pid = image.pid;
-            write_record(&dir.meta_path(&self.host, pid), RecordKind::Process, &image)?;
-            tracing::info!(pid, stop_us, bytes = image.stored_bytes(), parent = ?image.parent, "process checkpointed");
-            entries.push(ProcessEntry {
-                pid,
-                exe: image.exe.clone(),
-                args: image.args.clone(),
-                threads: image.threads.len() as u32,
-                parent: image.parent.clone(),
-                stored_bytes: image.stored_bytes(),
-                mapped_bytes: image.mapped_bytes(),
-                parked_at_us,
-                stop_us,
-                held_us,
-                store_us,
-                window_bytes,
-                window_faults,
-            });
-        }
-        Ok((entries, file_summaries))
-    }
-
-    /// Chooses each process's base, opens its page store, reads what of its state does not
-    /// change and, unless in stop-the-world mode, copies its tracked memory while it still
-    /// runs. A process whose pre-copy fails gets a full checkpoint.
-    fn prepare_all(
-        &self,
-        dir: &CheckpointDir,
-        procs: &[Arc<Proc>],
-        mode: CheckpointMode,
-    ) -> (HashMap<i32, (String, ProcessImage)>, HashMap<i32, Prepared>) {
-        let mut bases = HashMap::new();
-        let mut prepared = HashMap::new();
-        for p in procs {
-            let pid = p.reg.pid;
-            let mut ready = Prepared {
-                fixed: Fixed::read(pid).ok(),
-                store: self.open_store(dir, pid).ok(),
-                pre: None,
-                window: None,
-            };
-            let base = if mode.full { None } else { self.base(p) };
-            match track(p) {
-                Ok(w) => ready.window = w.filter(|_| self.store_window && !mode.no_window),
-                Err(e) => tracing::warn!(pid, "cannot register memory for tracking: {e:#}"),
-            }
-            let mut use_base = true;
-            if !mode.stop_the_world {
-                match precopy(pid, self.own_store(&dir.id, pid), base.as_ref().map(|(_, b)| b)) {
-                    Ok(copy) => ready.pre = Some(copy),
-                    Err(e) => {
-                        tracing::warn!(pid, "pre-copy failed, storing it in full: {e}");
-                        use_base = false;
-                    }
-                }
-            }
-            if let Some(b) = base.filter(|_| use_base) {
-                bases.insert(pid, b);
-            }
-            prepared.insert(pid, ready);
-        }
-        (bases, prepared)
+        self.store_parked(pending, parked, file_records, held_us)
     }
 
     /// A process that exited before it was parked: whatever was prepared for it goes.
@@ -607,27 +490,6 @@ impl Node {
             "process exited before it was parked: left out of the checkpoint"
         );
         let _ = std::fs::remove_dir_all(dir.process_dir(&self.host, pid));
-    }
-
-    /// Creates the page store of process `pid` in `dir`.
-    fn open_store(&self, dir: &CheckpointDir, pid: i32) -> anyhow::Result<PageStoreWriter> {
-        dir.create_process_dir(&self.host, pid)
-            .context("cannot create the folder of its image")?;
-        let store = PageStoreWriter::create(&dir.pages_path(&self.host, pid))?;
-        Ok(if self.compress { store.compressed(3) } else { store })
-    }
-
-    /// The page store of process `pid` in checkpoint `id`, as images name it.
-    fn own_store(&self, id: &str, pid: i32) -> String {
-        format!("{id}/{}/{pid}/pages.img", self.host)
-    }
-
-    /// This process's previous committed checkpoint.
-    fn base(&self, p: &Proc) -> Option<(String, ProcessImage)> {
-        let id = p.track_base.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let (dir, _) = self.store.get(&id).ok()?;
-        let img = read_record(&dir.meta_path(&self.host, p.reg.pid), RecordKind::Process).ok()?;
-        Some((id, img))
     }
 
     fn dump_one(
@@ -667,19 +529,4 @@ impl Node {
             }
         })
     }
-}
-
-/// The pipes and sockets the parked processes had on stdio when they came under control:
-/// inode → 0, 1 or 2 (see `dump::stdio`).
-fn job_stdio(parked: &[Stopped]) -> HashMap<u64, u8> {
-    let mut job = HashMap::new();
-    for st in parked {
-        for (n, ino) in st.proc.stdio.iter().enumerate() {
-            if let Some(ino) = ino {
-                let n = n as u8;
-                job.entry(*ino).and_modify(|m: &mut u8| *m = (*m).min(n)).or_insert(n);
-            }
-        }
-    }
-    job
 }

@@ -111,7 +111,12 @@ impl Node {
             Default::default()
         });
         problems.extend(super::pty::check(id, &images));
-        let files = FileRestore::open(&self.store, &dir, &self.host, rules);
+        let mut files = FileRestore::open(&self.store, &dir, &self.host, rules);
+        if let Ok(f) = &mut files {
+            // Files the directory undo will rename back are checked where they are now.
+            let plan = crate::files::dirs::undo::Plan::make(&self.files.dirs, id, &f.contract_paths());
+            f.set_moves(plan.moves());
+        }
         match &files {
             Ok(f) => problems.extend(f.check(&images, &self.files.watch).err().unwrap_or_default()),
             Err(e) => problems.push(e.clone()),
@@ -162,7 +167,7 @@ impl Node {
         plan: &[(String, String, EndPlan)],
     ) -> anyhow::Result<(Vec<i32>, Vec<String>)> {
         let pending = self.pending_restore.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some(pending) = pending.filter(|p| p.id == id) else {
+        let Some(mut pending) = pending.filter(|p| p.id == id) else {
             bail!("host {}: restore of {id} was not prepared here", self.host);
         };
         let stdio = std::mem::take(&mut *self.restore_stdio.lock().unwrap_or_else(|e| e.into_inner()));
@@ -174,6 +179,10 @@ impl Node {
         let mut sockets = netrestore::make_sockets(&images, &plan, &pending.listeners)
             .map_err(|e| e.context(format!("host {}", self.host)))?;
         sockets.extend(super::pipes::make_pipes(&images, &stdio).context("re-creating pipes")?);
+        // What the program did to its directories since: decided now, undone before files are
+        // put back (a file made since never meets the restored program).
+        let dirs = crate::files::dirs::undo::Plan::make(&self.files.dirs, id, &pending.files.contract_paths());
+        pending.files.set_moves(dirs.moves());
         // The files may have changed since every node prepared: check again, then change them.
         let actions = pending
             .files
@@ -186,13 +195,27 @@ impl Node {
         let _sysv = super::sysv::make(&self.store.get(id)?.0, &self.host).context("re-creating SysV IPC objects")?;
         let shared = super::shared_memory::make(&pending.planned, &sockets).context("re-creating shared memory")?;
         sockets.extend(shared);
-        let applied = match pending.files.apply(&actions) {
-            Ok(a) => a,
-            Err((e, done)) => bail!(
-                "restore of {id} failed while putting files back ({e}); {}",
-                changed_so_far(&done)
+        let undone = match dirs.apply(&self.files.dirs, id) {
+            Ok(notes) => notes,
+            Err((e, notes)) => bail!(
+                "restore of {id} failed while undoing changes to directories ({e}); {}",
+                changed_so_far(&Applied {
+                    notes,
+                    ..Default::default()
+                })
             ),
         };
+        let mut applied = match pending.files.apply(&actions) {
+            Ok(a) => a,
+            Err((e, mut done)) => {
+                done.notes.splice(0..0, undone);
+                bail!(
+                    "restore of {id} failed while putting files back ({e}); {}",
+                    changed_so_far(&done)
+                )
+            }
+        };
+        applied.notes.splice(0..0, undone.into_iter().chain(dirs.notes));
         // Descriptions several processes share, once their files are back.
         match super::descriptions::make_shared(&images) {
             Ok(s) => sockets.extend(s),

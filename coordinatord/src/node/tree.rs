@@ -181,6 +181,7 @@ impl Node {
         // The restorer becomes the program: its writes to the checkpoint's files are the
         // checkpoint's own from its first instant.
         self.files.watch.adopt(pid);
+        self.files.dirs.register(pid, true);
         tracing::info!(pid, id, parent = ?b.parent, "restorer started");
         Ok(Restorer {
             planned: p,
@@ -247,7 +248,11 @@ impl Node {
             park_signal: 0,
             uffd_fd: img.uffd_fd,
         };
-        self.registry.insert(reg, ours, Some(id.to_string()), stdio);
+        let restored = self.registry.insert(reg, ours, Some(id.to_string()), stdio);
+        // Its memory is the checkpoint's, and what it writes from now on shows (the restorer
+        // armed its tracker; without one everything reads as written): its next checkpoint is
+        // incremental to this one.
+        *restored.track_base.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.to_string());
         tracing::info!(pid, id, "process restored");
         Ok(())
     }

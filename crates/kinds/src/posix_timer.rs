@@ -120,6 +120,48 @@ pub fn sigevent(rec: &Record) -> [u8; 64] {
     b
 }
 
+/// `si_code` of a POSIX timer's signal.
+const SI_TIMER: i32 = -2;
+
+/// Whether the siginfo `info` (the kernel's 128 bytes) is `rec`'s own signal: a timer's
+/// signal is one object of the kernel's, queued at most once, that rearms a periodic timer
+/// when taken. Queued again as an ordinary siginfo it would be a second one (the restored
+/// timer queues its own when it fires) and would not rearm it; the restorer makes the timer
+/// fire at once instead.
+pub fn is_own_signal(rec: &Record, info: &[u8]) -> bool {
+    let int = |at: usize| {
+        info.get(at..at + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(i32::from_ne_bytes)
+    };
+    rec.notify != Notify::None && int(0) == Some(rec.signo) && int(8) == Some(SI_TIMER) && int(16) == Some(rec.id)
+}
+
+/// The queue (the process's: `None`, or a thread's) a timer's signal goes to.
+pub fn target(rec: &Record) -> Option<i32> {
+    match rec.notify {
+        Notify::Thread(tid) => Some(tid),
+        _ => None,
+    }
+}
+
+/// Refuses a timer whose own signal is pending behind another entry of the same signal in its
+/// queue: the restored timer's signal is raised before the queue is filled again, so it would
+/// come out first. `queue`: the siginfos of the timer's queue, in order.
+pub fn check_pending_order(rec: &Record, queue: &[impl AsRef<[u8]>]) -> Result<(), KindError> {
+    let same = |q: &[u8]| q.get(..4).is_some_and(|b| b == rec.signo.to_ne_bytes());
+    let Some(at) = queue.iter().position(|q| is_own_signal(rec, q.as_ref())) else {
+        return Ok(());
+    };
+    if queue[..at].iter().any(|q| same(q.as_ref())) {
+        return Err(KindError::Refused(format!(
+            "POSIX timer {}: its signal {} is pending behind another signal {} queued before it, an order ckpt cannot make again; take the queued signals first",
+            rec.id, rec.signo, rec.signo
+        )));
+    }
+    Ok(())
+}
+
 pub fn describe(rec: &Record) -> String {
     let to = match rec.notify {
         Notify::None => "no signal".to_string(),
@@ -142,6 +184,37 @@ pub fn describe(rec: &Record) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn siginfo(signo: i32, code: i32, timer: i32) -> Vec<u8> {
+        let mut b = vec![0u8; 128];
+        b[0..4].copy_from_slice(&signo.to_ne_bytes());
+        b[8..12].copy_from_slice(&code.to_ne_bytes());
+        b[16..20].copy_from_slice(&timer.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn a_timer_signal_is_refused_only_behind_one_of_its_number() {
+        let rec = Record {
+            id: 3,
+            clock: 1,
+            notify: Notify::Signal,
+            signo: 40,
+            sigval: 0,
+            value_ns: 0,
+            interval_ns: 0,
+            overrun: 0,
+        };
+        let own = siginfo(40, SI_TIMER, 3);
+        assert!(is_own_signal(&rec, &own));
+        assert!(!is_own_signal(&rec, &siginfo(40, SI_TIMER, 4)));
+        assert!(!is_own_signal(&rec, &siginfo(40, -1 /* SI_QUEUE */, 3)));
+        let other_number = siginfo(41, -1, 0);
+        let same_number = siginfo(40, -1, 0);
+        assert!(check_pending_order(&rec, &[other_number.clone(), own.clone(), same_number.clone()]).is_ok());
+        assert!(check_pending_order(&rec, &[same_number, own]).is_err());
+        assert!(check_pending_order(&rec, &[other_number]).is_ok());
+    }
 
     #[test]
     fn parses_every_notify_kind() {

@@ -61,7 +61,10 @@ pub struct ThreadSlot {
     pub rseq_sig: u32,
     /// `PR_GET_PDEATHSIG` of the thread (0: none).
     pub pdeathsig: i32,
-    pub pad: u32,
+    /// `PR_GET_SECUREBITS` of the thread.
+    pub securebits: u16,
+    /// `PR_MCE_KILL_GET` of the thread (0 late, 1 early, 2 the system's default).
+    pub mce_kill: u16,
     /// `PR_GET_TIMERSLACK` of the thread, in ns.
     pub timerslack_ns: u64,
 }
@@ -101,7 +104,9 @@ pub struct TimerSlot {
 #[derive(Debug, Clone, Copy)]
 pub struct ProcSlot {
     pub magic: u64,
-    /// Set to 1 by the restorer; the control thread sees it when it resumes.
+    /// Set by the restorer (1, or [`ProcSlot::RESTORED_TRACKED`] when it armed a new
+    /// dirty-page tracker before the program ran); the control thread sees it when it
+    /// resumes.
     pub restored: u64,
     /// Set by the restorer to a value no earlier restore used: threads resuming a timed call
     /// learn from it that they were restored (their deadlines then start again).
@@ -163,7 +168,8 @@ impl ProcSlot {
             rseq_len: 0,
             rseq_sig: 0,
             pdeathsig: 0,
-            pad: 0,
+            securebits: 0,
+            mce_kill: 0,
             timerslack_ns: 0,
         };
         const S: KSigAction = KSigAction {
@@ -212,6 +218,9 @@ impl ProcSlot {
 
     /// Offset of `restored`, poked by the restorer.
     pub const RESTORED_OFFSET: u64 = std::mem::offset_of!(ProcSlot, restored) as u64;
+    /// `restored` when the restorer armed the tracker: every page the program writes from its
+    /// first instruction on shows, so its next checkpoint is incremental to the restored one.
+    pub const RESTORED_TRACKED: u64 = 2;
     /// Offset of `nonce`, poked by the restorer.
     pub const NONCE_OFFSET: u64 = std::mem::offset_of!(ProcSlot, nonce) as u64;
     /// Offset of `reblock`, written by ckptd while the process parks.

@@ -106,6 +106,20 @@ pub fn thread_ops(p: &mut Plan, t: &ThreadImage) {
     if a.timerslack_ns != 0 {
         p.sys(libc::SYS_prctl, &[libc::PR_SET_TIMERSLACK as u64, a.timerslack_ns], 0);
     }
+    // Machine-check kill policy: 0 late, 1 early; 2 is the system's default, as a new thread has.
+    if a.mce_kill < 2 {
+        p.sys(
+            libc::SYS_prctl,
+            &[
+                libc::PR_MCE_KILL as u64,
+                libc::PR_MCE_KILL_SET as u64,
+                a.mce_kill as u64,
+                0,
+                0,
+            ],
+            0,
+        );
+    }
 }
 
 /// What a credential change resets, set once thread `t` has the program's credentials.
@@ -147,5 +161,5 @@ pub fn memory_ops(p: &mut Plan, img: &ProcessImage) {
 pub fn bounds(img: &ProcessImage) -> (usize, usize) {
     let threads = img.threads.len();
     let words: usize = img.threads.iter().map(|t| t.attrs.affinity.len()).sum();
-    (threads * 8 + img.mappings.len() + 34, threads * 80 + words * 8)
+    (threads * 10 + img.mappings.len() + 34, threads * 80 + words * 8)
 }

@@ -209,4 +209,20 @@ pub fn set(p: &mut Plan, creds: &Creds, t: &ThreadImage, mine: &Mine) {
             );
         }
     }
+    securebits(p, t.attrs.securebits, caps.effective);
+}
+
+/// `SECBIT_KEEP_CAPS`, the one securebit anyone may set (`PR_SET_KEEPCAPS`).
+const SECBIT_KEEP_CAPS: u32 = 1 << 4;
+
+/// The thread's securebits, last: its own capabilities are in place and none of the steps
+/// above is then stopped by a bit (`SECBIT_NO_CAP_AMBIENT_RAISE`, a locked `KEEP_CAPS`).
+/// Setting them takes `CAP_SETPCAP`, which the thread has (the checkpoint refuses a thread
+/// without it that holds any bit but `KEEP_CAPS`).
+fn securebits(p: &mut Plan, bits: u32, effective: u64) {
+    if bits & !SECBIT_KEEP_CAPS != 0 && effective & (1 << CAP_SETPCAP) != 0 {
+        p.sys(libc::SYS_prctl, &[libc::PR_SET_SECUREBITS as u64, bits as u64], 0);
+    } else if bits & SECBIT_KEEP_CAPS != 0 {
+        p.sys(libc::SYS_prctl, &[libc::PR_SET_KEEPCAPS as u64, 1], 0);
+    }
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Context};
 use ckpt_format::{FdImage, FdKind, FileId, FilePolicy, MappingKind, PageStoreReader, ProcessImage};
 use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{IntoRawFd, RawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
 /// Moves `fd` to the lowest free number >= `base`, close-on-exec.
@@ -56,7 +56,14 @@ pub fn receive_sockets(control: RawFd, base: RawFd) -> anyhow::Result<HashMap<i3
 }
 
 /// Puts every fd of the image at its number. `sockets` are the re-created sockets by number.
-pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawFd>) -> anyhow::Result<()> {
+/// `tracker`: the dirty-page tracker made for the program, placed at the number its image
+/// recorded for the interposer's (else a placeholder goes there).
+pub fn place_fds(
+    img: &ProcessImage,
+    control: RawFd,
+    sockets: &HashMap<i32, RawFd>,
+    tracker: Option<RawFd>,
+) -> anyhow::Result<()> {
     let wanted: Vec<i32> = img.fds.iter().map(|f| f.fd).collect();
     for f in &img.fds {
         let src = match &f.kind {
@@ -66,8 +73,11 @@ pub fn place_fds(img: &ProcessImage, control: RawFd, sockets: &HashMap<i32, RawF
             // `ckptctl restore`'s), even when it shared one socket with another of them.
             k if k.is_stdio_end() && f.fd <= 2 && !sockets.contains_key(&f.dup_of.unwrap_or(f.fd)) => continue,
             FdKind::Control => control,
-            // A placeholder: the restored interposer makes a new tracker at this number.
-            FdKind::Uffd => open("/dev/null", libc::O_RDWR)?,
+            FdKind::Uffd => match tracker {
+                Some(t) => t,
+                // A placeholder: the restored interposer makes a new tracker at this number.
+                None => open("/dev/null", libc::O_RDWR)?,
+            },
             // ckptd checked and put back the files before starting us; a log's fd goes to its
             // end (never inside what others wrote since), any other to its offset.
             // A description other processes share: ckptd opened it, at its offset.
@@ -265,6 +275,9 @@ fn same_file(id: &FileId, meta: &std::fs::Metadata, check: Option<&MappedCheck>)
     }
 }
 
+/// fds of mapped files by path and whether they are open for writing (see [`map_writable`]).
+pub type MappedFiles = HashMap<(String, bool), RawFd>;
+
 /// Opens every mapped file (checking it is the one that was mapped, or the one ckptd put
 /// back) and fills a memfd for each shared mapping without a file. Returns fds by path and by
 /// mapping start.
@@ -274,7 +287,7 @@ pub fn mapping_fds(
     base: RawFd,
     checks: &HashMap<String, MappedCheck>,
     shared: &HashMap<i32, RawFd>,
-) -> anyhow::Result<(HashMap<String, RawFd>, HashMap<u64, RawFd>)> {
+) -> anyhow::Result<(MappedFiles, HashMap<u64, RawFd>)> {
     let mut files = HashMap::new();
     let mut memfds = HashMap::new();
     for m in &img.mappings {
@@ -284,17 +297,22 @@ pub fn mapping_fds(
             let Some(&fd) = shared.get(&s.handed_as()) else {
                 bail!("ckptd sent no shared memory for the mapping at {:#x}", m.start)
             };
-            // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
-            let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
-            if copy < 0 {
-                return Err(std::io::Error::last_os_error()).context("duplicating shared memory");
-            }
+            let copy = if m.may_write {
+                // SAFETY: F_DUPFD_CLOEXEC of an fd we hold.
+                let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, base) };
+                if copy < 0 {
+                    return Err(std::io::Error::last_os_error()).context("duplicating shared memory");
+                }
+                copy
+            } else {
+                read_only(fd, base)?
+            };
             memfds.insert(m.start, copy);
             continue;
         }
         match &m.kind {
-            MappingKind::File(id) if !files.contains_key(&id.path) => {
-                let writable = m.shared && m.prot & ckpt_format::PROT_WRITE != 0;
+            MappingKind::File(id) if !files.contains_key(&(id.path.clone(), map_writable(m))) => {
+                let writable = map_writable(m);
                 let f = std::fs::OpenOptions::new()
                     .read(true)
                     .write(writable)
@@ -307,7 +325,7 @@ pub fn mapping_fds(
                         id.path
                     );
                 }
-                files.insert(id.path.clone(), lift(f.into_raw_fd(), base)?);
+                files.insert((id.path.clone(), writable), lift(f.into_raw_fd(), base)?);
             }
             MappingKind::Saved { shmem: true } => {
                 // SAFETY: memfd_create with a literal name.
@@ -326,12 +344,31 @@ pub fn mapping_fds(
                     pages.read_run(r, &mut buf)?;
                     file.write_all_at(&buf, r.addr - m.start)?;
                 }
-                memfds.insert(m.start, lift(file.into_raw_fd(), base)?);
+                let fd = if m.may_write {
+                    lift(file.into_raw_fd(), base)?
+                } else {
+                    read_only(file.as_raw_fd(), base)?
+                };
+                memfds.insert(m.start, fd);
             }
             _ => {}
         }
     }
     Ok((files, memfds))
+}
+
+/// A read-only open of the memory `fd` holds, above `base`: a shared mapping made from it can
+/// never be made writable, as the program's could not.
+fn read_only(fd: RawFd, base: RawFd) -> anyhow::Result<RawFd> {
+    let f = std::fs::File::open(format!("/proc/self/fd/{fd}")).context("reopening shared memory read-only")?;
+    lift(f.into_raw_fd(), base)
+}
+
+/// Whether a file mapping is made from an fd open for writing: a shared one that is writable
+/// or may be made so (the kernel lets a shared mapping be made writable only when its file
+/// was opened for writing, and remembers it as VmFlags `mw`). A private one never needs it.
+pub fn map_writable(m: &ckpt_format::Mapping) -> bool {
+    m.shared && (m.may_write || m.prot & ckpt_format::PROT_WRITE != 0)
 }
 
 /// Decompresses every compressed run into one memfd and points the runs there (as store number

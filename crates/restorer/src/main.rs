@@ -146,7 +146,15 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         .map(|f| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(f), base))
         .transpose()?;
 
-    fds::place_fds(&img, control, &sockets)?;
+    // The program's dirty-page tracker, made here so that the last steps can register and
+    // protect its memory before it runs (see `plan::track`); without one, its interposer
+    // makes one and its next checkpoint stores everything.
+    let tracker = (img.uffd_fd >= 0)
+        .then(ckpt_sys::uffd::open_tracker)
+        .and_then(Result::ok)
+        .map(|t| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(t), base))
+        .transpose()?;
+    fds::place_fds(&img, control, &sockets, tracker)?;
     let named = fds::open_named(&img, ckpt_kinds::When::Early, &[])?;
     fds::after_placed(&img)?;
     fds::take_locks(&img)?;
@@ -182,10 +190,15 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let base_addr = choose_region(&img, &current, size)?;
     let region = plan::layout(base_addr, ops_bytes, data_bytes, img.threads.len(), park);
     map_region(&region)?;
-    let plan = plan::build(&img, &current, region, &working, &mine)?;
+    let plan = plan::build(&img, &current, region, &working, &mine, tracker.is_some())?;
     // Groups and terminals once every process of the host exists; then, with all of them
     // built, every one becomes its program.
     tree::finish(control, &img, &named)?;
+    // Last: nothing after it opens a path (the working directory was entered above and stays).
+    if img.root != "/" {
+        std::os::unix::fs::chroot(&img.root)
+            .with_context(|| format!("cannot enter the root directory {}", img.root))?;
+    }
     jump(&region, &plan, status)
 }
 

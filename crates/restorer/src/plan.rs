@@ -20,8 +20,9 @@ pub struct WorkingFds {
     pub status: i32,
     /// Page store fd by store index (0 = this checkpoint's).
     pub stores: Vec<i32>,
-    /// fd of each mapped file, by path.
-    pub files: HashMap<String, i32>,
+    /// fd of each mapped file, by path and whether it is open for writing (see
+    /// [`fds::map_writable`](crate::fds::map_writable)).
+    pub files: crate::fds::MappedFiles,
     /// memfd holding the content of each shared mapping without a file, by start address.
     pub memfds: HashMap<u64, i32>,
     pub exe: Option<i32>,
@@ -52,6 +53,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let runs: usize = img.mappings.iter().map(|m| m.pages.len()).sum();
     let queued = img.shared_queue.len() + img.threads.iter().map(|t| t.queue.len()).sum::<usize>();
     let locks: usize = img.fds.iter().map(|f| f.locks.len()).sum();
+    let tracked = img.mappings.iter().filter(|m| m.tracked).count();
     let (attr_ops, attr_data) = crate::attrs::bounds(img);
     let ops = 512
         + current.len() * 2
@@ -64,7 +66,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.posix_timers.len() * 2
         + queued
         + locks
-        + attr_ops;
+        + attr_ops
+        + tracked * 2;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
     let data = 64 * 1024
         + img.auxv.len()
@@ -74,7 +77,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + img.posix_timers.len() * 128
         + queued * (QueuedSignal::SIZE + 16)
         + locks * 48
-        + attr_data;
+        + attr_data
+        + tracked * 64;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -163,6 +167,7 @@ pub fn build(
     region: Region,
     fds: &WorkingFds,
     mine: &Mine,
+    tracker: bool,
 ) -> anyhow::Result<Plan> {
     let mut p = Plan {
         ops: Vec::new(),
@@ -227,7 +232,7 @@ pub fn build(
         let prot = m.prot as u64;
         let share = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
         let (fd, off, mut flags) = match &m.kind {
-            MappingKind::File(id) => match fds.files.get(&id.path) {
+            MappingKind::File(id) => match fds.files.get(&(id.path.clone(), crate::fds::map_writable(m))) {
                 Some(&fd) => (fd as u64, id.offset, share),
                 None => bail!("internal: no fd for {}", id.path),
             },
@@ -276,7 +281,18 @@ pub fn build(
         kind: POKE,
         flags: 0,
         nr: 0,
-        args: [img.restored_flag_addr, 1, 0, 0, 0, 0],
+        args: [
+            img.restored_flag_addr,
+            if tracker {
+                ckpt_proto::slots::ProcSlot::RESTORED_TRACKED
+            } else {
+                1
+            },
+            0,
+            0,
+            0,
+            0,
+        ],
     });
     // A value no earlier restore of this process used: its threads' timed calls start their
     // remaining time again from now.
@@ -349,6 +365,9 @@ pub fn build(
     }
     // Under the program's own RLIMIT_MEMLOCK.
     crate::attrs::memory_ops(&mut p, img);
+    if tracker {
+        track(&mut p, img);
+    }
 
     // 5. Threads: each other thread is cloned with its tid and runs its own tail of ops; the
     //    main thread (this one) goes last.
@@ -419,7 +438,7 @@ pub fn build(
     // The process's own queue, by its main thread (rt_sigqueueinfo takes any si_code from a
     // thread whose tid is the target pid); signals without a queued siginfo are sent again.
     let pid = img.pid as u64;
-    for q in &img.shared_queue {
+    for q in img.shared_queue.iter().filter(|q| !raised_by_timer(img, None, &q.info)) {
         let (sig, info) = place_queued(&mut p, q)?;
         p.sys(libc::SYS_rt_sigqueueinfo, &[pid, sig, info], 0);
     }
@@ -456,6 +475,23 @@ pub fn build(
         bail!("internal: restore plan larger than its bound");
     }
     Ok(p)
+}
+
+/// Registers and write-protects again the memory that was tracked at the checkpoint, with the
+/// tracker at the interposer's number, once its content is back and before any of the
+/// program runs: from its first instruction on, what the program writes shows, and its next
+/// checkpoint can be incremental to the one restored (its memory is that one's). A range the
+/// kernel refuses is simply not tracked: it is then stored in full, or as written.
+fn track(p: &mut Plan, img: &ProcessImage) {
+    let fd = img.uffd_fd as u64;
+    for m in img.mappings.iter().filter(|m| m.tracked) {
+        let (reg, arg) = ckpt_sys::uffd::register_wp_call(m.start, m.end - m.start);
+        let arg = p.put(&arg);
+        p.sys(libc::SYS_ioctl, &[fd, reg, arg], IGNORE_ERROR);
+        let (wp, arg) = ckpt_sys::uffd::write_protect_call(m.start, m.end - m.start);
+        let arg = p.put(&arg);
+        p.sys(libc::SYS_ioctl, &[fd, wp, arg], IGNORE_ERROR);
+    }
 }
 
 /// POSIX locks and leases, taken once the restorer's own fds are closed: closing any fd of a
@@ -535,24 +571,60 @@ fn posix_timers(p: &mut Plan, img: &ProcessImage) {
         &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0],
         0,
     );
+    let mut wait = false;
     for t in &img.posix_timers {
         let sev = p.put(&sigevent(t));
         // timer_create reads the wanted id from where it writes the id it gives.
         let id = p.put(&(t.id as i64).to_le_bytes());
         p.sys(libc::SYS_timer_create, &[t.clock as u64, sev, id], 0);
-        if t.value_ns != 0 {
+        // A timer whose own signal is pending fires at once: its signal is the kernel's
+        // again, queued once, and rearms a periodic timer when taken (see `timer_signal`).
+        let pending = timer_signal(img, t).is_some();
+        let value = if pending { 1 } else { t.value_ns };
+        if value != 0 {
             let ns = |v: u64| [v / 1_000_000_000, v % 1_000_000_000];
             let [isec, insec] = ns(t.interval_ns);
-            let [vsec, vnsec] = ns(t.value_ns);
+            let [vsec, vnsec] = ns(value);
             let its = p.put_u64s(&[isec, insec, vsec, vnsec]);
             p.sys(libc::SYS_timer_settime, &[t.id as u64, 0, its, 0], 0);
         }
+        // A CPU-time clock (negative ids, and the two of the calling process and thread)
+        // fires only as CPU time is used: at the program's first tick.
+        wait |= pending
+            && t.clock >= 0
+            && t.clock != libc::CLOCK_PROCESS_CPUTIME_ID
+            && t.clock != libc::CLOCK_THREAD_CPUTIME_ID;
+    }
+    if wait {
+        // The timers expire a nanosecond after being armed, in the timer interrupt: a
+        // millisecond is ample for their signals to be queued before any program code runs.
+        let ts = p.put_u64s(&[0, 1_000_000]);
+        p.sys(libc::SYS_nanosleep, &[ts, 0], IGNORE_ERROR);
     }
     p.sys(
         libc::SYS_prctl,
         &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0],
         0,
     );
+}
+
+/// The timer whose own signal `info` is, if any (`tid`: the queue's thread, `None` for the
+/// process's queue); `timer_signal`'s inverse.
+fn raised_by_timer(img: &ProcessImage, tid: Option<i32>, info: &[u8]) -> bool {
+    use ckpt_kinds::posix_timer::{is_own_signal, target};
+    img.posix_timers
+        .iter()
+        .any(|t| target(t) == tid && is_own_signal(t, info))
+}
+
+/// The entry of timer `t`'s own signal in its queue, if it is pending.
+fn timer_signal<'a>(img: &'a ProcessImage, t: &ckpt_kinds::posix_timer::Record) -> Option<&'a QueuedSignal> {
+    use ckpt_kinds::posix_timer::{is_own_signal, target};
+    let queue = match target(t) {
+        None => &img.shared_queue,
+        Some(tid) => &img.threads.iter().find(|x| x.tid == tid)?.queue,
+    };
+    queue.iter().find(|q| is_own_signal(t, &q.info))
 }
 
 /// Signals in `pending` none of `queue` is for, in increasing number.
@@ -606,7 +678,7 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage, mine: &Mine) -
     // status fd, where a failure could not be reported. The kernel held these very signals
     // under the same limits at the checkpoint.
     let (pid, tid) = (img.pid as u64, t.tid as u64);
-    for q in &t.queue {
+    for q in t.queue.iter().filter(|q| !raised_by_timer(img, Some(t.tid), &q.info)) {
         let (sig, info) = place_queued(p, q)?;
         p.sys(libc::SYS_rt_tgsigqueueinfo, &[pid, tid, sig, info], IGNORE_ERROR);
     }

@@ -101,6 +101,38 @@ pub fn register_wp(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
     ioctl(fd, UFFDIO_REGISTER, &mut r)
 }
 
+fn bytes_of<T>(v: &T) -> Vec<u8> {
+    // SAFETY: viewing a plain #[repr(C)] struct of integers as its bytes for its lifetime.
+    unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), std::mem::size_of::<T>()) }.to_vec()
+}
+
+/// The `ioctl` that registers [start, start+len) for write-protect, as another's system call
+/// (a restorer's last steps): the request and its argument's bytes.
+pub fn register_wp_call(start: u64, len: u64) -> (u64, Vec<u8>) {
+    let r = Register {
+        range: Range { start, len },
+        mode: UFFDIO_REGISTER_MODE_WP,
+        ioctls: 0,
+    };
+    (UFFDIO_REGISTER, bytes_of(&r))
+}
+
+/// The `ioctl` that write-protects [start, start+len), likewise.
+pub fn write_protect_call(start: u64, len: u64) -> (u64, Vec<u8>) {
+    let w = WriteProtect {
+        range: Range { start, len },
+        mode: UFFDIO_WRITEPROTECT_MODE_WP,
+    };
+    (UFFDIO_WRITEPROTECT, bytes_of(&w))
+}
+
+/// The tracker a program's interposer makes (asynchronous write-protect, unpopulated pages
+/// too), or the user-mode-only one an unprivileged process may have.
+pub fn open_tracker() -> io::Result<OwnedFd> {
+    let features = FEATURE_WP_ASYNC | FEATURE_WP_UNPOPULATED;
+    open(0, features).or_else(|_| open(USER_MODE_ONLY, features))
+}
+
 /// Ends the registration of [start, start+len) (the kernel clears its write-protection).
 pub fn unregister(fd: BorrowedFd<'_>, start: u64, len: u64) -> io::Result<()> {
     ioctl(fd, UFFDIO_UNREGISTER, &mut Range { start, len })

@@ -1,0 +1,80 @@
+//! The end of a node's checkpoint, once its programs run again: the pages left in place by
+//! the store window first (a program may wait on one), then everything else, the files'
+//! records and each process's image, made durable.
+
+use super::phases::Pending;
+use super::Node;
+use crate::dump::Dumped;
+use anyhow::anyhow;
+use ckpt_format::{write_record, FileRecord, FileSummary, ProcessEntry, RecordKind};
+use std::time::Instant;
+
+impl Node {
+    /// Stores what was read of the parked processes (`parked`: when each was parked, its
+    /// stop, what was read) and writes their images; `held_us`: how long the gates were shut.
+    pub(super) fn store_parked(
+        &self,
+        pending: &Pending,
+        parked: Vec<(u64, u64, Dumped)>,
+        file_records: Vec<FileRecord>,
+        held_us: u64,
+    ) -> anyhow::Result<(Vec<ProcessEntry>, Vec<FileSummary>)> {
+        let dir = &pending.dir;
+        let t_store = Instant::now();
+        // First what was left in place: a program's thread may wait on one of those pages, so
+        // this runs at normal priority, one thread per process (empty windows close with the
+        // rest, once stored).
+        let mut parked = parked;
+        if parked.iter().any(|(_, _, d)| d.has_window()) {
+            std::thread::sleep(self.window_delay);
+        }
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = parked
+                .iter_mut()
+                .filter(|(_, _, d)| d.has_window())
+                .map(|(_, _, d)| sc.spawn(move || d.serve_window()))
+                .collect();
+            hs.into_iter().try_for_each(|h| match h.join() {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => Err(anyhow!("store window thread panicked")),
+            })
+        })?;
+        let images = super::background::run(|| {
+            parked
+                .into_iter()
+                .map(|(at, stop_us, d)| {
+                    let (window_bytes, window_faults) = (d.served.bytes, d.served.faults);
+                    Ok((at, stop_us, window_bytes, window_faults, d.finish()?))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()
+        })?;
+        let files = pending.files.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let file_summaries = match files {
+            Some(f) => f.finish(file_records)?,
+            None => Vec::new(),
+        };
+        let store_us = t_store.elapsed().as_micros() as u64;
+        let mut entries = Vec::new();
+        for (parked_at_us, stop_us, window_bytes, window_faults, image) in images {
+            let pid = image.pid;
+            write_record(&dir.meta_path(&self.host, pid), RecordKind::Process, &image)?;
+            tracing::info!(pid, stop_us, bytes = image.stored_bytes(), parent = ?image.parent, "process checkpointed");
+            entries.push(ProcessEntry {
+                pid,
+                exe: image.exe.clone(),
+                args: image.args.clone(),
+                threads: image.threads.len() as u32,
+                parent: image.parent.clone(),
+                stored_bytes: image.stored_bytes(),
+                mapped_bytes: image.mapped_bytes(),
+                parked_at_us,
+                stop_us,
+                held_us,
+                store_us,
+                window_bytes,
+                window_faults,
+            });
+        }
+        Ok((entries, file_summaries))
+    }
+}
