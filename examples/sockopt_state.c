@@ -18,10 +18,6 @@
  *   down for writing; an IPv6 UDP socket joined to ff15::77 on lo with its hop limits and
  *   traffic class.
  *
- * With a fifth argument `filter`, the second UDP socket also gets a socket filter
- * (SO_ATTACH_FILTER, accepting everything), which ckpt does not bring back: the checkpoint
- * must be refused, naming it.
- *
  * Prints "tick N" every 50 ms. On SIGUSR1 it checks everything (and that a datagram sent to
  * each group arrives, and the connection carries bytes both ways), prints "state ok" or
  * "INVARIANT <what>".
@@ -31,7 +27,6 @@
 #include <errno.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <linux/filter.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <signal.h>
@@ -382,8 +377,8 @@ static void accept_some(void)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5 && !(argc == 6 && !strcmp(argv[5], "filter"))) {
-        fprintf(stderr, "usage: sockopt_state PORT DUAL_PORT V6ONLY_PORT UDP_PORT [filter]\n");
+    if (argc != 5) {
+        fprintf(stderr, "usage: sockopt_state PORT DUAL_PORT V6ONLY_PORT UDP_PORT\n");
         return 2;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -395,12 +390,6 @@ int main(int argc, char **argv)
     signal(SIGUSR1, on_usr1);
     signal(SIGPIPE, SIG_IGN);
     setup();
-    if (argc == 6) {
-        struct sock_filter all[] = {BPF_STMT(BPF_RET | BPF_K, 0xffff)};
-        struct sock_fprog f = {1, all};
-        if (setsockopt(u2, SOL_SOCKET, SO_ATTACH_FILTER, &f, sizeof f)) die("SO_ATTACH_FILTER");
-        printf("filter on fd %d\n", u2);
-    }
     printf("ready\n");
     for (unsigned long long n = 1;; n++) {
         if (asked) {

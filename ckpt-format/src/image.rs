@@ -376,13 +376,25 @@ pub enum FdKind {
     },
     /// A connected TCP socket. `queued` are the bytes that had arrived but were not read yet:
     /// at restore they are delivered first. `sent`/`received` are the kernel's byte counts at the
-    /// checkpoint, which the manager matched between the two ends.
+    /// checkpoint, which the manager matched between the two ends. `shutdown` holds the sides
+    /// this end's program shut down (1: receive, 2: send, which sent its FIN: a half-closed
+    /// connection, this end in FIN_WAIT2 and its peer in CLOSE_WAIT); the peer's FIN comes back
+    /// with the peer's own `shutdown`.
     TcpConn {
         local: String,
         peer: String,
         sent: u64,
         received: u64,
         queued: Vec<u8>,
+        opts: SockOpts,
+        shutdown: u8,
+    },
+    /// A TCP socket made and perhaps bound (`local` then has its address or port), neither
+    /// connected nor listening yet: made again with its options and bound again. Holders of
+    /// one socket (across fork) share `ino`, its inode at the checkpoint, and share it again.
+    TcpSocket {
+        ino: u64,
+        local: String,
         opts: SockOpts,
     },
     /// An end of a pipe. Ends with the same `ino` are one pipe. A read end carries the bytes
@@ -406,12 +418,14 @@ pub enum FdKind {
     },
     /// A UDP socket, bound (and connected) again at restore with its options and multicast
     /// memberships; datagrams in flight may be lost. `shutdown` holds the `shutdown(2)` sides
-    /// (1: receive, 2: send).
+    /// (1: receive, 2: send). `kind` tells a UDP socket from an ICMP echo ("ping") socket,
+    /// whose port is its echo identifier, and a raw IP socket.
     Udp {
         local: String,
         peer: Option<String>,
         opts: SockOpts,
         shutdown: u8,
+        kind: DgramKind,
     },
     /// A kernel object of a kind `ckpt_kinds` handles (eventfd, epoll, Unix socket…), made once
     /// per host at restore by ckptd and handed to every holder. Holders of one object (across
@@ -426,6 +440,20 @@ pub enum FdKind {
         /// the checkpoint, else replaced by that stdio of the `ckptctl restore` (see
         /// [`StdioPeers`]).
         stdio: Option<u8>,
+    },
+}
+
+/// What kind of IP datagram socket an [`FdKind::Udp`] is.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum DgramKind {
+    Udp,
+    /// `socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP)` or its IPv6 counterpart.
+    Ping,
+    /// `socket(AF_INET, SOCK_RAW, protocol)`; its holders (across fork) share `ino`, the
+    /// socket's inode at the checkpoint, and share one socket again.
+    Raw {
+        protocol: i32,
+        ino: u64,
     },
 }
 
@@ -450,10 +478,21 @@ impl FdKind {
             FdKind::Uffd => "ckpt dirty-page tracker (userfaultfd)".to_string(),
             FdKind::TcpListen { local, .. } => format!("tcp listen {local}"),
             FdKind::TcpConn {
-                local, peer, queued, ..
+                local,
+                peer,
+                queued,
+                shutdown,
+                ..
             } => {
-                format!("tcp {local} -> {peer} ({} bytes queued unread)", queued.len())
+                let half = match shutdown & 3 {
+                    0 => "",
+                    1 => ", shut for reading",
+                    2 => ", shut for writing",
+                    _ => ", shut both ways",
+                };
+                format!("tcp {local} -> {peer} ({} bytes queued unread{half})", queued.len())
             }
+            FdKind::TcpSocket { local, .. } => format!("tcp {local} (not connected)"),
             FdKind::Pipe {
                 ino,
                 write,
@@ -465,10 +504,23 @@ impl FdKind {
                 let stdio = stdio.map(|n| format!(", stdio {n}")).unwrap_or_default();
                 format!("pipe:[{ino}] {end} end ({} bytes buffered{stdio})", buffered.len())
             }
-            FdKind::Udp { local, peer, opts, .. } => match peer {
-                Some(p) => format!("udp {local} -> {p}{}", opts.describe()),
-                None => format!("udp {local}{}", opts.describe()),
-            },
+            FdKind::Udp {
+                local,
+                peer,
+                opts,
+                kind,
+                ..
+            } => {
+                let kind = match kind {
+                    DgramKind::Udp => "udp".to_string(),
+                    DgramKind::Ping => "ping".to_string(),
+                    DgramKind::Raw { protocol, .. } => format!("raw ip protocol {protocol}"),
+                };
+                match peer {
+                    Some(p) => format!("{kind} {local} -> {p}{}", opts.describe()),
+                    None => format!("{kind} {local}{}", opts.describe()),
+                }
+            }
             FdKind::Object {
                 obj, stdio: Some(n), ..
             } => format!("{} (stdio {n})", obj.describe()),
@@ -481,7 +533,7 @@ impl FdKind {
     pub fn is_socket(&self) -> bool {
         matches!(
             self,
-            FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::Udp { .. }
+            FdKind::TcpListen { .. } | FdKind::TcpConn { .. } | FdKind::TcpSocket { .. } | FdKind::Udp { .. }
         )
     }
 

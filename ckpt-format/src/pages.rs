@@ -24,6 +24,8 @@ pub struct PageStoreWriter {
     /// zstd level, when runs are compressed.
     compress: Option<i32>,
     compressor: Option<Compressor>,
+    /// Bytes of memory stored so far are added here (a checkpoint's progress).
+    counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// A run ready to be written: its bytes, compressed or, borrowed, as they are.
@@ -76,7 +78,14 @@ impl PageStoreWriter {
             offset: HEADER_LEN,
             compress: None,
             compressor: None,
+            counter: None,
         })
+    }
+
+    /// Adds the bytes of memory stored (before compression) to `counter` as runs are written.
+    pub fn counting(mut self, counter: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.counter = Some(counter);
+        self
     }
 
     /// Compresses runs with zstd at `level` from now on.
@@ -91,6 +100,9 @@ impl PageStoreWriter {
             .write_all(&e.bytes)
             .map_err(|err| FormatError::io(&self.path, err))?;
         self.record(&e, runs);
+        if let Some(c) = &self.counter {
+            c.fetch_add(e.len, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(())
     }
 

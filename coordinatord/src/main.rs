@@ -7,6 +7,7 @@ mod hot;
 mod manager;
 mod node;
 mod private;
+mod progress;
 mod registry;
 mod server;
 mod trace;

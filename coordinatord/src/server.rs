@@ -2,7 +2,7 @@
 
 use crate::manager::{link, Manager};
 use crate::node::Node;
-use ckpt_proto::{AppMsg, CtlReply, CtlRequest, Hello, NodeMsg, Welcome, PROTO_VERSION};
+use ckpt_proto::{AppMsg, CtlReply, CtlRequest, Hello, NodeMsg, Progress, Welcome, PROTO_VERSION};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -88,7 +88,11 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
                 // The connection now belongs to the job until it ends or ckptctl leaves.
                 return crate::node::attach(node, &s, id);
             } else {
-                answer(ctx, req, fds)
+                // Progress of a checkpoint or restore, when asked for, comes before its answer.
+                let sink = |p| {
+                    let _ = ckpt_proto::send(&s, &CtlReply::Progress(p), &[]);
+                };
+                answer(ctx, req, fds, &sink)
             };
             ckpt_proto::send(&s, &reply, &[])?;
         },
@@ -115,16 +119,16 @@ fn not_yours(peer: u32, me: u32) -> String {
     )
 }
 
-fn answer(ctx: &Ctx, req: CtlRequest, fds: Vec<OwnedFd>) -> CtlReply {
+fn answer(ctx: &Ctx, req: CtlRequest, fds: Vec<OwnedFd>, sink: &(dyn Fn(Progress) + Sync)) -> CtlReply {
     if let CtlRequest::Restore { .. } = req {
         // Programs restored on this host get the requester's stdio.
         *ctx.node.restore_stdio.lock().unwrap_or_else(|e| e.into_inner()) = fds;
     }
     match &ctx.role {
-        Role::Manager(m) => m.answer(req),
+        Role::Manager(m) => m.answer(req, sink),
         Role::Joined { .. } if matches!(req, CtlRequest::Ping) => CtlReply::Pong { version: PROTO_VERSION },
         Role::Joined { manager, secret } => {
-            link::forward(manager, secret, &ctx.node.host, &req).unwrap_or_else(|e| CtlReply::Error {
+            link::forward(manager, secret, &ctx.node.host, &req, sink).unwrap_or_else(|e| CtlReply::Error {
                 message: format!("{e:#}"),
             })
         }

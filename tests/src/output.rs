@@ -161,6 +161,17 @@ pub fn median_of(v: impl Iterator<Item = f64>) -> f64 {
     median(&v.collect::<Vec<f64>>())
 }
 
+/// Whether `line` is one of the progress events `ckptctl --json checkpoint|restore` prints
+/// before its result.
+pub fn is_progress_event(line: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(line).is_ok_and(|v| v["event"] == "progress")
+}
+
+/// The result `ckptctl --json checkpoint` prints: its last line (progress events come before).
+pub fn json_result(stdout: &str) -> &str {
+    stdout.trim_end().lines().last().unwrap_or_default()
+}
+
 /// What `ckptctl checkpoint --json` reports.  The phase fields are `None`
 /// when the binaries do not report them.
 #[derive(Clone, Debug, Default)]
@@ -180,7 +191,7 @@ pub struct CkptStats {
 impl CkptStats {
     /// Parses the JSON object printed by `ckptctl checkpoint --json`.
     pub fn parse(text: &str) -> Result<CkptStats> {
-        let v: serde_json::Value = serde_json::from_str(text.trim())
+        let v: serde_json::Value = serde_json::from_str(json_result(text))
             .map_err(|e| anyhow::anyhow!("ckptctl checkpoint --json: not JSON ({e}): {text:?}"))?;
         let id = match v.get("id") {
             Some(serde_json::Value::String(s)) => s.clone(),

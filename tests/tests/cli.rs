@@ -61,7 +61,18 @@ fn ckptctl_json_list_show_delete_and_sigterm() -> Result<()> {
     // checkpoint --json
     let before = d.committed_ids();
     let s = d.ckptctl_ok(&["checkpoint", "--json"])?;
-    let v1 = parse_json("checkpoint --json", &s)?;
+    // Progress events, one per line, come before the result.
+    let (result, events) = s
+        .lines()
+        .collect::<Vec<_>>()
+        .split_last()
+        .map(|(r, e)| (*r, e.to_vec()))
+        .unwrap_or_default();
+    ensure!(
+        events.iter().all(|l| is_progress_event(l)),
+        "checkpoint --json: every line before the result should be a progress event: {s}"
+    );
+    let v1 = parse_json("checkpoint --json", result)?;
     let after = d.committed_ids();
     let new: Vec<&String> = after.iter().filter(|i| !before.contains(i)).collect();
     ensure!(

@@ -20,7 +20,11 @@ fn restore_noted(d: &Daemon, id: &str, pid: i32) -> Result<(App, Vec<String>)> {
         fmt_status(&st),
         app.context()
     );
-    let line = app.expect_line("the restore's JSON", |l| l.starts_with('{'), LINE_TIMEOUT)?;
+    let line = app.expect_line(
+        "the restore's JSON",
+        |l| l.starts_with('{') && !is_progress_event(l),
+        LINE_TIMEOUT,
+    )?;
     let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("bad JSON: {line}"))?;
     let notes = v["files"]
         .as_array()

@@ -120,7 +120,11 @@ fn build_on(d: &Daemon, project: &CProject, more: usize, pid: i32) -> Result<()>
 fn restore_build(d: &Daemon, id: &str, pid: i32) -> Result<App> {
     wait_proc_gone(pid, GONE_TIMEOUT)?;
     let r = d.restore_args(id, pid, &["--attach", "--json"])?;
-    let line = r.expect_line("the restore's JSON", |l| l.starts_with('{'), LINE_TIMEOUT)?;
+    let line = r.expect_line(
+        "the restore's JSON",
+        |l| l.starts_with('{') && !is_progress_event(l),
+        LINE_TIMEOUT,
+    )?;
     let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("bad JSON: {line}"))?;
     let notes: Vec<&str> = v["files"]
         .as_array()

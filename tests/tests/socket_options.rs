@@ -67,32 +67,3 @@ fn socket_options_come_back_before_bind() -> Result<()> {
     app.kill9()?;
     Ok(())
 }
-
-/// A socket filter cannot be brought back: the checkpoint is refused naming the process, the
-/// fd and the option, and the program runs on.
-#[test]
-fn socket_filter_refuses_the_checkpoint() -> Result<()> {
-    require_root!();
-    let d = Daemon::start()?;
-    let p = ports()?;
-    let mut args: Vec<String> = p.iter().map(u16::to_string).collect();
-    args.push("filter".into());
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let app = d.run_example("sockopt_state", &args)?;
-    let line = app.expect_line("`filter on fd N`", |l| l.starts_with("filter on fd "), LINE_TIMEOUT)?;
-    let fd = line.trim_start_matches("filter on fd ");
-    app.expect_tick(LINE_TIMEOUT)?;
-    let out = d.ckptctl(&["checkpoint"]);
-    let msg = expect_failure_one_line(&out, "checkpoint of a socket with a filter").context(d.context())?;
-    note!("ckptctl said: {msg}");
-    ensure!(
-        msg.contains(&format!("process {}", app.pid))
-            && msg.contains(&format!("fd {fd}:"))
-            && msg.contains("SO_ATTACH_FILTER"),
-        "the refusal does not name the process, fd {fd} and the option: {msg}"
-    );
-    app.expect_tick(LINE_TIMEOUT)
-        .context("the program after the refused checkpoint")?;
-    ask_state(&app)?;
-    Ok(())
-}

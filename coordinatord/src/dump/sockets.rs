@@ -2,7 +2,7 @@
 //! options, the kernel's byte counts and the bytes queued unread (peeked, not consumed).
 
 use super::DumpError;
-use ckpt_format::{FdKind, SockOpts};
+use ckpt_format::{DgramKind, FdKind, SockOpts};
 use ckpt_kinds::inet::{self, Sock};
 pub use ckpt_kinds::source::grab;
 use nix::sys::socket::{getpeername, getsockname, SockaddrStorage};
@@ -19,7 +19,36 @@ pub struct TcpCounts {
 }
 
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_FIN_WAIT2: u8 = 5;
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
 const TCP_LISTEN: u8 = 10;
+/// `sk_shutdown` bits as inet_diag reports them.
+const RCV_SHUTDOWN: u8 = 1;
+
+/// A connection ckptd makes again: open both ways, or half-closed and quiet (one side has
+/// sent its FIN and had it acknowledged).
+fn remade_state(state: u8) -> bool {
+    matches!(state, TCP_ESTABLISHED | TCP_FIN_WAIT2 | TCP_CLOSE_WAIT)
+}
+
+/// The kernel's name of a TCP state, for messages.
+fn state_name(state: u8) -> &'static str {
+    match state {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT (a connect in progress)",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1 (its FIN not acknowledged yet)",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK (its FIN not acknowledged yet)",
+        10 => "LISTEN",
+        11 => "CLOSING (its FIN not acknowledged yet)",
+        _ => "unknown",
+    }
+}
 
 fn sockopt_int(fd: RawFd, level: i32, opt: i32) -> i32 {
     let mut v: i32 = 0;
@@ -75,20 +104,30 @@ fn opts(pid: i32, fd: RawFd, raw: RawFd, sock: Sock) -> Result<SockOpts, DumpErr
     Ok(o)
 }
 
-/// What inet_diag says of the socket (its backlog, its shutdown state).
-fn diag(pid: i32, fd: RawFd, raw: RawFd, family: i32, protocol: i32) -> Result<inet::diag::Diag, DumpError> {
+/// What inet_diag says of the socket (its backlog, its shutdown state); None when it does
+/// not list it.
+fn diag_of(pid: i32, fd: RawFd, raw: RawFd, family: i32, protocol: i32) -> Result<Option<inet::diag::Diag>, DumpError> {
     let io = |source| DumpError::Io {
         pid,
         what: format!("the kernel's socket list for fd {fd}"),
         source,
     };
     let ino = nix::sys::stat::fstat(raw).map_err(|e| io(e.into()))?.st_ino;
-    inet::diag::find(family, protocol, ino)
-        .map_err(io)?
-        .ok_or_else(|| io(std::io::Error::other("the socket is not listed")))
+    inet::diag::find(family, protocol, ino).map_err(io)
 }
 
-/// The bytes queued unread, without consuming them.
+/// What inet_diag says of a socket it must list (a listener, a connection).
+fn diag(pid: i32, fd: RawFd, raw: RawFd, family: i32, protocol: i32) -> Result<inet::diag::Diag, DumpError> {
+    diag_of(pid, fd, raw, family, protocol)?.ok_or_else(|| DumpError::Io {
+        pid,
+        what: format!("the kernel's socket list for fd {fd}"),
+        source: std::io::Error::other("the socket is not listed"),
+    })
+}
+
+/// The bytes queued unread, without consuming them. A peek offset the program set
+/// (`SO_PEEK_OFF`, Linux 6.9 for TCP) would make the peek start there and move it: it is put
+/// at 0 for the peek, then back.
 fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
     let mut n: i32 = 0;
     // SAFETY: SIOCINQ writes one int.
@@ -96,6 +135,18 @@ fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n.max(0) as usize];
     if buf.is_empty() {
         return Ok(buf);
+    }
+    let set_peek_off = |v: i32| {
+        // SAFETY: passing a pointer to a local int of the right size.
+        let r = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, (&v as *const i32).cast(), 4) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let peek_off = sockopt_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF);
+    if peek_off > 0 {
+        set_peek_off(0)?;
     }
     // SAFETY: buf is writable for its length.
     let got = unsafe {
@@ -106,8 +157,12 @@ fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
+    let err = std::io::Error::last_os_error();
+    if peek_off >= 0 {
+        set_peek_off(peek_off)?;
+    }
     if got < 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(err);
     }
     buf.truncate(got as usize);
     Ok(buf)
@@ -138,12 +193,22 @@ pub fn tcp_end(pid: i32, fd: RawFd) -> Option<(String, String, TcpCounts)> {
         return None;
     }
     let c = tcp_counts(raw);
-    if c.state != TCP_ESTABLISHED {
+    if !remade_state(c.state) {
         return None;
     }
     let local = getsockname::<SockaddrStorage>(raw).ok()?;
     let peer = getpeername::<SockaddrStorage>(raw).ok()?;
     Some((addr_string(&local), addr_string(&peer), c))
+}
+
+/// The sides of a connection end its program shut down itself (1: receive, 2: send): a
+/// receive side closed by the peer's FIN (CLOSE_WAIT) comes back with the peer's shutdown.
+fn own_shutdown(state: u8, shutdown: u8) -> u8 {
+    if state == TCP_CLOSE_WAIT {
+        shutdown & !RCV_SHUTDOWN
+    } else {
+        shutdown
+    }
 }
 
 /// Describes a socket fd of a parked program, or says why it cannot be checkpointed.
@@ -158,36 +223,59 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
     let raw = s.as_raw_fd();
     let domain = sockopt_int(raw, libc::SOL_SOCKET, libc::SO_DOMAIN);
     let ty = sockopt_int(raw, libc::SOL_SOCKET, libc::SO_TYPE);
+    let protocol = sockopt_int(raw, libc::SOL_SOCKET, libc::SO_PROTOCOL);
     if domain != libc::AF_INET && domain != libc::AF_INET6 {
-        let fam = if domain == libc::AF_UNIX {
-            "a unix socket"
-        } else {
-            "a socket of an unsupported family"
-        };
-        return Err(unsupported(format!("{fam} ({target})")));
+        return Err(unsupported(format!("{} ({target})", family_name(domain))));
     }
+    let v6 = domain == libc::AF_INET6;
     let local = getsockname::<SockaddrStorage>(raw)
         .map(|a| addr_string(&a))
         .map_err(|e| io(e.into()))?;
-    match ty {
-        libc::SOCK_STREAM => {
+    match (ty, protocol) {
+        (libc::SOCK_STREAM, libc::IPPROTO_TCP) => {
             let c = tcp_counts(raw);
-            let v6 = domain == libc::AF_INET6;
+            if c.state == TCP_CLOSE {
+                // Not in the kernel's socket lists (inet_diag) until it connects or listens.
+                // A connection that ended, was reset or failed has its receive side shut.
+                if inet::diag::by_poll(raw) & 1 != 0 || getpeername::<SockaddrStorage>(raw).is_ok() {
+                    return Err(unsupported(format!(
+                        "a TCP socket whose connection has ended (closed by both sides, reset, or failed to connect) ({target})"
+                    )));
+                }
+                // Made, maybe bound, not connected yet: options that act before connect or
+                // listen are read as on a listener.
+                let sock = Sock {
+                    v6,
+                    tcp: true,
+                    listener: true,
+                    raw: 0,
+                };
+                let ino = nix::sys::stat::fstat(raw).map_err(|e| io(e.into()))?.st_ino;
+                return Ok(FdKind::TcpSocket {
+                    ino,
+                    local,
+                    opts: opts(pid, fd, raw, sock)?,
+                });
+            }
+            let d = diag(pid, fd, raw, domain, libc::IPPROTO_TCP)?;
             if c.state == TCP_LISTEN {
                 let sock = Sock {
                     v6,
                     tcp: true,
                     listener: true,
+                    raw: 0,
                 };
-                let backlog = diag(pid, fd, raw, domain, libc::IPPROTO_TCP)?.wqueue;
                 return Ok(FdKind::TcpListen {
                     local,
                     opts: opts(pid, fd, raw, sock)?,
-                    backlog,
+                    backlog: d.wqueue,
                 });
             }
-            if c.state != TCP_ESTABLISHED {
-                return Err(unsupported(format!("a TCP socket in state {} ({target})", c.state)));
+            if !remade_state(c.state) {
+                return Err(unsupported(format!(
+                    "a TCP socket in state {} ({target}; a passing state: checkpoint again once it has settled)",
+                    state_name(c.state)
+                )));
             }
             let peer = getpeername::<SockaddrStorage>(raw)
                 .map(|a| addr_string(&a))
@@ -207,25 +295,85 @@ pub fn dump_socket(pid: i32, fd: RawFd, target: &str) -> Result<FdKind, DumpErro
                         v6,
                         tcp: true,
                         listener: false,
+                        raw: 0,
                     },
                 )?,
+                shutdown: own_shutdown(c.state, d.shutdown),
             })
         }
-        libc::SOCK_DGRAM => {
+        (libc::SOCK_DGRAM, libc::IPPROTO_UDP | libc::IPPROTO_ICMP | libc::IPPROTO_ICMPV6) => {
+            let icmp = protocol != libc::IPPROTO_UDP;
+            let kind = if icmp { DgramKind::Ping } else { DgramKind::Udp };
             let peer = getpeername::<SockaddrStorage>(raw).ok().map(|a| addr_string(&a));
             let sock = Sock {
-                v6: domain == libc::AF_INET6,
+                v6,
                 tcp: false,
                 listener: false,
+                raw: 0,
             };
-            let shutdown = diag(pid, fd, raw, domain, libc::IPPROTO_UDP)?.shutdown;
+            if icmp {
+                inet::ping::check(v6).map_err(|e| unsupported(format!("{e} ({target})")))?;
+            }
+            let opts = opts(pid, fd, raw, sock)?;
+            // inet_diag lists a UDP socket only once it is bound, and never a ping socket.
+            let listed = if icmp {
+                None
+            } else {
+                diag_of(pid, fd, raw, domain, libc::IPPROTO_UDP)?
+            };
+            let shutdown = listed.map_or_else(|| inet::diag::by_poll(raw), |d| d.shutdown);
+            Ok(FdKind::Udp {
+                local,
+                peer,
+                opts,
+                shutdown,
+                kind,
+            })
+        }
+        (libc::SOCK_RAW, p) => {
+            let peer = getpeername::<SockaddrStorage>(raw).ok().map(|a| addr_string(&a));
+            let sock = Sock {
+                v6,
+                tcp: false,
+                listener: false,
+                raw: p,
+            };
+            let ino = nix::sys::stat::fstat(raw).map_err(|e| io(e.into()))?.st_ino;
             Ok(FdKind::Udp {
                 local,
                 peer,
                 opts: opts(pid, fd, raw, sock)?,
-                shutdown,
+                // Raw sockets are listed by raw_diag, not inet_diag's UDP table.
+                shutdown: inet::diag::by_poll(raw),
+                kind: DgramKind::Raw { protocol: p, ino },
             })
         }
-        _ => Err(unsupported(format!("a socket of an unsupported type ({target})"))),
+        (_, p) => Err(unsupported(format!(
+            "an IP socket of type {ty} and protocol {} ({target})",
+            proto_name(p)
+        ))),
+    }
+}
+
+/// A refused socket family, named for the user.
+fn family_name(domain: i32) -> String {
+    match domain {
+        libc::AF_UNIX => "a unix socket".into(),
+        libc::AF_NETLINK => "a netlink socket".into(),
+        libc::AF_PACKET => "a packet socket (AF_PACKET; ckpt does not read its ring, fanout and memberships)".into(),
+        libc::AF_VSOCK => "a vsock socket".into(),
+        libc::AF_ALG => "a kernel crypto socket (AF_ALG)".into(),
+        libc::AF_BLUETOOTH => "a bluetooth socket".into(),
+        libc::AF_XDP => "an XDP socket".into(),
+        d => format!("a socket of family {d}"),
+    }
+}
+
+fn proto_name(p: i32) -> String {
+    match p {
+        libc::IPPROTO_SCTP => "SCTP".into(),
+        libc::IPPROTO_MPTCP => "MPTCP".into(),
+        libc::IPPROTO_UDPLITE => "UDP-Lite".into(),
+        p => p.to_string(),
     }
 }

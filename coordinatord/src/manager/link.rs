@@ -2,6 +2,7 @@
 
 use super::{auth, Manager};
 use crate::node::Node;
+use crate::progress::NodeSink;
 use anyhow::Context;
 use ckpt_proto::frame::{read_frame, write_frame};
 use ckpt_proto::{CtlReply, CtlRequest, FromNode, PeerHello, ToNode, PROTO_VERSION};
@@ -19,12 +20,23 @@ pub struct RemoteNode {
 }
 
 impl RemoteNode {
-    pub fn call(&self, req: &ToNode) -> anyhow::Result<FromNode> {
+    /// Sends `req` and waits for the answer; the node's progress reports before it go to
+    /// `sink`.
+    pub fn call(&self, req: &ToNode, sink: Option<NodeSink<'_>>) -> anyhow::Result<FromNode> {
         let mut s = self.stream.lock().unwrap_or_else(|e| e.into_inner());
         s.set_read_timeout(Some(CALL_TIMEOUT))?;
         let lost = |e| anyhow::anyhow!("host {} is unreachable: {e}", self.host);
         write_frame(&mut *s, req).map_err(lost)?;
-        read_frame(&mut *s).map_err(lost)
+        loop {
+            match read_frame(&mut *s).map_err(lost)? {
+                FromNode::Progress(p) => {
+                    if let Some(sink) = sink {
+                        sink(p)
+                    }
+                }
+                answer => return Ok(answer),
+            }
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -65,10 +77,18 @@ pub fn serve(manager: Arc<Manager>, listener: TcpListener) {
                 }
                 PeerHello::Ctl { host, .. } => {
                     let _ = s.set_read_timeout(None);
+                    let Ok(events) = s.try_clone() else { return };
+                    let events = Mutex::new(events);
+                    // Progress goes back to the forwarding node as it comes, before the answer.
+                    let sink = |p| {
+                        let mut e = events.lock().unwrap_or_else(|e| e.into_inner());
+                        let _ = write_frame(&mut *e, &CtlReply::Progress(p));
+                    };
                     while let Ok(req) = read_frame::<CtlRequest>(&mut s) {
                         tracing::debug!(host, ?req, "forwarded request");
-                        let reply = m.answer(req);
-                        if write_frame(&mut s, &reply).is_err() {
+                        let reply = m.answer(req, &sink);
+                        let mut e = events.lock().unwrap_or_else(|e| e.into_inner());
+                        if write_frame(&mut *e, &reply).is_err() {
                             break;
                         }
                     }
@@ -113,19 +133,42 @@ fn join_once(node: &Node, manager: &str, secret: &[u8]) -> anyhow::Result<()> {
     let mut s = dial(manager, secret, hello, || format!("connect {manager}"))?;
     s.set_read_timeout(None)?;
     tracing::info!(manager, "joined the manager");
+    let events = Mutex::new(s.try_clone()?);
+    // This node's progress goes to the manager while it answers, before the answer.
+    let sink = |p| {
+        let mut e = events.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = write_frame(&mut *e, &FromNode::Progress(p));
+    };
     loop {
         let req: ToNode = match read_frame(&mut s) {
             Ok(r) => r,
             Err(ckpt_proto::FrameError::Closed) => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let reply = node.handle(req);
-        write_frame(&mut s, &reply)?;
+        let metered = matches!(
+            req,
+            ToNode::Phase1 { .. }
+                | ToNode::Phase2 { .. }
+                | ToNode::RestorePrepare { .. }
+                | ToNode::RestoreConnect { .. }
+        );
+        let reply = node
+            .meter
+            .watch(metered.then_some(&sink as NodeSink<'_>), || node.handle(req));
+        let mut e = events.lock().unwrap_or_else(|e| e.into_inner());
+        write_frame(&mut *e, &reply)?;
     }
 }
 
-/// A joined node forwards `ckptctl` requests to the manager.
-pub fn forward(manager: &str, secret: &[u8], host: &str, req: &CtlRequest) -> anyhow::Result<CtlReply> {
+/// A joined node forwards `ckptctl` requests to the manager; the progress reports that come
+/// before the answer go to `sink`.
+pub fn forward(
+    manager: &str,
+    secret: &[u8],
+    host: &str,
+    req: &CtlRequest,
+    sink: &dyn Fn(ckpt_proto::Progress),
+) -> anyhow::Result<CtlReply> {
     let hello = PeerHello::Ctl {
         version: PROTO_VERSION,
         host: host.to_string(),
@@ -135,5 +178,10 @@ pub fn forward(manager: &str, secret: &[u8], host: &str, req: &CtlRequest) -> an
     })?;
     s.set_read_timeout(Some(CALL_TIMEOUT * 2))?;
     write_frame(&mut s, req)?;
-    read_frame(&mut s).with_context(|| format!("the manager {manager} did not answer"))
+    loop {
+        match read_frame(&mut s).with_context(|| format!("the manager {manager} did not answer"))? {
+            CtlReply::Progress(p) => sink(p),
+            answer => return Ok(answer),
+        }
+    }
 }

@@ -6,9 +6,10 @@ pub mod auth;
 pub mod link;
 
 use crate::node::Node;
+use crate::progress::{Gather, NodeSink};
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{FileRule, HostEntry, Manifest};
-use ckpt_proto::{CheckpointMode, CheckpointReport, CtlReply, CtlRequest, EndPlan, FromNode, ToNode};
+use ckpt_proto::{CheckpointMode, CheckpointReport, CtlReply, CtlRequest, EndPlan, FromNode, Phase, Progress, ToNode};
 use link::RemoteNode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -56,10 +57,11 @@ impl Target {
         }
     }
 
-    fn call(&self, req: &ToNode) -> anyhow::Result<FromNode> {
+    /// Asks the node; its progress reports, while it answers, go to `sink`.
+    fn call(&self, req: &ToNode, sink: Option<NodeSink<'_>>) -> anyhow::Result<FromNode> {
         let r = match self {
-            Target::Local(n) => n.handle(req.clone()),
-            Target::Remote(r) => r.call(req)?,
+            Target::Local(n) => n.meter.watch(sink, || n.handle(req.clone())),
+            Target::Remote(r) => r.call(req, sink)?,
         };
         match r {
             FromNode::Failed { message, again } => Err(NodeFailed { message, again }.into()),
@@ -68,13 +70,25 @@ impl Target {
     }
 }
 
-/// Calls every target at once; results in the targets' order.
-fn par<F>(targets: &[Target], f: F) -> Vec<anyhow::Result<FromNode>>
+/// Calls every target at once; results in the targets' order. Their progress goes to `g`.
+fn par<F>(targets: &[Target], g: Option<&Gather>, f: F) -> Vec<anyhow::Result<FromNode>>
 where
     F: Fn(&Target) -> ToNode + Sync,
 {
     std::thread::scope(|s| {
-        let hs: Vec<_> = targets.iter().map(|t| s.spawn(|| t.call(&f(t)))).collect();
+        let hs: Vec<_> = targets
+            .iter()
+            .map(|t| {
+                s.spawn(|| {
+                    let report = |p| {
+                        if let Some(g) = g {
+                            g.node(t.host(), p)
+                        }
+                    };
+                    t.call(&f(t), g.map(|_| &report as NodeSink<'_>))
+                })
+            })
+            .collect();
         hs.into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(anyhow!("manager thread panicked"))))
             .collect()
@@ -127,7 +141,9 @@ impl Manager {
         t
     }
 
-    pub fn answer(&self, req: CtlRequest) -> CtlReply {
+    /// Answers `req`; a checkpoint or restore that asked for progress reports it to `sink`
+    /// meanwhile.
+    pub fn answer(&self, req: CtlRequest, sink: &(dyn Fn(Progress) + Sync)) -> CtlReply {
         let err = |e: anyhow::Error| CtlReply::Error {
             message: format!("{e:#}"),
         };
@@ -139,16 +155,25 @@ impl Manager {
                 hold_phase1_ms,
                 mode,
                 file_policies,
-            } => self
-                .checkpoint(hold_phase1_ms, mode, &file_policies)
-                .map(CtlReply::Checkpointed)
-                .unwrap_or_else(err),
-            CtlRequest::Restore { id, file_policies } => self
-                .restore(&id, &file_policies)
-                .map(|(pids, files)| CtlReply::Restored { id, pids, files })
-                .unwrap_or_else(err),
+                progress,
+            } => {
+                let g = Gather::new(sink);
+                self.checkpoint(hold_phase1_ms, mode, &file_policies, progress.then_some(&g))
+                    .map(CtlReply::Checkpointed)
+                    .unwrap_or_else(err)
+            }
+            CtlRequest::Restore {
+                id,
+                file_policies,
+                progress,
+            } => {
+                let g = Gather::new(sink);
+                self.restore(&id, &file_policies, progress.then_some(&g))
+                    .map(|(pids, files)| CtlReply::Restored { id, pids, files })
+                    .unwrap_or_else(err)
+            }
             CtlRequest::Status => {
-                let rs = par(&self.targets(), |_| ToNode::Status);
+                let rs = par(&self.targets(), None, |_| ToNode::Status);
                 let mut all = Vec::new();
                 for r in rs {
                     match r {
@@ -190,11 +215,12 @@ impl Manager {
         hold_phase1_ms: u32,
         mode: CheckpointMode,
         file_policies: &[FileRule],
+        g: Option<&Gather>,
     ) -> anyhow::Result<CheckpointReport> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         let mut mode = mode;
         for attempt in 1.. {
-            match self.checkpoint_once(hold_phase1_ms, mode, file_policies) {
+            match self.checkpoint_once(hold_phase1_ms, mode, file_policies, g) {
                 Err(e) if attempt < CHECKPOINT_TRIES && retryable(&e) => {
                     tracing::info!(attempt, "checkpoint tried again: {e:#}");
                     mode.no_window = true;
@@ -210,8 +236,12 @@ impl Manager {
         hold_phase1_ms: u32,
         mode: CheckpointMode,
         file_policies: &[FileRule],
+        g: Option<&Gather>,
     ) -> anyhow::Result<CheckpointReport> {
         let t0 = Instant::now();
+        if let Some(g) = g {
+            g.enter(Phase::Phase1, true);
+        }
         let targets = self.targets();
         let dir = self
             .node
@@ -222,7 +252,7 @@ impl Manager {
         tracing::info!(id, nodes = targets.len(), "checkpoint: phase 1");
         let abort = |e: anyhow::Error| -> anyhow::Error {
             tracing::warn!(id, "checkpoint aborted: {e:#}");
-            let _ = par(&targets, |_| ToNode::Finish {
+            let _ = par(&targets, None, |_| ToNode::Finish {
                 id: id.clone(),
                 commit: false,
             });
@@ -231,7 +261,7 @@ impl Manager {
         };
 
         // Phase 1: communication stops everywhere; each node reports its connection ends.
-        let p1 = first_error(par(&targets, |_| ToNode::Phase1 {
+        let p1 = first_error(par(&targets, g, |_| ToNode::Phase1 {
             id: id.clone(),
             mode,
             file_policies: file_policies.to_vec(),
@@ -267,7 +297,7 @@ impl Manager {
         };
 
         tracing::info!(id, ends = ends.len(), "checkpoint: phase 2");
-        let p2 = all_errors(par(&targets, |t| ToNode::Phase2 {
+        let p2 = all_errors(par(&targets, g, |t| ToNode::Phase2 {
             id: id.clone(),
             expect: expect_for(t.host()),
         }))
@@ -290,6 +320,9 @@ impl Manager {
                 "no process is registered with ckptd; start programs with ckpt-run first"
             )));
         }
+        if let Some(g) = g {
+            g.enter(Phase::Committing, false);
+        }
         let duration_us = t0.elapsed().as_micros() as u64;
         // The checkpoint's parent: the one all its processes are incremental to, if they agree.
         let mut parents = hosts.iter().flat_map(|h| h.processes.iter().map(|p| p.parent.clone()));
@@ -310,7 +343,7 @@ impl Manager {
             .commit(&dir, &manifest)
             .context("cannot commit the checkpoint")
             .map_err(abort)?;
-        let _ = par(&targets, |_| ToNode::Finish {
+        let _ = par(&targets, None, |_| ToNode::Finish {
             id: id.clone(),
             commit: true,
         });
@@ -347,8 +380,16 @@ impl Manager {
 
     /// Restores checkpoint `id`: every node checks everything first (images, pids, files) and
     /// nothing changes unless all agree. Returns the pids and what was done to files.
-    pub fn restore(&self, id: &str, file_policies: &[FileRule]) -> anyhow::Result<(Vec<i32>, Vec<String>)> {
+    pub fn restore(
+        &self,
+        id: &str,
+        file_policies: &[FileRule],
+        g: Option<&Gather>,
+    ) -> anyhow::Result<(Vec<i32>, Vec<String>)> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(g) = g {
+            g.enter(Phase::CheckingFiles, true);
+        }
         let (_, manifest) = self.node.store.get(id)?;
         let all = self.targets();
         let mut targets = Vec::new();
@@ -363,10 +404,10 @@ impl Manager {
         }
         let abort = |e: anyhow::Error| -> anyhow::Error {
             tracing::warn!(id, "restore aborted: {e:#}");
-            let _ = par(&targets, |_| ToNode::RestoreAbort { id: id.to_string() });
+            let _ = par(&targets, None, |_| ToNode::RestoreAbort { id: id.to_string() });
             e
         };
-        let prepared = par(&targets, |_| ToNode::RestorePrepare {
+        let prepared = par(&targets, g, |_| ToNode::RestorePrepare {
             id: id.to_string(),
             file_policies: file_policies.to_vec(),
         });
@@ -414,7 +455,7 @@ impl Manager {
                 })
                 .collect()
         };
-        let restored = par(&targets, |t| ToNode::RestoreConnect {
+        let restored = par(&targets, g, |t| ToNode::RestoreConnect {
             id: id.to_string(),
             plan: plan_for(t.host()),
         });

@@ -59,6 +59,8 @@ pub struct Node {
     /// What the last committed checkpoint saw of this host's shared memory (see
     /// `dump::shared_dirty`); None when the next one must read it all.
     pub shared_seen: Mutex<Option<crate::dump::shared_dirty::Seen>>,
+    /// Progress of the checkpoint or restore under way, for the `ckptctl` that asked.
+    pub meter: crate::progress::Meter,
 }
 
 impl Node {
@@ -79,6 +81,7 @@ impl Node {
             restore_stdio: Default::default(),
             files: crate::files::Files::new(Vec::new()),
             shared_seen: Default::default(),
+            meter: Default::default(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! the program runs. An end whose peer is not in the checkpoint comes back reset.
 
 use anyhow::{bail, Context};
-use ckpt_format::{FdKind, ProcessImage, SockOpts};
+use ckpt_format::{DgramKind, FdKind, ProcessImage, SockOpts};
 use ckpt_kinds::inet::Sock;
 use ckpt_proto::EndPlan;
 use std::collections::HashMap;
@@ -31,35 +31,54 @@ fn setopt(fd: RawFd, level: i32, opt: i32, v: i32) {
     };
 }
 
-fn sock(addr: SocketAddr, tcp: bool, listener: bool) -> Sock {
+fn sock(addr: SocketAddr, tcp: bool, listener: bool, raw: i32) -> Sock {
     Sock {
         v6: addr.is_ipv6(),
         tcp,
         listener,
+        raw,
     }
 }
 
-/// A socket of `addr`'s family with the program's options, bound to `addr`. A TCP listener
-/// binds with SO_REUSEADDR whatever the program had (its old connections may linger in
-/// TIME_WAIT), and gets the program's value back once bound.
-fn bound(addr: SocketAddr, ty: i32, opts: &SockOpts) -> anyhow::Result<OwnedFd> {
-    let tcp = ty == libc::SOCK_STREAM;
-    let s = nix::sys::socket::socket(
-        if addr.is_ipv4() {
-            nix::sys::socket::AddressFamily::Inet
-        } else {
-            nix::sys::socket::AddressFamily::Inet6
-        },
-        if tcp {
-            nix::sys::socket::SockType::Stream
-        } else {
-            nix::sys::socket::SockType::Datagram
-        },
-        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
-        None,
-    )?;
-    opts.apply(s.as_raw_fd(), sock(addr, tcp, tcp))
+/// The kind of IP socket to make.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A listener, or a TCP socket not connected yet.
+    Tcp,
+    Udp,
+    /// An ICMP echo socket.
+    Ping,
+    /// A raw socket of that protocol.
+    Raw(i32),
+}
+
+/// A socket of `addr`'s family with the program's options, bound to `addr` (not bound when
+/// `addr` is the unspecified address with port 0: a socket the program never bound). A TCP
+/// socket binds with SO_REUSEADDR whatever the program had (its old connections may linger
+/// in TIME_WAIT), and gets the program's value back once bound.
+fn bound(addr: SocketAddr, kind: Kind, opts: &SockOpts) -> anyhow::Result<OwnedFd> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let tcp = kind == Kind::Tcp;
+    let family = if addr.is_ipv4() {
+        AddressFamily::Inet
+    } else {
+        AddressFamily::Inet6
+    };
+    let s = match kind {
+        Kind::Tcp => socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?,
+        Kind::Udp => socket(family, SockType::Datagram, SockFlag::SOCK_CLOEXEC, None)?,
+        Kind::Ping => ckpt_kinds::inet::ping::socket(addr.is_ipv6())
+            .with_context(|| format!("cannot make the ICMP echo socket {addr} again"))?,
+        Kind::Raw(p) => raw_socket(addr.is_ipv6(), p)
+            .with_context(|| format!("cannot make the raw socket of protocol {p} again"))?,
+    };
+    let raw = if let Kind::Raw(p) = kind { p } else { 0 };
+    opts.apply(s.as_raw_fd(), sock(addr, tcp, tcp, raw))
         .with_context(|| format!("cannot re-create the socket bound to {addr}"))?;
+    // A raw socket's port is its protocol, not a binding.
+    if addr.ip().is_unspecified() && (addr.port() == 0 || raw != 0) {
+        return Ok(s);
+    }
     if tcp {
         setopt(s.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
     }
@@ -83,6 +102,18 @@ fn bound(addr: SocketAddr, ty: i32, opts: &SockOpts) -> anyhow::Result<OwnedFd> 
         );
     }
     Ok(s)
+}
+
+/// A raw IP socket of `protocol`.
+fn raw_socket(v6: bool, protocol: i32) -> std::io::Result<OwnedFd> {
+    let dom = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+    // SAFETY: socket returns a new fd or -1.
+    let s = unsafe { libc::socket(dom, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
+    if s < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just created and is ours.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(s) })
 }
 
 fn parse(a: &str) -> anyhow::Result<SocketAddr> {
@@ -169,8 +200,9 @@ fn exchange(s: &TcpStream, ours: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A re-created connection: (pid, fd), the socket, its end's unread bytes, its options.
-type Conn<'a> = ((i32, i32), TcpStream, &'a [u8], &'a SockOpts);
+/// A re-created connection: (pid, fd), the socket, its end's unread bytes, its options, the
+/// sides its program shut down.
+type Conn<'a> = ((i32, i32), TcpStream, &'a [u8], &'a SockOpts, u8);
 
 /// Every socket of the images, by (pid, fd number).
 pub fn make_sockets(
@@ -199,7 +231,7 @@ pub fn make_sockets(
                             continue;
                         }
                     }
-                    let s = bound(parse(local)?, libc::SOCK_STREAM, opts)?;
+                    let s = bound(parse(local)?, Kind::Tcp, opts)?;
                     // The kernel caps the backlog at net.core.somaxconn, which may be above
                     // the compile-time SOMAXCONN nix's Backlog allows.
                     let n = (*backlog).min(i32::MAX as u32) as i32;
@@ -213,18 +245,36 @@ pub fn make_sockets(
                     }
                     out.insert(id, s);
                 }
+                FdKind::TcpSocket { ino, local, opts } => {
+                    let key = format!("tcp socket {ino}");
+                    if let Some(first) = shared_listeners.get(&key) {
+                        out.insert(id, first.try_clone()?);
+                        continue;
+                    }
+                    let s = bound(parse(local)?, Kind::Tcp, opts)?;
+                    shared_listeners.insert(key, s.try_clone()?);
+                    out.insert(id, s);
+                }
                 FdKind::Udp {
                     local,
                     peer,
                     opts,
                     shutdown,
+                    kind,
                 } => {
                     // Without SO_REUSEADDR or SO_REUSEPORT no two UDP sockets bind one
                     // address: holders of one there share it (fork, dup), and get one again.
                     // (An unbound socket, port 0, is its own.)
                     let alone =
                         opts.int("SO_REUSEADDR") == 0 && opts.int("SO_REUSEPORT") == 0 && parse(local)?.port() != 0;
-                    let key = format!("udp {local}");
+                    let (kind, key) = match kind {
+                        DgramKind::Ping => (Kind::Ping, format!("ping {local}")),
+                        DgramKind::Udp => (Kind::Udp, format!("udp {local}")),
+                        // Raw sockets never exclude each other: one is shared only by its
+                        // holders (fork, dup).
+                        DgramKind::Raw { protocol, ino } => (Kind::Raw(*protocol), format!("raw {ino}")),
+                    };
+                    let alone = alone || matches!(kind, Kind::Raw(_));
                     if alone {
                         if let Some(first) = shared_listeners.get(&key) {
                             let s: &OwnedFd = first;
@@ -232,7 +282,7 @@ pub fn make_sockets(
                             continue;
                         }
                     }
-                    let s = UdpSocket::from(bound(parse(local)?, libc::SOCK_DGRAM, opts)?);
+                    let s = UdpSocket::from(bound(parse(local)?, kind, opts)?);
                     opts.join(s.as_raw_fd())
                         .with_context(|| format!("cannot re-create the UDP socket on {local}"))?;
                     if let Some(p) = peer {
@@ -249,6 +299,7 @@ pub fn make_sockets(
                     peer,
                     queued,
                     opts,
+                    shutdown,
                     ..
                 } => {
                     let key = (local.clone(), peer.clone());
@@ -257,9 +308,9 @@ pub fn make_sockets(
                             let to = parse(to)?;
                             let s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT)
                                 .with_context(|| format!("cannot re-create connection {local} -> {peer} via {to}"))?;
-                            conns.push((id, s, queued, opts));
+                            conns.push((id, s, queued, opts, *shutdown));
                         }
-                        EndPlan::Accept => accepts.push((id, key, queued.as_slice(), opts)),
+                        EndPlan::Accept => accepts.push((id, key, queued.as_slice(), opts, *shutdown)),
                         EndPlan::Closed => {
                             let s = reset_socket(local)?;
                             out.insert(id, s.into());
@@ -270,28 +321,35 @@ pub fn make_sockets(
             }
         }
     }
-    for (id, key, queued, opts) in accepts {
+    for (id, key, queued, opts, shutdown) in accepts {
         let Some(l) = listeners.get(&key) else {
             bail!("internal: no rendezvous for {} -> {}", key.0, key.1)
         };
         l.set_nonblocking(false)?;
         let (s, _) = accept_timeout(l, CONNECT_TIMEOUT)
             .with_context(|| format!("the peer of {} -> {} did not reconnect", key.0, key.1))?;
-        conns.push((id, s, queued, opts));
+        conns.push((id, s, queued, opts, shutdown));
     }
     std::thread::scope(|sc| -> anyhow::Result<()> {
         let hs: Vec<_> = conns
             .iter()
-            .map(|(_, s, q, _)| sc.spawn(move || exchange(s, q)))
+            .map(|(_, s, q, _, _)| sc.spawn(move || exchange(s, q)))
             .collect();
         for h in hs {
             h.join().map_err(|_| anyhow::anyhow!("exchange panicked"))??;
         }
         Ok(())
     })?;
-    for (id, s, _, opts) in conns {
+    // Every queue is refilled: the sides the programs had shut down are shut again (a FIN
+    // goes after the bytes its peer had not read).
+    for (_, s, queued, _, shutdown) in &conns {
         let at = s.local_addr()?;
-        opts.apply(s.as_raw_fd(), sock(at, true, false))
+        shut_conn(s, queued.len(), *shutdown)
+            .with_context(|| format!("cannot shut the connection from {at} down again"))?;
+    }
+    for (id, s, _, opts, _) in conns {
+        let at = s.local_addr()?;
+        opts.apply(s.as_raw_fd(), sock(at, true, false, 0))
             .with_context(|| format!("cannot re-create the connection from {at}"))?;
         out.insert(id, s.into());
     }
@@ -313,6 +371,31 @@ fn shut(s: &UdpSocket, how: u8) -> anyhow::Result<()> {
         if e.raw_os_error() != Some(libc::ENOTCONN) {
             return Err(e.into());
         }
+    }
+    Ok(())
+}
+
+/// Shuts the sides of a re-made connection its program had shut (1: receive, 2: send). The
+/// receive side only once this end's unread bytes are back in its queue.
+fn shut_conn(s: &TcpStream, queued: usize, how: u8) -> anyhow::Result<()> {
+    if how & 2 != 0 {
+        s.shutdown(std::net::Shutdown::Write)?;
+    }
+    if how & 1 != 0 {
+        let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+        loop {
+            let mut n: i32 = 0;
+            // SAFETY: FIONREAD writes one int.
+            unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
+            if n as usize >= queued {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("its unread bytes did not come back ({n} of {queued})");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        s.shutdown(std::net::Shutdown::Read)?;
     }
     Ok(())
 }

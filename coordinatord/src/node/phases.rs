@@ -11,7 +11,7 @@ use crate::files::capture::Capture;
 use crate::registry::Proc;
 use anyhow::{anyhow, bail};
 use ckpt_format::{CheckpointDir, FileRule, FileSummary, ProcessEntry, ProcessImage};
-use ckpt_proto::{AppMsg, CheckpointMode, ConnEnd, NodeMsg};
+use ckpt_proto::{AppMsg, CheckpointMode, ConnEnd, NodeMsg, Phase};
 use std::collections::HashMap;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
@@ -157,6 +157,7 @@ impl Node {
         if let Some(p) = pending.as_ref() {
             bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);
         }
+        self.meter.begin_checkpoint();
         let procs = self.registry.alive();
         if let Some(e) = procs.iter().find_map(|p| crate::dump::attrs::traced(p.reg.pid)) {
             bail!("host {}: {e}", self.host);
@@ -304,6 +305,7 @@ impl Node {
     /// Parks every local program, reads each, releases them all, makes the images durable.
     fn local_checkpoint(&self, pending: &Pending) -> anyhow::Result<(Vec<ProcessEntry>, Vec<FileSummary>)> {
         let (dir, procs, shut) = (&pending.dir, &pending.procs[..], pending.shut);
+        self.meter.checkpoint_phase(Phase::Parking, None);
         let streams: Vec<_> = procs.iter().map(|p| talk(p)).collect();
         let warm = crate::hot::warm();
         let mut parked: Vec<Stopped> = Vec::new();
@@ -365,6 +367,7 @@ impl Node {
             }
         }
         let t_parked = Instant::now();
+        self.meter.checkpoint_phase(Phase::Reading, None);
         // No process of the checkpoint can make a child now: each live one must be parked too.
         if result.is_ok() {
             let pids: Vec<i32> = parked.iter().map(|st| st.proc.reg.pid).collect();

@@ -96,7 +96,7 @@ impl Node {
     pub(super) fn open_store(&self, dir: &CheckpointDir, pid: i32) -> anyhow::Result<PageStoreWriter> {
         dir.create_process_dir(&self.host, pid)
             .context("cannot create the folder of its image")?;
-        let store = PageStoreWriter::create(&dir.pages_path(&self.host, pid))?;
+        let store = PageStoreWriter::create(&dir.pages_path(&self.host, pid))?.counting(self.meter.stored());
         Ok(if self.compress { store.compressed(3) } else { store })
     }
 

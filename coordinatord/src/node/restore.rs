@@ -8,7 +8,7 @@ use crate::files::restore::{Applied, FileRestore};
 use crate::node::Node;
 use anyhow::{anyhow, bail, Context};
 use ckpt_format::{read_record, FdKind, FileRule, MappingKind, PageStoreReader, ProcessImage, RecordKind};
-use ckpt_proto::{EndPlan, RestoreEnd};
+use ckpt_proto::{EndPlan, Phase, RestoreEnd};
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::os::fd::OwnedFd;
@@ -49,6 +49,7 @@ impl Node {
     /// or a file changed by someone else changes nothing (every reason in one error); opens a
     /// rendezvous listener for each connection end that will accept.
     pub fn restore_prepare(&self, id: &str, rules: &[FileRule]) -> anyhow::Result<Vec<RestoreEnd>> {
+        self.meter.fixed(Phase::CheckingFiles, 0, None);
         let (dir, manifest) = self.store.get(id)?;
         let mut planned = Vec::new();
         let mut problems = Vec::new();
@@ -170,6 +171,7 @@ impl Node {
         let Some(mut pending) = pending.filter(|p| p.id == id) else {
             bail!("host {}: restore of {id} was not prepared here", self.host);
         };
+        self.meter.fixed(Phase::MakingObjects, 0, None);
         let stdio = std::mem::take(&mut *self.restore_stdio.lock().unwrap_or_else(|e| e.into_inner()));
         let plan: HashMap<Key, EndPlan> = plan
             .iter()
@@ -245,6 +247,12 @@ impl Node {
                 .checks
                 .insert(pid, mapped_checks(&p.image, &pending.files, &applied));
         }
+        // The restorers read the images: their reads are the progress of loading pages.
+        let total = load_bytes(&pending.planned);
+        let pids: Vec<i32> = pending.planned.iter().map(|p| p.image.pid).collect();
+        self.meter.probed(Phase::LoadingPages, total, move || {
+            pids.iter().map(|&pid| crate::progress::read_bytes(pid)).sum()
+        });
         let started = match self.make_tree(id, &pending.planned, &pending.tree, handed) {
             Ok(pids) => pids,
             Err(e) => {
@@ -278,6 +286,25 @@ impl Node {
             unsafe { libc::kill(*pid, libc::SIGKILL) };
         }
     }
+}
+
+/// What the restorers of `planned` read of the images: each one's metadata and the runs of its
+/// pages, as stored (compressed or not).
+fn load_bytes(planned: &[Planned]) -> u64 {
+    planned
+        .iter()
+        .map(|p| {
+            let meta = std::fs::metadata(&p.meta).map_or(0, |m| m.len());
+            let runs: u64 = p
+                .image
+                .mappings
+                .iter()
+                .flat_map(|m| m.pages.iter())
+                .map(|r| if r.clen > 0 { r.clen } else { r.len })
+                .sum();
+            meta + runs
+        })
+        .sum()
 }
 
 /// The restorer's arguments for mapped files that are not unchanged: those put back are

@@ -7,6 +7,7 @@ use super::Node;
 use crate::dump::Dumped;
 use anyhow::anyhow;
 use ckpt_format::{write_record, FileRecord, FileSummary, ProcessEntry, RecordKind};
+use ckpt_proto::Phase;
 use std::time::Instant;
 
 impl Node {
@@ -21,6 +22,13 @@ impl Node {
     ) -> anyhow::Result<(Vec<ProcessEntry>, Vec<FileSummary>)> {
         let dir = &pending.dir;
         let t_store = Instant::now();
+        // What is left to write: pages copied while parked, and those left in store windows.
+        let left: u64 = parked
+            .iter()
+            .map(|(_, _, d)| d.captured.bytes() + d.window.as_ref().map_or(0, |w| w.bytes()))
+            .sum();
+        let stored = self.meter.stored().load(std::sync::atomic::Ordering::Relaxed);
+        self.meter.checkpoint_phase(Phase::Storing, Some(stored + left));
         // First what was left in place: a program's thread may wait on one of those pages, so
         // this runs at normal priority, one thread per process (empty windows close with the
         // rest, once stored).
@@ -48,6 +56,7 @@ impl Node {
                 })
                 .collect::<anyhow::Result<Vec<_>>>()
         })?;
+        self.meter.stored_all();
         let files = pending.files.lock().unwrap_or_else(|e| e.into_inner()).take();
         let file_summaries = match files {
             Some(f) => f.finish(file_records)?,

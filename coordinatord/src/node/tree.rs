@@ -106,6 +106,8 @@ impl Node {
                 return Err(e);
             }
         }
+        // Each restorer loads its pages last, once told to go: they are all back now.
+        self.meter.loaded();
         Ok(pids)
     }
 

@@ -1,6 +1,7 @@
 //! The connection to ckptd.
 
 use ckpt_proto::{CtlReply, CtlRequest, Hello, Welcome, PROTO_VERSION};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
@@ -14,6 +15,9 @@ pub enum Failure {
     /// ckptd went away while ckptctl followed a restored job: the message says so.
     Gone(String),
 }
+
+/// How often a progress bar is redrawn while ckptd sends nothing (ms).
+const TICK_MS: i32 = 100;
 
 pub struct Client {
     s: UnixStream,
@@ -56,8 +60,42 @@ impl Client {
         std::os::fd::AsFd::as_fd(&self.s)
     }
 
-    pub fn call(&self, req: &CtlRequest, fds: &[i32]) -> Result<CtlReply, Failure> {
+    /// Sends `req` and returns its answer; the progress events that come before it go to
+    /// `progress`, which is also ticked every [`TICK_MS`] while nothing comes.
+    pub fn call(
+        &self,
+        req: &CtlRequest,
+        fds: &[i32],
+        mut progress: Option<&mut crate::progress::Reporter>,
+    ) -> Result<CtlReply, Failure> {
         ckpt_proto::send(&self.s, req, fds).map_err(|e| self.lost(e))?;
-        Ok(ckpt_proto::recv::<CtlReply>(&self.s).map_err(|e| self.lost(e))?.0)
+        loop {
+            if let Some(r) = progress.as_deref_mut() {
+                let mut pfd = libc::pollfd {
+                    fd: self.s.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, for the duration of the call.
+                let n = unsafe { libc::poll(&mut pfd, 1, TICK_MS) };
+                if n == 0 || (n < 0 && nix::errno::Errno::last() == nix::errno::Errno::EINTR) {
+                    r.tick();
+                    continue;
+                }
+            }
+            match ckpt_proto::recv::<CtlReply>(&self.s).map_err(|e| self.lost(e))?.0 {
+                CtlReply::Progress(p) => {
+                    if let Some(r) = progress.as_deref_mut() {
+                        r.event(p)
+                    }
+                }
+                reply => {
+                    if let Some(r) = progress {
+                        r.clear()
+                    }
+                    return Ok(reply);
+                }
+            }
+        }
     }
 }

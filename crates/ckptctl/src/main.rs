@@ -3,6 +3,7 @@
 mod attach;
 mod check;
 mod client;
+mod progress;
 mod render;
 
 use clap::{Parser, Subcommand};
@@ -125,6 +126,20 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
         _ => false,
     };
     let caught = if attach { Some(attach::catch()?) } else { None };
+    // Progress as events with --json, as a bar on a terminal; nothing more otherwise.
+    let show = if args.json {
+        Some(progress::Show::Json)
+    } else if std::io::stderr().is_terminal() {
+        Some(progress::Show::Bar)
+    } else {
+        None
+    };
+    let op = match &args.cmd {
+        Cmd::Checkpoint { .. } => "checkpoint",
+        _ => "restore",
+    };
+    let want_progress = show.is_some();
+    let mut reporter = show.map(|s| progress::Reporter::new(s, op));
     let (req, fds): (CtlRequest, Vec<i32>) = match &args.cmd {
         // Asks the kernel here, not ckptd.
         Cmd::Check => return Ok(check::run(args.json)),
@@ -142,6 +157,7 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
                     no_window: false,
                 },
                 file_policies: file_policy.clone(),
+                progress: want_progress,
             },
             vec![],
         ),
@@ -153,13 +169,15 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
             CtlRequest::Restore {
                 id: id.clone(),
                 file_policies: file_policy.clone(),
+                progress: want_progress,
             },
             vec![0, 1, 2],
         ),
         Cmd::Delete { id } => (CtlRequest::Delete { id: id.clone() }, vec![]),
     };
     let c = client::Client::connect(socket)?;
-    match c.call(&req, &fds)? {
+    let metered = matches!(req, CtlRequest::Checkpoint { .. } | CtlRequest::Restore { .. });
+    match c.call(&req, &fds, reporter.as_mut().filter(|_| metered))? {
         CtlReply::Error { message } => Err(client::Failure::Refused(message)),
         reply => {
             render::print(&reply, args.json);

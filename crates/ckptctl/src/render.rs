@@ -15,6 +15,8 @@ pub fn print(reply: &CtlReply, as_json: bool) {
             CtlReply::Deleted { id } => Ok(json!({ "deleted": id })),
             CtlReply::Pong { version } => Ok(json!({ "version": version })),
             CtlReply::Error { message } => Ok(json!({ "error": message })),
+            // Taken by `progress::Reporter` before the answer; never printed here.
+            CtlReply::Progress(p) => serde_json::to_value(p),
         };
         println!(
             "{}",
@@ -111,6 +113,7 @@ pub fn print(reply: &CtlReply, as_json: bool) {
         CtlReply::Deleted { id } => eprintln!("deleted checkpoint {id}"),
         CtlReply::Pong { version } => println!("ckptd protocol {version}"),
         CtlReply::Error { message } => eprintln!("{message}"),
+        CtlReply::Progress(_) => {}
     }
 }
 

@@ -24,7 +24,9 @@ pub mod inotify;
 pub mod lock;
 pub mod memfd;
 pub mod mqueue;
+pub mod netlink;
 pub mod opath;
+pub mod packet;
 pub mod pidfd;
 pub mod posix_timer;
 pub mod procfile;
@@ -32,6 +34,8 @@ pub mod pty;
 mod reopen;
 pub mod signalfd;
 pub mod sock_diag;
+pub mod sockfilter;
+pub mod socklevel;
 pub mod source;
 pub mod sysv;
 pub mod timerfd;
@@ -88,6 +92,8 @@ pub enum Object {
     Unix(unix::Record),
     Epoll(epoll::Record),
     Pty(pty::Record),
+    Netlink(netlink::Record),
+    Packet(packet::Record),
     Path(opath::Record),
     PidFd(pidfd::Record),
     Proc(procfile::Record),
@@ -110,6 +116,8 @@ impl Object {
             Object::Unix(r) => unix::describe(r),
             Object::Epoll(r) => epoll::describe(r),
             Object::Pty(r) => pty::describe(r),
+            Object::Netlink(r) => netlink::describe(r),
+            Object::Packet(r) => packet::describe(r),
             Object::Path(r) => opath::describe(r),
             Object::PidFd(r) => pidfd::describe(r),
             Object::Proc(r) => procfile::describe(r),
@@ -142,6 +150,8 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
         None if unix::handles(src) => unix::capture(src).map(Object::Unix),
         None if pty::claims(src) => pty::capture(src).map(Object::Pty),
+        None if netlink::handles(src) => netlink::capture(src).map(Object::Netlink),
+        None if packet::handles(src) => packet::capture(src).map(Object::Packet),
         None => return None,
     })
 }
@@ -186,6 +196,8 @@ impl Restore {
             Object::Unix(r) => self.unix.recreate(r),
             Object::Epoll(r) => epoll::recreate(r),
             Object::Pty(r) => pty::recreate(r, &mut self.pty),
+            Object::Netlink(r) => netlink::recreate(r),
+            Object::Packet(r) => packet::recreate(r),
             Object::Path(r) => opath::recreate(r),
             Object::PidFd(r) => pidfd::recreate(r),
             Object::Proc(r) => procfile::recreate(r),
@@ -220,6 +232,8 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Epoll(r) if owner => epoll::register(fd, r),
         Object::Epoll(_) => Ok(()),
         Object::Pty(_) => Ok(()),
+        Object::Netlink(_) => Ok(()),
+        Object::Packet(_) => Ok(()),
         Object::Path(_) => Ok(()),
         // Opened once every process of the restore exists (`pidfd::open_again`).
         Object::PidFd(_) => Ok(()),

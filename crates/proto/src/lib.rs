@@ -16,7 +16,8 @@ pub const RESTORER_VMA_ANON_NAME: &std::ffi::CStr = c"ckpt-restorer";
 pub const RESTORER_VMA_NAME: &str = "[anon:ckpt-restorer]";
 
 /// Bumped on any incompatible change; peers with another version are refused at hello.
-pub const PROTO_VERSION: u32 = 2;
+/// 3: progress events (`CtlReply::Progress`, `FromNode::Progress`).
+pub const PROTO_VERSION: u32 = 3;
 
 #[cfg(test)]
 mod tests {

@@ -115,10 +115,12 @@ pub enum CtlRequest {
     Ping,
     /// `hold_phase1_ms` keeps every gate shut that long between the phases (a testing hook).
     /// `file_policies` override the policies of files (first match wins; before ckptd's own).
+    /// `progress`: send [`CtlReply::Progress`] events before the answer.
     Checkpoint {
         hold_phase1_ms: u32,
         mode: CheckpointMode,
         file_policies: Vec<FileRule>,
+        progress: bool,
     },
     List,
     Show {
@@ -131,6 +133,7 @@ pub enum CtlRequest {
     Restore {
         id: String,
         file_policies: Vec<FileRule>,
+        progress: bool,
     },
     Delete {
         id: String,
@@ -249,6 +252,84 @@ pub enum CtlReply {
     Error {
         message: String,
     },
+    /// Where a checkpoint or restore that asked for progress is; any number of these come
+    /// before its answer.
+    Progress(Progress),
+}
+
+/// Where a checkpoint or a restore is. Checkpoint: `Phase1` (communication stops, memory is
+/// copied while the programs run), `Parking`, `Reading` (the parked programs), `Storing` (pages
+/// written while they run again), `Committing`. Restore: `CheckingFiles` (images, pids and
+/// files checked), `MakingObjects` (files put back, sockets, pipes, shared memory made),
+/// `LoadingPages` (the restorers read the images), `Running` (the programs are back, their
+/// control connections awaited). A checkpoint tried again starts over at `Phase1`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    Phase1,
+    Parking,
+    Reading,
+    Storing,
+    Committing,
+    CheckingFiles,
+    MakingObjects,
+    LoadingPages,
+    Running,
+}
+
+impl Phase {
+    /// Its name in `ckptctl --json` events.
+    pub fn key(self) -> &'static str {
+        match self {
+            Phase::Phase1 => "phase1",
+            Phase::Parking => "parking",
+            Phase::Reading => "reading",
+            Phase::Storing => "storing",
+            Phase::Committing => "committing",
+            Phase::CheckingFiles => "checking-files",
+            Phase::MakingObjects => "making-objects",
+            Phase::LoadingPages => "loading-pages",
+            Phase::Running => "running",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Phase1 => "phase 1",
+            Phase::CheckingFiles => "checking files",
+            Phase::MakingObjects => "making objects",
+            Phase::LoadingPages => "loading pages",
+            other => other.key(),
+        })
+    }
+}
+
+/// One node's progress in the request it is answering (node → manager).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeProgress {
+    pub phase: Phase,
+    /// Bytes of pages stored (checkpoint) or loaded (restore) so far.
+    pub done_bytes: u64,
+    /// What `done_bytes` ends at, once known.
+    pub total_bytes: Option<u64>,
+}
+
+/// The progress of a whole checkpoint or restore, gathered from every node (ckptd → ckptctl).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    /// The phase of the node furthest behind.
+    pub phase: Phase,
+    /// Summed over the nodes; never decreases within one try of a checkpoint.
+    pub done_bytes: u64,
+    /// Known once every node that reported knows its own.
+    pub total_bytes: Option<u64>,
+    /// Bytes per second since this phase began.
+    pub rate_bytes_per_s: u64,
+    /// Since the request arrived.
+    pub elapsed_ms: u64,
+    /// Nodes that reported so far.
+    pub hosts: u32,
 }
 
 /// How a checkpoint stores memory.
@@ -350,6 +431,9 @@ pub enum FromNode {
         message: String,
         again: bool,
     },
+    /// Sent any number of times before the answer to `Phase1`, `Phase2`, `RestorePrepare` and
+    /// `RestoreConnect`.
+    Progress(NodeProgress),
 }
 
 /// First message on a TCP connection to the manager.

@@ -98,6 +98,7 @@ pub fn place_fds(
             FdKind::CharDev { path, .. } | FdKind::Tty { path } => reopen(f, path)?.unwrap_or(-1),
             FdKind::TcpListen { .. }
             | FdKind::TcpConn { .. }
+            | FdKind::TcpSocket { .. }
             | FdKind::Udp { .. }
             | FdKind::Pipe { .. }
             | FdKind::Object { .. }
@@ -107,6 +108,7 @@ pub fn place_fds(
             }
             FdKind::TcpListen { .. }
             | FdKind::TcpConn { .. }
+            | FdKind::TcpSocket { .. }
             | FdKind::Udp { .. }
             | FdKind::Pipe { .. }
             | FdKind::Object { .. } => {

@@ -116,7 +116,7 @@ fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sa
             bail!("checkpoint failed: {}", String::from_utf8_lossy(&o.stderr));
         }
         let (stall, gaps) = stalls(&app, pid)?;
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let v: serde_json::Value = serde_json::from_str(json_result(&String::from_utf8_lossy(&o.stdout)))?;
         // The stall that spans the stop: it began before the program was parked and ended
         // after it was let go (a 200 µs nap at most away on either side).
         let (at, stop) = (

@@ -31,7 +31,7 @@ fn checkpoint(d: &Daemon) -> Result<(f64, f64, f64, String)> {
     if !o.status.success() {
         bail!("checkpoint failed: {}", String::from_utf8_lossy(&o.stderr));
     }
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+    let v: serde_json::Value = serde_json::from_str(json_result(&String::from_utf8_lossy(&o.stdout)))?;
     let ms = |k: &str| v[k].as_f64().unwrap_or(0.0) / 1000.0;
     let id = v["id"].as_str().context("checkpoint without id")?.to_string();
     Ok((

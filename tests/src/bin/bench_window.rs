@@ -63,7 +63,7 @@ fn run(size: u64, daemon: &[&str], reps: usize) -> Result<Vec<Sample>> {
         // The program prints every ~200 ms: its rate over the round lines around the checkpoint.
         let (w2, t2) = next_round(&app)?;
         let during = (w2 - w1) as f64 / (t2 - t1).as_secs_f64();
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let v: serde_json::Value = serde_json::from_str(json_result(&String::from_utf8_lossy(&o.stdout)))?;
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!("report {v}");
         }

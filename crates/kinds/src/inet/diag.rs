@@ -1,5 +1,6 @@
 //! What only NETLINK_SOCK_DIAG (inet_diag) tells of a TCP or UDP socket: a listener's backlog
-//! (reported as its send-queue length) and the shutdown state. The request and answer are
+//! (reported as its send-queue length) and the shutdown state; for sockets it does not list,
+//! what poll tells of the shutdown state ([`by_poll`]). The request and answer are
 //! fixed-size structs (see linux/inet_diag.h), written by hand.
 
 use crate::sock_diag::{self, attrs, u32_at};
@@ -40,5 +41,27 @@ fn parse(msg: &[u8]) -> Diag {
         state: msg[1],
         wqueue: u32_at(msg, 60),
         shutdown,
+    }
+}
+
+/// The shutdown sides (1: receive, 2: send) of a socket inet_diag does not list (a ping socket,
+/// a UDP or TCP socket never bound), as poll shows them: a receive side shut raises
+/// POLLRDHUP, both sides POLLHUP as well (a datagram socket). A send side shut alone shows nowhere
+/// but in a send (which would send): it is not seen.
+pub fn by_poll(fd: std::os::fd::RawFd) -> u8 {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    if unsafe { libc::poll(&mut p, 1, 0) } <= 0 {
+        return 0;
+    }
+    // A TCP socket in state CLOSE raises POLLHUP alone.
+    match (p.revents & libc::POLLRDHUP != 0, p.revents & libc::POLLHUP != 0) {
+        (false, _) => 0,
+        (true, false) => 1,
+        (true, true) => 3,
     }
 }

@@ -14,11 +14,13 @@
 
 pub mod diag;
 pub mod mcast;
+pub mod ping;
 mod raw;
 mod table;
 
 pub use mcast::Membership;
 
+use crate::sockfilter::{self, Filter};
 use crate::KindError;
 use serde::{Deserialize, Serialize};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -26,6 +28,8 @@ use table::SO_BUF_LOCK;
 
 const SOCK_SNDBUF_LOCK: i32 = 1;
 const SOCK_RCVBUF_LOCK: i32 = 2;
+/// linux/icmpv6.h
+const ICMP6_FILTER: i32 = 1;
 
 /// What kind of socket the options belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +37,11 @@ pub struct Sock {
     pub v6: bool,
     pub tcp: bool,
     pub listener: bool,
+    /// The protocol of a raw socket (`SOCK_RAW`); 0 for others.
+    pub raw: i32,
 }
 
-/// The options of one TCP or UDP socket.
+/// The options of one TCP, UDP, ping or raw IP socket.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Opts {
     /// Every integer option that applies to the socket, by name, as getsockopt reported it.
@@ -58,6 +64,10 @@ pub struct Opts {
     pub mcast_if: [u8; 4],
     /// Multicast groups the socket joined (UDP).
     pub memberships: Vec<Membership>,
+    /// ICMP6_FILTER of a raw ICMPv6 socket (`struct icmp6_filter`); empty for others.
+    pub icmp6_filter: Vec<u8>,
+    /// A classic BPF socket filter and SO_LOCK_FILTER, attached again last.
+    pub filter: Filter,
 }
 
 impl Opts {
@@ -91,15 +101,7 @@ pub fn capture(pid: i32, fd: RawFd, sock: Sock) -> Result<Opts, KindError> {
     o.rcvtimeo = raw::get_timeval(fd, libc::SO_RCVTIMEO).map_err(read("SO_RCVTIMEO"))?;
     o.sndtimeo = raw::get_timeval(fd, libc::SO_SNDTIMEO).map_err(read("SO_SNDTIMEO"))?;
     o.bind_device = raw::get_name(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE).map_err(read("SO_BINDTODEVICE"))?;
-    match raw::get(fd, libc::SOL_SOCKET, libc::SO_GET_FILTER, &mut []) {
-        Ok(0) => {}
-        Ok(_) | Err(_) => {
-            return Err(refused(
-                "a socket filter is attached (SO_ATTACH_FILTER or SO_ATTACH_BPF); ckpt does not bring filters back"
-                    .into(),
-            ))
-        }
-    }
+    o.filter = sockfilter::capture(fd)?;
     if sock.tcp {
         o.congestion = raw::get_name(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION).map_err(read("TCP_CONGESTION"))?;
         let ulp = raw::get_name(fd, libc::IPPROTO_TCP, libc::TCP_ULP).unwrap_or_default();
@@ -114,6 +116,12 @@ pub fn capture(pid: i32, fd: RawFd, sock: Sock) -> Result<Opts, KindError> {
         o.mcast_if = a;
         o.memberships = mcast::read(pid, fd, sock.v6)
             .map_err(|e| refused(format!("its multicast memberships cannot be read exactly ({e})")))?;
+    }
+    if sock.v6 && sock.raw == libc::IPPROTO_ICMPV6 {
+        let mut f = vec![0u8; 32];
+        let n = raw::get(fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &mut f).map_err(read("ICMP6_FILTER"))?;
+        f.truncate(n);
+        o.icmp6_filter = f;
     }
     Ok(o)
 }
@@ -201,6 +209,16 @@ impl Opts {
                 (format!("IP_MULTICAST_IF={a}"), e)
             })?;
         }
+        if !self.icmp6_filter.is_empty() {
+            raw::set(fd, libc::IPPROTO_ICMPV6, ICMP6_FILTER, &self.icmp6_filter)
+                .map_err(|e| ("ICMP6_FILTER".to_string(), e))?;
+        }
+        // Last. A connection gets its options once ckptd has made it and refilled its queue,
+        // so its filter never sees ckptd's own traffic.
+        sockfilter::attach(fd, &self.filter).map_err(|e| {
+            let what = format!("SO_ATTACH_FILTER ({} instructions)", self.filter.insns.len());
+            (what, e)
+        })?;
         Ok(())
     }
 
@@ -228,9 +246,13 @@ impl Opts {
     /// congestion control no longer available, …) refuses the checkpoint instead of the restore.
     pub fn check(&self, sock: Sock) -> Result<(), KindError> {
         let dom = if sock.v6 { libc::AF_INET6 } else { libc::AF_INET };
-        let ty = if sock.tcp { libc::SOCK_STREAM } else { libc::SOCK_DGRAM };
+        let (ty, proto) = match (sock.tcp, sock.raw) {
+            (true, _) => (libc::SOCK_STREAM, 0),
+            (false, 0) => (libc::SOCK_DGRAM, 0),
+            (false, p) => (libc::SOCK_RAW, p),
+        };
         // SAFETY: socket returns a new fd or -1.
-        let s = unsafe { libc::socket(dom, ty | libc::SOCK_CLOEXEC, 0) };
+        let s = unsafe { libc::socket(dom, ty | libc::SOCK_CLOEXEC, proto) };
         if s < 0 {
             return Err(KindError::read("a scratch socket")(std::io::Error::last_os_error()));
         }
@@ -240,12 +262,13 @@ impl Opts {
             .map_err(|(what, e)| refused(format!("its socket option {what} cannot be set back by ckptd ({e})")))
     }
 
-    /// A short summary for `ckptctl show`: the memberships.
+    /// A short summary for `ckptctl show`: the memberships and the filter.
     pub fn describe(&self) -> String {
+        let filter = sockfilter::describe(&self.filter);
         if self.memberships.is_empty() {
-            return String::new();
+            return filter;
         }
         let list: Vec<String> = self.memberships.iter().map(mcast::describe).collect();
-        format!(" (member of {})", list.join("; "))
+        format!(" (member of {}){filter}", list.join("; "))
     }
 }

@@ -4,6 +4,9 @@
 //! touched keeps following the system's defaults.
 
 use super::Sock;
+use crate::socklevel::{
+    SO_MAX_PACING_RATE, SO_NOFCS, SO_RCVMARK, SO_SELECT_ERR_QUEUE, SO_TIMESTAMPING_OLD, SO_TXREHASH, SO_WIFI_STATUS,
+};
 
 // Not in the libc crate yet (asm-generic/socket.h, linux/in.h).
 pub const SO_BUF_LOCK: i32 = 72;
@@ -12,6 +15,9 @@ const SO_PREFER_BUSY_POLL: i32 = 69;
 const IP_RECVERR_RFC4884: i32 = 26;
 const IP_LOCAL_PORT_RANGE: i32 = 51;
 const TCP_TX_DELAY: i32 = 37;
+const IP_NODEFRAG: i32 = 22;
+const IPV6_HDRINCL: i32 = 36;
+const SOL_RAW: i32 = 255;
 
 /// Which sockets an option is read from and set on.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,8 @@ pub enum Scope {
     Listener,
     /// Not on a connected TCP socket (only meaningful before bind/connect, refused after).
     NotConn,
+    /// Raw sockets only.
+    Raw,
 }
 
 pub struct Spec {
@@ -64,17 +72,31 @@ const IP: i32 = libc::IPPROTO_IP;
 pub const TABLE: &[Spec] = &[
     s("SO_REUSEADDR", SOL, libc::SO_REUSEADDR, Scope::All),
     s("SO_REUSEPORT", SOL, libc::SO_REUSEPORT, Scope::All),
-    s("SO_BROADCAST", SOL, libc::SO_BROADCAST, Scope::Udp),
-    s("SO_KEEPALIVE", SOL, libc::SO_KEEPALIVE, Scope::Tcp),
+    s("SO_BROADCAST", SOL, libc::SO_BROADCAST, Scope::All),
+    s("SO_KEEPALIVE", SOL, libc::SO_KEEPALIVE, Scope::All),
+    s("SO_DONTROUTE", SOL, libc::SO_DONTROUTE, Scope::All),
+    // Refused by kernels that keep them to Unix and netlink sockets (Linux 6.16): not read.
+    s("SO_PASSCRED", SOL, libc::SO_PASSCRED, Scope::All),
+    s("SO_PASSSEC", SOL, libc::SO_PASSSEC, Scope::All),
     s("SO_MARK", SOL, libc::SO_MARK, Scope::All),
     s("SO_RCVLOWAT", SOL, libc::SO_RCVLOWAT, Scope::All),
-    s("SO_OOBINLINE", SOL, libc::SO_OOBINLINE, Scope::Tcp),
+    s("SO_OOBINLINE", SOL, libc::SO_OOBINLINE, Scope::All),
     s("SO_TIMESTAMP", SOL, libc::SO_TIMESTAMP, Scope::All),
     s("SO_TIMESTAMPNS", SOL, libc::SO_TIMESTAMPNS, Scope::All),
-    s("SO_RXQ_OVFL", SOL, libc::SO_RXQ_OVFL, Scope::Udp),
+    s("SO_RXQ_OVFL", SOL, libc::SO_RXQ_OVFL, Scope::All),
     s("SO_BUSY_POLL", SOL, libc::SO_BUSY_POLL, Scope::All),
     s("SO_PREFER_BUSY_POLL", SOL, SO_PREFER_BUSY_POLL, Scope::All),
     s("SO_ZEROCOPY", SOL, SO_ZEROCOPY, Scope::All),
+    // An offset into the receive queue (Linux 6.9 for TCP): set once a connection's queue is
+    // refilled, as every option of a connection is.
+    s("SO_PEEK_OFF", SOL, libc::SO_PEEK_OFF, Scope::All),
+    s("SO_TIMESTAMPING", SOL, SO_TIMESTAMPING_OLD, Scope::All),
+    s("SO_WIFI_STATUS", SOL, SO_WIFI_STATUS, Scope::All),
+    s("SO_NOFCS", SOL, SO_NOFCS, Scope::All),
+    s("SO_SELECT_ERR_QUEUE", SOL, SO_SELECT_ERR_QUEUE, Scope::All),
+    s("SO_MAX_PACING_RATE", SOL, SO_MAX_PACING_RATE, Scope::All),
+    s("SO_TXREHASH", SOL, SO_TXREHASH, Scope::All),
+    s("SO_RCVMARK", SOL, SO_RCVMARK, Scope::All),
     s("TCP_NODELAY", TCP, libc::TCP_NODELAY, Scope::Tcp),
     s("TCP_CORK", TCP, libc::TCP_CORK, Scope::Tcp),
     s("TCP_KEEPIDLE", TCP, libc::TCP_KEEPIDLE, Scope::Tcp),
@@ -115,13 +137,19 @@ pub const TABLE: &[Spec] = &[
     s("IP_RECVERR_RFC4884", IP, IP_RECVERR_RFC4884, Scope::All),
     s("IP_UNICAST_IF", IP, libc::IP_UNICAST_IF, Scope::Udp),
     s("IP_MULTICAST_TTL", IP, libc::IP_MULTICAST_TTL, Scope::Udp),
-    s("IP_MULTICAST_LOOP", IP, libc::IP_MULTICAST_LOOP, Scope::Udp),
-    s("IP_MULTICAST_ALL", IP, libc::IP_MULTICAST_ALL, Scope::Udp),
-    s("IP_PKTINFO", IP, libc::IP_PKTINFO, Scope::Udp),
-    s("IP_RECVTTL", IP, libc::IP_RECVTTL, Scope::Udp),
-    s("IP_RECVTOS", IP, libc::IP_RECVTOS, Scope::Udp),
-    s("IP_RECVORIGDSTADDR", IP, libc::IP_RECVORIGDSTADDR, Scope::Udp),
+    s("IP_MULTICAST_LOOP", IP, libc::IP_MULTICAST_LOOP, Scope::All),
+    s("IP_MULTICAST_ALL", IP, libc::IP_MULTICAST_ALL, Scope::All),
+    s("IP_PKTINFO", IP, libc::IP_PKTINFO, Scope::All),
+    s("IP_RECVTTL", IP, libc::IP_RECVTTL, Scope::All),
+    s("IP_RECVTOS", IP, libc::IP_RECVTOS, Scope::All),
+    s("IP_RECVORIGDSTADDR", IP, libc::IP_RECVORIGDSTADDR, Scope::All),
+    s("IP_HDRINCL", IP, libc::IP_HDRINCL, Scope::Raw),
+    s("IP_NODEFRAG", IP, IP_NODEFRAG, Scope::Raw),
+    // struct icmp_filter is one u32 (a raw ICMP socket's; others answer EOPNOTSUPP).
+    s("ICMP_FILTER", SOL_RAW, 1, Scope::Raw),
     s6("IPV6_V6ONLY", libc::IPV6_V6ONLY, Scope::NotConn),
+    s6("IPV6_CHECKSUM", libc::IPV6_CHECKSUM, Scope::Raw),
+    s6("IPV6_HDRINCL", IPV6_HDRINCL, Scope::Raw),
     s6("IPV6_UNICAST_HOPS", libc::IPV6_UNICAST_HOPS, Scope::All),
     s6("IPV6_TCLASS", libc::IPV6_TCLASS, Scope::All),
     s6("IPV6_MTU_DISCOVER", libc::IPV6_MTU_DISCOVER, Scope::All),
@@ -151,6 +179,7 @@ impl Spec {
             Scope::Udp => !sock.tcp,
             Scope::Listener => sock.tcp && sock.listener,
             Scope::NotConn => !sock.tcp || sock.listener,
+            Scope::Raw => sock.raw != 0,
         }
     }
 

@@ -278,7 +278,7 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
             }),
         _ => None,
     };
-    let opts = Opts::read(fd);
+    let opts = Opts::read(fd)?;
     let queue = match state {
         State::Listening { .. } => Vec::new(),
         _ => queue::peek(fd, ty, opts.passcred).map_err(|e| match e {

@@ -1,6 +1,10 @@
 //! The socket options of a Unix socket that a program can notice: credentials passing,
-//! buffer sizes, timeouts and its own peek offset.
+//! buffer sizes, timeouts, its own peek offset, the generic socket-level flags and values it
+//! can set and read back, and a classic socket filter.
 
+use crate::sockfilter::{self, Filter};
+use crate::socklevel;
+use crate::KindError;
 use serde::{Deserialize, Serialize};
 use std::os::fd::RawFd;
 
@@ -15,6 +19,13 @@ pub struct Opts {
     pub sndtimeo: (i64, i64),
     /// The program's SO_PEEK_OFF (-1: off).
     pub peek_off: i32,
+    /// The generic socket-level options this kernel reported ([`socklevel`]).
+    pub generic: Vec<(String, i32)>,
+    /// SO_LINGER (l_onoff, l_linger): no effect on a Unix socket, but read back.
+    pub linger: (i32, i32),
+    /// A classic BPF filter and SO_LOCK_FILTER, attached once the queue is refilled (the
+    /// datagrams in it already passed the filter).
+    pub filter: Filter,
 }
 
 pub fn int(fd: RawFd, level: i32, opt: i32) -> i32 {
@@ -95,15 +106,24 @@ pub fn set_buf(fd: RawFd, opt: i32, reported: i32) -> std::io::Result<()> {
 }
 
 impl Opts {
-    pub fn read(fd: RawFd) -> Opts {
-        Opts {
+    /// Reads the options; an eBPF filter is refused.
+    pub fn read(fd: RawFd) -> Result<Opts, KindError> {
+        Ok(Opts {
             passcred: int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED) != 0,
             rcvbuf: int(fd, libc::SOL_SOCKET, libc::SO_RCVBUF),
             sndbuf: int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF),
             rcvtimeo: timeo(fd, libc::SO_RCVTIMEO),
             sndtimeo: timeo(fd, libc::SO_SNDTIMEO),
             peek_off: int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF),
-        }
+            generic: socklevel::read(fd),
+            linger: socklevel::linger(fd),
+            filter: sockfilter::capture(fd)?,
+        })
+    }
+
+    /// Attaches the filter (once the queue is refilled).
+    pub fn attach_filter(&self, fd: RawFd) -> std::io::Result<()> {
+        sockfilter::attach(fd, &self.filter)
     }
 
     /// Applies every option but the peek offset (set once the queue is refilled).
@@ -118,6 +138,10 @@ impl Opts {
         }
         if self.sndtimeo != (0, 0) {
             set_timeo(fd, libc::SO_SNDTIMEO, self.sndtimeo)?;
+        }
+        socklevel::apply(fd, &self.generic)?;
+        if self.linger.0 != 0 {
+            socklevel::set_linger(fd, self.linger)?;
         }
         Ok(())
     }

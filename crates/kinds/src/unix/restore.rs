@@ -412,6 +412,10 @@ impl Restore {
                     unsafe { libc::shutdown(fd, libc::SHUT_WR) };
                 }
             }
+            m.rec.opts.attach_filter(fd).map_err(KindError::recreate(format!(
+                "the socket filter of {}",
+                super::describe(&m.rec)
+            )))?;
             if m.rec.opts.peek_off >= 0 {
                 super::opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, m.rec.opts.peek_off)
                     .map_err(KindError::recreate(super::describe(&m.rec)))?;
