@@ -13,6 +13,9 @@ pub struct ProcessImage {
     pub args: Vec<String>,
     pub comm: String,
     pub cwd: String,
+    /// The working directory when it was removed (`cwd` then ends in ` (deleted)`): made
+    /// again and removed, shared with an fd of the process on the same directory.
+    pub cwd_removed: Option<ckpt_kinds::deleted_dir::Record>,
     /// Its root directory (`chroot`), as ckptd sees the path; `/` for most.
     pub root: String,
     pub umask: u32,
@@ -402,6 +405,9 @@ pub enum FdKind {
         ino: u64,
         write: bool,
         buffered: Vec<u8>,
+        /// When `buffered` holds packets (written in packet mode, `O_DIRECT`), the length of
+        /// each, in order (each is one `read` for the program); empty for a plain stream.
+        packets: Vec<u32>,
         /// `F_GETPIPE_SZ`: the pipe's capacity in bytes (the program may have changed it).
         capacity: u32,
         /// The job's stdin, stdout or stderr (0-2) this end is: at fd 0-2, or the pipe the job

@@ -208,15 +208,17 @@ fn kind_of(
         }
     } else if ft.is_fifo() && target.starts_with("pipe:") {
         let write = flags & libc::O_ACCMODE == libc::O_WRONLY;
-        let (capacity, buffered) = super::sockets::pipe_state(pid, fd, !write).map_err(|source| DumpError::Io {
-            pid,
-            what: format!("pipe fd {fd}"),
-            source,
-        })?;
+        let (capacity, buffered, packets) =
+            super::sockets::pipe_state(pid, fd, !write).map_err(|source| DumpError::Io {
+                pid,
+                what: format!("pipe fd {fd}"),
+                source,
+            })?;
         FdKind::Pipe {
             ino: meta.ino(),
             write,
             buffered,
+            packets,
             capacity,
             // Whether it is reconnected or replaced is decided at restore, with every image of
             // the host at hand.

@@ -15,5 +15,6 @@ pub fn link(images: &mut [&mut ProcessImage], job: &HashMap<u64, u8>) -> Vec<Str
     super::pty::outside_masters(images);
     let mut refused = super::shared_memory::link(images);
     refused.extend(super::tree::check(images));
+    refused.extend(super::objects::outside_processes(images));
     refused
 }

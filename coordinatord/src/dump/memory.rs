@@ -80,6 +80,13 @@ fn classify(
         };
         return Ok((kind, Select::None));
     }
+    if name.starts_with("/[aio]") {
+        // The context's id is the ring's address and the kernel cannot make one at a given
+        // address: io_submit would fail with EINVAL after a restore.
+        return Err(unsupported(
+            "it is the ring of an AIO context (io_setup), which ckpt cannot make again; io_destroy it first",
+        ));
+    }
     let deleted = name.ends_with(" (deleted)");
     if e.shared {
         let in_dev = name.starts_with("/dev/") && !name.starts_with("/dev/shm/");

@@ -90,3 +90,31 @@ pub fn link_files(images: &mut [&mut ProcessImage]) {
         }
     }
 }
+
+/// Pidfds and `/proc/PID/…` files of processes outside the checkpoint, refused: after a
+/// restore their pid could name another process, and ckpt cannot tell (those of a process of
+/// the checkpoint, or of a thread or zombie of one, are opened again on the same pid).
+pub fn outside_processes(images: &[&mut ProcessImage]) -> Vec<String> {
+    let within = |pid: i32| {
+        images.iter().any(|i| {
+            i.pid == pid || i.threads.iter().any(|t| t.tid == pid) || i.tree.zombies.iter().any(|z| z.pid == pid)
+        })
+    };
+    let mut out = Vec::new();
+    for img in images {
+        for f in &img.fds {
+            let FdKind::Object { obj, .. } = &f.kind else { continue };
+            if let Some(pid) = ckpt_kinds::names_process(obj).filter(|p| !within(*p)) {
+                out.push(format!(
+                    "process {}: fd {} ({}) names process {pid}, which is not in the checkpoint \
+                     (after a restore that pid could name another process); close it or \
+                     checkpoint both together",
+                    img.pid,
+                    f.fd,
+                    obj.describe()
+                ));
+            }
+        }
+    }
+    out
+}

@@ -4,7 +4,8 @@
 //! nginx's master and workers), the mappings get one identity here, so that restore makes the
 //! memory once and each holder maps it again, shared as it was. A deleted file that is also
 //! held through an fd (Python's multiprocessing heap) is linked the same way, even with one
-//! holder: restore maps the file re-created for the fd, so both stay one file.
+//! holder: restore maps the file re-created for the fd, so both stay one file. So is a memfd
+//! held through an fd.
 //!
 //! SysV segments are not among them: they are the host's objects (see `dump::sysv`).
 
@@ -35,6 +36,10 @@ pub fn link(images: &mut [&mut ProcessImage]) -> Vec<String> {
         .filter_map(|f| match &f.kind {
             FdKind::Object {
                 obj: ckpt_kinds::Object::Deleted(r),
+                ..
+            } => Some((r.dev, r.ino)),
+            FdKind::Object {
+                obj: ckpt_kinds::Object::Memfd(r),
                 ..
             } => Some((r.dev, r.ino)),
             _ => None,

@@ -170,19 +170,19 @@ fn peek_queue(fd: RawFd) -> std::io::Result<Vec<u8>> {
 
 /// A pipe end's capacity, and for a read end the bytes buffered in it, copied so the program
 /// still reads them.
-pub fn pipe_state(pid: i32, fd: RawFd, read_end: bool) -> std::io::Result<(u32, Vec<u8>)> {
+pub fn pipe_state(pid: i32, fd: RawFd, read_end: bool) -> std::io::Result<(u32, Vec<u8>, Vec<u32>)> {
     let end = grab(pid, fd)?;
     // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
     let capacity = unsafe { libc::fcntl(end.as_raw_fd(), libc::F_GETPIPE_SZ) };
     if capacity < 0 {
         return Err(std::io::Error::last_os_error());
     }
-    let buffered = if read_end {
-        ckpt_kinds::fifo::peek_pipe(end.as_raw_fd())?
+    let (buffered, packets) = if read_end {
+        ckpt_kinds::fifo::peek_pipe_packets(end.as_raw_fd())?
     } else {
-        Vec::new()
+        Default::default()
     };
-    Ok((capacity as u32, buffered))
+    Ok((capacity as u32, buffered, packets))
 }
 
 /// Addresses and byte counts of a TCP connection fd, without touching its queues.

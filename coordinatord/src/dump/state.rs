@@ -135,13 +135,15 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         what: "status".into(),
         source,
     })?;
+    let (cwd, cwd_removed) = working_dir(pid)?;
     Ok(ProcessImage {
         pid,
         tree: super::tree::read(pid)?,
         exe: fixed.exe,
         args: fixed.args,
         comm: threads[0].comm.clone(),
-        cwd: procfs::readlink(&format!("/proc/{pid}/cwd")).map_err(perr)?,
+        cwd,
+        cwd_removed,
         root: root(pid)?,
         umask: st.umask,
         personality: fixed.personality,
@@ -219,6 +221,18 @@ fn posix_timers(pid: i32, slots: &ProcSlot) -> Result<Vec<ckpt_kinds::posix_time
             })
         })
         .collect()
+}
+
+/// The working directory, and what it was when it was removed (it is made again then).
+fn working_dir(pid: i32) -> Result<(String, Option<ckpt_kinds::deleted_dir::Record>), DumpError> {
+    let link = format!("/proc/{pid}/cwd");
+    let cwd = procfs::readlink(&link).map_err(|e| DumpError::Proc(e, pid))?;
+    if !cwd.ends_with(" (deleted)") {
+        return Ok((cwd, None));
+    }
+    let meta = std::fs::metadata(&link).map_err(super::io_err(pid, "its removed working directory"))?;
+    let rec = ckpt_kinds::deleted_dir::of(&cwd, &meta, 0);
+    Ok((cwd, Some(rec)))
 }
 
 /// The process's root directory (`chroot`); one that was removed cannot be entered again.

@@ -7,9 +7,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// One pipe: its ends (pid, fd, is the write end), the bytes a read end saw buffered, its
-/// capacity.
-type Pipe<'a> = (Vec<(i32, i32, bool)>, Option<&'a [u8]>, u32);
+/// One pipe: its ends (pid, fd, is the write end), the bytes a read end saw buffered with the
+/// packets they make (empty for a stream), its capacity.
+type Pipe<'a> = (Vec<(i32, i32, bool)>, Option<(&'a [u8], &'a [u32])>, u32);
 
 /// Every pipe end of the images, by (pid, fd number). `stdio` is the restoring `ckptctl`'s.
 pub fn make_pipes(images: &[&ProcessImage], stdio_fds: &[OwnedFd]) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
@@ -22,6 +22,7 @@ pub fn make_pipes(images: &[&ProcessImage], stdio_fds: &[OwnedFd]) -> anyhow::Re
                 ino,
                 write,
                 buffered,
+                packets,
                 capacity,
                 stdio,
             } = &f.kind
@@ -39,7 +40,7 @@ pub fn make_pipes(images: &[&ProcessImage], stdio_fds: &[OwnedFd]) -> anyhow::Re
                 e.0.push((img.pid, f.fd, *write));
                 e.2 = *capacity;
                 if !write && e.1.is_none() {
-                    e.1 = Some(buffered);
+                    e.1 = Some((buffered.as_slice(), packets.as_slice()));
                 }
             }
         }
@@ -53,8 +54,8 @@ pub fn make_pipes(images: &[&ProcessImage], stdio_fds: &[OwnedFd]) -> anyhow::Re
             return Err(std::io::Error::last_os_error())
                 .with_context(|| format!("giving a re-created pipe its capacity of {capacity} bytes"));
         }
-        if let Some(b) = buffered.filter(|b| !b.is_empty()) {
-            std::fs::File::from(w.try_clone()?).write_all(b)?;
+        if let Some((b, packets)) = buffered.filter(|(b, _)| !b.is_empty()) {
+            refill(&w, b, packets)?;
         }
         // An end nobody in the checkpoint holds is closed: its peer sees EOF or EPIPE.
         for (pid, fd, write) in ends {
@@ -63,6 +64,33 @@ pub fn make_pipes(images: &[&ProcessImage], stdio_fds: &[OwnedFd]) -> anyhow::Re
         }
     }
     Ok(out)
+}
+
+/// Writes the bytes a pipe held back into it: as they were read, one write per packet in
+/// packet mode (each is then one read again), else as one stream. The restorer sets the
+/// program's own flags on its ends afterwards.
+fn refill(w: &OwnedFd, bytes: &[u8], packets: &[u32]) -> anyhow::Result<()> {
+    let mut file = std::fs::File::from(w.try_clone()?);
+    if packets.is_empty() {
+        return Ok(file.write_all(bytes)?);
+    }
+    // SAFETY: F_SETFL on our own pipe's write end.
+    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, libc::O_DIRECT) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("putting a re-created pipe in packet mode");
+    }
+    let mut at = 0usize;
+    for &len in packets {
+        let Some(packet) = bytes.get(at..at + len as usize) else {
+            anyhow::bail!("a pipe's packets are longer than its {} bytes", bytes.len());
+        };
+        // One write is one packet: a short write would split it.
+        let n = file.write(packet)?;
+        if n != packet.len() {
+            anyhow::bail!("a packet of {} bytes went into a re-created pipe as {n}", packet.len());
+        }
+        at += len as usize;
+    }
+    Ok(())
 }
 
 /// A copy of the restoring `ckptctl`'s stdio `n`, for an end kept above fd 2 (`/dev/null`

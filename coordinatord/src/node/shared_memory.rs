@@ -17,6 +17,9 @@ pub fn make(
     objects: &HashMap<(i32, i32), OwnedFd>,
 ) -> anyhow::Result<HashMap<(i32, i32), OwnedFd>> {
     let mut made: HashMap<u64, std::fs::File> = HashMap::new();
+    // Memory whose content came whole with the fd's record (a memfd, whose seals may forbid
+    // writing it now): its holders' pages are not written again.
+    let mut complete: std::collections::HashSet<u64> = std::collections::HashSet::new();
     let mut out = HashMap::new();
     for p in planned {
         let img = p.image();
@@ -28,8 +31,11 @@ pub fn make(
             let file = match made.entry(ident) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                 std::collections::hash_map::Entry::Vacant(e) if held.is_some() => {
-                    let file = held_file(planned, objects, held)
+                    let (file, whole) = held_file(planned, objects, held)
                         .with_context(|| format!("process {}: the deleted file mapped at {:#x}", img.pid, m.start))?;
+                    if whole {
+                        complete.insert(ident);
+                    }
                     e.insert(file)
                 }
                 std::collections::hash_map::Entry::Vacant(e) => {
@@ -51,7 +57,12 @@ pub fn make(
             let size = file.metadata()?.len();
             // Every holder stored the pages it saw at the same instant: the same bytes.
             let mut buf = Vec::new();
-            for r in &m.pages {
+            let pages = if complete.contains(&ident) {
+                &[][..]
+            } else {
+                &m.pages[..]
+            };
+            for r in pages {
                 let i = r.store as usize;
                 if readers.len() <= i {
                     readers.resize_with(i + 1, || None);
@@ -83,28 +94,42 @@ pub fn make(
     Ok(out)
 }
 
-/// The deleted file `held` (device, inode) as re-created for an fd of one of `planned`, opened
-/// again read-write (the fd's own description may be read-only).
+/// The deleted file or memfd `held` (device, inode) as re-created for an fd of one of
+/// `planned`, opened again read-write (the fd's own description may be read-only; a sealed
+/// memfd read-only), and whether its content is already whole (a memfd's).
 fn held_file(
     planned: &[Planned],
     objects: &HashMap<(i32, i32), OwnedFd>,
     held: Option<(u64, u64)>,
-) -> anyhow::Result<std::fs::File> {
-    let fd = planned
+) -> anyhow::Result<(std::fs::File, bool)> {
+    let (fd, memfd) = planned
         .iter()
         .flat_map(|p| p.image().fds.iter().map(move |f| (p.image().pid, f)))
-        .find_map(|(pid, f)| match &f.kind {
-            FdKind::Object {
-                obj: ckpt_kinds::Object::Deleted(r),
-                ..
-            } if Some((r.dev, r.ino)) == held => objects.get(&(pid, f.dup_of.unwrap_or(f.fd))),
-            _ => None,
+        .find_map(|(pid, f)| {
+            let fd = || objects.get(&(pid, f.dup_of.unwrap_or(f.fd)));
+            match &f.kind {
+                FdKind::Object {
+                    obj: ckpt_kinds::Object::Deleted(r),
+                    ..
+                } if Some((r.dev, r.ino)) == held => fd().map(|fd| (fd, false)),
+                FdKind::Object {
+                    obj: ckpt_kinds::Object::Memfd(r),
+                    ..
+                } if Some((r.dev, r.ino)) == held => fd().map(|fd| (fd, true)),
+                _ => None,
+            }
         })
         .context("no fd of the checkpoint holds it any more")?;
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(&path)
-        .context("opening it again")
+        .or_else(|e| match e.raw_os_error() {
+            // Sealed against writing: mapped read-only by its holders.
+            Some(libc::EPERM) if memfd => std::fs::File::open(&path),
+            _ => Err(e),
+        })
+        .context("opening it again")?;
+    Ok((file, memfd))
 }

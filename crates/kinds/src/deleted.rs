@@ -103,13 +103,13 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
     })
 }
 
-enum Read {
+pub(crate) enum Read {
     Io(std::io::Error),
     TooBig(u64),
 }
 
 /// The data ranges (`SEEK_DATA`/`SEEK_HOLE`) of the file, in compressed chunks.
-fn read_chunks(fd: RawFd, size: u64, path: &str) -> Result<Vec<Chunk>, Read> {
+pub(crate) fn read_chunks(fd: RawFd, size: u64, path: &str) -> Result<Vec<Chunk>, Read> {
     let mut chunks = Vec::new();
     let mut stored = 0u64;
     let mut at = 0u64;
@@ -238,7 +238,7 @@ fn named(dir: &str, name: &str, try_original: bool) -> std::io::Result<OwnedFd> 
     )
 }
 
-fn write_all_at(fd: RawFd, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
+pub(crate) fn write_all_at(fd: RawFd, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: pwrite from a buffer we own, of its length.
         let n = check(unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), off as i64) } as i64)?;

@@ -52,7 +52,16 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
     // SAFETY: F_GETPIPE_SZ on a FIFO we hold.
     let pipe_size =
         check(unsafe { libc::fcntl(rd, libc::F_GETPIPE_SZ) } as i64).map_err(KindError::read(what()))? as i32;
-    let buffered = peek_pipe(rd).map_err(KindError::read(what()))?;
+    let (buffered, packets) = peek_pipe_packets(rd).map_err(KindError::read(what()))?;
+    if !packets.is_empty() {
+        return Err(KindError::Refused(format!(
+            "named FIFO {} (fd {}) holds {} packets written in packet mode (O_DIRECT), which ckpt \
+             keeps for anonymous pipes only; let the reader drain it first",
+            src.link,
+            src.fd,
+            packets.len()
+        )));
+    }
     Ok(Record {
         path: src.link.to_string(),
         dev: src.meta.dev(),
@@ -66,12 +75,17 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
 /// The bytes waiting in a pipe (a FIFO or an anonymous one), copied with `tee`: nothing is
 /// consumed. `tee` copies whole pipe buffers, one per slot of the scratch pipe, and a pipe may
 /// hold many small buffers: the scratch pipe gets as many slots as the source has.
-pub fn peek_pipe(rd: RawFd) -> std::io::Result<Vec<u8>> {
+///
+/// With the bytes, the packets they make when some were written in packet mode (`O_DIRECT`):
+/// `tee` keeps a buffer's packet mark, and a read stops at a packet's end, so reads as large
+/// as everything waiting return one packet each. Empty when one read returned it all (a plain
+/// stream).
+pub fn peek_pipe_packets(rd: RawFd) -> std::io::Result<(Vec<u8>, Vec<u32>)> {
     let mut n: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int.
     check(unsafe { libc::ioctl(rd, libc::FIONREAD, &mut n) } as i64)?;
     if n <= 0 {
-        return Ok(Vec::new());
+        return Ok(Default::default());
     }
     // SAFETY: F_GETPIPE_SZ only reads the pipe's capacity.
     let capacity = check(unsafe { libc::fcntl(rd, libc::F_GETPIPE_SZ) } as i64)?;
@@ -87,8 +101,19 @@ pub fn peek_pipe(rd: RawFd) -> std::io::Result<Vec<u8>> {
     // SAFETY: tee between two pipes we hold copies without consuming.
     let copied = check(unsafe { libc::tee(rd, tw.as_raw_fd(), n as usize, libc::SPLICE_F_NONBLOCK) } as i64)?;
     drop(tw);
-    let mut out = Vec::with_capacity(copied as usize);
-    std::io::Read::read_to_end(&mut std::fs::File::from(tr), &mut out)?;
+    let mut out = vec![0u8; copied as usize];
+    let mut packets = Vec::new();
+    let mut at = 0usize;
+    while at < out.len() {
+        // SAFETY: read into the rest of a buffer we own, of its length.
+        let got = check(unsafe { libc::read(tr.as_raw_fd(), out[at..].as_mut_ptr().cast(), out.len() - at) } as i64)?;
+        if got == 0 {
+            break;
+        }
+        packets.push(got as u32);
+        at += got as usize;
+    }
+    out.truncate(at);
     if out.len() != n as usize {
         // A partial copy is not the pipe's content.
         return Err(std::io::Error::other(format!(
@@ -96,7 +121,10 @@ pub fn peek_pipe(rd: RawFd) -> std::io::Result<Vec<u8>> {
             out.len()
         )));
     }
-    Ok(out)
+    if packets.len() == 1 {
+        packets.clear();
+    }
+    Ok((out, packets))
 }
 
 /// The FIFOs opened so far (by inode at the checkpoint), each held open for reading and

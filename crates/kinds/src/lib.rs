@@ -14,16 +14,22 @@
 //! options live here, in [`inet`].
 
 pub mod deleted;
+pub mod deleted_dir;
 pub mod epoll;
 pub mod eventfd;
+pub mod fanotify;
 pub mod fifo;
 pub mod inet;
 pub mod inotify;
 pub mod lock;
+pub mod memfd;
 pub mod mqueue;
 pub mod netlink;
+pub mod opath;
 pub mod packet;
+pub mod pidfd;
 pub mod posix_timer;
+pub mod procfile;
 pub mod pty;
 mod reopen;
 pub mod signalfd;
@@ -88,6 +94,12 @@ pub enum Object {
     Pty(pty::Record),
     Netlink(netlink::Record),
     Packet(packet::Record),
+    Path(opath::Record),
+    PidFd(pidfd::Record),
+    Proc(procfile::Record),
+    Memfd(memfd::Record),
+    DeletedDir(deleted_dir::Record),
+    Fanotify(fanotify::Record),
 }
 
 impl Object {
@@ -106,6 +118,12 @@ impl Object {
             Object::Pty(r) => pty::describe(r),
             Object::Netlink(r) => netlink::describe(r),
             Object::Packet(r) => packet::describe(r),
+            Object::Path(r) => opath::describe(r),
+            Object::PidFd(r) => pidfd::describe(r),
+            Object::Proc(r) => procfile::describe(r),
+            Object::Memfd(r) => memfd::describe(r),
+            Object::DeletedDir(r) => deleted_dir::describe(r),
+            Object::Fanotify(r) => fanotify::describe(r),
         }
     }
 }
@@ -120,7 +138,13 @@ pub fn capture(src: &Source) -> Option<Result<Object, KindError>> {
         Some("signalfd") => signalfd::capture(src).map(Object::SignalFd),
         Some("inotify") => inotify::capture(src).map(Object::Inotify),
         Some("eventpoll") => epoll::capture(src).map(Object::Epoll),
+        Some("pidfd") => pidfd::capture(src).map(Object::PidFd),
+        Some("fanotify") => fanotify::capture(src).map(Object::Fanotify),
         Some(other) => Err(KindError::Unsupported(unsupported_anon(other))),
+        None if opath::claims(src) => opath::capture(src).map(Object::Path),
+        None if procfile::claims(src) => procfile::capture(src).map(Object::Proc),
+        None if memfd::claims(src) => memfd::capture(src).map(Object::Memfd),
+        None if deleted_dir::claims(src) => deleted_dir::capture(src).map(Object::DeletedDir),
         None if deleted::claims(src) => deleted::capture(src).map(Object::Deleted),
         None if fifo::claims(src) => fifo::capture(src).map(Object::Fifo),
         None if mqueue::claims(src) => mqueue::capture(src).map(Object::MQueue),
@@ -153,6 +177,8 @@ pub struct Restore {
     mqueue: mqueue::Made,
     unix: unix::Restore,
     pty: pty::Made,
+    memfd: memfd::Made,
+    deleted_dir: deleted_dir::Made,
 }
 
 impl Restore {
@@ -172,6 +198,12 @@ impl Restore {
             Object::Pty(r) => pty::recreate(r, &mut self.pty),
             Object::Netlink(r) => netlink::recreate(r),
             Object::Packet(r) => packet::recreate(r),
+            Object::Path(r) => opath::recreate(r),
+            Object::PidFd(r) => pidfd::recreate(r),
+            Object::Proc(r) => procfile::recreate(r),
+            Object::Memfd(r) => memfd::recreate(r, &mut self.memfd),
+            Object::DeletedDir(r) => deleted_dir::recreate(r, &mut self.deleted_dir),
+            Object::Fanotify(r) => fanotify::recreate(r),
         }
     }
 
@@ -202,5 +234,57 @@ pub fn after_placed(fd: RawFd, obj: &Object, owner: bool) -> Result<(), KindErro
         Object::Pty(_) => Ok(()),
         Object::Netlink(_) => Ok(()),
         Object::Packet(_) => Ok(()),
+        Object::Path(_) => Ok(()),
+        // Opened once every process of the restore exists (`pidfd::open_again`).
+        Object::PidFd(_) => Ok(()),
+        Object::Proc(_) => Ok(()),
+        Object::Memfd(_) => Ok(()),
+        Object::DeletedDir(_) => Ok(()),
+        Object::Fanotify(_) => Ok(()),
+    }
+}
+
+/// When a restored process's objects that name processes (pidfds, `/proc/PID/…` files,
+/// placeholders until then) are opened: `Early` once its fds are in place (its children are
+/// forked by then, so an epoll can watch a pidfd of one; `/proc` files of its own only),
+/// `Late` once every process of the
+/// restore exists and is built (zombies, siblings), for those not opened yet. `Late` also
+/// reads away, in a fanotify group's first holder, the events the restore itself raised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    Early,
+    Late,
+}
+
+/// Puts an object that names a process at its number (true), or leaves it (false): not of
+/// such a kind, or, early, its process does not exist yet.
+pub fn open_named(fd: RawFd, obj: &Object, cloexec: bool, owner: bool, when: When) -> Result<bool, KindError> {
+    let r = match obj {
+        Object::PidFd(r) => pidfd::open_again(fd, r, cloexec).map(|_| true),
+        // Early, only the process's own: another's `/proc/PID/mem` opened while that restorer
+        // is still being exec'd would name the memory it leaves.
+        // SAFETY: getpid has no preconditions.
+        Object::Proc(r) if when == When::Early && r.pid != unsafe { libc::getpid() } => Ok(false),
+        Object::Proc(r) => procfile::open_again(fd, r, cloexec).map(|_| true),
+        Object::Fanotify(_) if owner && when == When::Late => fanotify::drain(fd).map(|_| false),
+        _ => Ok(false),
+    };
+    match r {
+        Err(KindError::Recreate { source, .. })
+            if when == When::Early && matches!(source.raw_os_error(), Some(libc::ESRCH) | Some(libc::ENOENT)) =>
+        {
+            Ok(false)
+        }
+        r => r,
+    }
+}
+
+/// The process an object names, when it must be one of the checkpoint's (its pid could name
+/// another process after a restore).
+pub fn names_process(obj: &Object) -> Option<i32> {
+    match obj {
+        Object::PidFd(r) => Some(r.pid),
+        Object::Proc(r) => Some(r.pid),
+        _ => None,
     }
 }

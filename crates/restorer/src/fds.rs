@@ -185,6 +185,63 @@ pub fn after_placed(img: &ProcessImage) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Puts the objects that name processes (pidfds, `/proc/PID/…` files; placeholders until
+/// then) at their numbers, and an fd sharing a description with one gets a duplicate of it
+/// again: early, those whose process exists already; late, once every process of the restore
+/// exists, zombies included, the rest (then also clearing the events the restore raised in
+/// fanotify groups). Returns the fds placed.
+pub fn open_named(img: &ProcessImage, when: ckpt_kinds::When, done: &[i32]) -> anyhow::Result<Vec<i32>> {
+    let mut placed = Vec::new();
+    for f in img.fds.iter().filter(|f| f.dup_of.is_none() && !done.contains(&f.fd)) {
+        if let FdKind::Object { obj, owner, .. } = &f.kind {
+            if ckpt_kinds::open_named(f.fd, obj, f.cloexec, *owner, when)
+                .with_context(|| format!("fd {} ({})", f.fd, obj.describe()))?
+            {
+                placed.push(f.fd);
+            }
+        }
+    }
+    for f in img.fds.iter().filter(|f| f.dup_of.is_some_and(|d| placed.contains(&d))) {
+        let flags = if f.cloexec { libc::O_CLOEXEC } else { 0 };
+        // SAFETY: dup3 between two of the program's fds.
+        if unsafe { libc::dup3(f.dup_of.unwrap_or(f.fd), f.fd, flags) } < 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("placing fd {}", f.fd));
+        }
+    }
+    Ok(placed)
+}
+
+/// Enters the program's working directory. One that was removed is made again and removed:
+/// the directory of an fd of the process on the same one, else one of its own.
+pub fn enter_working_dir(img: &ProcessImage) -> anyhow::Result<()> {
+    let Some(rec) = &img.cwd_removed else {
+        return std::env::set_current_dir(&img.cwd)
+            .with_context(|| format!("cannot enter the working directory {}", img.cwd));
+    };
+    let held = img.fds.iter().find_map(|f| match &f.kind {
+        FdKind::Object {
+            obj: ckpt_kinds::Object::DeletedDir(r),
+            ..
+        } if (r.dev, r.ino) == (rec.dev, rec.ino) => Some(f.fd),
+        _ => None,
+    });
+    let made;
+    let fd = match held {
+        Some(fd) => fd,
+        None => {
+            made = ckpt_kinds::deleted_dir::make(rec)
+                .with_context(|| format!("cannot make the removed working directory {} again", rec.path))?;
+            std::os::fd::AsRawFd::as_raw_fd(&made)
+        }
+    };
+    // SAFETY: fchdir to a directory fd we hold.
+    if unsafe { libc::fchdir(fd) } < 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot enter the removed working directory {}", rec.path));
+    }
+    Ok(())
+}
+
 fn reopen(f: &FdImage, path: &str) -> anyhow::Result<Option<RawFd>> {
     if f.dup_of.is_some() {
         return Ok(None);

@@ -155,11 +155,12 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         .map(|t| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(t), base))
         .transpose()?;
     fds::place_fds(&img, control, &sockets, tracker)?;
+    let named = fds::open_named(&img, ckpt_kinds::When::Early, &[])?;
     fds::after_placed(&img)?;
     fds::take_locks(&img)?;
     attrs::check(&img)?;
     attrs::process_now(&img)?;
-    std::env::set_current_dir(&img.cwd).with_context(|| format!("cannot enter the working directory {}", img.cwd))?;
+    fds::enter_working_dir(&img)?;
     // SAFETY: umask has no preconditions.
     unsafe { libc::umask(img.umask) };
 
@@ -192,7 +193,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let plan = plan::build(&img, &current, region, &working, &mine, tracker.is_some())?;
     // Groups and terminals once every process of the host exists; then, with all of them
     // built, every one becomes its program.
-    tree::finish(control, &img)?;
+    tree::finish(control, &img, &named)?;
     // Last: nothing after it opens a path (the working directory was entered above and stays).
     if img.root != "/" {
         std::os::unix::fs::chroot(&img.root)

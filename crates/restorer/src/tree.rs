@@ -71,13 +71,18 @@ fn fork(pid: i32, opts: Options, prog: &str, argv: &[String], envp: &[String], f
 
 /// Says the program is built, then makes zombies, joins the group and takes the terminal as
 /// ckptd asks, until it says go.
-pub fn finish(control: RawFd, img: &ckpt_format::ProcessImage) -> anyhow::Result<()> {
+/// `named` are the fds naming processes opened already (see `fds::open_named`).
+pub fn finish(control: RawFd, img: &ckpt_format::ProcessImage, named: &[i32]) -> anyhow::Result<()> {
     let s = stream(control);
     answer(&s, &Ok(()))?;
     loop {
         let (step, _fds): (TreeStep, Vec<OwnedFd>) = ckpt_proto::recv(&s).context("waiting for ckptd")?;
         let r = match step {
-            TreeStep::Go => return death_signal(img),
+            TreeStep::Go => {
+                // Every process of the restore exists now: pidfds and /proc files can name them.
+                crate::fds::open_named(img, ckpt_kinds::When::Late, named)?;
+                return death_signal(img);
+            }
             TreeStep::Zombie {
                 pid,
                 comm,
