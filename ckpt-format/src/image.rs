@@ -1,7 +1,6 @@
 //! The metadata record of one process: everything but the page contents.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
 
 /// One process as it was at the checkpoint instant.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -400,7 +399,7 @@ pub enum FdKind {
     /// An end of a pipe. Ends with the same `ino` are one pipe. A read end carries the bytes
     /// that were buffered in the pipe. At restore the pipe is made anew; an end whose other end
     /// is not in the checkpoint comes back with that end closed (EOF or EPIPE), except a stdio
-    /// end (see [`StdioPeers`]).
+    /// end (see [`crate::StdioPeers`]).
     Pipe {
         ino: u64,
         write: bool,
@@ -438,7 +437,7 @@ pub enum FdKind {
         /// A Unix socket at fd 0-2 (or an fd sharing its description), or the one the job was
         /// started with on stdio kept at another number: made again only when its peer is in
         /// the checkpoint, else replaced by that stdio of the `ckptctl restore` (see
-        /// [`StdioPeers`]).
+        /// [`crate::StdioPeers`]).
         stdio: Option<u8>,
     },
 }
@@ -538,7 +537,7 @@ impl FdKind {
     }
 
     /// A pipe or Unix socket end that is one of the job's stdio: reconnected or replaced at
-    /// restore (see [`StdioPeers`]).
+    /// restore (see [`crate::StdioPeers`]).
     pub fn is_stdio_end(&self) -> bool {
         self.stdio_of().is_some()
     }
@@ -554,70 +553,6 @@ impl FdKind {
     /// Kinds that ckptd re-creates and hands to the restorer.
     pub fn is_handed(&self) -> bool {
         self.is_socket() || matches!(self, FdKind::Pipe { .. } | FdKind::Object { .. })
-    }
-}
-
-/// Which stdio ends of one host's images are reconnected at restore: an end of a pipe that has
-/// both a read and a write end among the images, a Unix socket whose peer is among them. Any
-/// other stdio end (its other end was outside the checkpoint: the user's shell, a test harness)
-/// is replaced by the stdio of the `ckptctl restore`. Pipe and socket numbers are per host:
-/// made from one host's images.
-pub struct StdioPeers {
-    pipes: HashSet<u64>,
-    unix: HashSet<u64>,
-}
-
-impl StdioPeers {
-    pub fn new<'a>(images: impl IntoIterator<Item = &'a ProcessImage>) -> Self {
-        let mut ends: HashMap<u64, (bool, bool)> = HashMap::new();
-        let mut unix = HashSet::new();
-        for f in images.into_iter().flat_map(|i| i.fds.iter()) {
-            match &f.kind {
-                FdKind::Pipe { ino, write, .. } => {
-                    let e = ends.entry(*ino).or_default();
-                    if *write {
-                        e.1 = true;
-                    } else {
-                        e.0 = true;
-                    }
-                }
-                FdKind::Object {
-                    obj: ckpt_kinds::Object::Unix(r),
-                    ..
-                } => {
-                    unix.insert(r.ino);
-                }
-                _ => {}
-            }
-        }
-        let pipes = ends
-            .into_iter()
-            .filter(|(_, (r, w))| *r && *w)
-            .map(|(ino, _)| ino)
-            .collect();
-        StdioPeers { pipes, unix }
-    }
-
-    /// Whether `kind`, a stdio end, comes back connected to its other end (false for any
-    /// other kind).
-    pub fn reconnected(&self, kind: &FdKind) -> bool {
-        match kind {
-            FdKind::Pipe {
-                ino, stdio: Some(_), ..
-            } => self.pipes.contains(ino),
-            FdKind::Object {
-                obj: ckpt_kinds::Object::Unix(r),
-                stdio: Some(_),
-                ..
-            } => ckpt_kinds::unix::peer_within(r, &self.unix),
-            _ => false,
-        }
-    }
-
-    /// Whether `kind` is a stdio end whose other end was outside the checkpoint: it becomes
-    /// the stdio of the `ckptctl restore`.
-    pub fn to_ckptctl(&self, kind: &FdKind) -> bool {
-        kind.is_stdio_end() && !self.reconnected(kind)
     }
 }
 

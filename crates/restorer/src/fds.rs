@@ -407,3 +407,21 @@ pub fn unpack_compressed(
     }
     Ok(Some(file.into_raw_fd()))
 }
+
+/// POSIX locks and leases, taken once the restorer's own fds are closed: closing any fd of a
+/// file drops the process's POSIX locks on it, and opening one breaks a lease. A lock another
+/// program took in the meantime fails the restore here (the restorer tested each beforehand,
+/// to name the holder).
+pub(crate) fn locks_after_close(p: &mut crate::plan::Plan, img: &ProcessImage) {
+    for f in &img.fds {
+        for l in &f.locks {
+            if let Some(bytes) = ckpt_kinds::lock::posix_setlk(l) {
+                let addr = p.put(&bytes);
+                p.sys(libc::SYS_fcntl, &[f.fd as u64, libc::F_SETLK as u64, addr], 0);
+            }
+            if let Some(arg) = ckpt_kinds::lock::lease_arg(l) {
+                p.sys(libc::SYS_fcntl, &[f.fd as u64, libc::F_SETLEASE as u64, arg], 0);
+            }
+        }
+    }
+}

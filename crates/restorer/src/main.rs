@@ -10,6 +10,7 @@ mod blob;
 mod creds;
 mod fds;
 mod plan;
+mod signals;
 mod tree;
 
 use anyhow::{bail, Context};

@@ -358,7 +358,7 @@ pub fn build(
             p.sys(libc::SYS_close, &[fd as u64], IGNORE_ERROR);
         }
     }
-    locks_after_close(&mut p, img);
+    crate::fds::locks_after_close(&mut p, img);
     for r in &img.rlimits {
         let addr = p.put_u64s(&[r.cur, r.max]);
         p.sys(libc::SYS_prlimit64, &[0, r.resource as u64, addr, 0], IGNORE_ERROR);
@@ -416,7 +416,7 @@ pub fn build(
     // The other threads wait until the timers exist: a program thread must not see a timer id
     // missing, nor create a timer of its own while ids are being chosen (a process-wide mode).
     let timers_made = (!img.posix_timers.is_empty()).then(|| p.put(&0u64.to_le_bytes()));
-    posix_timers(&mut p, img);
+    crate::signals::posix_timers(&mut p, img);
     if let Some(word) = timers_made {
         p.ops.push(Op {
             kind: POKE,
@@ -438,11 +438,15 @@ pub fn build(
     // The process's own queue, by its main thread (rt_sigqueueinfo takes any si_code from a
     // thread whose tid is the target pid); signals without a queued siginfo are sent again.
     let pid = img.pid as u64;
-    for q in img.shared_queue.iter().filter(|q| !raised_by_timer(img, None, &q.info)) {
-        let (sig, info) = place_queued(&mut p, q)?;
+    for q in img
+        .shared_queue
+        .iter()
+        .filter(|q| !crate::signals::raised_by_timer(img, None, &q.info))
+    {
+        let (sig, info) = crate::signals::place_queued(&mut p, q)?;
         p.sys(libc::SYS_rt_sigqueueinfo, &[pid, sig, info], 0);
     }
-    for sig in unqueued(img.shared_pending, &img.shared_queue) {
+    for sig in crate::signals::unqueued(img.shared_pending, &img.shared_queue) {
         p.sys(libc::SYS_kill, &[pid, sig], IGNORE_ERROR);
     }
     p.sys(libc::SYS_close, &[fds.status as u64], IGNORE_ERROR);
@@ -494,24 +498,6 @@ fn track(p: &mut Plan, img: &ProcessImage) {
     }
 }
 
-/// POSIX locks and leases, taken once the restorer's own fds are closed: closing any fd of a
-/// file drops the process's POSIX locks on it, and opening one breaks a lease. A lock another
-/// program took in the meantime fails the restore here (the restorer tested each beforehand,
-/// to name the holder).
-fn locks_after_close(p: &mut Plan, img: &ProcessImage) {
-    for f in &img.fds {
-        for l in &f.locks {
-            if let Some(bytes) = ckpt_kinds::lock::posix_setlk(l) {
-                let addr = p.put(&bytes);
-                p.sys(libc::SYS_fcntl, &[f.fd as u64, libc::F_SETLK as u64, addr], 0);
-            }
-            if let Some(arg) = ckpt_kinds::lock::lease_arg(l) {
-                p.sys(libc::SYS_fcntl, &[f.fd as u64, libc::F_SETLEASE as u64, arg], 0);
-            }
-        }
-    }
-}
-
 /// Each SysV attachment is made again with `shmat` at its address (ckptd made the segments
 /// before the restorer started), read-only if it was: a real attachment, which `shmdt` and
 /// `shm_nattch` know. An attach covers the whole segment: the parts the program had unmapped
@@ -558,92 +544,6 @@ fn sysv_attaches(p: &mut Plan, img: &ProcessImage) {
     }
 }
 
-/// POSIX timers, made again with their ids once every thread exists (a timer may signal one),
-/// armed with the time they had left. Their signals wait in the pending set until each thread's
-/// own mask is back.
-fn posix_timers(p: &mut Plan, img: &ProcessImage) {
-    use ckpt_kinds::posix_timer::{sigevent, PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, RESTORE_IDS_ON};
-    if img.posix_timers.is_empty() {
-        return;
-    }
-    p.sys(
-        libc::SYS_prctl,
-        &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_ON, 0, 0, 0],
-        0,
-    );
-    let mut wait = false;
-    for t in &img.posix_timers {
-        let sev = p.put(&sigevent(t));
-        // timer_create reads the wanted id from where it writes the id it gives.
-        let id = p.put(&(t.id as i64).to_le_bytes());
-        p.sys(libc::SYS_timer_create, &[t.clock as u64, sev, id], 0);
-        // A timer whose own signal is pending fires at once: its signal is the kernel's
-        // again, queued once, and rearms a periodic timer when taken (see `timer_signal`).
-        let pending = timer_signal(img, t).is_some();
-        let value = if pending { 1 } else { t.value_ns };
-        if value != 0 {
-            let ns = |v: u64| [v / 1_000_000_000, v % 1_000_000_000];
-            let [isec, insec] = ns(t.interval_ns);
-            let [vsec, vnsec] = ns(value);
-            let its = p.put_u64s(&[isec, insec, vsec, vnsec]);
-            p.sys(libc::SYS_timer_settime, &[t.id as u64, 0, its, 0], 0);
-        }
-        // A CPU-time clock (negative ids, and the two of the calling process and thread)
-        // fires only as CPU time is used: at the program's first tick.
-        wait |= pending
-            && t.clock >= 0
-            && t.clock != libc::CLOCK_PROCESS_CPUTIME_ID
-            && t.clock != libc::CLOCK_THREAD_CPUTIME_ID;
-    }
-    if wait {
-        // The timers expire a nanosecond after being armed, in the timer interrupt: a
-        // millisecond is ample for their signals to be queued before any program code runs.
-        let ts = p.put_u64s(&[0, 1_000_000]);
-        p.sys(libc::SYS_nanosleep, &[ts, 0], IGNORE_ERROR);
-    }
-    p.sys(
-        libc::SYS_prctl,
-        &[PR_TIMER_CREATE_RESTORE_IDS, RESTORE_IDS_OFF, 0, 0, 0],
-        0,
-    );
-}
-
-/// The timer whose own signal `info` is, if any (`tid`: the queue's thread, `None` for the
-/// process's queue); `timer_signal`'s inverse.
-fn raised_by_timer(img: &ProcessImage, tid: Option<i32>, info: &[u8]) -> bool {
-    use ckpt_kinds::posix_timer::{is_own_signal, target};
-    img.posix_timers
-        .iter()
-        .any(|t| target(t) == tid && is_own_signal(t, info))
-}
-
-/// The entry of timer `t`'s own signal in its queue, if it is pending.
-fn timer_signal<'a>(img: &'a ProcessImage, t: &ckpt_kinds::posix_timer::Record) -> Option<&'a QueuedSignal> {
-    use ckpt_kinds::posix_timer::{is_own_signal, target};
-    let queue = match target(t) {
-        None => &img.shared_queue,
-        Some(tid) => &img.threads.iter().find(|x| x.tid == tid)?.queue,
-    };
-    queue.iter().find(|q| is_own_signal(t, &q.info))
-}
-
-/// Signals in `pending` none of `queue` is for, in increasing number.
-fn unqueued(pending: u64, queue: &[QueuedSignal]) -> impl Iterator<Item = u64> + '_ {
-    (1..=64u64).filter(move |&sig| pending & (1 << (sig - 1)) != 0 && !queue.iter().any(|q| q.signo() as u64 == sig))
-}
-
-/// Places a queued signal's siginfo in the data area: its number and address.
-fn place_queued(p: &mut Plan, q: &QueuedSignal) -> anyhow::Result<(u64, u64)> {
-    let sig = q.signo();
-    if q.info.len() != QueuedSignal::SIZE || !(1..=64).contains(&sig) {
-        bail!(
-            "the image holds a malformed pending signal (signal {sig}, {} bytes); it is damaged",
-            q.info.len()
-        );
-    }
-    Ok((sig as u64, p.put(&q.info)))
-}
-
 /// What each thread sets for itself before its sigreturn.
 fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage, mine: &Mine) -> anyhow::Result<()> {
     p.sys(libc::SYS_set_tid_address, &[t.clear_tid], 0);
@@ -678,11 +578,15 @@ fn thread_tail(p: &mut Plan, img: &ProcessImage, t: &ThreadImage, mine: &Mine) -
     // status fd, where a failure could not be reported. The kernel held these very signals
     // under the same limits at the checkpoint.
     let (pid, tid) = (img.pid as u64, t.tid as u64);
-    for q in t.queue.iter().filter(|q| !raised_by_timer(img, Some(t.tid), &q.info)) {
-        let (sig, info) = place_queued(p, q)?;
+    for q in t
+        .queue
+        .iter()
+        .filter(|q| !crate::signals::raised_by_timer(img, Some(t.tid), &q.info))
+    {
+        let (sig, info) = crate::signals::place_queued(p, q)?;
         p.sys(libc::SYS_rt_tgsigqueueinfo, &[pid, tid, sig, info], IGNORE_ERROR);
     }
-    for sig in unqueued(t.pending, &t.queue) {
+    for sig in crate::signals::unqueued(t.pending, &t.queue) {
         p.sys(libc::SYS_tgkill, &[pid, tid, sig], IGNORE_ERROR);
     }
     crate::attrs::thread_ops(p, t);
@@ -698,23 +602,4 @@ fn restore_nonce() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     (t ^ ((std::process::id() as u64) << 40)) | 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::unqueued;
-    use ckpt_format::QueuedSignal;
-
-    #[test]
-    fn only_signals_without_a_queued_siginfo_are_sent_again() {
-        let with = |sig: u8| {
-            let mut info = vec![0u8; QueuedSignal::SIZE];
-            info[0] = sig;
-            QueuedSignal { info }
-        };
-        let pending = (1u64 << 9) | (1 << 33) | (1 << 34);
-        let queue = [with(34), with(34)];
-        assert_eq!(unqueued(pending, &queue).collect::<Vec<_>>(), [10, 35]);
-        assert_eq!(unqueued(0, &queue).count(), 0);
-    }
 }
