@@ -54,6 +54,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let queued = img.shared_queue.len() + img.threads.iter().map(|t| t.queue.len()).sum::<usize>();
     let locks: usize = img.fds.iter().map(|f| f.locks.len()).sum();
     let tracked = img.mappings.iter().filter(|m| m.tracked).count();
+    let tracked_runs: usize = img.mappings.iter().filter(|m| m.tracked).map(|m| m.pages.len()).sum();
     let (attr_ops, attr_data) = crate::attrs::bounds(img);
     let ops = 512
         + current.len() * 2
@@ -67,7 +68,8 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + queued
         + locks
         + attr_ops
-        + tracked * 2;
+        + tracked
+        + tracked_runs;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
     let data = 64 * 1024
         + img.auxv.len()
@@ -78,7 +80,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + queued * (QueuedSignal::SIZE + 16)
         + locks * 48
         + attr_data
-        + tracked * 64;
+        + (tracked + tracked_runs) * 32;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -492,10 +494,34 @@ fn track(p: &mut Plan, img: &ProcessImage) {
         let (reg, arg) = ckpt_sys::uffd::register_wp_call(m.start, m.end - m.start);
         let arg = p.put(&arg);
         p.sys(libc::SYS_ioctl, &[fd, reg, arg], IGNORE_ERROR);
-        let (wp, arg) = ckpt_sys::uffd::write_protect_call(m.start, m.end - m.start);
-        let arg = p.put(&arg);
-        p.sys(libc::SYS_ioctl, &[fd, wp, arg], IGNORE_ERROR);
+        // Only where the restore put content: a page it never touched has no page-table entry
+        // and reads as not written until the program writes it, and protecting such pages
+        // would build page tables for all of a sparse reservation (2 TiB: 8 GiB of them).
+        for (s, e) in data_ranges(m) {
+            let (wp, arg) = ckpt_sys::uffd::write_protect_call(s, e - s);
+            let arg = p.put(&arg);
+            p.sys(libc::SYS_ioctl, &[fd, wp, arg], IGNORE_ERROR);
+        }
     }
+}
+
+/// The address ranges of `m` its page runs fill, clipped to it, sorted and merged.
+fn data_ranges(m: &ckpt_format::Mapping) -> Vec<(u64, u64)> {
+    let mut r: Vec<(u64, u64)> = m
+        .pages
+        .iter()
+        .map(|r| (r.addr.max(m.start), (r.addr + r.len).min(m.end)))
+        .filter(|(s, e)| s < e)
+        .collect();
+    r.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(r.len());
+    for (s, e) in r {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
 }
 
 /// Each SysV attachment is made again with `shmat` at its address (ckptd made the segments
