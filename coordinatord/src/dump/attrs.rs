@@ -107,6 +107,13 @@ pub fn thread(pid: i32, t: &ThreadSlot) -> Result<ThreadAttrs, DumpError> {
             advice: "run it without seccomp to checkpoint it".into(),
         });
     }
+    if let Some(what) = speculation_set(&status) {
+        return Err(DumpError::Refused {
+            pid,
+            what: format!("thread {tid} has {what} set with prctl(PR_SET_SPECULATION_CTRL)"),
+            advice: "checkpoint it without that mitigation".into(),
+        });
+    }
     // Securebits other than KEEP_CAPS take CAP_SETPCAP to set, which the restorer can only
     // use while the thread still has it.
     let effective = status_field(&status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok());
@@ -153,4 +160,35 @@ pub fn locked(pid: i32, status: &str) -> Result<HashMap<u64, Locked>, DumpError>
             }
         })
         .collect())
+}
+
+/// A speculation mitigation the thread chose itself (the kernel shows it per thread; ckpt does
+/// not set it again), named; `None` when the thread runs with the system's setting.
+fn speculation_set(status: &str) -> Option<&'static str> {
+    let ssb = status_field(status, "Speculation_Store_Bypass").unwrap_or("");
+    let ib = status_field(status, "SpeculationIndirectBranch").unwrap_or("");
+    if ssb.starts_with("thread ") {
+        Some("speculative store bypass mitigated")
+    } else if ib.starts_with("conditional") && ib.ends_with("disabled") {
+        Some("indirect branch speculation disabled")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_threads_own_speculation_setting_is_named() {
+        let st = |ssb: &str, ib: &str| {
+            format!("Seccomp:\t0\nSpeculation_Store_Bypass:\t{ssb}\nSpeculationIndirectBranch:\t{ib}\n")
+        };
+        assert_eq!(super::speculation_set(&st("vulnerable", "always enabled")), None);
+        assert_eq!(
+            super::speculation_set(&st("globally mitigated", "conditional enabled")),
+            None
+        );
+        assert!(super::speculation_set(&st("thread force mitigated", "conditional enabled")).is_some());
+        assert!(super::speculation_set(&st("not vulnerable", "conditional force disabled")).is_some());
+    }
 }
