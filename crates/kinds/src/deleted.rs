@@ -9,7 +9,6 @@
 use crate::reopen::{self, check};
 use crate::{KindError, Source};
 use serde::{Deserialize, Serialize};
-use std::collections::hash_map::{Entry, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 
@@ -168,24 +167,13 @@ fn read_exact_at(fd: RawFd, mut buf: &mut [u8], mut off: u64) -> std::io::Result
 
 /// The files re-created so far, by their inode at the checkpoint: one per inode, however many
 /// descriptions of it there were.
-#[derive(Default)]
-pub struct Made {
-    files: HashMap<(u64, u64), OwnedFd>,
-}
+pub type Made = reopen::Inodes;
 
 /// One description of the re-created file, at its offset (the offset belongs to the
 /// description, which every holder shares).
 pub fn recreate(rec: &Record, made: &mut Made) -> Result<OwnedFd, KindError> {
-    let what = || format!("deleted file {}", rec.path);
-    let file = match made.files.entry((rec.dev, rec.ino)) {
-        Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(e) => e.insert(make(rec).map_err(KindError::recreate(what()))?),
-    };
-    let fd = reopen::of_own(file.as_raw_fd(), rec.access).map_err(KindError::recreate(what()))?;
-    // SAFETY: lseek on the description we just opened.
-    check(unsafe { libc::lseek(fd.as_raw_fd(), rec.pos as i64, libc::SEEK_SET) })
-        .map_err(KindError::recreate(what()))?;
-    Ok(fd)
+    made.description((rec.dev, rec.ino), rec.access, rec.pos, || make(rec))
+        .map_err(KindError::recreate(format!("deleted file {}", rec.path)))
 }
 
 /// Creates the file in its directory (or the nearest one still there), fills it, unlinks it.

@@ -8,7 +8,6 @@ use crate::deleted::{self, Chunk, Read};
 use crate::reopen::{self, check};
 use crate::{KindError, Source};
 use serde::{Deserialize, Serialize};
-use std::collections::hash_map::{Entry, HashMap};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -95,23 +94,12 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
 }
 
 /// The memfds re-created so far, by their inode at the checkpoint.
-#[derive(Default)]
-pub struct Made {
-    files: HashMap<(u64, u64), OwnedFd>,
-}
+pub type Made = reopen::Inodes;
 
 /// One description of the re-created memfd, at its offset.
 pub fn recreate(rec: &Record, made: &mut Made) -> Result<OwnedFd, KindError> {
-    let what = || format!("memfd {}", rec.name);
-    let file = match made.files.entry((rec.dev, rec.ino)) {
-        Entry::Occupied(e) => e.into_mut(),
-        Entry::Vacant(e) => e.insert(make(rec).map_err(KindError::recreate(what()))?),
-    };
-    let fd = reopen::of_own(file.as_raw_fd(), rec.access).map_err(KindError::recreate(what()))?;
-    // SAFETY: lseek on the description we just opened.
-    check(unsafe { libc::lseek(fd.as_raw_fd(), rec.pos as i64, libc::SEEK_SET) })
-        .map_err(KindError::recreate(what()))?;
-    Ok(fd)
+    made.description((rec.dev, rec.ino), rec.access, rec.pos, || make(rec))
+        .map_err(KindError::recreate(format!("memfd {}", rec.name)))
 }
 
 /// Makes the memfd with its name, owner, mode, size and content, then its seals (last: they

@@ -2,8 +2,9 @@
 //! same inode (even once unlinked), so that kinds can read a parked program's file without
 //! moving its offset or flags, and hand several descriptions of one re-created inode.
 
+use std::collections::HashMap;
 use std::ffi::CString;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// A new description of the file behind fd `fd` of process `pid` (close-on-exec).
 pub fn of_process(pid: i32, fd: RawFd, flags: i32) -> std::io::Result<OwnedFd> {
@@ -68,5 +69,33 @@ pub fn check(ret: i64) -> std::io::Result<i64> {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(ret)
+    }
+}
+
+/// Files a restore makes once per inode (by (device, inode) at the checkpoint), however many
+/// descriptions of them there were: each holder gets a description of its own.
+#[derive(Default)]
+pub struct Inodes {
+    files: HashMap<(u64, u64), OwnedFd>,
+}
+
+impl Inodes {
+    /// A new description of the file of `key` (made with `make` the first time), with the
+    /// access mode `access`, at `pos` (the offset belongs to the description).
+    pub fn description(
+        &mut self,
+        key: (u64, u64),
+        access: i32,
+        pos: u64,
+        make: impl FnOnce() -> std::io::Result<OwnedFd>,
+    ) -> std::io::Result<OwnedFd> {
+        let file = match self.files.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(make()?),
+        };
+        let fd = of_own(file.as_raw_fd(), access)?;
+        // SAFETY: lseek on the description just opened.
+        check(unsafe { libc::lseek(fd.as_raw_fd(), pos as i64, libc::SEEK_SET) })?;
+        Ok(fd)
     }
 }
