@@ -1,6 +1,7 @@
 //! File handles as fanotify reports them: a file system's id, then the handle's type and
 //! bytes. The file watch ([`super::proof`]) and the directory watch ([`super::dirs`]) key
 //! files and directories by them, and compare what an event named with what a path holds now.
+//! Both read their groups' events with [`parse`].
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -114,4 +115,29 @@ pub fn dir_path(mount: BorrowedFd<'_>, key: &[u8]) -> Option<std::path::PathBuf>
 pub fn cstr(p: &std::path::Path) -> std::io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// One event as read from a fanotify group: its mask, the pid that caused it, its info
+/// records.
+pub struct Event<'a> {
+    pub mask: u64,
+    pub pid: i32,
+    pub info: &'a [u8],
+}
+
+/// The events in a buffer `read` from the fanotify group.
+pub fn parse(mut buf: &[u8]) -> Vec<Event<'_>> {
+    const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
+    let mut out = Vec::new();
+    while buf.len() >= META {
+        let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
+        let len = (u32_at(0) as usize).clamp(META, buf.len());
+        let meta_len = (u32_at(4) >> 16) as usize;
+        let mask = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or_default());
+        let pid = u32_at(20) as i32;
+        let info = &buf[meta_len.min(len)..len];
+        buf = &buf[len..];
+        out.push(Event { mask, pid, info });
+    }
+    out
 }

@@ -268,17 +268,9 @@ impl Inner {
         }
     }
 
-    fn events(&self, mut buf: &[u8]) {
-        const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
+    fn events(&self, buf: &[u8]) {
         let mut st = self.lock();
-        while buf.len() >= META {
-            let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
-            let len = (u32_at(0) as usize).clamp(META, buf.len());
-            let meta_len = (u32_at(4) >> 16) as usize;
-            let mask = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or_default());
-            let pid = u32_at(20) as i32;
-            let info = &buf[meta_len.min(len)..len];
-            buf = &buf[len..];
+        for super::fid::Event { mask, pid, info } in super::fid::parse(buf) {
             st.seq += 1;
             if mask & libc::FAN_Q_OVERFLOW != 0 {
                 tracing::warn!("file watch queue overflowed: logs written so far are not cut back");

@@ -31,12 +31,7 @@ pub enum Change {
     },
 }
 
-/// One event as read: its mask, the pid that caused it, its info records.
-pub struct Event<'a> {
-    pub mask: u64,
-    pub pid: i32,
-    info: &'a [u8],
-}
+pub use crate::files::fid::{parse, Event};
 
 impl Event<'_> {
     /// What the event stands for (read only for the events of ckptd's processes: the file
@@ -50,23 +45,6 @@ const OLD_DFID_NAME: u8 = libc::FAN_EVENT_INFO_TYPE_OLD_DFID_NAME;
 const NEW_DFID_NAME: u8 = libc::FAN_EVENT_INFO_TYPE_NEW_DFID_NAME;
 const DFID_NAME: u8 = libc::FAN_EVENT_INFO_TYPE_DFID_NAME;
 const FID: u8 = libc::FAN_EVENT_INFO_TYPE_FID;
-
-/// The events in a buffer `read` from the fanotify group.
-pub fn parse(mut buf: &[u8]) -> Vec<Event<'_>> {
-    const META: usize = std::mem::size_of::<libc::fanotify_event_metadata>();
-    let mut out = Vec::new();
-    while buf.len() >= META {
-        let u32_at = |o: usize| u32::from_ne_bytes(buf[o..o + 4].try_into().unwrap_or_default());
-        let len = (u32_at(0) as usize).clamp(META, buf.len());
-        let meta_len = (u32_at(4) >> 16) as usize;
-        let mask = u64::from_ne_bytes(buf[8..16].try_into().unwrap_or_default());
-        let pid = u32_at(20) as i32;
-        let info = &buf[meta_len.min(len)..len];
-        buf = &buf[len..];
-        out.push(Event { mask, pid, info });
-    }
-    out
-}
 
 #[derive(Default)]
 struct Records {
