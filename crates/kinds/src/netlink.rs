@@ -10,6 +10,7 @@
 //! messages unread (kernel replies and notifications nobody can send again) or a dump in
 //! progress. Read from /proc/PID/net/netlink (queued bytes, dump in progress) and getsockopt.
 
+use crate::inet::raw::{get, get_int, set_int};
 use crate::sockfilter::{self, Filter};
 use crate::socklevel;
 use crate::{KindError, Source};
@@ -57,30 +58,6 @@ pub struct Record {
     pub sndbuf: i32,
     pub level: Vec<(String, i32)>,
     pub filter: Filter,
-}
-
-fn get(fd: RawFd, level: i32, opt: i32, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut len = buf.len() as libc::socklen_t;
-    // SAFETY: buf is writable for `len` bytes and len is a valid in/out pointer.
-    if unsafe { libc::getsockopt(fd, level, opt, buf.as_mut_ptr().cast(), &mut len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(len as usize)
-}
-
-fn get_int(fd: RawFd, level: i32, opt: i32) -> std::io::Result<i32> {
-    let mut b = [0u8; 4];
-    get(fd, level, opt, &mut b)?;
-    Ok(i32::from_ne_bytes(b))
-}
-
-fn set_int(fd: RawFd, level: i32, opt: i32, v: i32) -> std::io::Result<()> {
-    // SAFETY: v is a valid int of the given size.
-    let r = unsafe { libc::setsockopt(fd, level, opt, (&v as *const i32).cast(), 4) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Whether `src` is a netlink socket.

@@ -10,6 +10,7 @@
 //! unread (as UDP datagrams in flight) and the counters of `PACKET_STATISTICS` (reading them
 //! resets them: they start again from zero).
 
+use crate::inet::raw::{get_int, set};
 use crate::sock_diag::{self, attrs, u16_at, u32_at};
 use crate::sockfilter::{self, Filter};
 use crate::socklevel;
@@ -74,25 +75,6 @@ pub struct Record {
     pub sndbuf: i32,
     pub level: Vec<(String, i32)>,
     pub filter: Filter,
-}
-
-fn get_int(fd: RawFd, level: i32, opt: i32) -> std::io::Result<i32> {
-    let mut v: i32 = 0;
-    let mut len = 4 as libc::socklen_t;
-    // SAFETY: v and len are valid out-pointers of the right size.
-    if unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut i32).cast(), &mut len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(v)
-}
-
-fn set(fd: RawFd, level: i32, opt: i32, val: &[u8]) -> std::io::Result<()> {
-    // SAFETY: val is readable for its length.
-    let r = unsafe { libc::setsockopt(fd, level, opt, val.as_ptr().cast(), val.len() as libc::socklen_t) };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Whether `src` is a packet socket.

@@ -46,13 +46,7 @@ pub const GENERIC: &[(&str, i32)] = &[
 ];
 
 fn get_int(fd: RawFd, opt: i32) -> std::io::Result<i32> {
-    let mut v: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: v and len are valid out-pointers of the right size.
-    if unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut i32).cast(), &mut len) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(v)
+    crate::inet::raw::get_int(fd, libc::SOL_SOCKET, opt)
 }
 
 pub fn linger(fd: RawFd) -> (i32, i32) {
@@ -96,20 +90,7 @@ pub fn set_linger(fd: RawFd, (on, secs): (i32, i32)) -> std::io::Result<()> {
 }
 
 fn set_int(fd: RawFd, opt: i32, v: i32) -> std::io::Result<()> {
-    // SAFETY: v is a valid int of the given size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            opt,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    crate::inet::raw::set_int(fd, libc::SOL_SOCKET, opt, v)
 }
 
 /// The [`GENERIC`] options this kernel reports for the socket.

@@ -15,7 +15,7 @@
 pub mod diag;
 pub mod mcast;
 pub mod ping;
-mod raw;
+pub(crate) mod raw;
 mod table;
 
 pub use mcast::Membership;

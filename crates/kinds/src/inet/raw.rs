@@ -1,4 +1,5 @@
-//! getsockopt/setsockopt on plain buffers: the one place this module calls them.
+//! getsockopt/setsockopt on plain buffers: the one place the kinds call them (IP, Unix,
+//! netlink and packet sockets, socket-level options).
 
 use std::io::{Error, Result};
 use std::os::fd::RawFd;

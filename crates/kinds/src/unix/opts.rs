@@ -29,29 +29,10 @@ pub struct Opts {
 }
 
 pub fn int(fd: RawFd, level: i32, opt: i32) -> i32 {
-    let mut v: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: v and len are valid out-pointers of the right size.
-    unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut i32).cast(), &mut len) };
-    v
+    crate::inet::raw::get_int(fd, level, opt).unwrap_or(0)
 }
 
-pub fn set_int(fd: RawFd, level: i32, opt: i32, v: i32) -> std::io::Result<()> {
-    // SAFETY: v is a valid int of the given size.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&v as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
+pub use crate::inet::raw::set_int;
 
 fn timeo(fd: RawFd, opt: i32) -> (i64, i64) {
     // SAFETY: timeval is plain data.
