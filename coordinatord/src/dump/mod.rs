@@ -188,7 +188,9 @@ pub fn dump_parked(
     // waits.
     let fds = fds::dump_fds(pid, slots.control_fd, slots.uffd_fd)?;
     let t_fds = t0.elapsed();
-    let mut image = state::dump_state(reg, slots, t.fixed.take())?;
+    // Read once: the process's attributes and its locked memory both come from it.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err(pid, "status"))?;
+    let mut image = state::dump_state(reg, slots, t.fixed.take(), &status)?;
     signals::read_queues(reaper, &mut image, slots.park_signal)?;
     signals::timer_signals_in_order(&image)?;
     let t_state = t0.elapsed();
@@ -197,7 +199,6 @@ pub fn dump_parked(
     let m = memory::dump_memory(pid, &mem, t)?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err(pid, "status"))?;
     let locked = attrs::locked(pid, &status)?;
     for m in image.mappings.iter_mut() {
         if let Some(l) = locked.get(&m.start) {

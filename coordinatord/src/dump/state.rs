@@ -36,7 +36,13 @@ impl Fixed {
 }
 
 /// The state of a parked process; `fixed` when it was read before the stop.
-pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) -> Result<ProcessImage, DumpError> {
+/// `status`: the text of /proc/PID/status, read once while parked.
+pub fn dump_state(
+    reg: &Registration,
+    slots: &ProcSlot,
+    fixed: Option<Fixed>,
+    status: &str,
+) -> Result<ProcessImage, DumpError> {
     let pid = reg.pid;
     let perr = |e| DumpError::Proc(e, pid);
     let fixed = match fixed {
@@ -130,11 +136,6 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
         value_us: us(t.value_sec, t.value_usec),
     });
     let posix_timers = posix_timers(pid, slots)?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|source| DumpError::Io {
-        pid,
-        what: "status".into(),
-        source,
-    })?;
     let (cwd, cwd_removed) = working_dir(pid)?;
     Ok(ProcessImage {
         pid,
@@ -152,7 +153,7 @@ pub fn dump_state(reg: &Registration, slots: &ProcSlot, fixed: Option<Fixed>) ->
             gid: st.gid,
             groups: st.groups,
         },
-        attrs: super::attrs::process(pid, slots, &status)?,
+        attrs: super::attrs::process(pid, slots, status)?,
         rlimits,
         mm: MmFields {
             start_code: stat.start_code,
