@@ -72,7 +72,7 @@ fn mem_pattern_256mib_checkpoint_kill_restore() -> Result<()> {
 
 /// A pre-copy out of time (`--precopy-ms`: none at all, then a few ms, which ends it part-way
 /// through the mappings) leaves the rest to the stop: a full and an incremental checkpoint of
-/// each, both restored, and the whole pattern verifies.
+/// each (still incremental), both restored, and the whole pattern verifies.
 #[test]
 fn precopy_out_of_time_leaves_the_rest_to_the_stop() -> Result<()> {
     require_root!();
@@ -84,6 +84,14 @@ fn precopy_out_of_time_leaves_the_rest_to_the_stop() -> Result<()> {
         app.expect_consecutive_ticks(first.0, 1, true, LINE_TIMEOUT)?;
         let full = d.checkpoint_app(&app)?;
         let incr = d.checkpoint_app(&app)?;
+        // Out of time is no reason to store everything again.
+        let (parent, _) = d.manifest_parent(&incr.id)?;
+        ensure!(
+            parent.as_deref() == Some(full.id.as_str()),
+            "--precopy-ms {budget}: checkpoint {} should be incremental on {}, its parent is {parent:?}",
+            incr.id,
+            full.id
+        );
         let mut app = app;
         for cp in [&incr, &full] {
             // Disarms the handle too: the restored process takes the same pid.

@@ -248,10 +248,16 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                 // empty, and most of a private file mapping is the file's. Tracked memory is
                 // protected on the way, so that only later writes show.
                 let data = match select {
+                    // A mapping in the list read at pre-copy time but replaced since (no
+                    // longer registered) is read like an untracked one.
                     Select::Populated | Select::Modified if is_tracked => {
-                        take(&pagemap, e.start, e.end, file, Take::All, &[])
-                            .map_err(io("tracking"))?
-                            .data
+                        match take(&pagemap, e.start, e.end, file, Take::All, &[]) {
+                            Ok(t) => t.data,
+                            Err(_) if file => {
+                                ckpt_sys::pagemap::modified_private(&pagemap, e.start, e.end).map_err(io("pagemap"))?
+                            }
+                            Err(_) => ckpt_sys::pagemap::populated(&pagemap, e.start, e.end).map_err(io("pagemap"))?,
+                        }
                     }
                     Select::Populated => {
                         ckpt_sys::pagemap::populated(&pagemap, e.start, e.end).map_err(io("pagemap"))?
