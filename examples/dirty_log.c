@@ -12,6 +12,13 @@
  * pause (default 50): milliseconds to sleep after each round; or "sig": do
  *   one round per SIGUSR2 (nothing is written in between), so that a test
  *   knows exactly how much was written between two checkpoints.
+ * DIRTY_LOG_HOT=H (environment, percent of N): write only within a hot set of
+ *   H% of the pages that drifts one page per 1000 writes (a cache or a
+ *   simulation's active region); the set follows from the global seq, so it
+ *   needs no state of its own.
+ * In the continuous mode (percent 0), SIGUSR2 prints "maxgap_us <us>": the
+ *   longest time between two batches of 64 writes since the last SIGUSR2 (how
+ *   long the program saw itself stopped), and resets it.
  *
  * Memory layout: ONE private anonymous mapping holding the N data pages
  * followed by the log seq[N] (one u64 per page, 2 MiB per GiB of data).
@@ -74,6 +81,7 @@ static struct {
 static uint64_t *data; /* N pages */
 static uint64_t *seqlog; /* N entries, right after the data */
 static uint64_t npages;
+static uint64_t hot_pages; /* 0: all pages */
 
 static inline uint64_t mix(uint64_t x)
 {
@@ -103,7 +111,7 @@ static inline uint64_t xorshift(void)
 static void write_one(void)
 {
     uint64_t s = global_seq + 1;
-    uint64_t p = xorshift() % npages;
+    uint64_t p = hot_pages ? (s / 1000 + xorshift() % hot_pages) % npages : xorshift() % npages;
     global_seq = s;
     pending.page = p;
     pending.seq = s;
@@ -201,6 +209,13 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000ULL + (uint64_t)ts.tv_nsec / 1000000ULL;
 }
 
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000ULL + (uint64_t)ts.tv_nsec / 1000ULL;
+}
+
 static void sleep_ms(long ms)
 {
     struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
@@ -254,6 +269,12 @@ int main(int argc, char **argv)
     }
     data = m;
     seqlog = (uint64_t *)((char *)m + npages * PAGE);
+    const char *hot = getenv("DIRTY_LOG_HOT");
+    if (hot) {
+        double h = strtod(hot, NULL);
+        if (h > 0 && h < 100)
+            hot_pages = (uint64_t)((double)npages * h / 100.0) + 1;
+    }
 
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
@@ -274,15 +295,28 @@ int main(int argc, char **argv)
     static uint64_t round_no; /* in memory, like the rest of the state */
     if (percent == 0) {
         uint64_t last = now_ms();
+        uint64_t prev_us = now_us(), maxgap = 0;
         for (;;) {
             for (int i = 0; i < 64; i++) {
                 write_one();
                 if (want_verify)
                     break;
             }
+            uint64_t t_us = now_us();
+            if (t_us - prev_us > maxgap)
+                maxgap = t_us - prev_us;
+            prev_us = t_us;
+            if (want_round) {
+                want_round = 0;
+                printf("maxgap_us %llu\n", (unsigned long long)maxgap);
+                fflush(stdout);
+                maxgap = 0;
+                prev_us = now_us();
+            }
             if (want_verify) {
                 want_verify = 0;
                 verify();
+                prev_us = now_us();
             }
             uint64_t t = now_ms();
             if (t - last >= 200) {

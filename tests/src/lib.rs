@@ -37,6 +37,7 @@ pub mod procs;
 pub mod run_as;
 pub mod store;
 pub mod verdict;
+pub mod written;
 
 pub use app::*;
 pub use churn::*;

@@ -26,6 +26,8 @@ struct Sample {
     waited: f64,
     /// Writes per second during the checkpoint over writes per second before it.
     rate: f64,
+    /// Pages stored over pages changed since the parent (read from the images).
+    over_written: f64,
 }
 
 /// The write count of the program's next `round` line, and when it arrived.
@@ -50,6 +52,12 @@ fn run(size: u64, daemon: &[&str], reps: usize) -> Result<Vec<Sample>> {
     if !first.status.success() {
         bail!("first checkpoint failed: {}", String::from_utf8_lossy(&first.stderr));
     }
+    let id_of = |o: &std::process::Output| -> Result<(serde_json::Value, String)> {
+        let v: serde_json::Value = serde_json::from_str(json_result(&String::from_utf8_lossy(&o.stdout)))?;
+        let id = v["id"].as_str().context("no id in the checkpoint report")?.to_string();
+        Ok((v, id))
+    };
+    let mut parent = id_of(&first)?.1;
     let mut out = Vec::new();
     for _ in 0..reps {
         app.drain();
@@ -63,7 +71,9 @@ fn run(size: u64, daemon: &[&str], reps: usize) -> Result<Vec<Sample>> {
         // The program prints every ~200 ms: its rate over the round lines around the checkpoint.
         let (w2, t2) = next_round(&app)?;
         let during = (w2 - w1) as f64 / (t2 - t1).as_secs_f64();
-        let v: serde_json::Value = serde_json::from_str(json_result(&String::from_utf8_lossy(&o.stdout)))?;
+        let (v, id) = id_of(&o)?;
+        let (stored, changed) = written::stored_and_changed(&d, app.pid, &parent, &id)?;
+        parent = id;
         if std::env::var_os("BENCH_VERBOSE").is_some() {
             eprintln!("report {v}");
         }
@@ -76,6 +86,7 @@ fn run(size: u64, daemon: &[&str], reps: usize) -> Result<Vec<Sample>> {
             window_mib: mib("window_bytes"),
             waited: v["window_faults"].as_f64().unwrap_or(0.0),
             rate: during / before.max(1.0),
+            over_written: stored as f64 / changed.max(1) as f64,
         });
     }
     Ok(out)
@@ -91,16 +102,24 @@ fn main() -> Result<()> {
     let reps = list_arg(&args, "--reps", "5").first().copied().unwrap_or(5) as usize;
     println!("bench_window: dirty_log writing random pages as fast as it can, {reps} checkpoints per row, medians");
     println!(
-        "{:>8} | {:<16} | {:>8} | {:>8} | {:>10} | {:>10} | {:>12} | {:>10}",
-        "size MiB", "mode", "stop ms", "ckpt ms", "stored MiB", "window MiB", "writes waited", "write rate"
+        "{:>8} | {:<16} | {:>8} | {:>8} | {:>10} | {:>10} | {:>12} | {:>10} | {:>15}",
+        "size MiB",
+        "mode",
+        "stop ms",
+        "ckpt ms",
+        "stored MiB",
+        "window MiB",
+        "writes waited",
+        "write rate",
+        "stored/written"
     );
-    println!("{}", "-".repeat(105));
+    println!("{}", "-".repeat(123));
     for &size in &sizes {
         let modes: [(&str, &[&str]); 2] = [("store window", &[]), ("copy while parked", &["--no-store-window"])];
         for (name, daemon) in modes {
             let s = run(size, daemon, reps).with_context(|| format!("{size} MiB {name}"))?;
             println!(
-                "{:>8} | {:<16} | {:>8.1} | {:>8.0} | {:>10.1} | {:>10.1} | {:>12.0} | {:>9.2}x",
+                "{:>8} | {:<16} | {:>8.1} | {:>8.0} | {:>10.1} | {:>10.1} | {:>12.0} | {:>9.2}x | {:>14.3}x",
                 size,
                 name,
                 median_of(s.iter().map(|x| x.stop_ms)),
@@ -109,6 +128,7 @@ fn main() -> Result<()> {
                 median_of(s.iter().map(|x| x.window_mib)),
                 median_of(s.iter().map(|x| x.waited)),
                 median_of(s.iter().map(|x| x.rate)),
+                median_of(s.iter().map(|x| x.over_written)),
             );
         }
     }
@@ -116,7 +136,9 @@ fn main() -> Result<()> {
         "stop: how long ckptd had the program parked; window MiB: written just before the stop, left in \
          place and stored while it ran; writes waited: its writes to such pages not stored yet (each \
          waited for that page alone); write rate: its writes per second from the round line before the \
-         checkpoint to the first after it, over its rate just before"
+         checkpoint to the first after it, over its rate just before; stored/written: pages the \
+         checkpoint stored over pages whose content changed since its parent, read from both images \
+         (goal: at most 1.1)"
     );
     Ok(())
 }
