@@ -23,13 +23,16 @@ fn spawned() -> &'static Mutex<HashSet<i32>> {
 
 static INIT: OnceLock<()> = OnceLock::new();
 
-/// One-time process setup: become a child subreaper.
+/// One-time process setup: become a child subreaper, and give the programs under test the
+/// default SIGHUP whatever the tests were started under (`nohup` ignores it, and a program
+/// keeps, and a checkpoint restores, the disposition it inherited).
 pub fn init() {
     INIT.get_or_init(|| {
         crate::elapsed_str();
-        // SAFETY: prctl with integer arguments.
+        // SAFETY: prctl with integer arguments; signal() with the default disposition.
         unsafe {
             libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0);
+            libc::signal(libc::SIGHUP, libc::SIG_DFL);
         }
     });
 }
