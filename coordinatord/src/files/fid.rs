@@ -1,7 +1,7 @@
 //! File handles as fanotify reports them: a file system's id, then the handle's type and
 //! bytes. The file watch ([`super::proof`]) and the directory watch ([`super::dirs`]) key
 //! files and directories by them, and compare what an event named with what a path holds now.
-//! Both read their groups' events with [`parse`].
+//! Both make their groups with [`group`], and read them with [`serve`] and [`parse`].
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -115,6 +115,50 @@ pub fn dir_path(mount: BorrowedFd<'_>, key: &[u8]) -> Option<std::path::PathBuf>
 pub fn cstr(p: &std::path::Path) -> std::io::Result<std::ffi::CString> {
     use std::os::unix::ffi::OsStrExt;
     std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// A fanotify notification group with `flags` (close-on-exec, non-blocking and
+/// notification-only always), its events opened read-only.
+pub fn group(flags: u32) -> std::io::Result<OwnedFd> {
+    let flags = flags | libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK;
+    // SAFETY: fanotify_init with integer arguments.
+    let fd = unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fanotify_init returned a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Runs on a watch's reader thread for ever: waits for the group `fd` to have events, then
+/// calls `drain` (which reads them with [`read_all`]).
+pub fn serve(fd: BorrowedFd<'_>, drain: impl Fn()) -> ! {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: pfd is a valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            continue;
+        }
+        drain();
+    }
+}
+
+/// Reads every event queued on the group `fd`, a buffer at a time, into `f`.
+pub fn read_all(fd: BorrowedFd<'_>, mut f: impl FnMut(&[u8])) {
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        // SAFETY: reading into a buffer we own.
+        let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n <= 0 {
+            return;
+        }
+        f(&buf[..n as usize]);
+    }
 }
 
 /// One event as read from a fanotify group: its mask, the pid that caused it, its info

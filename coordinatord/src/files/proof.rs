@@ -11,7 +11,7 @@
 
 use super::FileKey;
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 /// What ckptd knows about the writers of a file since a checkpoint.
@@ -79,24 +79,18 @@ impl Watch {
                 unavailable: "ckptd cannot tell who writes to files (it runs without CAP_SYS_ADMIN)".into(),
             };
         }
-        // SAFETY: fanotify_init with constant flags.
-        let fd = unsafe {
-            libc::fanotify_init(
-                libc::FAN_CLASS_NOTIF | libc::FAN_CLOEXEC | libc::FAN_NONBLOCK | libc::FAN_REPORT_FID,
-                libc::O_RDONLY as u32,
-            )
+        let fd = match super::fid::group(libc::FAN_REPORT_FID) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!("cannot watch files (fanotify: {e}): logs are never cut back at restore");
+                return Self {
+                    inner: None,
+                    unavailable: format!("ckptd cannot watch files (fanotify: {e})"),
+                };
+            }
         };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            tracing::warn!("cannot watch files (fanotify: {e}): logs are never cut back at restore");
-            return Self {
-                inner: None,
-                unavailable: format!("ckptd cannot watch files (fanotify: {e})"),
-            };
-        }
         let inner = Arc::new(Inner {
-            // SAFETY: fanotify_init returned a fresh fd that we own.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             reading: Mutex::new(()),
             state: Mutex::new(State::default()),
             me: std::process::id() as i32,
@@ -239,33 +233,13 @@ impl Inner {
     }
 
     fn run(&self) {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: pfd is a valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                continue;
-            }
-            self.drain();
-        }
+        super::fid::serve(self.fd.as_fd(), || self.drain())
     }
 
     /// Reads every queued event.
     fn drain(&self) {
         let _one = self.reading.lock().unwrap_or_else(|e| e.into_inner());
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            // SAFETY: reading into a buffer we own.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return;
-            }
-            self.events(&buf[..n as usize]);
-        }
+        super::fid::read_all(self.fd.as_fd(), |buf| self.events(buf));
     }
 
     fn events(&self, buf: &[u8]) {

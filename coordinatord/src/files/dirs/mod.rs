@@ -91,28 +91,22 @@ pub enum Since {
 
 impl DirWatch {
     pub fn start() -> Self {
-        let flags = libc::FAN_CLASS_NOTIF
-            | libc::FAN_CLOEXEC
-            | libc::FAN_NONBLOCK
-            | libc::FAN_REPORT_DFID_NAME_TARGET
-            // The reader keeps up; a bounded queue would turn a burst of other programs'
-            // changes into "cannot tell".
-            | libc::FAN_UNLIMITED_QUEUE;
-        // SAFETY: fanotify_init with constant flags.
-        let fd = unsafe { libc::fanotify_init(flags, libc::O_RDONLY as u32) };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            tracing::warn!(
-                "cannot watch directories (fanotify: {e}): what programs do to them is not undone at restore"
-            );
-            return Self {
-                inner: None,
-                unavailable: format!("ckptd cannot watch directories (fanotify: {e})"),
-            };
-        }
+        // The reader keeps up; a bounded queue would turn a burst of other programs' changes
+        // into "cannot tell".
+        let fd = match super::fid::group(libc::FAN_REPORT_DFID_NAME_TARGET | libc::FAN_UNLIMITED_QUEUE) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch directories (fanotify: {e}): what programs do to them is not undone at restore"
+                );
+                return Self {
+                    inner: None,
+                    unavailable: format!("ckptd cannot watch directories (fanotify: {e})"),
+                };
+            }
+        };
         let inner = Arc::new(Inner {
-            // SAFETY: fanotify_init returned a fresh fd that we own.
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+            fd,
             reading: Mutex::new(()),
             state: Mutex::new(State::default()),
             me: std::process::id() as i32,
@@ -282,32 +276,14 @@ impl Inner {
     }
 
     fn run(&self) {
-        loop {
-            let mut pfd = libc::pollfd {
-                fd: self.fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: pfd is a valid pollfd.
-            if unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-                continue;
-            }
-            self.drain();
-        }
+        super::fid::serve(self.fd.as_fd(), || self.drain())
     }
 
     /// Reads every queued event.
     fn drain(&self) {
         let _one = self.reading.lock().unwrap_or_else(|e| e.into_inner());
-        let mut buf = vec![0u8; 64 << 10];
-        loop {
-            // SAFETY: reading into a buffer we own.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n <= 0 {
-                return;
-            }
-            let evs = events::parse(&buf[..n as usize]);
+        super::fid::read_all(self.fd.as_fd(), |buf| {
+            let evs = events::parse(buf);
             let mut st = self.lock();
             for ev in evs {
                 st.seq += 1;
@@ -331,7 +307,7 @@ impl Inner {
                     st.changes.push_back((seq, who, c));
                 }
             }
-        }
+        });
     }
 }
 
