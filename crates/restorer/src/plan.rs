@@ -125,6 +125,16 @@ impl Plan {
         });
     }
 
+    /// `*(addr as *mut u64) = value`, in the restored process.
+    pub(crate) fn poke(&mut self, addr: u64, value: u64) {
+        self.ops.push(Op {
+            kind: POKE,
+            flags: 0,
+            nr: 0,
+            args: [addr, value, 0, 0, 0, 0],
+        });
+    }
+
     /// Places bytes in the data area; their address in the restored process.
     pub(crate) fn put(&mut self, bytes: &[u8]) -> u64 {
         while !self.data.len().is_multiple_of(16) {
@@ -282,39 +292,16 @@ pub fn build(
             p.sys(libc::SYS_prctl, &[PR_SET_VMA, 0, m.start, len, addr], IGNORE_ERROR);
         }
     }
-    p.ops.push(Op {
-        kind: POKE,
-        flags: 0,
-        nr: 0,
-        args: [
-            img.restored_flag_addr,
-            if tracker {
-                ckpt_proto::slots::ProcSlot::RESTORED_TRACKED
-            } else {
-                1
-            },
-            0,
-            0,
-            0,
-            0,
-        ],
-    });
+    let restored = if tracker {
+        ckpt_proto::slots::ProcSlot::RESTORED_TRACKED
+    } else {
+        1
+    };
+    p.poke(img.restored_flag_addr, restored);
     // A value no earlier restore of this process used: its threads' timed calls start their
     // remaining time again from now.
-    p.ops.push(Op {
-        kind: POKE,
-        flags: 0,
-        nr: 0,
-        args: [
-            img.restored_flag_addr - ckpt_proto::slots::ProcSlot::RESTORED_OFFSET
-                + ckpt_proto::slots::ProcSlot::NONCE_OFFSET,
-            restore_nonce(),
-            0,
-            0,
-            0,
-            0,
-        ],
-    });
+    let slots = img.restored_flag_addr - ckpt_proto::slots::ProcSlot::RESTORED_OFFSET;
+    p.poke(slots + ckpt_proto::slots::ProcSlot::NONCE_OFFSET, restore_nonce());
 
     // 4. Process-wide kernel state.
     let mm = &img.mm;
@@ -424,12 +411,7 @@ pub fn build(
     let timers_made = (!img.posix_timers.is_empty()).then(|| p.put(&0u64.to_le_bytes()));
     crate::signals::posix_timers(&mut p, img);
     if let Some(word) = timers_made {
-        p.ops.push(Op {
-            kind: POKE,
-            flags: 0,
-            nr: 0,
-            args: [word, 1, 0, 0, 0, 0],
-        });
+        p.poke(word, 1);
         p.sys(
             libc::SYS_futex,
             &[
@@ -458,19 +440,7 @@ pub fn build(
     // A failure from here on can no longer be reported, and the fd number may soon be the
     // program's own (a thread already returned to it may open a file): the blob's failure
     // record goes nowhere (fd -1) rather than into it, and the process just ends.
-    p.ops.push(Op {
-        kind: POKE,
-        flags: 0,
-        nr: 0,
-        args: [
-            region.header + std::mem::offset_of!(Header, status_fd) as u64,
-            u64::MAX,
-            0,
-            0,
-            0,
-            0,
-        ],
-    });
+    p.poke(region.header + std::mem::offset_of!(Header, status_fd) as u64, u64::MAX);
     p.sys(libc::SYS_close, &[fds.status as u64], IGNORE_ERROR);
     crate::seccomp::last_ops(&mut p, img, main, &filters, true)?;
     p.ops.push(Op {

@@ -19,7 +19,7 @@
 //! so every system call gets the same answer, but as copies, which only a later
 //! `SECCOMP_FILTER_FLAG_TSYNC` could tell (see the README).
 
-use crate::blob::{Op, ADD, POKE, WAIT};
+use crate::blob::{Op, ADD, WAIT};
 use crate::plan::Plan;
 use anyhow::bail;
 use ckpt_format::attrs::SeccompFilter;
@@ -144,12 +144,7 @@ pub fn last_ops(p: &mut Plan, img: &ProcessImage, t: &ThreadImage, placed: &Plac
             // Unfiltered still: it may yield while the others finish.
             wait(p, m.done, others, true);
             install(p, img, t, placed, SECCOMP_FILTER_FLAG_TSYNC)?;
-            p.ops.push(Op {
-                kind: POKE,
-                flags: 0,
-                nr: 0,
-                args: [m.go, 1, 0, 0, 0, 0],
-            });
+            p.poke(m.go, 1);
             Ok(())
         }
         Some(m) => {
