@@ -9,7 +9,8 @@
  *                dumpable, supplementary groups 5 6 7, a 64 KiB region mlock'ed, a 64 KiB
  *                region mlock2(MLOCK_ONFAULT)'ed, mlockall(MCL_FUTURE) (a new mapping is
  *                locked), membarrier registered for private expedited barriers.
- * With "seccomp", the main thread then runs under an allow-everything seccomp filter.
+ * With "seccomp", the main thread then runs under an allow-everything seccomp filter, which
+ * it checks too (Seccomp_filters of its own status).
  * Prints "tick N" every 50 ms; on SIGUSR1 "state ok" or "INVARIANT <what>" lines.
  */
 #define _GNU_SOURCE
@@ -63,6 +64,7 @@ static volatile pid_t fifo_tid, idle_tid;
 static volatile int round_asked, round_done;
 static volatile long idle_slack;
 static char *locked, *onfault;
+static int filters;
 
 static void die(const char *what)
 {
@@ -182,6 +184,8 @@ static void check(void)
     if (fresh == MAP_FAILED || !vm_flag(fresh, "lo")) invariant("a new mapping is locked (mlockall MCL_FUTURE)", 0, 1);
     if (fresh != MAP_FAILED) munmap(fresh, 4096);
     if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0)) invariant("membarrier private expedited (errno)", errno, 0);
+    if (task_status_field(gettid(), "Seccomp_filters") != filters)
+        invariant("main thread seccomp filters", task_status_field(gettid(), "Seccomp_filters"), filters);
     printf(bad ? "state bad\n" : "state ok\n");
 }
 
@@ -216,6 +220,7 @@ int main(int argc, char **argv)
         struct sock_filter allow = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
         struct sock_fprog prog = {.len = 1, .filter = &allow};
         if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog)) die("seccomp");
+        filters = 1;
     }
     signal(SIGUSR1, on_usr1);
     printf("attributes set pid %d\n", (int)getpid());

@@ -23,6 +23,10 @@ pub struct ProcAttrs {
     pub mlockall: i32,
     /// `membarrier` commands the process registered for (bit `n`: command `1 << n`).
     pub membarrier: u32,
+    /// The distinct seccomp filters its threads run under, each once however many threads
+    /// share it (inherited across `clone`, or synchronized with `SECCOMP_FILTER_FLAG_TSYNC`);
+    /// [`ThreadAttrs::seccomp`] says which, in what order.
+    pub seccomp_filters: Vec<SeccompFilter>,
 }
 
 /// What each thread holds.
@@ -41,6 +45,42 @@ pub struct ThreadAttrs {
     pub securebits: u32,
     /// `PR_MCE_KILL_GET`: 0 late, 1 early, 2 the system's default.
     pub mce_kill: u32,
+    /// The thread's seccomp filters, oldest first, as indices into
+    /// [`ProcAttrs::seccomp_filters`]; empty when it runs without seccomp. Installed again in
+    /// this order as its last system calls before it returns to the program.
+    pub seccomp: Vec<u32>,
+}
+
+/// One seccomp filter (`SECCOMP_SET_MODE_FILTER`), as `PTRACE_SECCOMP_GET_FILTER` and
+/// `PTRACE_SECCOMP_GET_METADATA` give it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SeccompFilter {
+    /// The classic BPF program: its `struct sock_filter` instructions (8 bytes each: code,
+    /// jt, jf, k), in the kernel's byte order.
+    pub program: Vec<u8>,
+    /// What the kernel keeps of the flags it was installed with: `SECCOMP_FILTER_FLAG_LOG`.
+    pub flags: u32,
+}
+
+impl SeccompFilter {
+    /// `struct sock_filter` is 8 bytes.
+    pub const INSN: usize = 8;
+    /// `BPF_MAXINSNS`: the kernel takes no longer program.
+    pub const MAX_INSNS: usize = 4096;
+    /// `SECCOMP_FILTER_FLAG_LOG`.
+    pub const FLAG_LOG: u32 = 2;
+
+    /// Its instructions: (code, jt, jf, k).
+    pub fn insns(&self) -> impl Iterator<Item = (u16, u8, u8, u32)> + '_ {
+        self.program.chunks_exact(Self::INSN).map(|i| {
+            (
+                u16::from_ne_bytes([i[0], i[1]]),
+                i[2],
+                i[3],
+                u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+            )
+        })
+    }
 }
 
 /// `struct sched_attr` as `sched_getattr` gives it.
@@ -121,5 +161,16 @@ mod tests {
         };
         let b: [u8; 56] = a.to_bytes().try_into().unwrap();
         assert_eq!(SchedAttr::from_bytes(&b), a);
+    }
+
+    #[test]
+    fn seccomp_instructions_read_as_the_kernel_lays_them_out() {
+        // ld [0]; ret ERRNO(EPERM)
+        let mut program = vec![0x20, 0x00, 0, 0, 0, 0, 0, 0];
+        program.extend_from_slice(&[0x06, 0x00, 1, 2]);
+        program.extend_from_slice(&0x0005_0001u32.to_ne_bytes());
+        let f = SeccompFilter { program, flags: 0 };
+        let insns: Vec<_> = f.insns().collect();
+        assert_eq!(insns, vec![(0x20, 0, 0, 0), (0x06, 1, 2, 0x0005_0001)]);
     }
 }

@@ -128,7 +128,7 @@ pub struct ThreadImage {
     pub is_control: bool,
     /// The signal it gets when its parent ends (`PR_SET_PDEATHSIG`; 0: none).
     pub pdeathsig: i32,
-    /// Scheduling, affinity, I/O priority, timer slack, `no_new_privs`.
+    /// Scheduling, affinity, I/O priority, timer slack, `no_new_privs`, seccomp filters.
     pub attrs: crate::attrs::ThreadAttrs,
     /// Its capability sets (each thread has its own).
     pub caps: Caps,

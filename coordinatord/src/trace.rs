@@ -1,7 +1,8 @@
 //! ptrace from ckptd. It is done by a short-lived helper process (ckptd started again with a
 //! helper argument): a ptrace stop is reported to the tracer's `wait`, and in ckptd itself the
 //! reaper thread would take it. The helpers are `crate::unblock` (the park signal in threads
-//! that block it) and `crate::dump::signals` (the siginfo of queued signals).
+//! that block it), `crate::dump::signals` (the siginfo of queued signals) and
+//! `crate::dump::seccomp` (the threads' seccomp filters).
 
 use crate::node::Reaper;
 use anyhow::{bail, Context};
@@ -16,6 +17,7 @@ pub fn helper_main(argv: &[String]) -> Option<i32> {
     let run = match argv.get(1).map(String::as_str) {
         Some(crate::unblock::HELPER_ARG) => crate::unblock::run_helper,
         Some(crate::dump::signals::HELPER_ARG) => crate::dump::signals::run_helper,
+        Some(crate::dump::seccomp::HELPER_ARG) => crate::dump::seccomp::run_helper,
         _ => return None,
     };
     Some(match run(&argv[2..]) {

@@ -172,6 +172,7 @@ fn ckptctl_check_reports_this_machine() -> Result<()> {
         "PAGEMAP_SCAN",
         "clone3 set_tid",
         "PR_TIMER_CREATE_RESTORE_IDS",
+        "PTRACE_SECCOMP_GET_FILTER",
     ] {
         ensure!(text.contains(f), "the table should list {f}:\n{text}");
     }

@@ -61,6 +61,7 @@ pub fn process(pid: i32, slots: &ProcSlot, status: &str) -> Result<ProcAttrs, Du
         dumpable: slots.dumpable,
         mlockall: slots.mlockall,
         membarrier: slots.membarrier,
+        seccomp_filters: Vec::new(),
     })
 }
 
@@ -98,15 +99,9 @@ pub fn thread(pid: i32, t: &ThreadSlot) -> Result<ThreadAttrs, DumpError> {
         return Err(os("I/O priority")(std::io::Error::last_os_error()));
     }
     let status = read_proc(pid, &format!("task/{tid}/status"))?;
-    let seccomp = status_field(&status, "Seccomp").unwrap_or("0");
-    if seccomp != "0" {
-        let mode = if seccomp == "1" { "strict mode" } else { "a filter" };
-        return Err(DumpError::Refused {
-            pid,
-            what: format!("thread {tid} runs under seccomp ({mode})"),
-            advice: "run it without seccomp to checkpoint it".into(),
-        });
-    }
+    let no_new_privs = status_field(&status, "NoNewPrivs") == Some("1");
+    let effective = status_field(&status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok());
+    super::seccomp::installable(pid, tid, status_field(&status, "Seccomp"), no_new_privs, effective)?;
     if let Some(what) = speculation_set(&status) {
         return Err(DumpError::Refused {
             pid,
@@ -116,7 +111,6 @@ pub fn thread(pid: i32, t: &ThreadSlot) -> Result<ThreadAttrs, DumpError> {
     }
     // Securebits other than KEEP_CAPS take CAP_SETPCAP to set, which the restorer can only
     // use while the thread still has it.
-    let effective = status_field(&status, "CapEff").and_then(|v| u64::from_str_radix(v, 16).ok());
     if t.securebits & !(1 << 4) != 0 && effective.is_some_and(|e| e & (1 << 8) == 0) {
         return Err(DumpError::Refused {
             pid,
@@ -132,9 +126,11 @@ pub fn thread(pid: i32, t: &ThreadSlot) -> Result<ThreadAttrs, DumpError> {
         affinity: mask[..words].to_vec(),
         ioprio: ioprio as i32,
         timerslack_ns: t.timerslack_ns,
-        no_new_privs: status_field(&status, "NoNewPrivs") == Some("1"),
+        no_new_privs,
         securebits: t.securebits as u32,
         mce_kill: t.mce_kill as u32,
+        // Read through ptrace once every thread is known (see `super::seccomp::read`).
+        seccomp: Vec::new(),
     })
 }
 

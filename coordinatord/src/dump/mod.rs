@@ -9,6 +9,7 @@ mod memory;
 pub mod objects;
 pub mod precopy;
 pub mod pty;
+pub mod seccomp;
 pub mod shared_dirty;
 pub mod shared_memory;
 pub mod signals;
@@ -39,6 +40,8 @@ pub enum DumpError {
     Timers { pid: i32, err: ckpt_kinds::KindError },
     #[error("process {pid}: cannot read the siginfo of its pending signals: {msg}")]
     PendingSignals { pid: i32, msg: String },
+    #[error("process {pid}: cannot read its seccomp filters: {msg}")]
+    Seccomp { pid: i32, msg: String },
     #[error("process {pid}: its POSIX timers changed while it was parked; try again")]
     TimersChanged { pid: i32 },
     #[error("process {pid}: fd {fd}: {err}")]
@@ -190,8 +193,9 @@ pub fn dump_parked(
     let t_fds = t0.elapsed();
     // Read once: the process's attributes and its locked memory both come from it.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(io_err(pid, "status"))?;
-    let mut image = state::dump_state(reg, slots, t.fixed.take(), &status)?;
+    let (mut image, filtered) = state::dump_state(reg, slots, t.fixed.take(), &status)?;
     signals::read_queues(reaper, &mut image, slots.park_signal)?;
+    seccomp::read(reaper, &mut image, &filtered)?;
     signals::timer_signals_in_order(&image)?;
     let t_state = t0.elapsed();
     image.fds = fds;

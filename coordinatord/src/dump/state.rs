@@ -1,5 +1,6 @@
 //! Kernel state other than memory and fds: threads, signals, credentials, limits, layout.
 
+use super::seccomp::Filtered;
 use super::DumpError;
 use ckpt_format::{Caps, Creds, Itimer, MmFields, ProcessImage, Rlimit, SigAction, ThreadImage};
 use ckpt_proto::slots::ProcSlot;
@@ -37,12 +38,14 @@ impl Fixed {
 
 /// The state of a parked process; `fixed` when it was read before the stop.
 /// `status`: the text of /proc/PID/status, read once while parked.
+/// With it, the threads that run under seccomp filters, whose programs are still to be read
+/// (see [`super::seccomp::read`]).
 pub fn dump_state(
     reg: &Registration,
     slots: &ProcSlot,
     fixed: Option<Fixed>,
     status: &str,
-) -> Result<ProcessImage, DumpError> {
+) -> Result<(ProcessImage, Vec<Filtered>), DumpError> {
     let pid = reg.pid;
     let perr = |e| DumpError::Proc(e, pid);
     let fixed = match fixed {
@@ -59,10 +62,17 @@ pub fn dump_state(
         });
     }
     let mut threads = Vec::with_capacity(n);
+    let mut filtered = Vec::new();
     // The main thread's status is the process's (credentials, umask, shared signals).
     let mut main_status = None;
     for t in &slots.threads[..n] {
         let st = procfs::status(pid, Some(t.tid)).map_err(perr)?;
+        if st.seccomp == 2 {
+            filtered.push(Filtered {
+                tid: t.tid,
+                count: st.seccomp_filters,
+            });
+        }
         threads.push(ThreadImage {
             tid: t.tid,
             comm: st.name.clone(),
@@ -137,7 +147,7 @@ pub fn dump_state(
     });
     let posix_timers = posix_timers(pid, slots)?;
     let (cwd, cwd_removed) = working_dir(pid)?;
-    Ok(ProcessImage {
+    let image = ProcessImage {
         pid,
         tree: super::tree::read(pid)?,
         exe: fixed.exe,
@@ -184,7 +194,8 @@ pub fn dump_state(
         stores: Vec::new(),
         parent: None,
         uffd_fd: slots.uffd_fd,
-    })
+    };
+    Ok((image, filtered))
 }
 
 /// The process's POSIX timers: how each notifies from /proc/PID/timers, its times from the

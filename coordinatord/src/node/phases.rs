@@ -159,7 +159,10 @@ impl Node {
         }
         self.meter.begin_checkpoint();
         let procs = self.registry.alive();
-        if let Some(e) = procs.iter().find_map(|p| crate::dump::attrs::traced(p.reg.pid)) {
+        if let Some(e) = procs
+            .iter()
+            .find_map(|p| crate::dump::attrs::traced(p.reg.pid).or_else(|| crate::dump::seccomp::strict(p.reg.pid)))
+        {
             bail!("host {}: {e}", self.host);
         }
         let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));

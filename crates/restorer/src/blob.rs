@@ -31,6 +31,12 @@ pub const POKE: u32 = 2;
 pub const THREAD: u32 = 3;
 /// `rsp = args[0]; rt_sigreturn`.
 pub const SIGRETURN: u32 = 4;
+/// `*(args[0] as *mut u64) += args[1]`, atomically.
+pub const ADD: u32 = 5;
+/// Waits until `*(args[0] as *const u64) >= args[1]`, spinning; between looks, a
+/// `sched_yield` when `args[2]` is not 0, else none: a thread whose seccomp filters another
+/// thread may be installing makes no system call while it waits (see `crate::seccomp`).
+pub const WAIT: u32 = 6;
 
 /// The result of this op does not matter.
 pub const IGNORE_ERROR: u32 = 1;
@@ -71,6 +77,10 @@ ckpt_blob_start:
     je 30f
     cmp eax, 4
     je 40f
+    cmp eax, 5
+    je 50f
+    cmp eax, 6
+    je 60f
     mov rax, -22
     jmp 90f
 10:
@@ -121,6 +131,26 @@ ckpt_blob_start:
     mov eax, 15
     syscall
     jmp 90f
+50:
+    mov rdi, [rbx + 16]
+    mov rsi, [rbx + 24]
+    lock add [rdi], rsi
+    inc r14
+    jmp 2b
+60:
+    mov rdi, [rbx + 16]
+    mov rax, [rdi]
+    cmp rax, [rbx + 24]
+    jae 69f
+    pause
+    cmp qword ptr [rbx + 32], 0
+    je 60b
+    mov eax, 24
+    syscall
+    jmp 60b
+69:
+    inc r14
+    jmp 2b
 90:
     mov r15, rax
     lea rsi, [r12 + 24]

@@ -10,6 +10,7 @@ mod blob;
 mod creds;
 mod fds;
 mod plan;
+mod seccomp;
 mod signals;
 mod tree;
 
@@ -160,6 +161,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     fds::after_placed(&img)?;
     fds::take_locks(&img)?;
     attrs::check(&img)?;
+    seccomp::check(&img)?;
     attrs::process_now(&img)?;
     fds::enter_working_dir(&img)?;
     // SAFETY: umask has no preconditions.

@@ -1,6 +1,6 @@
 //! Turns a process image into the list of operations the blob executes.
 
-use crate::blob::{Op, EXPECT_ARG2, IGNORE_ERROR, POKE, SIGRETURN, SYSCALL, THREAD};
+use crate::blob::{Header, Op, EXPECT_ARG2, IGNORE_ERROR, POKE, SIGRETURN, SYSCALL, THREAD};
 use crate::creds::{self, Mine};
 use anyhow::bail;
 use ckpt_format::{MappingKind, PageRun, ProcessImage, QueuedSignal, ThreadImage, PAGE_SIZE};
@@ -56,6 +56,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
     let tracked = img.mappings.iter().filter(|m| m.tracked).count();
     let tracked_runs: usize = img.mappings.iter().filter(|m| m.tracked).map(|m| m.pages.len()).sum();
     let (attr_ops, attr_data) = crate::attrs::bounds(img);
+    let (seccomp_ops, seccomp_data) = crate::seccomp::bounds(img);
     let ops = 512
         + current.len() * 2
         + img.mappings.len() * 4
@@ -68,6 +69,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + queued
         + locks
         + attr_ops
+        + seccomp_ops
         + tracked
         + tracked_runs;
     let names: usize = img.mappings.iter().map(|m| m.name.len() + 1).sum();
@@ -80,6 +82,7 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + queued * (QueuedSignal::SIZE + 16)
         + locks * 48
         + attr_data
+        + seccomp_data
         + (tracked + tracked_runs) * 32;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
@@ -119,6 +122,16 @@ impl Plan {
             flags,
             nr: nr as u64,
             args: a,
+        });
+    }
+
+    /// `*(addr as *mut u64) = value`, in the restored process.
+    pub(crate) fn poke(&mut self, addr: u64, value: u64) {
+        self.ops.push(Op {
+            kind: POKE,
+            flags: 0,
+            nr: 0,
+            args: [addr, value, 0, 0, 0, 0],
         });
     }
 
@@ -279,39 +292,16 @@ pub fn build(
             p.sys(libc::SYS_prctl, &[PR_SET_VMA, 0, m.start, len, addr], IGNORE_ERROR);
         }
     }
-    p.ops.push(Op {
-        kind: POKE,
-        flags: 0,
-        nr: 0,
-        args: [
-            img.restored_flag_addr,
-            if tracker {
-                ckpt_proto::slots::ProcSlot::RESTORED_TRACKED
-            } else {
-                1
-            },
-            0,
-            0,
-            0,
-            0,
-        ],
-    });
+    let restored = if tracker {
+        ckpt_proto::slots::ProcSlot::RESTORED_TRACKED
+    } else {
+        1
+    };
+    p.poke(img.restored_flag_addr, restored);
     // A value no earlier restore of this process used: its threads' timed calls start their
     // remaining time again from now.
-    p.ops.push(Op {
-        kind: POKE,
-        flags: 0,
-        nr: 0,
-        args: [
-            img.restored_flag_addr - ckpt_proto::slots::ProcSlot::RESTORED_OFFSET
-                + ckpt_proto::slots::ProcSlot::NONCE_OFFSET,
-            restore_nonce(),
-            0,
-            0,
-            0,
-            0,
-        ],
-    });
+    let slots = img.restored_flag_addr - ckpt_proto::slots::ProcSlot::RESTORED_OFFSET;
+    p.poke(slots + ckpt_proto::slots::ProcSlot::NONCE_OFFSET, restore_nonce());
 
     // 4. Process-wide kernel state.
     let mm = &img.mm;
@@ -376,6 +366,7 @@ pub fn build(
     let Some((main, others)) = img.threads.split_first() else {
         bail!("the image has no threads")
     };
+    let filters = crate::seccomp::place(&mut p, img);
     let mut patches = Vec::new();
     for (i, t) in others.iter().enumerate() {
         let tid_addr = p.put(&(t.tid as i64).to_le_bytes());
@@ -420,12 +411,7 @@ pub fn build(
     let timers_made = (!img.posix_timers.is_empty()).then(|| p.put(&0u64.to_le_bytes()));
     crate::signals::posix_timers(&mut p, img);
     if let Some(word) = timers_made {
-        p.ops.push(Op {
-            kind: POKE,
-            flags: 0,
-            nr: 0,
-            args: [word, 1, 0, 0, 0, 0],
-        });
+        p.poke(word, 1);
         p.sys(
             libc::SYS_futex,
             &[
@@ -451,7 +437,12 @@ pub fn build(
     for sig in crate::signals::unqueued(img.shared_pending, &img.shared_queue) {
         p.sys(libc::SYS_kill, &[pid, sig], IGNORE_ERROR);
     }
+    // A failure from here on can no longer be reported, and the fd number may soon be the
+    // program's own (a thread already returned to it may open a file): the blob's failure
+    // record goes nowhere (fd -1) rather than into it, and the process just ends.
+    p.poke(region.header + std::mem::offset_of!(Header, status_fd) as u64, u64::MAX);
     p.sys(libc::SYS_close, &[fds.status as u64], IGNORE_ERROR);
+    crate::seccomp::last_ops(&mut p, img, main, &filters, true)?;
     p.ops.push(Op {
         kind: SIGRETURN,
         flags: 0,
@@ -469,6 +460,7 @@ pub fn build(
             );
         }
         thread_tail(&mut p, img, t, mine)?;
+        crate::seccomp::last_ops(&mut p, img, t, &filters, false)?;
         p.ops.push(Op {
             kind: SIGRETURN,
             flags: 0,

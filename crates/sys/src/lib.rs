@@ -7,5 +7,6 @@ pub mod paths;
 pub mod peer;
 pub mod probe;
 pub mod procfs;
+pub mod seccomp;
 pub mod spawn;
 pub mod uffd;

@@ -60,6 +60,11 @@ pub fn all() -> Vec<Feature> {
             msg_copy(),
         ),
         feature(
+            "PTRACE_SECCOMP_GET_FILTER",
+            "reading the seccomp filters of threads that run under some (restored with them)",
+            seccomp_get_filter(),
+        ),
+        feature(
             "fanotify writer pids",
             "proving who wrote a log since the checkpoint (cut back at restore)",
             fanotify_pids(),
@@ -250,4 +255,78 @@ fn sched_getattr() -> Result<String, String> {
         return Err(os_err("sched_getattr"));
     }
     Ok("available".into())
+}
+
+fn seccomp_get_filter() -> Result<String, String> {
+    // A child of our own under an allow-everything filter, read as ckptd reads a parked thread.
+    let mut pipe = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(os_err("pipe2"));
+    }
+    // SAFETY: both fds were just created and are owned here.
+    let (rd, wr) = unsafe { (OwnedFd::from_raw_fd(pipe[0]), OwnedFd::from_raw_fd(pipe[1])) };
+    // SAFETY: the child makes raw system calls only, then ends with _exit.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(os_err("fork"));
+    }
+    if child == 0 {
+        // struct sock_filter { code, jt, jf, k }: ret SECCOMP_RET_ALLOW.
+        let allow: [u8; 8] = [0x06, 0, 0, 0, 0, 0, 0xff, 0x7f];
+        let prog: [u64; 2] = [1, allow.as_ptr() as u64];
+        // SAFETY: prctl and seccomp read `prog` and `allow`, which live until _exit; write
+        // and pause take a local byte or nothing.
+        unsafe {
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+            let ok = libc::syscall(
+                libc::SYS_seccomp,
+                1, /* SECCOMP_SET_MODE_FILTER */
+                0,
+                prog.as_ptr(),
+            ) == 0;
+            let b = ok as u8;
+            libc::write(wr.as_raw_fd(), (&b as *const u8).cast(), 1);
+            loop {
+                libc::pause();
+            }
+        }
+    }
+    drop(wr);
+    let r = read_child_filter(child, rd.as_raw_fd());
+    // SAFETY: ending and reaping our own child.
+    unsafe {
+        libc::kill(child, libc::SIGKILL);
+        libc::waitpid(child, std::ptr::null_mut(), libc::__WALL);
+    }
+    r
+}
+
+fn read_child_filter(child: libc::pid_t, ready: i32) -> Result<String, String> {
+    let mut b = 0u8;
+    // SAFETY: reads one byte into a local.
+    if unsafe { libc::read(ready, (&mut b as *mut u8).cast(), 1) } != 1 || b != 1 {
+        return Err("a child could not install a seccomp filter".into());
+    }
+    // SAFETY: SEIZE and INTERRUPT of our own child take no memory; waitpid writes a local.
+    unsafe {
+        if libc::ptrace(libc::PTRACE_SEIZE, child, 0, 0) < 0 {
+            return Err(os_err("PTRACE_SEIZE"));
+        }
+        if libc::ptrace(libc::PTRACE_INTERRUPT, child, 0, 0) < 0 {
+            return Err(os_err("PTRACE_INTERRUPT"));
+        }
+        let mut st = 0;
+        if libc::waitpid(child, &mut st, libc::__WALL) < 0 {
+            return Err(os_err("waitpid"));
+        }
+    }
+    match crate::seccomp::filter(child, 0) {
+        Ok(Some(p)) if p.len() == 8 => Ok("available".into()),
+        Ok(_) => Err("PTRACE_SECCOMP_GET_FILTER gave another filter than the child's".into()),
+        Err(e) => Err(format!(
+            "{}: a thread under a seccomp filter is refused at checkpoint",
+            crate::seccomp::why(&e)
+        )),
+    }
 }

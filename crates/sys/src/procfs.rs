@@ -223,6 +223,10 @@ pub struct Status {
     pub cap_eff: u64,
     pub cap_bnd: u64,
     pub cap_amb: u64,
+    /// Seccomp mode: 0 none, 1 strict, 2 filters.
+    pub seccomp: u32,
+    /// How many seccomp filters the thread runs under (`Seccomp_filters`).
+    pub seccomp_filters: u32,
 }
 
 pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
@@ -259,6 +263,8 @@ pub fn status(pid: i32, tid: Option<i32>) -> Result<Status, ProcError> {
             "CapEff" => st.cap_eff = u64::from_str_radix(v, 16).unwrap_or(0),
             "CapBnd" => st.cap_bnd = u64::from_str_radix(v, 16).unwrap_or(0),
             "CapAmb" => st.cap_amb = u64::from_str_radix(v, 16).unwrap_or(0),
+            "Seccomp" => st.seccomp = v.parse().unwrap_or(0),
+            "Seccomp_filters" => st.seccomp_filters = v.parse().unwrap_or(0),
             _ => {}
         }
     }
