@@ -21,6 +21,7 @@ tmp="$(mktemp -d /tmp/ckpt-demo.XXXXXX)"
 ckptd_pid=""
 app_pid=""
 sed_pid=""
+cat_pid=""
 
 wait_gone() { # pid: wait (max 10 s) until /proc/pid disappears
     local i
@@ -47,6 +48,10 @@ cleanup() {
         done
         kill -9 "$ckptd_pid" 2>/dev/null
         wait "$ckptd_pid" 2>/dev/null
+    fi
+    if [ -n "$cat_pid" ]; then
+        kill "$cat_pid" 2>/dev/null
+        wait "$cat_pid" 2>/dev/null
     fi
     if [ -n "$sed_pid" ]; then
         # exits once the restored program is gone (EOF on its pipe)
@@ -90,9 +95,16 @@ run_clean() {
     done
     exec "$@"
 }
-# stdout is a pipe (ckpt hands pipe/tty stdio over to `ckptctl restore`).
-run_clean "$BIN/ckpt-run" -- "$tmp/counter" > >(exec cat >"$tmp/before.out") &
+# stdout is a pipe (ckpt hands pipe/tty stdio over to `ckptctl restore`), read by a cat that
+# is this script's child: one the program forked (as `> >(cat)` would make it) would have to be
+# in the checkpoint too.
+# (A coproc's fds are not passed to subshells: its input is given a number of its own first.)
+coproc OUT { exec cat >"$tmp/before.out"; }
+cat_pid=$OUT_PID
+exec 7>&"${OUT[1]}"
+run_clean "$BIN/ckpt-run" -- "$tmp/counter" >&7 &
 app_pid=$!
+exec 7>&-
 sleep 1.5
 echo "== counter running as pid $app_pid; last lines:"
 tail -n 3 "$tmp/before.out"

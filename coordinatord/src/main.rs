@@ -10,6 +10,7 @@ mod private;
 mod progress;
 mod registry;
 mod server;
+mod session;
 mod trace;
 mod unblock;
 
@@ -115,6 +116,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     let restorer = ckpt_sys::paths::sibling("ckpt-restore").context("cannot find the restorer")?;
 
+    // Its own share of the CPU, whatever the load of the programs it serves.
+    session::own();
+
     // Block the stop signals in every thread; one thread waits for them.
     let mut stop = nix::sys::signal::SigSet::empty();
     stop.add(nix::sys::signal::SIGTERM);
@@ -189,7 +193,7 @@ fn run(args: Args) -> anyhow::Result<()> {
             .name("server".into())
             .spawn(move || server::serve(ctx, listener))?;
     }
-    tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, "ckptd ready");
+    tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, pid = std::process::id(), "ckptd ready");
     let sig = stop.wait()?;
     tracing::info!("{}: shutting down", sig.as_str());
     let _ = std::fs::remove_file(&socket);

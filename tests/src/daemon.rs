@@ -30,6 +30,8 @@ pub struct Daemon {
     extra: Vec<String>,
     /// The user ckptd and its programs run as, when not the test's.
     run_as: Option<RunAs>,
+    /// Started like a job of an interactive shell (see [`Daemon::start_job`]).
+    job: bool,
 }
 
 impl Daemon {
@@ -54,7 +56,17 @@ impl Daemon {
         Self::start_full(&bin_dir(), extra, Some(user))
     }
 
+    /// Like [`Daemon::start_with`], but ckptd leads a process group of its own, as a job of an
+    /// interactive shell (`ckptd &`) does: it cannot leave the test's session then.
+    pub fn start_job(bin_dir: &Path, extra: &[&str]) -> Result<Daemon> {
+        Self::start_full_as(bin_dir, extra, None, true)
+    }
+
     fn start_full(bin_dir: &Path, extra: &[&str], run_as: Option<RunAs>) -> Result<Daemon> {
+        Self::start_full_as(bin_dir, extra, run_as, false)
+    }
+
+    fn start_full_as(bin_dir: &Path, extra: &[&str], run_as: Option<RunAs>, job: bool) -> Result<Daemon> {
         init();
         let ckptd = bin_dir.join("ckptd");
         for b in ["ckptd", "ckptctl", "ckpt-run"] {
@@ -90,6 +102,7 @@ impl Daemon {
             app_pids: Arc::new(Mutex::new(Vec::new())),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             run_as,
+            job,
         };
         d.launch(&ckptd)?;
         Ok(d)
@@ -118,6 +131,19 @@ impl Daemon {
             Some(u) => u.ckptd_command(ckptd),
             None => Command::new(ckptd),
         };
+        // ckptd leaves the test's session (its own autogroup), so a ^C of the test no longer
+        // reaches it: it goes with the thread that started it instead (the test's, which drops
+        // the Daemon anyway).
+        // SAFETY: prctl with integer arguments, async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
+                Ok(())
+            });
+        }
+        if self.job {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         let child = spawn_tracked(
             cmd.arg("--socket")
                 .arg(&self.socket)

@@ -51,7 +51,10 @@ impl RunAs {
     pub fn ckptd_command(&self, ckptd: &Path) -> Command {
         let mut c = Command::new("setpriv");
         c.args(["--reuid", &self.uid.to_string(), "--regid", &self.gid.to_string()]);
-        c.arg("--init-groups").env("USER", &self.name).env("HOME", &self.home);
+        // Changing the user would clear the harness's parent-death signal (see `Daemon`).
+        c.args(["--init-groups", "--pdeathsig", "keep"])
+            .env("USER", &self.name)
+            .env("HOME", &self.home);
         if self.cap {
             c.args([
                 "--inh-caps",

@@ -220,6 +220,11 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             _ => None,
         };
         let is_shared_delta = shared_delta.is_some();
+        // Re-armed by the pre-copy but not copied: read now, written since or not.
+        let pending = pre_m
+            .as_mut()
+            .map(|p| std::mem::take(&mut p.pending))
+            .unwrap_or_default();
         // What to read now, the base's runs still valid for this mapping, and where an older
         // copy of a page exists (sorted, merged).
         let (taken, mut runs, cover): (Taken, Vec<PageRun>, Ranges) = match (delta, pre_m.as_mut(), base) {
@@ -285,13 +290,16 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
         } else {
             taken.gone
         };
+        // Pages written since are read with them (or left in the window).
+        let pending = subtract(&pending, &taken.data);
         // Long, dense stretches of written data stay in place, protected, instead of being
         // copied now (never pages that hold none: the window reads all it takes).
         let (data, deferred) = match &mut window {
             Some(w) if delta => w.defer(idx, taken.data),
             _ => (taken.data, Vec::new()),
         };
-        let ranges = merge_ranges(data.into_iter().chain(gone).collect());
+        let pending = subtract(&pending, &deferred);
+        let ranges = merge_ranges(data.into_iter().chain(gone).chain(pending).collect());
         // Pages copied before the stop come first; what changed since goes over them.
         if let Some(p) = pre_m {
             let delta = merge_ranges(ranges.iter().chain(&deferred).copied().collect());

@@ -4,18 +4,60 @@
 //! thread at the lowest priority, which a waking program preempts at once but which still
 //! progresses when the program keeps every core busy.
 
+use std::sync::{mpsc, Mutex};
+use std::time::Instant;
+
+/// The lowest priority, and the ordinary one.
+const LOW: i32 = 19;
+const NORMAL: i32 = 0;
+
 /// Runs `f` on a fresh thread at nice 19 (threads it starts inherit that) and returns its
 /// result.
 pub fn run<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    run_until(None, f)
+}
+
+/// Like [`run`], but what is still running at `deadline` is work the cut waits for (a
+/// user asked for the checkpoint of that moment): the thread gets back the ordinary priority
+/// then. Raising a priority takes `CAP_SYS_NICE` (or a high enough `RLIMIT_NICE`); without
+/// it, the thread stays as it is.
+pub fn run_until<T: Send>(deadline: Option<Instant>, f: impl FnOnce() -> T + Send) -> T {
+    // The thread's id, and whether it was raised already (then it must not lower itself).
+    let state: Mutex<(i32, bool)> = Mutex::new((0, false));
+    let (done, finished) = mpsc::channel::<()>();
     std::thread::scope(|sc| {
         let h = sc.spawn(|| {
-            // SAFETY: setpriority on this thread only (who = 0 is the calling thread).
-            unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
-            f()
+            {
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                // SAFETY: gettid has no arguments and cannot fail.
+                s.0 = unsafe { libc::gettid() };
+                if !s.1 {
+                    set_nice(0, LOW);
+                }
+            }
+            let v = f();
+            drop(done);
+            v
         });
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(left) {
+                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                s.1 = true;
+                if s.0 != 0 && !set_nice(s.0, NORMAL) {
+                    tracing::debug!("cannot raise the pre-copy's priority (no CAP_SYS_NICE): it stays at nice {LOW}");
+                }
+            }
+        }
         match h.join() {
             Ok(v) => v,
             Err(p) => std::panic::resume_unwind(p),
         }
     })
+}
+
+/// Sets the nice value of thread `tid` (0: the calling one); false if not allowed.
+fn set_nice(tid: i32, nice: i32) -> bool {
+    // SAFETY: setpriority on one thread (PRIO_PROCESS with a thread id names that thread).
+    unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) == 0 }
 }

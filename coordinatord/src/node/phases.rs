@@ -165,7 +165,12 @@ impl Node {
         {
             bail!("host {}: {e}", self.host);
         }
-        let (bases, prepared) = super::background::run(|| self.prepare_all(&dir, &procs, mode));
+        // The cut must not wait on the copy (a busy machine slows it at nice 19): past this,
+        // the pre-copy gives up and the stop copies the rest, and what is left of the
+        // preparing is done at the ordinary priority.
+        let deadline = Instant::now() + self.precopy_budget;
+        let (bases, prepared) =
+            super::background::run_until(Some(deadline), || self.prepare_all(&dir, &procs, mode, deadline));
         // The files to snapshot: their writes are held from the gate's shutting to the park.
         let mut files = Capture::begin(&self.store, &dir, &self.host, self.files.rules_for(rules));
         let running: Vec<i32> = procs.iter().map(|p| p.reg.pid).collect();

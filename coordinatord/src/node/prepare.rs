@@ -44,16 +44,15 @@ fn track(p: &Proc) -> anyhow::Result<Option<crate::dump::window::Fds>> {
 impl Node {
     /// Chooses each process's base, opens its page store, reads what of its state does not
     /// change and, unless in stop-the-world mode, copies its tracked memory while it still
-    /// runs. A process whose pre-copy fails gets a full checkpoint.
+    /// runs, until `deadline` (then the stop copies the rest). A process whose pre-copy fails
+    /// gets a full checkpoint.
     pub(super) fn prepare_all(
         &self,
         dir: &CheckpointDir,
         procs: &[Arc<Proc>],
         mode: CheckpointMode,
+        deadline: std::time::Instant,
     ) -> (HashMap<i32, (String, ProcessImage)>, HashMap<i32, Prepared>) {
-        // The cut must not wait on the copy (a busy machine slows it at nice 19): past this,
-        // the pre-copy gives up and the stop copies the rest.
-        let deadline = std::time::Instant::now() + self.precopy_budget;
         let mut bases = HashMap::new();
         let mut prepared = HashMap::new();
         for p in procs {
