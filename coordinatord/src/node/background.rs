@@ -12,16 +12,11 @@ const LOW: i32 = 19;
 const NORMAL: i32 = 0;
 
 /// Runs `f` on a fresh thread at nice 19 (threads it starts inherit that) and returns its
-/// result.
-pub fn run<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    run_until(None, f)
-}
-
-/// Like [`run`], but what is still running at `deadline` is work the cut waits for (a
-/// user asked for the checkpoint of that moment): the thread gets back the ordinary priority
-/// then. Raising a priority takes `CAP_SYS_NICE` (or a high enough `RLIMIT_NICE`); without
-/// it, the thread stays as it is.
-pub fn run_until<T: Send>(deadline: Option<Instant>, f: impl FnOnce() -> T + Send) -> T {
+/// result. What is still running at `deadline` is work someone waits for (the cut, which a
+/// user asked for at that moment; the end of the checkpoint): the thread gets back the
+/// ordinary priority then. Raising a priority takes `CAP_SYS_NICE` (or a high enough
+/// `RLIMIT_NICE`); without it, the thread stays as it is.
+pub fn run_until<T: Send>(deadline: Instant, f: impl FnOnce() -> T + Send) -> T {
     // The thread's id, and whether it was raised already (then it must not lower itself).
     let state: Mutex<(i32, bool)> = Mutex::new((0, false));
     let (done, finished) = mpsc::channel::<()>();
@@ -39,14 +34,12 @@ pub fn run_until<T: Send>(deadline: Option<Instant>, f: impl FnOnce() -> T + Sen
             drop(done);
             v
         });
-        if let Some(deadline) = deadline {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(left) {
-                let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-                s.1 = true;
-                if s.0 != 0 && !set_nice(s.0, NORMAL) {
-                    tracing::debug!("cannot raise the pre-copy's priority (no CAP_SYS_NICE): it stays at nice {LOW}");
-                }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(left) {
+            let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+            s.1 = true;
+            if s.0 != 0 && !set_nice(s.0, NORMAL) {
+                tracing::debug!("cannot raise a background copy's priority (no CAP_SYS_NICE): it stays at nice {LOW}");
             }
         }
         match h.join() {

@@ -170,7 +170,7 @@ impl Node {
         // preparing is done at the ordinary priority.
         let deadline = Instant::now() + self.precopy_budget;
         let (bases, prepared) =
-            super::background::run_until(Some(deadline), || self.prepare_all(&dir, &procs, mode, deadline));
+            super::background::run_until(deadline, || self.prepare_all(&dir, &procs, mode, deadline));
         // The files to snapshot: their writes are held from the gate's shutting to the park.
         let mut files = Capture::begin(&self.store, &dir, &self.host, self.files.rules_for(rules));
         let running: Vec<i32> = procs.iter().map(|p| p.reg.pid).collect();

@@ -8,7 +8,10 @@ use crate::dump::Dumped;
 use anyhow::anyhow;
 use ckpt_format::{write_record, FileRecord, FileSummary, ProcessEntry, RecordKind};
 use ckpt_proto::Phase;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long storing a checkpoint's pages stays at the lowest priority.
+const STORE_LOW: Duration = Duration::from_secs(2);
 
 impl Node {
     /// Stores what was read of the parked processes (`parked`: when each was parked, its
@@ -47,7 +50,10 @@ impl Node {
                 Err(_) => Err(anyhow!("store window thread panicked")),
             })
         })?;
-        let images = super::background::run(|| {
+        // Storing at nice 19 yields to every program, but among a busy workload (ckptd in its
+        // session's autogroup) it could take half a minute, holding the pages in memory and
+        // the checkpoint unfinished: past STORE_LOW it gets the ordinary priority.
+        let images = super::background::run_until(Instant::now() + STORE_LOW, || {
             parked
                 .into_iter()
                 .map(|(at, stop_us, d)| {
