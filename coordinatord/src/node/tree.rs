@@ -212,10 +212,12 @@ impl Node {
             Ok((other, _)) => bail!("restored pid {pid} sent {other:?} instead of its restore notice"),
             Err(e) => {
                 // The restorer had finished (its status pipe closed without a failure), so the
-                // program ran: a short-lived one (a shell's `sleep`) may well finish, with
-                // success, before its control thread reports. Only ckptd's own children can
-                // be waited for here; another's exit is its parent's to collect.
-                if !root && !ckpt_sys::procfs::alive(pid) {
+                // program ran: a short-lived one (a shell's `sleep`, a server's worker whose
+                // client was outside the checkpoint) may well finish before its control thread
+                // reports. Only ckptd's own children can be waited for here; another's exit is
+                // its parent's to collect. An exiting process closes its connection before it
+                // is a zombie: on a busy machine that takes a while.
+                if !root && ended_soon(pid) {
                     tracing::info!(
                         pid,
                         id,
@@ -388,4 +390,18 @@ fn syscall_name(nr: u64) -> String {
         _ => return format!("syscall {nr}"),
     };
     name.to_string()
+}
+
+/// Whether process `pid` (not ckptd's child) is gone or a zombie within a moment.
+fn ended_soon(pid: i32) -> bool {
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        if !ckpt_sys::procfs::alive(pid) {
+            return true;
+        }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
