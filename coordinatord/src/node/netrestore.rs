@@ -375,11 +375,23 @@ fn shut(s: &UdpSocket, how: u8) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// TCP state of a side whose FIN is not acknowledged yet.
+const FIN_WAIT1: u8 = 4;
+
 /// Shuts the sides of a re-made connection its program had shut (1: receive, 2: send). The
 /// receive side only once this end's unread bytes are back in its queue.
 fn shut_conn(s: &TcpStream, queued: usize, how: u8) -> anyhow::Result<()> {
     if how & 2 != 0 {
         s.shutdown(std::net::Shutdown::Write)?;
+        // The program had its FIN acknowledged (only FIN_WAIT2 is taken): it must not find
+        // the re-made side still waiting for that (FIN_WAIT1) on a busy machine.
+        let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+        while crate::dump::sockets::tcp_counts(s.as_raw_fd()).state == FIN_WAIT1 {
+            if std::time::Instant::now() > deadline {
+                bail!("its FIN was not acknowledged");
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
     if how & 1 != 0 {
         let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
