@@ -51,8 +51,11 @@ pub struct Server {
     guard: Option<Arc<Link>>,
     total: u64,
     turn: usize,
-    /// A testing hook: the background waits this long (for events) between slices.
+    /// A testing hook: the background waits this long (for events) after each [`SLICE`] it
+    /// copied.
     delay_ms: i32,
+    /// Bytes the background copied since it last waited.
+    since_wait: u64,
     seen: Seen,
 }
 
@@ -110,6 +113,7 @@ impl Server {
             total,
             turn: 0,
             delay_ms: 0,
+            since_wait: 0,
             seen: Seen::default(),
         }
     }
@@ -146,7 +150,15 @@ impl Server {
     fn serve(&mut self) -> anyhow::Result<bool> {
         loop {
             let work = self.ready.is_none() && self.spaces.iter().any(|s| !s.pending.is_empty() && !s.blocked);
-            if !self.events(if work { self.delay_ms } else { 5 })? {
+            let wait = match work {
+                true if self.since_wait >= SLICE => {
+                    self.since_wait = 0;
+                    self.delay_ms
+                }
+                true => 0,
+                false => 5,
+            };
+            if !self.events(wait)? {
                 // Nothing is left to load into.
                 return Ok(false);
             }
@@ -328,6 +340,7 @@ impl Server {
             self.turn = i + 1;
             let (seg, _, seg_end) = self.segment(orig)?;
             let hi = e.min(s + (seg_end - orig)).min(s + SLICE);
+            self.since_wait += hi - s;
             if let Step::Blocked = self.copy(i, s, hi, seg, orig)? {
                 self.spaces[i].blocked = true;
             }

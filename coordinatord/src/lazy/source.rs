@@ -5,7 +5,7 @@
 //! and in one store (a checkpoint taken while the program wrote holds many single pages) are
 //! read together, up to [`SEGMENT_MAX`] at a time.
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use ckpt_format::{FormatError, Mapping, PageRun, PageStoreReader};
 use std::collections::{BinaryHeap, VecDeque};
 use std::os::unix::fs::FileExt;
@@ -116,7 +116,8 @@ impl Source {
                     true => self.cache.pop_front().map(|(_, b)| b).unwrap_or_default(),
                     false => Vec::new(),
                 };
-                let base = self.read(&seg, &mut buf)?;
+                // Its own line only: the store's errors say their cause in it already.
+                let base = self.read(&seg, &mut buf).map_err(|e| anyhow!("{e}"))?;
                 // Kept as the segment's own bytes: from its start.
                 buf.drain(..(seg.start - base) as usize);
                 self.cache.push_back((i, buf));
@@ -127,15 +128,13 @@ impl Source {
         Ok(&self.cache[at].1[off..off + (to - from) as usize])
     }
 
-    /// Reads what `seg` needs into `buf`; the address its first byte belongs at.
-    fn read(&self, seg: &Segment, buf: &mut Vec<u8>) -> anyhow::Result<u64> {
+    /// Reads what `seg` needs into `buf`; the address its first byte belongs at. Errors are
+    /// one line each (the store's path and what is wrong with it).
+    fn read(&self, seg: &Segment, buf: &mut Vec<u8>) -> Result<u64, FormatError> {
         match &seg.how {
             Read::Part { run } => {
                 let r = &self.runs[*run];
-                let reader = &self.readers[r.store as usize];
-                reader
-                    .read_run(r, buf)
-                    .with_context(|| format!("reading {}", reader.path().display()))?;
+                self.readers[r.store as usize].read_run(r, buf)?;
                 Ok(r.addr)
             }
             Read::Direct { from, to } => {
@@ -144,21 +143,30 @@ impl Source {
                 let reader = &self.readers[first.store as usize];
                 let path = reader.path();
                 buf.resize((seg.end - seg.start) as usize, 0);
-                reader
-                    .file()
-                    .read_exact_at(buf, first.offset)
-                    .map_err(|source| FormatError::Io {
-                        path: path.to_path_buf(),
-                        source,
-                    })?;
+                if let Err(source) = reader.file().read_exact_at(buf, first.offset) {
+                    // Cut short since the restore began: says how much is missing.
+                    let got = reader.file().metadata().map_or(0, |m| m.len());
+                    let expected = first.offset + buf.len() as u64;
+                    return Err(match source.kind() {
+                        std::io::ErrorKind::UnexpectedEof if got < expected => FormatError::Truncated {
+                            path: path.to_path_buf(),
+                            what: "page store",
+                            expected,
+                            got,
+                        },
+                        _ => FormatError::Io {
+                            path: path.to_path_buf(),
+                            source,
+                        },
+                    });
+                }
                 for r in runs.iter().map(|&i| &self.runs[i as usize]) {
                     let off = (r.addr - seg.start) as usize;
                     if crc32c::crc32c(&buf[off..off + r.len as usize]) != r.crc {
                         return Err(FormatError::Checksum {
                             path: path.to_path_buf(),
                             what: format!("pages at {:#x} (+{} bytes, file offset {})", r.addr, r.len, r.offset),
-                        }
-                        .into());
+                        });
                     }
                 }
                 Ok(seg.start)
