@@ -11,6 +11,7 @@ use std::collections::HashSet;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ pub struct Link {
 struct Acks {
     state: Mutex<(HashSet<i32>, bool)>,
     cv: Condvar,
+    /// ckptd let go of the guard: its end is expected.
+    closing: AtomicBool,
 }
 
 impl Link {
@@ -44,6 +47,9 @@ impl Link {
             while let Ok((GuardAck::Released { pid }, _)) = ckpt_proto::recv::<GuardAck>(&rx) {
                 a.state.lock().unwrap_or_else(|e| e.into_inner()).0.insert(pid);
                 a.cv.notify_all();
+            }
+            if !a.closing.load(Ordering::SeqCst) {
+                tracing::warn!("the guard of a lazy restore has ended; the load goes on, unguarded should ckptd end");
             }
             a.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
             a.cv.notify_all();
@@ -101,6 +107,7 @@ impl Link {
 impl Drop for Link {
     /// The load is over: the guard, holding nothing any more, ends.
     fn drop(&mut self) {
+        self.acks.closing.store(true, Ordering::SeqCst);
         let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
         let _ = tx.shutdown(std::net::Shutdown::Both);
     }

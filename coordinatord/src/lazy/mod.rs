@@ -319,9 +319,15 @@ impl Group {
             st.running += 1;
             st.progress.insert(pid, (server.total(), server.total()));
         }
-        let spawned = std::thread::Builder::new()
-            .name(format!("lazy-{pid}"))
-            .spawn(move || server.run());
+        let group = self.clone();
+        let spawned = std::thread::Builder::new().name(format!("lazy-{pid}")).spawn(move || {
+            // A server that stopped half-way would leave the program waiting for its pages
+            // forever (the guard's copies keep them missing): it takes the restore with it.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.run())).is_err() {
+                group.fail(pid, &anyhow!("the thread that loads its pages failed"));
+                group.server_ended(pid, false);
+            }
+        });
         if let Err(e) = spawned {
             self.server_ended(pid, false);
             return Err(e).context("cannot start the thread that loads pages lazily");
