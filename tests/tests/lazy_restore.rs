@@ -364,3 +364,25 @@ fn a_ckptd_that_may_not_serve_missing_pages_refuses_lazy_in_one_line() -> Result
     back.kill9()?;
     Ok(())
 }
+
+#[test]
+fn a_process_tree_with_zombies_and_groups_comes_back_lazily_twice() -> Result<()> {
+    require_root!();
+    let d = Daemon::start_with(&bin_dir(), SLOW)?;
+    let mut app = d.run_example("tree_state", &[])?;
+    let pid = app.pid;
+    app.expect_tick(LINE_TIMEOUT)?;
+    ask_state(&app).context("before any checkpoint")?;
+    for round in 1..=2 {
+        let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
+        app.kill9_tree()?;
+        app = d.restore_args(&cp.id, pid, &["--lazy"])?;
+        app.expect_tick(LINE_TIMEOUT)
+            .with_context(|| format!("after lazy restore {round}"))?;
+        ask_state(&app).with_context(|| format!("after lazy restore {round}\n{}", d.context()))?;
+        wait_ok(&mut app, "the lazy restore of the tree")?;
+        ask_state(&app).with_context(|| format!("once loaded, restore {round}"))?;
+    }
+    app.kill9()?;
+    Ok(())
+}

@@ -57,11 +57,12 @@ pub fn open(ranges: Vec<(u64, u64)>, base: RawFd) -> anyhow::Result<Option<Lazy>
     if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(std::io::Error::last_os_error()).context("pipe");
     }
+    // Both above the program's fds, which are placed at their numbers after this.
     Ok(Some(Lazy {
         fd,
         ranges,
         ready: crate::fds::lift(ends[1], base)?,
-        ready_for_ckptd: ends[0],
+        ready_for_ckptd: crate::fds::lift(ends[0], base)?,
     }))
 }
 
