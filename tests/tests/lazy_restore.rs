@@ -365,24 +365,86 @@ fn a_ckptd_that_may_not_serve_missing_pages_refuses_lazy_in_one_line() -> Result
     Ok(())
 }
 
-#[test]
-fn a_process_tree_with_zombies_and_groups_comes_back_lazily_twice() -> Result<()> {
-    require_root!();
+/// `example` (one that checks its own state on SIGUSR1, see `ckpt_tests::ask_state`)
+/// checkpointed and restored lazily twice, the second time from a checkpoint of the lazily
+/// restored program; asked while its pages load and once they are in.
+fn survives_two_lazy_restores(example: &str, args: &[&str]) -> Result<()> {
     let d = Daemon::start_with(&bin_dir(), SLOW)?;
-    let mut app = d.run_example("tree_state", &[])?;
+    let mut app = d.run_example(example, args)?;
     let pid = app.pid;
     app.expect_tick(LINE_TIMEOUT)?;
-    ask_state(&app).context("before any checkpoint")?;
+    ask_state(&app).with_context(|| format!("{example} before any checkpoint"))?;
     for round in 1..=2 {
-        let cp = d.checkpoint_app(&app).with_context(|| format!("checkpoint {round}"))?;
+        let cp = d
+            .checkpoint_app(&app)
+            .with_context(|| format!("{example}: checkpoint {round}"))?;
         app.kill9_tree()?;
         app = d.restore_args(&cp.id, pid, &["--lazy"])?;
         app.expect_tick(LINE_TIMEOUT)
-            .with_context(|| format!("after lazy restore {round}"))?;
-        ask_state(&app).with_context(|| format!("after lazy restore {round}\n{}", d.context()))?;
-        wait_ok(&mut app, "the lazy restore of the tree")?;
-        ask_state(&app).with_context(|| format!("once loaded, restore {round}"))?;
+            .with_context(|| format!("{example}: after lazy restore {round}"))?;
+        ask_state(&app).with_context(|| format!("{example}: after lazy restore {round}\n{}", d.context()))?;
+        wait_ok(&mut app, example)?;
+        ask_state(&app).with_context(|| format!("{example}: once loaded, restore {round}"))?;
     }
     app.kill9()?;
+    Ok(())
+}
+
+#[test]
+fn a_process_tree_with_zombies_and_groups_comes_back_lazily_twice() -> Result<()> {
+    require_root!();
+    survives_two_lazy_restores("tree_state", &[])
+}
+
+/// Programs holding kernel state of many kinds: each one's own verdict after lazy restores.
+#[test]
+fn kinds_of_state_come_back_lazily() -> Result<()> {
+    require_root!();
+    for example in [
+        "relatives",
+        "signal_edges",
+        "altstack_state",
+        "posix_timers",
+        "proc_attrs",
+        "epoll_state",
+        "memfd_state",
+        "pipe_modes",
+        "pidfd_state",
+    ] {
+        survives_two_lazy_restores(example, &[])?;
+    }
+    // Many attributes at once, locked memory among them (loaded before the program runs).
+    let dir = tempfile::tempdir()?;
+    survives_two_lazy_restores("sweep", &[dir.path().to_str().unwrap_or_default()])
+}
+
+/// Threads and an interpreter: eight threads passing a token, and Python's 1,000,000-entry
+/// dict, carry on after a lazy restore (their tick lines end in `ok` only if their state is).
+#[test]
+fn threads_and_python_carry_on_after_a_lazy_restore() -> Result<()> {
+    require_root!();
+    for (example, first_tick) in [
+        ("threads_condvar", LINE_TIMEOUT),
+        ("dict_counter.py", Duration::from_secs(60)),
+    ] {
+        let d = Daemon::start_with(&bin_dir(), SLOW)?;
+        let mut app = d.run_example(example, &[])?;
+        let pid = app.pid;
+        let t0 = app.expect_tick(first_tick)?;
+        app.expect_consecutive_ticks(t0, 1, true, LINE_TIMEOUT)?;
+        let cp = d.checkpoint_app(&app)?;
+        app.kill9()?;
+        let mut r = d.restore_args(&cp.id, pid, &["--lazy"])?;
+        let (t, line) = r.expect_tick_line(LINE_TIMEOUT)?;
+        cp.check_resumed(t, &r)?;
+        ensure!(
+            line.trim_end().ends_with(" ok"),
+            "{example}: expected `ok` in {line:?}\n{}",
+            r.context()
+        );
+        wait_ok(&mut r, example)?;
+        r.expect_consecutive_ticks(t, 2, true, LINE_TIMEOUT)?;
+        r.kill9()?;
+    }
     Ok(())
 }
