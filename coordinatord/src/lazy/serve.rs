@@ -376,9 +376,11 @@ impl Server {
                     }
                     Some(libc::EAGAIN) => return Ok(Step::Blocked),
                     Some(libc::ENOENT) if whole && len > PAGE_SIZE as usize => whole = false,
-                    // Not registered there (any more): nothing of it is ours to fill.
+                    // Not registered there (any more): nothing of it is ours to fill; a
+                    // thread that waited there tries again without us.
                     Some(libc::ENOENT) => {
                         sp.pending.remove(at, at + PAGE_SIZE);
+                        let _ = uffd::wake(sp.fd.as_fd(), at, PAGE_SIZE);
                         at += PAGE_SIZE;
                     }
                     Some(libc::ESRCH) => {
