@@ -15,6 +15,7 @@ pub mod files;
 mod fold;
 mod header;
 mod image;
+pub mod lazy;
 mod manifest;
 mod pages;
 pub mod private;

@@ -4,6 +4,7 @@
 mod dump;
 mod files;
 mod hot;
+mod lazy;
 mod manager;
 mod node;
 mod private;
@@ -62,6 +63,9 @@ struct Args {
     /// Testing hook: wait this long before reading store windows
     #[arg(long, hide = true, default_value_t = 0)]
     test_window_delay_ms: u64,
+    /// Testing hook: a lazy restore's background loading waits this long between slices
+    #[arg(long, hide = true, default_value_t = 0)]
+    test_lazy_delay_ms: u64,
     /// File holding the cluster secret (required with --manager-listen or --join)
     #[arg(long, value_name = "FILE")]
     secret: Option<PathBuf>,
@@ -147,6 +151,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut node = node::Node::new(host, store, restorer, args.compress);
     node.store_window = !args.no_store_window;
     node.window_delay = std::time::Duration::from_millis(args.test_window_delay_ms);
+    node.lazy.test_delay = std::time::Duration::from_millis(args.test_lazy_delay_ms);
     node.precopy_budget = std::time::Duration::from_millis(args.precopy_ms);
     node.files.rules = args.file_policy;
     let node = Arc::new(node);
@@ -196,6 +201,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(socket = %socket.display(), store = %store_dir.display(), host = %node.host, pid = std::process::id(), "ckptd ready");
     let sig = stop.wait()?;
     tracing::info!("{}: shutting down", sig.as_str());
+    // A program still loading lazily would be killed by its guard once ckptd is gone.
+    if !node.lazy.wait_idle(std::time::Duration::ZERO) {
+        tracing::info!("waiting for lazy restores to load their pages");
+        node.lazy.wait_idle(std::time::Duration::from_secs(600));
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

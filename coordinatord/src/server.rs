@@ -87,6 +87,12 @@ fn handle(ctx: &Ctx, s: UnixStream) -> anyhow::Result<()> {
             } else if let CtlRequest::Attach { id } = &req {
                 // The connection now belongs to the job until it ends or ckptctl leaves.
                 return crate::node::attach(node, &s, id);
+            } else if let CtlRequest::WaitLoaded { id, progress } = &req {
+                let sink = |p| {
+                    let _ = ckpt_proto::send(&s, &CtlReply::Progress(p), &[]);
+                };
+                let sink: &dyn Fn(Progress) = &sink;
+                node.lazy.wait_loaded(id, progress.then_some(sink))
             } else {
                 // Progress of a checkpoint or restore, when asked for, comes before its answer.
                 let sink = |p| {

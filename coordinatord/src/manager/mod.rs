@@ -166,9 +166,10 @@ impl Manager {
                 id,
                 file_policies,
                 progress,
+                lazy,
             } => {
                 let g = Gather::new(sink);
-                self.restore(&id, &file_policies, progress.then_some(&g))
+                self.restore(&id, &file_policies, lazy, progress.then_some(&g))
                     .map(|(pids, files)| CtlReply::Restored { id, pids, files })
                     .unwrap_or_else(err)
             }
@@ -191,6 +192,13 @@ impl Manager {
             CtlRequest::Show { id } => crate::server::show(&self.node, &id).unwrap_or_else(err),
             CtlRequest::Delete { id } => {
                 let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(pids) = self.node.lazy.reading(&id) {
+                    let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+                    return err(anyhow!(
+                        "checkpoint {id} is being read by a lazy restore (pid {}); delete it once its pages are loaded (ckptctl status shows \"loading\" until then)",
+                        pids.join(", ")
+                    ));
+                }
                 match self.node.store.delete(&id) {
                     Ok(folded) => {
                         tracing::info!(id, ?folded, "checkpoint deleted");
@@ -200,8 +208,8 @@ impl Manager {
                 }
             }
             // Taken over by the local connection (see `crate::node::attach`); never forwarded.
-            CtlRequest::Attach { .. } => CtlReply::Error {
-                message: "attach is answered by the local ckptd only".to_string(),
+            CtlRequest::Attach { .. } | CtlRequest::WaitLoaded { .. } => CtlReply::Error {
+                message: "attach and waiting for a lazy restore are answered by the local ckptd only".to_string(),
             },
         }
     }
@@ -384,6 +392,7 @@ impl Manager {
         &self,
         id: &str,
         file_policies: &[FileRule],
+        lazy: bool,
         g: Option<&Gather>,
     ) -> anyhow::Result<(Vec<i32>, Vec<String>)> {
         let _busy = self.busy.lock().unwrap_or_else(|e| e.into_inner());
@@ -410,6 +419,7 @@ impl Manager {
         let prepared = par(&targets, g, |_| ToNode::RestorePrepare {
             id: id.to_string(),
             file_policies: file_policies.to_vec(),
+            lazy,
         });
         // Every node's reasons, in one line: the user fixes them all at once.
         let refusals: Vec<String> = targets

@@ -54,7 +54,7 @@ pub fn attach(node: &Node, s: &UnixStream, id: &str) -> anyhow::Result<()> {
             }
             gone.store(true, Ordering::SeqCst);
         });
-        let r = follow(node, s, &pids, &running, &gone);
+        let r = follow(node, s, id, &pids, &running, &gone);
         // Wakes the reader, whatever ckptctl does.
         let _ = s.shutdown(std::net::Shutdown::Both);
         r
@@ -64,6 +64,7 @@ pub fn attach(node: &Node, s: &UnixStream, id: &str) -> anyhow::Result<()> {
 fn follow(
     node: &Node,
     s: &UnixStream,
+    id: &str,
     pids: &[i32],
     running: &Mutex<Vec<i32>>,
     gone: &AtomicBool,
@@ -87,7 +88,15 @@ fn follow(
             report(pid, status)?;
         }
     }
+    let mut told = false;
     loop {
+        // A lazy restore whose pages could not all be loaded killed the job: say why.
+        if !told {
+            if let Some(message) = node.lazy.failure(id) {
+                ckpt_proto::send(s, &JobEvent::LoadFailed { message }, &[])?;
+                told = true;
+            }
+        }
         let left = running.lock().unwrap_or_else(|e| e.into_inner()).clone();
         if left.is_empty() {
             break;

@@ -32,8 +32,12 @@ impl Node {
                 FromNode::Done
             }
             ToNode::Status => FromNode::Status(self.status()),
-            ToNode::RestorePrepare { id, file_policies } => self
-                .restore_prepare(&id, &file_policies)
+            ToNode::RestorePrepare {
+                id,
+                file_policies,
+                lazy,
+            } => self
+                .restore_prepare(&id, &file_policies, lazy)
                 .map(|ends| FromNode::RestorePrepared { ends })
                 .unwrap_or_else(failed),
             ToNode::RestoreConnect { id, plan } => self
@@ -60,6 +64,7 @@ impl Node {
                     .map(|s| s.num_threads as u32)
                     .unwrap_or(0),
                 restored_from: p.restored_from.clone(),
+                loading: self.lazy.percent(p.reg.pid),
             })
             .collect()
     }

@@ -61,6 +61,8 @@ pub struct Node {
     pub shared_seen: Mutex<Option<crate::dump::shared_dirty::Seen>>,
     /// Progress of the checkpoint or restore under way, for the `ckptctl` that asked.
     pub meter: crate::progress::Meter,
+    /// Lazy restores loading pages on this host.
+    pub lazy: crate::lazy::Loads,
 }
 
 impl Node {
@@ -82,6 +84,7 @@ impl Node {
             files: crate::files::Files::new(Vec::new()),
             shared_seen: Default::default(),
             meter: Default::default(),
+            lazy: Default::default(),
         }
     }
 }

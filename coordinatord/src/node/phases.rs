@@ -20,6 +20,8 @@ const COMM_STOP_TIMEOUT_MS: u32 = 10_000;
 const PARK_TIMEOUT_MS: u32 = 10_000;
 /// How long phase 2 waits for bytes in flight to arrive.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a checkpoint waits for lazy restores to have loaded their pages.
+const LAZY_WAIT: Duration = Duration::from_secs(600);
 
 /// A checkpoint between its phases on this node.
 pub struct Pending {
@@ -153,6 +155,14 @@ fn conn_ends(procs: &[Arc<Proc>]) -> Vec<ConnEnd> {
 
 impl Node {
     pub fn phase1(&self, dir: CheckpointDir, mode: CheckpointMode, rules: &[FileRule]) -> anyhow::Result<Vec<ConnEnd>> {
+        // Memory a lazy restore has not brought in yet cannot be read (see `crate::lazy`).
+        if !self.lazy.wait_idle(LAZY_WAIT) {
+            bail!(
+                "host {}: a lazy restore is still loading pages after {} s; checkpoint again once it is done",
+                self.host,
+                LAZY_WAIT.as_secs()
+            );
+        }
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = pending.as_ref() {
             bail!("host {} is busy with checkpoint {}", self.host, p.dir.id);

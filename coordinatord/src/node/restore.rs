@@ -41,6 +41,8 @@ pub struct PendingRestore {
     listeners: HashMap<Key, TcpListener>,
     files: FileRestore,
     tree: ckpt_format::tree::Plan,
+    /// A lazy restore: the plan of each process's load (its page stores held open from now on).
+    lazy: Option<HashMap<i32, crate::lazy::Plan>>,
 }
 
 impl Node {
@@ -48,28 +50,39 @@ impl Node {
     /// that every file can be brought back as its policy says, so that a bad image, a taken pid
     /// or a file changed by someone else changes nothing (every reason in one error); opens a
     /// rendezvous listener for each connection end that will accept.
-    pub fn restore_prepare(&self, id: &str, rules: &[FileRule]) -> anyhow::Result<Vec<RestoreEnd>> {
+    pub fn restore_prepare(&self, id: &str, rules: &[FileRule], lazy: bool) -> anyhow::Result<Vec<RestoreEnd>> {
         self.meter.fixed(Phase::CheckingFiles, 0, None);
         let (dir, manifest) = self.store.get(id)?;
         let mut planned = Vec::new();
         let mut problems = Vec::new();
+        let mut lazy_stores = lazy.then(HashMap::new);
+        if lazy {
+            problems.extend(crate::lazy::check());
+        }
         if let Some(host) = manifest.hosts.iter().find(|h| h.host == self.host) {
             for p in &host.processes {
                 let meta = dir.meta_path(&self.host, p.pid);
                 let pages = dir.pages_path(&self.host, p.pid);
                 let image: ProcessImage = read_record(&meta, RecordKind::Process)?;
-                // Every store of the chain, every run in it, is checked now.
+                // Every store of the chain, every run in it, is checked now; the runs of a
+                // lazy restore's lazy memory as they are loaded.
                 let mut paths = vec![pages];
                 paths.extend(image.stores.iter().skip(1).map(|rel| self.store.root().join(rel)));
+                let mut readers = Vec::new();
                 for (i, path) in paths.iter().enumerate() {
                     let reader = PageStoreReader::open(path, if i == 0 { image.pages_len } else { 0 })?;
                     reader.verify(
                         image
                             .mappings
                             .iter()
+                            .filter(|m| !lazy || ckpt_format::lazy::lazy_span(&image, m).is_none())
                             .flat_map(|m| m.pages.iter())
                             .filter(|r| r.store as usize == i),
                     )?;
+                    readers.push(reader);
+                }
+                if let Some(l) = &mut lazy_stores {
+                    l.insert(p.pid, crate::lazy::plan(&image, readers)?);
                 }
                 let pages = paths;
                 for t in &image.threads {
@@ -156,6 +169,7 @@ impl Node {
             listeners,
             files,
             tree,
+            lazy: lazy_stores,
         });
         Ok(ends)
     }
@@ -248,14 +262,27 @@ impl Node {
                 .insert(pid, mapped_checks(&p.image, &pending.files, &applied));
         }
         // The restorers read the images: their reads are the progress of loading pages.
-        let total = load_bytes(&pending.planned);
+        let lazy = pending
+            .lazy
+            .take()
+            .map(|plans| self.lazy.begin(id, &images, plans, self.restorer.clone()));
+        let total = load_bytes(&pending.planned, lazy.is_some());
         let pids: Vec<i32> = pending.planned.iter().map(|p| p.image.pid).collect();
         self.meter.probed(Phase::LoadingPages, total, move || {
             pids.iter().map(|&pid| crate::progress::read_bytes(pid)).sum()
         });
-        let started = match self.make_tree(id, &pending.planned, &pending.tree, handed) {
+        let made = self.make_tree(id, &pending.planned, &pending.tree, handed, lazy.as_ref());
+        if let Some(g) = &lazy {
+            g.seal();
+        }
+        let started = match made {
             Ok(pids) => pids,
             Err(e) => {
+                // A page that could not be loaded is the reason the programs died.
+                let e = match lazy.as_ref().and_then(|g| g.failed()) {
+                    Some(why) => anyhow!("{why}"),
+                    None => e,
+                };
                 let e = e.context(format!("host {}", self.host));
                 if applied.notes.is_empty() {
                     return Err(e);
@@ -289,8 +316,8 @@ impl Node {
 }
 
 /// What the restorers of `planned` read of the images: each one's metadata and the runs of its
-/// pages, as stored (compressed or not).
-fn load_bytes(planned: &[Planned]) -> u64 {
+/// pages, as stored (compressed or not); not those ckptd loads once the programs run (`lazy`).
+fn load_bytes(planned: &[Planned], lazy: bool) -> u64 {
     planned
         .iter()
         .map(|p| {
@@ -299,6 +326,7 @@ fn load_bytes(planned: &[Planned]) -> u64 {
                 .image
                 .mappings
                 .iter()
+                .filter(|m| !lazy || ckpt_format::lazy::lazy_span(&p.image, m).is_none())
                 .flat_map(|m| m.pages.iter())
                 .map(|r| if r.clen > 0 { r.clen } else { r.len })
                 .sum();

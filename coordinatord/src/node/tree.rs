@@ -44,6 +44,7 @@ impl Node {
         planned: &[Planned],
         plan: &Plan,
         mut handed: Handed,
+        lazy: Option<&std::sync::Arc<crate::lazy::Group>>,
     ) -> anyhow::Result<Vec<i32>> {
         let by_pid: HashMap<i32, &Planned> = planned.iter().map(|p| (p.image().pid, p)).collect();
         // The job's stdio from now on, for its next checkpoint (see `dump::stdio`).
@@ -55,13 +56,21 @@ impl Node {
                     .get(&b.pid)
                     .ok_or_else(|| anyhow!("the tree names pid {} with no image", b.pid))?;
                 let sockets = handed.sockets.remove(&b.pid).unwrap_or_default();
-                let checks = handed.checks.remove(&b.pid).unwrap_or_default();
+                let mut checks = handed.checks.remove(&b.pid).unwrap_or_default();
+                if lazy.is_some() {
+                    checks.push("--lazy".to_string());
+                }
                 let r = self.start(id, p, b, &made, handed.stdio, &checks)?;
                 send_sockets(&r.ours, sockets)?;
                 made.push(r);
             }
             for r in &made {
-                step(r, &TreeStep::Build)?;
+                ckpt_proto::send(&r.ours, &TreeStep::Build, &[]).context("a tree step")?;
+                // Served from before the program runs: the blob itself touches that memory.
+                if let Some(g) = lazy {
+                    g.take_over(r.planned.image().pid, &r.ours).map_err(|e| why(r, e))?;
+                }
+                answer_of(r)?;
             }
             for b in &plan.groups {
                 let (to, what) = match (b.zombie, b.join) {

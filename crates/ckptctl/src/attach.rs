@@ -87,6 +87,7 @@ pub fn follow(c: &Client, id: &str, caught: Caught) -> Result<i32, Failure> {
         }
         match c.recv::<JobEvent>().map_err(gone)? {
             JobEvent::Ended { pid, status } => return Ok(exit_code(pid, status)),
+            JobEvent::LoadFailed { message } => eprintln!("ckptctl: {message}"),
             JobEvent::Exited { .. } | JobEvent::Attached { .. } | JobEvent::Refused { .. } => {}
         }
     }

@@ -70,6 +70,12 @@ enum Cmd {
         /// Repeatable; the first match wins
         #[arg(long, value_name = "GLOB=POLICY")]
         file_policy: Vec<ckpt_format::FileRule>,
+        /// Run the programs as soon as their threads and fds are back and bring their memory
+        /// in after: a page on first touch, the rest in the background. Without --attach,
+        /// waits until every page is in (exit code 1, and the programs killed, if one cannot
+        /// be read)
+        #[arg(long)]
+        lazy: bool,
     },
     /// Delete a checkpoint
     Delete { id: String },
@@ -165,11 +171,14 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
         Cmd::Show { id } => (CtlRequest::Show { id: id.clone() }, vec![]),
         Cmd::Status => (CtlRequest::Status, vec![]),
         // Our stdio goes along: it becomes the restored programs' stdio.
-        Cmd::Restore { id, file_policy, .. } => (
+        Cmd::Restore {
+            id, file_policy, lazy, ..
+        } => (
             CtlRequest::Restore {
                 id: id.clone(),
                 file_policies: file_policy.clone(),
                 progress: want_progress,
+                lazy: *lazy,
             },
             vec![0, 1, 2],
         ),
@@ -181,8 +190,26 @@ fn run(args: &Args, socket: &std::path::Path) -> Result<i32, client::Failure> {
         CtlReply::Error { message } => Err(client::Failure::Refused(message)),
         reply => {
             render::print(&reply, args.json);
+            let lazy = matches!(args.cmd, Cmd::Restore { lazy: true, .. });
             match (caught, &reply) {
                 (Some(caught), CtlReply::Restored { id, .. }) => attach::follow(&c, id, caught),
+                (None, CtlReply::Restored { id, .. }) if lazy => {
+                    // No bar: the programs run and may write to the terminal.
+                    let mut reporter = args
+                        .json
+                        .then(|| progress::Reporter::new(progress::Show::Json, "restore"));
+                    let req = CtlRequest::WaitLoaded {
+                        id: id.clone(),
+                        progress: reporter.is_some(),
+                    };
+                    match c.call(&req, &[], reporter.as_mut())? {
+                        CtlReply::Error { message } => Err(client::Failure::Refused(message)),
+                        loaded => {
+                            render::print(&loaded, args.json);
+                            Ok(0)
+                        }
+                    }
+                }
                 _ => Ok(0),
             }
         }

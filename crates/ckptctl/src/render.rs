@@ -13,6 +13,7 @@ pub fn print(reply: &CtlReply, as_json: bool) {
             CtlReply::Status(s) => Ok(json!({ "processes": s })),
             CtlReply::Restored { id, pids, files } => Ok(json!({ "id": id, "pids": pids, "files": files })),
             CtlReply::Deleted { id } => Ok(json!({ "deleted": id })),
+            CtlReply::Loaded { id, bytes } => Ok(json!({ "loaded": id, "bytes": bytes })),
             CtlReply::Pong { version } => Ok(json!({ "version": version })),
             CtlReply::Error { message } => Ok(json!({ "error": message })),
             // Taken by `progress::Reporter` before the answer; never printed here.
@@ -93,8 +94,10 @@ pub fn print(reply: &CtlReply, as_json: bool) {
         CtlReply::Status(procs) => {
             println!("{:<8} {:<12} {:>7} {:<9} COMMAND", "PID", "HOST", "THREADS", "RESTORED");
             for p in procs {
+                // A lazy restore still bringing the pages in says how far it is.
+                let loading = p.loading.map(|n| format!(" (loading {n}%)")).unwrap_or_default();
                 println!(
-                    "{:<8} {:<12} {:>7} {:<9} {}",
+                    "{:<8} {:<12} {:>7} {:<9} {}{loading}",
                     p.pid,
                     p.host,
                     p.threads,
@@ -111,6 +114,8 @@ pub fn print(reply: &CtlReply, as_json: bool) {
             }
         }
         CtlReply::Deleted { id } => eprintln!("deleted checkpoint {id}"),
+        // The summary was printed as the programs began to run; nothing more to say.
+        CtlReply::Loaded { .. } => {}
         CtlReply::Pong { version } => println!("ckptd protocol {version}"),
         CtlReply::Error { message } => eprintln!("{message}"),
         CtlReply::Progress(_) => {}

@@ -3,6 +3,7 @@
 //! file descriptors may ride along with a frame.
 
 pub mod frame;
+pub mod lazy;
 pub mod messages;
 pub mod restore_status;
 pub mod slots;
@@ -17,7 +18,8 @@ pub const RESTORER_VMA_NAME: &str = "[anon:ckpt-restorer]";
 
 /// Bumped on any incompatible change; peers with another version are refused at hello.
 /// 3: progress events (`CtlReply::Progress`, `FromNode::Progress`).
-pub const PROTO_VERSION: u32 = 3;
+/// 4: lazy restore (`CtlRequest::Restore::lazy`, `WaitLoaded`, `ProcessStatus::loading`).
+pub const PROTO_VERSION: u32 = 4;
 
 #[cfg(test)]
 mod tests {

@@ -134,6 +134,17 @@ pub enum CtlRequest {
         id: String,
         file_policies: Vec<FileRule>,
         progress: bool,
+        /// `--lazy`: the programs run as soon as their threads and fds are back; their private
+        /// memory is brought in after (see `WaitLoaded`).
+        lazy: bool,
+    },
+    /// After a lazy restore of `id`: wait until this host has brought in every page of it,
+    /// with [`CtlReply::Progress`] events meanwhile if `progress`; answered `Loaded`, or an
+    /// error when the pages could not be read (the restored processes were then killed).
+    /// Answered by the local ckptd only.
+    WaitLoaded {
+        id: String,
+        progress: bool,
     },
     Delete {
         id: String,
@@ -159,6 +170,8 @@ pub enum JobEvent {
     Exited { pid: i32, status: i32 },
     /// Every process of the job has exited; `status` is the first one's wait status.
     Ended { pid: i32, status: i32 },
+    /// The pages of a lazy restore could not all be brought in: the job was killed.
+    LoadFailed { message: String },
 }
 
 /// An attached `ckptctl restore` → ckptd.
@@ -201,6 +214,8 @@ pub struct ProcessStatus {
     pub threads: u32,
     /// `Some(n)` for a process brought back by `ckptctl restore` from checkpoint n.
     pub restored_from: Option<String>,
+    /// Percent of its pages brought in so far, while a lazy restore still loads them.
+    pub loading: Option<u8>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -249,6 +264,11 @@ pub enum CtlReply {
     Deleted {
         id: String,
     },
+    /// Every page of lazy restore `id` is in (`bytes` of them) on this host.
+    Loaded {
+        id: String,
+        bytes: u64,
+    },
     Error {
         message: String,
     },
@@ -262,7 +282,8 @@ pub enum CtlReply {
 /// written while they run again), `Committing`. Restore: `CheckingFiles` (images, pids and
 /// files checked), `MakingObjects` (files put back, sockets, pipes, shared memory made),
 /// `LoadingPages` (the restorers read the images), `Running` (the programs are back, their
-/// control connections awaited). A checkpoint tried again starts over at `Phase1`.
+/// control connections awaited). A checkpoint tried again starts over at `Phase1`. After a lazy
+/// restore, `LoadingLazily`: the programs run while their pages come in (`WaitLoaded`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Phase {
     Phase1,
@@ -274,6 +295,7 @@ pub enum Phase {
     MakingObjects,
     LoadingPages,
     Running,
+    LoadingLazily,
 }
 
 impl Phase {
@@ -289,6 +311,7 @@ impl Phase {
             Phase::MakingObjects => "making-objects",
             Phase::LoadingPages => "loading-pages",
             Phase::Running => "running",
+            Phase::LoadingLazily => "loading-lazily",
         }
     }
 }
@@ -300,6 +323,7 @@ impl std::fmt::Display for Phase {
             Phase::CheckingFiles => "checking files",
             Phase::MakingObjects => "making objects",
             Phase::LoadingPages => "loading pages",
+            Phase::LoadingLazily => "loading pages lazily",
             other => other.key(),
         })
     }
@@ -396,6 +420,7 @@ pub enum ToNode {
     RestorePrepare {
         id: String,
         file_policies: Vec<FileRule>,
+        lazy: bool,
     },
     RestoreConnect {
         id: String,

@@ -4,11 +4,15 @@
 //! thread where it was parked. Errors go to the status fd for ckptd; success is silence.
 //!
 //! fds on entry: 0-2 the stdio for the program, `--status-fd`, `--control-fd`.
+//!
+//! `ckpt-restore --lazy-guard` is the guard of a lazy restore instead (see `guard`).
 
 mod attrs;
 mod blob;
 mod creds;
 mod fds;
+mod guard;
+mod lazy;
 mod plan;
 mod seccomp;
 mod signals;
@@ -29,6 +33,8 @@ struct Args {
     control_fd: i32,
     /// Mapped files ckptd put back or keeps as they are.
     mapped: std::collections::HashMap<String, fds::MappedCheck>,
+    /// Private anonymous memory is left to ckptd to load (see `lazy`).
+    lazy: bool,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -37,10 +43,12 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut status_fd = 3;
     let mut control_fd = 4;
     let mut mapped = std::collections::HashMap::new();
+    let mut lazy = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--meta" => meta = it.next().map(PathBuf::from),
+            "--lazy" => lazy = true,
             "--pages" => pages.extend(it.next().map(PathBuf::from)),
             "--mapped-any" => {
                 mapped.insert(it.next().context("--mapped-any needs a path")?, fds::MappedCheck::Any);
@@ -71,10 +79,14 @@ fn parse_args() -> anyhow::Result<Args> {
         status_fd,
         control_fd,
         mapped,
+        lazy,
     })
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--lazy-guard") {
+        std::process::exit(guard::main());
+    }
     let status_fd = std::env::args()
         .find_map(|a| a.strip_prefix("--status-fd=").and_then(|v| v.parse().ok()))
         .unwrap_or(3);
@@ -102,6 +114,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     }
     let mine = creds::Mine::read()?;
     creds::check(&img, &mine)?;
+    let lazy_ranges = if args.lazy { lazy::split(&mut img) } else { Vec::new() };
     let base = img.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) + 1;
     let status = fds::lift(args.status_fd, base)?;
     std::env::set_var("CKPT_STATUS_FD", status.to_string());
@@ -143,6 +156,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         stores.push(fds::lift(unpacked, base)?);
     }
     drop(readers);
+    let lazy = lazy::open(lazy_ranges, base)?;
     let exe = std::fs::File::open(&img.exe)
         .ok()
         .map(|f| fds::lift(std::os::fd::IntoRawFd::into_raw_fd(f), base))
@@ -172,6 +186,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     all.extend(files.values());
     all.extend(memfds.values());
     all.extend(exe);
+    all.extend(lazy.iter().flat_map(|l| [l.fd, l.ready]));
     // The control fd now lives at the program's number; its working copy goes.
     let working = plan::WorkingFds {
         status,
@@ -179,6 +194,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         files,
         memfds,
         exe,
+        lazy,
         all,
     };
 
@@ -194,6 +210,9 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     let region = plan::layout(base_addr, ops_bytes, data_bytes, img.threads.len(), park);
     map_region(&region)?;
     let plan = plan::build(&img, &current, region, &working, &mine, tracker.is_some())?;
+    if args.lazy {
+        lazy::hand_over(control, working.lazy.as_ref())?;
+    }
     // Groups and terminals once every process of the host exists; then, with all of them
     // built, every one becomes its program.
     tree::finish(control, &img, &named)?;

@@ -26,6 +26,8 @@ pub struct WorkingFds {
     /// memfd holding the content of each shared mapping without a file, by start address.
     pub memfds: HashMap<u64, i32>,
     pub exe: Option<i32>,
+    /// Memory ckptd loads after the blob has mapped it (`--lazy`).
+    pub lazy: Option<crate::lazy::Lazy>,
     /// Everything to close at the end.
     pub all: Vec<i32>,
 }
@@ -83,7 +85,9 @@ pub fn bounds(img: &ProcessImage, current: &[MapEntry]) -> (u64, u64) {
         + locks * 48
         + attr_data
         + seccomp_data
-        + (tracked + tracked_runs) * 32;
+        + (tracked + tracked_runs) * 32
+        // Lazy memory, registered once mapped.
+        + img.mappings.len() * 48;
     ((ops * std::mem::size_of::<Op>()) as u64, page_up(data as u64))
 }
 
@@ -291,6 +295,9 @@ pub fn build(
             let addr = p.put_cstr(&name);
             p.sys(libc::SYS_prctl, &[PR_SET_VMA, 0, m.start, len, addr], IGNORE_ERROR);
         }
+    }
+    if let Some(l) = &fds.lazy {
+        crate::lazy::register(&mut p, l);
     }
     let restored = if tracker {
         ckpt_proto::slots::ProcSlot::RESTORED_TRACKED

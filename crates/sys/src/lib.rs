@@ -2,6 +2,7 @@
 
 pub mod caps;
 pub mod cli;
+pub mod kill;
 pub mod pagemap;
 pub mod paths;
 pub mod peer;
