@@ -126,10 +126,23 @@ fn not_yours(peer: u32, me: u32) -> String {
 }
 
 fn answer(ctx: &Ctx, req: CtlRequest, fds: Vec<OwnedFd>, sink: &(dyn Fn(Progress) + Sync)) -> CtlReply {
-    if let CtlRequest::Restore { .. } = req {
+    let restore = matches!(req, CtlRequest::Restore { .. });
+    if restore {
         // Programs restored on this host get the requester's stdio.
         *ctx.node.restore_stdio.lock().unwrap_or_else(|e| e.into_inner()) = fds;
     }
+    let reply = answer_role(ctx, req, sink);
+    if restore {
+        // A restore refused before it reached its programs must not keep the requester's
+        // stdio open (a `ckptctl restore | cut` would never see its end).
+        drop(std::mem::take(
+            &mut *ctx.node.restore_stdio.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
+    }
+    reply
+}
+
+fn answer_role(ctx: &Ctx, req: CtlRequest, sink: &(dyn Fn(Progress) + Sync)) -> CtlReply {
     match &ctx.role {
         Role::Manager(m) => m.answer(req, sink),
         Role::Joined { .. } if matches!(req, CtlRequest::Ping) => CtlReply::Pong { version: PROTO_VERSION },

@@ -276,3 +276,31 @@ fn daemon_not_running() -> Result<()> {
     }
     Ok(())
 }
+
+/// A refused restore lets go of the requester's stdio: `ckptctl restore 4242 | cat` ends
+/// (ckptd held the pipe's write end until the next restore).
+#[test]
+fn refused_restore_leaves_the_pipe_it_was_given() -> Result<()> {
+    require_root!();
+    let d = Daemon::start()?;
+    let mut cmd = d.ckptctl_cmd(&["restore", "4242"]);
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = spawn_tracked(&mut cmd)?;
+    let mut out = child.stdout.take().context("no stdout pipe")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = tx.send(out.read_to_end(&mut buf).map(|_| buf));
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20));
+    let status = child.wait()?;
+    ensure!(!status.success(), "restore of an unknown id should fail");
+    ensure!(
+        got.is_ok(),
+        "the pipe given to a refused restore never reached its end (ckptd keeps it)\n{}",
+        d.context()
+    );
+    Ok(())
+}
