@@ -1,0 +1,41 @@
+//! The main job of the README: `scripts/demo.sh` (start ckptd, run a counter under ckpt-run,
+//! checkpoint it, kill it, restore it). Run here with the binaries under test, so that a
+//! change that breaks the demo fails CI (it once broke unnoticed: a reader it started became
+//! the program's child, which refuses a checkpoint).
+
+use anyhow::{ensure, Result};
+use ckpt_tests::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn demo_checkpoints_kills_and_restores_the_counter() -> Result<()> {
+    require_root!();
+    let mut cmd = Command::new("bash");
+    cmd.arg(workspace_root().join("scripts/demo.sh"))
+        .env("CKPT_BIN_DIR", bin_dir());
+    let out = run_with_timeout(&mut cmd, Duration::from_secs(240))?;
+    let text = format!(
+        "{}\n--- stderr ---\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(out.status.success(), "the demo failed ({}):\n{text}", out.status);
+    // The tick the checkpoint saw, and the first tick the restored program printed.
+    let at = text
+        .lines()
+        .find_map(|l| l.split("(counter at: tick ").nth(1))
+        .and_then(|r| r.trim_end_matches(')').trim().parse::<u64>().ok());
+    let first = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("restored: tick "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    match (at, first) {
+        (Some(at), Some(first)) => ensure!(
+            first > at && first <= at + 10,
+            "the restored counter should go on from the checkpoint's tick {at}, it printed tick {first} first:\n{text}"
+        ),
+        _ => anyhow::bail!("the demo did not print the checkpoint's tick and the restored ticks:\n{text}"),
+    }
+    Ok(())
+}
