@@ -67,13 +67,7 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
             "a deleted file outside any directory ({path})"
         )));
     }
-    let pos = src
-        .info("pos")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| KindError::Read {
-            what: format!("the offset of fd {}", src.fd),
-            source: std::io::ErrorKind::InvalidData.into(),
-        })?;
+    let pos = src.pos()?;
     // Our own description: seeking it for holes leaves the program's offset alone.
     let what = || format!("the content of deleted file {path}");
     let own = reopen::of_process(src.pid, src.fd, libc::O_RDONLY).map_err(KindError::read(what()))?;
@@ -201,15 +195,7 @@ fn make(rec: &Record) -> std::io::Result<OwnedFd> {
     };
     let fd = file.as_raw_fd();
     reopen::set_owner_mode(fd, rec.uid, rec.gid, rec.mode)?;
-    // SAFETY: ftruncate on the file we just made; the data is written over the holes.
-    check(unsafe { libc::ftruncate(fd, rec.size as i64) } as i64)?;
-    for c in &rec.chunks {
-        let data = zstd::bulk::decompress(&c.zdata, c.len as usize)?;
-        if data.len() as u64 != c.len {
-            return Err(std::io::ErrorKind::InvalidData.into());
-        }
-        write_all_at(fd, &data, c.offset)?;
-    }
+    write_chunks(fd, rec.size, &rec.chunks)?;
     Ok(file)
 }
 
@@ -226,7 +212,22 @@ fn named(dir: &str, name: &str, try_original: bool) -> std::io::Result<OwnedFd> 
     )
 }
 
-pub(crate) fn write_all_at(fd: RawFd, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
+/// Gives the file just made (empty) `size` bytes and the content of `chunks` (what
+/// [`read_chunks`] took), the rest holes.
+pub(crate) fn write_chunks(fd: RawFd, size: u64, chunks: &[Chunk]) -> std::io::Result<()> {
+    // SAFETY: ftruncate on a file we own; the data is written over the holes.
+    check(unsafe { libc::ftruncate(fd, size as i64) } as i64)?;
+    for c in chunks {
+        let data = zstd::bulk::decompress(&c.zdata, c.len as usize)?;
+        if data.len() as u64 != c.len {
+            return Err(std::io::ErrorKind::InvalidData.into());
+        }
+        write_all_at(fd, &data, c.offset)?;
+    }
+    Ok(())
+}
+
+fn write_all_at(fd: RawFd, mut buf: &[u8], mut off: u64) -> std::io::Result<()> {
     while !buf.is_empty() {
         // SAFETY: pwrite from a buffer we own, of its length.
         let n = check(unsafe { libc::pwrite(fd, buf.as_ptr().cast(), buf.len(), off as i64) } as i64)?;

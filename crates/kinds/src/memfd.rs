@@ -59,13 +59,7 @@ pub fn capture(src: &Source) -> Result<Record, KindError> {
     }
     // SAFETY: F_GET_SEALS only reads.
     let seals = check(unsafe { libc::fcntl(fd, libc::F_GET_SEALS) } as i64).map_err(KindError::read(what()))? as i32;
-    let pos = src
-        .info("pos")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| KindError::Read {
-            what: format!("the offset of fd {}", src.fd),
-            source: std::io::ErrorKind::InvalidData.into(),
-        })?;
+    let pos = src.pos()?;
     // Our own description: seeking it for holes leaves the program's offset alone.
     let own = reopen::of_process(src.pid, src.fd, libc::O_RDONLY).map_err(KindError::read(what()))?;
     let size = src.meta.size();
@@ -121,15 +115,7 @@ fn make(rec: &Record) -> std::io::Result<OwnedFd> {
     let file = unsafe { OwnedFd::from_raw_fd(raw) };
     let fd = file.as_raw_fd();
     reopen::set_owner_mode(fd, rec.uid, rec.gid, rec.mode)?;
-    // SAFETY: ftruncate on the memfd we just made; the data is written over the holes.
-    check(unsafe { libc::ftruncate(fd, rec.size as i64) } as i64)?;
-    for c in &rec.chunks {
-        let data = zstd::bulk::decompress(&c.zdata, c.len as usize)?;
-        if data.len() as u64 != c.len {
-            return Err(std::io::ErrorKind::InvalidData.into());
-        }
-        deleted::write_all_at(fd, &data, c.offset)?;
-    }
+    deleted::write_chunks(fd, rec.size, &rec.chunks)?;
     if rec.seals != 0 {
         // SAFETY: F_ADD_SEALS on our own memfd.
         check(unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, rec.seals) } as i64)?;

@@ -32,13 +32,7 @@ pub fn claims(src: &Source) -> bool {
 }
 
 pub fn capture(src: &Source) -> Result<Record, KindError> {
-    let pos = src
-        .info("pos")
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| KindError::Read {
-            what: format!("the offset of fd {}", src.fd),
-            source: std::io::ErrorKind::InvalidData.into(),
-        })?;
+    let pos = src.pos()?;
     Ok(Record {
         path: src.link.to_string(),
         pid: pid_of(src.link).unwrap_or(0),

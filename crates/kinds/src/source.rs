@@ -46,6 +46,16 @@ impl<'a> Source<'a> {
             .map(str::trim)
     }
 
+    /// The file offset of the description (fdinfo `pos`).
+    pub fn pos(&self) -> Result<u64, crate::KindError> {
+        self.info("pos")
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| crate::KindError::Read {
+                what: format!("the offset of fd {}", self.fd),
+                source: std::io::ErrorKind::InvalidData.into(),
+            })
+    }
+
     /// This process's copy of the fd (same open file description), close-on-exec.
     pub fn file(&self) -> std::io::Result<RawFd> {
         let r = self
