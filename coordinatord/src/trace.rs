@@ -30,6 +30,13 @@ pub fn helper_main(argv: &[String]) -> Option<i32> {
     })
 }
 
+/// A helper's argument `i` (after its name), as a number.
+pub fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> anyhow::Result<T> {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("bad helper argument {i}"))
+}
+
 /// Runs ckptd as the helper `arg` with `args` and waits for it (`reaper` collects it); what it
 /// wrote on its stdout. Its error is what it wrote on its stderr.
 pub fn run_helper(reaper: &Reaper, arg: &str, args: &[String]) -> anyhow::Result<Vec<u8>> {

@@ -39,11 +39,7 @@ pub fn unblock(reaper: &crate::node::Reaper, pid: i32, sig: i32, slot_addr: u64,
 
 /// The helper process's main: every thread was handled when it returns Ok.
 pub fn run_helper(args: &[String]) -> anyhow::Result<()> {
-    let num = |i: usize| -> anyhow::Result<u64> {
-        args.get(i)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad helper argument {i}"))
-    };
+    let num = |i: usize| crate::trace::arg::<u64>(args, i);
     let pid = num(0)? as i32;
     let sig = num(1)? as i32;
     let slot = num(2)?;

@@ -169,11 +169,7 @@ fn may_notify(f: &SeccompFilter) -> bool {
 
 /// The helper process's main.
 pub fn run_helper(args: &[String]) -> anyhow::Result<()> {
-    let num = |i: usize| -> anyhow::Result<i32> {
-        args.get(i)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad helper argument {i}"))
-    };
+    let num = |i: usize| crate::trace::arg::<i32>(args, i);
     let pid = num(0)?;
     let mut out = Vec::new();
     for i in 1..args.len() {

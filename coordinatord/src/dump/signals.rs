@@ -58,11 +58,7 @@ pub fn read_queues(reaper: &Reaper, img: &mut ProcessImage, park: i32) -> Result
 
 /// The helper process's main.
 pub fn run_helper(args: &[String]) -> anyhow::Result<()> {
-    let num = |i: usize| -> anyhow::Result<i32> {
-        args.get(i)
-            .and_then(|s| s.parse().ok())
-            .with_context(|| format!("bad helper argument {i}"))
-    };
+    let num = |i: usize| crate::trace::arg::<i32>(args, i);
     let pid = num(0)?;
     let through = num(1)?;
     let own = (2..args.len()).map(num).collect::<anyhow::Result<Vec<i32>>>()?;
