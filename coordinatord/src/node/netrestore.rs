@@ -385,31 +385,36 @@ fn shut_conn(s: &TcpStream, queued: usize, how: u8) -> anyhow::Result<()> {
         s.shutdown(std::net::Shutdown::Write)?;
         // The program had its FIN acknowledged (only FIN_WAIT2 is taken): it must not find
         // the re-made side still waiting for that (FIN_WAIT1) on a busy machine.
-        let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
-        while crate::dump::sockets::tcp_counts(s.as_raw_fd()).state == FIN_WAIT1 {
-            if std::time::Instant::now() > deadline {
-                bail!("its FIN was not acknowledged");
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        if !settles(|| crate::dump::sockets::tcp_counts(s.as_raw_fd()).state != FIN_WAIT1) {
+            bail!("its FIN was not acknowledged");
         }
     }
     if how & 1 != 0 {
-        let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
-        loop {
+        let unread = || {
             let mut n: i32 = 0;
             // SAFETY: FIONREAD writes one int.
             unsafe { libc::ioctl(s.as_raw_fd(), libc::FIONREAD, &mut n) };
-            if n as usize >= queued {
-                break;
-            }
-            if std::time::Instant::now() > deadline {
-                bail!("its unread bytes did not come back ({n} of {queued})");
-            }
-            std::thread::sleep(Duration::from_millis(2));
+            n as usize
+        };
+        if !settles(|| unread() >= queued) {
+            bail!("its unread bytes did not come back ({} of {queued})", unread());
         }
         s.shutdown(std::net::Shutdown::Read)?;
     }
     Ok(())
+}
+
+/// Whether `done` holds within [`CONNECT_TIMEOUT`] (what the kernel does on loopback by
+/// itself, looked at every millisecond).
+fn settles(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + CONNECT_TIMEOUT;
+    while !done() {
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
 }
 
 fn accept_timeout(l: &TcpListener, t: Duration) -> anyhow::Result<(TcpStream, SocketAddr)> {
