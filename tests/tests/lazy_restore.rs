@@ -75,6 +75,18 @@ fn round(app: &App) -> Result<()> {
     Ok(())
 }
 
+/// `dirty_log ARGS` (in rounds on SIGUSR2) after one round, checkpointed and killed: its pid
+/// and the checkpoint.
+fn checkpointed_and_killed(d: &Daemon, args: &[&str]) -> Result<(i32, String)> {
+    let mut app = d.run_example("dirty_log", args)?;
+    let pid = app.pid;
+    app.expect_line("start", |l| l.starts_with("start "), Duration::from_secs(60))?;
+    round(&app)?;
+    let id = d.checkpoint()?;
+    app.kill9()?;
+    Ok((pid, id))
+}
+
 #[test]
 fn every_page_comes_back_and_a_lazily_restored_program_is_checkpointed_and_restored_again() -> Result<()> {
     require_root!();
@@ -162,12 +174,7 @@ fn memory_forked_moved_and_discarded_while_it_loads_stays_right() -> Result<()> 
 fn a_checkpoint_asked_for_during_a_load_waits_for_it_and_a_checkpoint_being_read_stays() -> Result<()> {
     require_root!();
     let d = Daemon::start_with(&bin_dir(), SLOWER)?;
-    let mut app = d.run_example("dirty_log", &["128", "5", "sig"])?;
-    let pid = app.pid;
-    app.expect_line("start", |l| l.starts_with("start "), Duration::from_secs(60))?;
-    round(&app)?;
-    let id = d.checkpoint()?;
-    app.kill9()?;
+    let (pid, id) = checkpointed_and_killed(&d, &["128", "5", "sig"])?;
 
     let mut r = restore_lazy(&d, &id, pid)?;
     ensure!(loading(&d, pid)?, "pid {pid} should be loading\n{}", d.context());
@@ -197,12 +204,7 @@ fn a_page_store_cut_short_or_damaged_under_a_load_kills_the_half_loaded_program_
     require_root!();
     // Over 2 s for the pages, time enough to cut the store in the middle.
     let d = Daemon::start_with(&bin_dir(), SLOWER)?;
-    let mut app = d.run_example("dirty_log", &["64", "20", "sig"])?;
-    let pid = app.pid;
-    app.expect_line("start", |l| l.starts_with("start "), Duration::from_secs(60))?;
-    round(&app)?;
-    let id = d.checkpoint()?;
-    app.kill9()?;
+    let (pid, id) = checkpointed_and_killed(&d, &["64", "20", "sig"])?;
     let pages = d.image_file(&id, pid, "pages.img")?;
     let len = std::fs::metadata(&pages)?.len();
     let whole = std::fs::read(&pages)?;
@@ -252,12 +254,7 @@ fn a_page_store_cut_short_or_damaged_under_a_load_kills_the_half_loaded_program_
 fn a_checkpoint_removed_under_a_load_still_loads_whole() -> Result<()> {
     require_root!();
     let d = Daemon::start_with(&bin_dir(), SLOWER)?;
-    let mut app = d.run_example("dirty_log", &["64", "20", "sig"])?;
-    let pid = app.pid;
-    app.expect_line("start", |l| l.starts_with("start "), Duration::from_secs(60))?;
-    round(&app)?;
-    let id = d.checkpoint()?;
-    app.kill9()?;
+    let (pid, id) = checkpointed_and_killed(&d, &["64", "20", "sig"])?;
     let mut r = restore_lazy(&d, &id, pid)?;
     ensure!(loading(&d, pid)?, "pid {pid} should be loading\n{}", d.context());
     // ckptd holds the page stores open from the start of the restore.
@@ -314,12 +311,7 @@ fn two_programs_of_one_checkpoint_load_lazily_side_by_side() -> Result<()> {
 fn ckptd_killed_during_a_load_takes_the_half_loaded_program_with_it() -> Result<()> {
     require_root!();
     let mut d = Daemon::start_with(&bin_dir(), &["--test-lazy-delay-ms", "200"])?;
-    let mut app = d.run_example("dirty_log", &["64", "5", "sig"])?;
-    let pid = app.pid;
-    app.expect_line("start", |l| l.starts_with("start "), Duration::from_secs(60))?;
-    round(&app)?;
-    let id = d.checkpoint()?;
-    app.kill9()?;
+    let (pid, id) = checkpointed_and_killed(&d, &["64", "5", "sig"])?;
     let mut r = restore_lazy(&d, &id, pid)?;
     ensure!(loading(&d, pid)?, "pid {pid} should be loading\n{}", d.context());
     d.restart(libc::SIGKILL)?;
