@@ -143,7 +143,6 @@ impl Node {
             status_w.as_raw_fd(),
             theirs.as_raw_fd(),
         ];
-        let prog = self.restorer.to_string_lossy().into_owned();
         let mut argv = vec![
             "ckpt-restore".to_string(),
             "--meta".to_string(),
@@ -156,12 +155,12 @@ impl Node {
             argv.push(path.to_string_lossy().into_owned());
         }
         argv.extend(checks.iter().cloned());
-        let mut envp = vec!["GLIBC_TUNABLES=glibc.pthread.rseq=0".to_string()];
-        if let Ok(v) = std::env::var("RUST_LOG") {
-            envp.push(format!("RUST_LOG={v}"));
-        }
         match b.parent {
             None => {
+                let mut envp = vec!["GLIBC_TUNABLES=glibc.pthread.rseq=0".to_string()];
+                if let Ok(v) = std::env::var("RUST_LOG") {
+                    envp.push(format!("RUST_LOG={v}"));
+                }
                 let cs = |v: &[String]| -> anyhow::Result<Vec<CString>> {
                     Ok(v.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?)
                 };
@@ -175,14 +174,13 @@ impl Node {
                 ckpt_sys::spawn::spawn_with_pid(pid, &prog, &cs(&argv)?, &cs(&envp)?, &fds, opts)?;
             }
             Some(parent) => {
+                // A fork of the parent's restorer, which runs in the environment above.
                 let fork = TreeStep::Fork {
                     pid,
                     exit_signal: b.exit_signal,
                     setsid: b.setsid,
                     lead_group: b.lead_group,
-                    prog,
                     argv,
-                    envp,
                 };
                 let parent = find(made, parent)?;
                 ckpt_proto::send(&parent.ours, &fork, &fds).map_err(|e| why(parent, lost(parent, e)))?;

@@ -19,7 +19,8 @@ pub const RESTORER_VMA_NAME: &str = "[anon:ckpt-restorer]";
 /// Bumped on any incompatible change; peers with another version are refused at hello.
 /// 3: progress events (`CtlReply::Progress`, `FromNode::Progress`).
 /// 4: lazy restore (`CtlRequest::Restore::lazy`, `WaitLoaded`, `ProcessStatus::loading`).
-pub const PROTO_VERSION: u32 = 4;
+/// 5: a child's restorer is a fork of its parent's (`TreeStep::Fork` without prog and envp).
+pub const PROTO_VERSION: u32 = 5;
 
 #[cfg(test)]
 mod tests {

@@ -507,16 +507,14 @@ pub struct SocketFds {
 /// `ckpt_format::tree`). Every step but `Go` is answered with a [`TreeAnswer`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum TreeStep {
-    /// Fork a child restorer as `pid` and exec `prog`; five fds ride along: its stdio 0-2, its
-    /// status pipe and its control socket.
+    /// Fork a child restorer as `pid`, which restores with arguments `argv`; five fds ride
+    /// along: its stdio 0-2, its status pipe and its control socket.
     Fork {
         pid: i32,
         exit_signal: i32,
         setsid: bool,
         lead_group: bool,
-        prog: String,
         argv: Vec<String>,
-        envp: Vec<String>,
     },
     /// Every child is forked: build the program up to its first instruction.
     Build,

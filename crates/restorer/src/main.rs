@@ -9,6 +9,7 @@
 
 mod attrs;
 mod blob;
+mod cow;
 mod creds;
 mod fds;
 mod guard;
@@ -16,6 +17,7 @@ mod lazy;
 mod plan;
 mod seccomp;
 mod signals;
+mod space;
 mod tree;
 
 use anyhow::{bail, Context};
@@ -37,14 +39,13 @@ struct Args {
     lazy: bool,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
+fn parse_args(mut it: impl Iterator<Item = String>) -> anyhow::Result<Args> {
     let mut meta = None;
     let mut pages = Vec::new();
     let mut status_fd = 3;
     let mut control_fd = 4;
     let mut mapped = std::collections::HashMap::new();
     let mut lazy = false;
-    let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--meta" => meta = it.next().map(PathBuf::from),
@@ -90,10 +91,27 @@ fn main() {
     let status_fd = std::env::args()
         .find_map(|a| a.strip_prefix("--status-fd=").and_then(|v| v.parse().ok()))
         .unwrap_or(3);
-    let err = match parse_args().and_then(run) {
+    let err = match parse_args(std::env::args().skip(1)).and_then(|a| run(a, Vec::new())) {
         Ok(never) => match never {},
         Err(e) => e,
     };
+    fail(err, status_fd)
+}
+
+/// A child's restorer, forked by its parent's (see `tree::births`) rather than started anew:
+/// `argv` are its arguments, `inherited` the memory its parent filled (see `cow`).
+pub fn child(argv: Vec<String>, inherited: Vec<cow::Area>) -> ! {
+    // The parent's status fd number, which is not ours.
+    std::env::remove_var("CKPT_STATUS_FD");
+    let err = match parse_args(argv.into_iter().skip(1)).and_then(|a| run(a, inherited)) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    fail(err, 3)
+}
+
+/// Says why the restore failed on the status fd and ends.
+fn fail(err: anyhow::Error, status_fd: i32) -> ! {
     // `run` moved the status fd above the program's fds; the env var tells where.
     let fd = std::env::var("CKPT_STATUS_FD")
         .ok()
@@ -105,7 +123,7 @@ fn main() {
     std::process::exit(1);
 }
 
-fn run(args: Args) -> anyhow::Result<Infallible> {
+fn run(args: Args, inherited: Vec<cow::Area>) -> anyhow::Result<Infallible> {
     let mut img: ProcessImage = read_record(&args.meta, RecordKind::Process)?;
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
@@ -120,8 +138,6 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     std::env::set_var("CKPT_STATUS_FD", status.to_string());
     let control = fds::lift(args.control_fd, base)?;
     let mut sockets = fds::receive_sockets(control, base)?;
-    // Children are forked before anything of the program is in place: they need none of it.
-    tree::births(control)?;
     // Shared memory comes under negative numbers (no fd has one): kept apart, closed once
     // each mapping has its copy.
     let shared: std::collections::HashMap<i32, i32> = sockets
@@ -151,11 +167,23 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         // SAFETY: closing our own copies; the mappings have theirs.
         unsafe { libc::close(fd) };
     }
-    // The blob reads pages with pread: compressed runs are unpacked into memory first.
+    // Pages are read with pread: compressed runs are unpacked into memory first.
     if let Some(unpacked) = fds::unpack_compressed(&mut img, &readers, stores.len() as u32)? {
         stores.push(fds::lift(unpacked, base)?);
     }
     drop(readers);
+    // The memory shared with the parent is made this image's; then, before the first child is
+    // forked, the rest of the memory a child could share is filled (see `cow`). The children
+    // need nothing else of the program: the fds above are closed in them.
+    let mut areas = cow::adopt(&img, inherited, &stores)?;
+    let mut filled = false;
+    tree::births(control, &mut || {
+        if !filled {
+            cow::fill(&img, &stores, &mut areas)?;
+            filled = true;
+        }
+        Ok(areas.clone())
+    })?;
     let lazy = lazy::open(lazy_ranges, base)?;
     let exe = std::fs::File::open(&img.exe)
         .ok()
@@ -195,6 +223,7 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
         memfds,
         exe,
         lazy,
+        areas,
         all,
     };
 
@@ -224,33 +253,10 @@ fn run(args: Args) -> anyhow::Result<Infallible> {
     jump(&region, &plan, status)
 }
 
-/// A hole free in both the image's layout and ours, high in the mmap area and away from the
-/// program's stack and heap.
+/// A hole free in both the image's layout and ours.
 fn choose_region(img: &ProcessImage, current: &[MapEntry], size: u64) -> anyhow::Result<u64> {
-    const GUARD: u64 = 1 << 20;
-    const LOW: u64 = 1 << 32;
-    let stack = img
-        .mappings
-        .iter()
-        .find(|m| m.kind == ckpt_format::MappingKind::Stack)
-        .map(|m| m.start)
-        .unwrap_or(0x7ff0_0000_0000);
-    let limit = stack.saturating_sub(1 << 30);
-    let mut used: Vec<(u64, u64)> = img.mappings.iter().map(|m| (m.start, m.end)).collect();
-    used.extend(img.mappings.iter().filter_map(|m| m.sysv_attach_range()));
-    used.extend(img.special.iter().map(|s| (s.start, s.end)));
-    used.extend(current.iter().map(|e| (e.start, e.end)));
-    used.push((limit, u64::MAX));
-    used.sort_unstable();
-    let mut best = None;
-    let mut prev_end = LOW;
-    for &(s, e) in &used {
-        if s > prev_end && s - prev_end >= size + 2 * GUARD {
-            best = Some(s - GUARD - size);
-        }
-        prev_end = prev_end.max(e);
-    }
-    best.map(|b| b & !(PAGE_SIZE - 1))
+    space::Space::new(img, current)
+        .take(size)
         .context("no free address range for the restorer")
 }
 

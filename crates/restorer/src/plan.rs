@@ -28,6 +28,8 @@ pub struct WorkingFds {
     pub exe: Option<i32>,
     /// Memory ckptd loads after the blob has mapped it (`--lazy`).
     pub lazy: Option<crate::lazy::Lazy>,
+    /// Memory filled away from its place, moved there (see `cow`).
+    pub areas: Vec<crate::cow::Area>,
     /// Everything to close at the end.
     pub all: Vec<i32>,
 }
@@ -194,8 +196,10 @@ pub fn build(
         region,
     };
 
-    // 1. Unmap everything of the restorer but the region and the kernel's special mappings.
+    // 1. Unmap everything of the restorer but the region, the kernel's special mappings and
+    //    the memory filled away from its place.
     let mut keep: Vec<(u64, u64)> = vec![(region.base, region.base + region.size)];
+    keep.extend(fds.areas.iter().map(|a| (a.at, a.at + a.len())));
     let cur_special: Vec<&MapEntry> = current
         .iter()
         .filter(|e| ckpt_format::is_kernel_special(&e.path))
@@ -249,6 +253,17 @@ pub fn build(
         }
         let len = m.len();
         let prot = m.prot as u64;
+        if let Some(a) = fds.areas.iter().find(|a| a.of(m)) {
+            // Kept out of the way of every mapping above and of the other areas, so that the
+            // move replaces nothing but the parts of the restorer step 1 let go.
+            let flags = (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64;
+            p.sys(libc::SYS_mremap, &[a.at, len, len, flags, m.start], 0);
+            if prot != (libc::PROT_READ | libc::PROT_WRITE) as u64 {
+                p.sys(libc::SYS_mprotect, &[m.start, len, prot], 0);
+            }
+            name(&mut p, m);
+            continue;
+        }
         let share = if m.shared { libc::MAP_SHARED } else { libc::MAP_PRIVATE } as u64;
         let (fd, off, mut flags) = match &m.kind {
             MappingKind::File(id) => match fds.files.get(&(id.path.clone(), crate::fds::map_writable(m))) {
@@ -290,11 +305,7 @@ pub fn build(
                 p.sys(libc::SYS_mprotect, &[m.start, len, prot], 0);
             }
         }
-        if m.name.starts_with("[anon:") && !m.shared {
-            let name = m.name.trim_start_matches("[anon:").trim_end_matches(']').to_string();
-            let addr = p.put_cstr(&name);
-            p.sys(libc::SYS_prctl, &[PR_SET_VMA, 0, m.start, len, addr], IGNORE_ERROR);
-        }
+        name(&mut p, m);
     }
     if let Some(l) = &fds.lazy {
         crate::lazy::register(&mut p, l);
@@ -480,6 +491,15 @@ pub fn build(
         bail!("internal: restore plan larger than its bound");
     }
     Ok(p)
+}
+
+/// The name a private anonymous mapping was given (`PR_SET_VMA_ANON_NAME`).
+fn name(p: &mut Plan, m: &ckpt_format::Mapping) {
+    if m.name.starts_with("[anon:") && !m.shared {
+        let name = m.name.trim_start_matches("[anon:").trim_end_matches(']').to_string();
+        let addr = p.put_cstr(&name);
+        p.sys(libc::SYS_prctl, &[PR_SET_VMA, 0, m.start, m.len(), addr], IGNORE_ERROR);
+    }
 }
 
 /// Registers and write-protects again the memory that was tracked at the checkpoint, with the

@@ -25,8 +25,13 @@ fn answer(s: &UnixStream, r: &anyhow::Result<()>) -> anyhow::Result<()> {
     ckpt_proto::send(s, &a, &[]).context("answering ckptd")
 }
 
-/// Forks the children ckptd asks for, until it says to build.
-pub fn births(control: RawFd) -> anyhow::Result<()> {
+/// Forks the children ckptd asks for, until it says to build. Each child's restorer is a fork
+/// of this one, not a new program, so that it can share this one's memory (see `cow`):
+/// `before_fork` gives the memory to hand over.
+pub fn births(
+    control: RawFd,
+    before_fork: &mut dyn FnMut() -> anyhow::Result<Vec<crate::cow::Area>>,
+) -> anyhow::Result<()> {
     let s = stream(control);
     loop {
         let (step, fds): (TreeStep, Vec<OwnedFd>) = ckpt_proto::recv(&s).context("waiting for ckptd")?;
@@ -36,16 +41,14 @@ pub fn births(control: RawFd) -> anyhow::Result<()> {
                 exit_signal,
                 setsid,
                 lead_group,
-                prog,
                 argv,
-                envp,
             } => {
                 let opts = Options {
                     setsid,
                     lead_group,
                     exit_signal,
                 };
-                let r = fork(pid, opts, &prog, &argv, &envp, &fds);
+                let r = before_fork().and_then(|areas| fork(pid, opts, argv, areas, &fds));
                 drop(fds);
                 answer(&s, &r)?;
                 r?;
@@ -56,16 +59,21 @@ pub fn births(control: RawFd) -> anyhow::Result<()> {
     }
 }
 
-fn fork(pid: i32, opts: Options, prog: &str, argv: &[String], envp: &[String], fds: &[OwnedFd]) -> anyhow::Result<()> {
+fn fork(
+    pid: i32,
+    opts: Options,
+    argv: Vec<String>,
+    areas: Vec<crate::cow::Area>,
+    fds: &[OwnedFd],
+) -> anyhow::Result<()> {
     if fds.len() != 5 {
         bail!("ckptd sent {} fds for child {pid}, not 5", fds.len());
     }
-    let cs = |v: &[String]| -> anyhow::Result<Vec<CString>> {
-        Ok(v.iter().map(|a| CString::new(a.as_str())).collect::<Result<_, _>>()?)
-    };
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-    spawn::spawn_with_pid(pid, &CString::new(prog)?, &cs(argv)?, &cs(envp)?, &raw, opts)
-        .with_context(|| format!("forking child {pid}"))?;
+    let ret = spawn::fork_with_pid(pid, &raw, opts).with_context(|| format!("forking child {pid}"))?;
+    if ret == 0 {
+        crate::child(argv, areas);
+    }
     Ok(())
 }
 

@@ -89,7 +89,8 @@ fn clone_as(pid: i32, exit_signal: i32) -> Result<i32, SpawnError> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let (ret, err) = loop {
         // SAFETY: a fork-like clone3 (no CLONE_VM): the child gets a copy of this address
-        // space; the callers make it run only raw calls before execve or _exit.
+        // space; the callers make it run only raw calls before execve or _exit, unless the
+        // caller is single-threaded (`fork_with_pid`).
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_clone3,
@@ -117,7 +118,7 @@ fn clone_as(pid: i32, exit_signal: i32) -> Result<i32, SpawnError> {
 /// In a child just cloned: its session or group. Async-signal-safe.
 ///
 /// # Safety
-/// Only in the child of [`clone_as`], before execve or _exit.
+/// Only in the child of [`clone_as`].
 unsafe fn take_place(opts: Options) -> bool {
     if opts.setsid {
         libc::setsid() >= 0
@@ -126,6 +127,33 @@ unsafe fn take_place(opts: Options) -> bool {
     } else {
         true
     }
+}
+
+/// In a child just cloned: fd `i` becomes `fds[i]`, every other fd is closed, the signal mask
+/// is emptied and the child takes its place. Async-signal-safe; false if a step failed.
+///
+/// # Safety
+/// Only in the child of [`clone_as`]; `fds` has at most 16 entries.
+unsafe fn settle(fds: &[RawFd], opts: Options) -> bool {
+    let nfds = fds.len() as i32;
+    let base = nfds.max(3) + 16;
+    let mut tmp = [0 as RawFd; 16];
+    for (i, &src) in fds.iter().enumerate().take(16) {
+        tmp[i] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base);
+        if tmp[i] < 0 {
+            return false;
+        }
+    }
+    for (i, &t) in tmp.iter().enumerate().take(fds.len().min(16)) {
+        if libc::dup2(t, i as i32) < 0 {
+            return false;
+        }
+    }
+    libc::syscall(libc::SYS_close_range, nfds as u32, u32::MAX, 0u32);
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    take_place(opts)
 }
 
 /// Forks and execs `prog` as pid `pid`, in its session and group as `opts` says. In the child,
@@ -143,34 +171,33 @@ pub fn spawn_with_pid(
     argv_p.push(std::ptr::null());
     let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
     envp_p.push(std::ptr::null());
-    let nfds = fds.len() as i32;
     let ret = clone_as(pid, opts.exit_signal)?;
     if ret == 0 {
         // SAFETY: child side; only async-signal-safe libc calls on data prepared before clone3.
         unsafe {
-            let base = nfds.max(3) + 16;
-            let mut tmp = [0 as RawFd; 16];
-            for (i, &src) in fds.iter().enumerate().take(16) {
-                tmp[i] = libc::fcntl(src, libc::F_DUPFD_CLOEXEC, base);
-                if tmp[i] < 0 {
-                    libc::_exit(126);
-                }
-            }
-            for (i, &t) in tmp.iter().enumerate().take(fds.len().min(16)) {
-                if libc::dup2(t, i as i32) < 0 {
-                    libc::_exit(126);
-                }
-            }
-            libc::syscall(libc::SYS_close_range, nfds as u32, u32::MAX, 0u32);
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
-            if !take_place(opts) {
-                libc::_exit(125);
+            if !settle(fds, opts) {
+                libc::_exit(126);
             }
             libc::execve(prog.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr());
             libc::_exit(127);
         }
+    }
+    Ok(ret)
+}
+
+/// Forks as pid `pid` without exec: the child, a copy of this process with fd `i` = `fds[i]`
+/// and no other fd, an empty signal mask and its place taken as `opts` says, gets `Ok(0)`;
+/// the parent the child's pid. Only for a single-threaded caller, whose child may then run
+/// any code.
+pub fn fork_with_pid(pid: i32, fds: &[RawFd], opts: Options) -> Result<i32, SpawnError> {
+    if fds.len() > 16 {
+        return Err(SpawnError::Os(std::io::Error::from_raw_os_error(libc::EINVAL)));
+    }
+    let ret = clone_as(pid, opts.exit_signal)?;
+    // SAFETY: child side of clone_as; at most 16 fds, checked above.
+    if ret == 0 && !unsafe { settle(fds, opts) } {
+        // SAFETY: ending the child that could not take its place; the parent sees it end.
+        unsafe { libc::_exit(126) };
     }
     Ok(ret)
 }
