@@ -3,6 +3,7 @@
 //! `oom_score_adj`, audit loginuid, THP disabled, child subreaper, dumpable, supplementary
 //! groups, `mlock`/`mlock2(MLOCK_ONFAULT)`/`mlockall(MCL_FUTURE)` and `membarrier`
 //! registration of the process: each comes back exactly, twice, also under a seccomp filter.
+//! A NUMA memory policy, which ckpt does not set again, is refused, naming it.
 
 use anyhow::{ensure, Context, Result};
 use ckpt_tests::*;
@@ -68,4 +69,44 @@ fn a_traced_process_is_refused_naming_its_tracer() -> Result<()> {
     d.checkpoint().context("once the tracer is gone")?;
     app.kill9()?;
     Ok(())
+}
+
+/// Runs `numa_policy MODE` and expects its checkpoint refused, naming the policy and `whose`
+/// ("thread" names the second thread); the program must run on.
+fn numa_refused(mode: &str, policy: &str, whose: &str) -> Result<()> {
+    let d = Daemon::start()?;
+    let mut app = d.run_example("numa_policy", &[mode])?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let out = d.ckptctl(&["checkpoint"]);
+    let msg = expect_failure_one_line(&out, &format!("checkpoint of numa_policy {mode}"))?;
+    ensure!(
+        msg.contains(&format!("process {}", app.pid))
+            && msg.contains(&format!("NUMA memory policy {policy}"))
+            && msg.contains(whose),
+        "the refusal should name process {}, {whose} and policy {policy}: {msg}",
+        app.pid
+    );
+    let t = app.drain_last_tick().unwrap_or(0);
+    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
+        .context("the program must run on")?;
+    app.kill9()?;
+    Ok(())
+}
+
+#[test]
+fn a_numa_policy_of_the_process_is_refused() -> Result<()> {
+    require_root!();
+    numa_refused("task", "bind:0", "main thread")
+}
+
+#[test]
+fn a_numa_policy_of_another_thread_is_refused() -> Result<()> {
+    require_root!();
+    numa_refused("thread", "prefer:0", "thread ")
+}
+
+#[test]
+fn a_numa_policy_of_a_mapping_is_refused() -> Result<()> {
+    require_root!();
+    numa_refused("range", "interleave:0", "its memory at ")
 }

@@ -44,6 +44,55 @@ pub fn traced(pid: i32) -> Option<DumpError> {
     })
 }
 
+/// Why `pid` cannot be checkpointed for a NUMA memory policy (`set_mempolicy`, `mbind`,
+/// `numactl`): ckpt does not set policies again, and the program would tell (`get_mempolicy`).
+/// numa_maps shows each mapping's own policy, else the reading thread's: a mapping that is
+/// not "default" in the process's file is one or the other, and a thread's first mapping in
+/// its own file tells its policy (only that line is read; the whole file walks every page
+/// table, which is why this is asked before the park, not during it).
+pub fn numa_policy(pid: i32) -> Option<DumpError> {
+    let refuse = |what: String| {
+        DumpError::Refused {
+        pid,
+        what,
+        advice: "ckpt cannot set memory policies again; start it without one (numactl, set_mempolicy, mbind) to checkpoint it".into(),
+    }
+    };
+    // No such file: a kernel without NUMA, where there are no policies.
+    let all = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).ok()?;
+    if let Some((addr, policy)) = all.lines().find_map(non_default) {
+        return Some(refuse(format!(
+            "its memory at {addr} or its main thread has the NUMA memory policy {policy}"
+        )));
+    }
+    let tids = ckpt_sys::procfs::list_numeric(&format!("/proc/{pid}/task")).ok()?;
+    tids.into_iter().filter(|&t| t != pid).find_map(|tid| {
+        use std::io::Read;
+        let mut first = [0u8; 4096];
+        let n = std::fs::File::open(format!("/proc/{pid}/task/{tid}/numa_maps"))
+            .and_then(|mut f| f.read(&mut first))
+            .ok()?;
+        let text = String::from_utf8_lossy(&first[..n]);
+        let (_, policy) = text.lines().next().and_then(non_default)?;
+        Some(refuse(format!("thread {tid} has the NUMA memory policy {policy}")))
+    })
+}
+
+/// A numa_maps line's address and policy (with its flags and nodes), when the policy is not
+/// the default one.
+fn non_default(line: &str) -> Option<(&str, &str)> {
+    let (addr, rest) = line.split_once(' ')?;
+    // Two of the kernel's policy names have a space in them.
+    let words = if rest.starts_with("weighted interleave") || rest.starts_with("prefer (many)") {
+        2
+    } else {
+        1
+    };
+    let end = rest.match_indices(' ').nth(words - 1).map_or(rest.len(), |(i, _)| i);
+    let policy = &rest[..end];
+    (policy != "default").then_some((addr, policy))
+}
+
 pub fn process(pid: i32, slots: &ProcSlot, status: &str) -> Result<ProcAttrs, DumpError> {
     let int = |what: &str| -> Result<i64, DumpError> {
         let s = read_proc(pid, what)?;
@@ -174,6 +223,20 @@ fn speculation_set(status: &str) -> Option<&'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_numa_maps_line_names_its_policy_unless_default() {
+        assert_eq!(super::non_default("7f00 default file=/lib/x mapped=3"), None);
+        assert_eq!(super::non_default("7f00 bind:0 anon=2"), Some(("7f00", "bind:0")));
+        assert_eq!(
+            super::non_default("7f00 prefer (many):0 anon=2"),
+            Some(("7f00", "prefer (many):0"))
+        );
+        assert_eq!(
+            super::non_default("7f00 weighted interleave:0"),
+            Some(("7f00", "weighted interleave:0"))
+        );
+    }
+
     #[test]
     fn only_a_threads_own_speculation_setting_is_named() {
         let st = |ssb: &str, ib: &str| {

@@ -169,10 +169,12 @@ impl Node {
         }
         self.meter.begin_checkpoint();
         let procs = self.registry.alive();
-        if let Some(e) = procs
-            .iter()
-            .find_map(|p| crate::dump::attrs::traced(p.reg.pid).or_else(|| crate::dump::seccomp::strict(p.reg.pid)))
-        {
+        if let Some(e) = procs.iter().find_map(|p| {
+            let pid = p.reg.pid;
+            crate::dump::attrs::traced(pid)
+                .or_else(|| crate::dump::seccomp::strict(pid))
+                .or_else(|| crate::dump::attrs::numa_policy(pid))
+        }) {
             bail!("host {}: {e}", self.host);
         }
         // The cut must not wait on the copy (a busy machine slows it at nice 19): past this,
