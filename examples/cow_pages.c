@@ -1,8 +1,9 @@
 /*
- * cow_pages: a parent and the child it forked share their private pages copy-on-write, and
- * check that each page neither of them wrote since the fork is still one physical page.
+ * cow_pages DIR: a parent and the child it forked share their private pages copy-on-write,
+ * and check that each page neither of them wrote since the fork is still one physical page.
  *
- * Before forking, the parent fills 16 MiB of anonymous memory and 2 MiB of its brk heap with a
+ * Before forking, the parent fills 16 MiB of anonymous memory, 2 MiB of its brk heap and a
+ * 4 MiB private mapping of a file it makes in DIR (whose own content stays other) with a
  * pattern. After the fork, the child rewrites every 4th page of both and the parent every 7th.
  * Prints "tick N" every 100 ms. On SIGUSR1 the parent checks, page by page, through
  * /proc/self/pagemap and the child's /proc/PID/pagemap:
@@ -29,6 +30,7 @@
 #define PAGE 4096
 #define ANON_PAGES 4096 /* 16 MiB */
 #define HEAP_PAGES 512  /* 2 MiB */
+#define FILE_PAGES 1024 /* 4 MiB */
 
 static volatile sig_atomic_t asked;
 
@@ -141,7 +143,7 @@ static void check_sharing(int self, int other, char *base, long pages, int a)
     printf("area %d: %ld of %ld pages shared\n", a, shared, expected);
 }
 
-static char *anon, *heap;
+static char *anon, *heap, *mapped;
 
 static int child_part(long i)
 {
@@ -153,15 +155,28 @@ static int parent_part(long i)
     return parent_writes(i);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc < 2) {
+        fprintf(stderr, "usage: cow_pages DIR\n");
+        return 2;
+    }
     setvbuf(stdout, NULL, _IOLBF, 0);
     /* The heap block comes from brk, not from a mapping of its own. */
     mallopt(M_MMAP_THRESHOLD, 64 << 20);
     char *h = malloc((HEAP_PAGES + 1) * PAGE);
     heap = (char *)(((uintptr_t)h + PAGE - 1) & ~(uintptr_t)(PAGE - 1));
     anon = mmap(NULL, ANON_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (!h || anon == MAP_FAILED) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/cow-file", argv[1]);
+    int file = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    if (file < 0 || ftruncate(file, FILE_PAGES * PAGE)) {
+        perror(path);
+        return 1;
+    }
+    mapped = mmap(NULL, FILE_PAGES * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE, file, 0);
+    close(file);
+    if (!h || anon == MAP_FAILED || mapped == MAP_FAILED) {
         perror("memory");
         return 1;
     }
@@ -170,6 +185,7 @@ int main(void)
     madvise(heap, HEAP_PAGES * PAGE, MADV_NOHUGEPAGE);
     fill(anon, ANON_PAGES, 1, 0, NULL);
     fill(heap, HEAP_PAGES, 2, 0, NULL);
+    fill(mapped, FILE_PAGES, 3, 0, NULL);
 
     int ask[2], answer[2];
     if (pipe(ask) || pipe(answer)) {
@@ -183,6 +199,7 @@ int main(void)
         close(answer[0]);
         fill(anon, ANON_PAGES, 1, 1, child_writes);
         fill(heap, HEAP_PAGES, 2, 1, child_writes);
+        fill(mapped, FILE_PAGES, 3, 1, child_writes);
         for (;;) {
             char c;
             ssize_t n = read(ask[0], &c, 1);
@@ -191,7 +208,8 @@ int main(void)
             if (n != 1)
                 return 0;
             long bad = check_content(anon, ANON_PAGES, 1, child_part, 1) +
-                       check_content(heap, HEAP_PAGES, 2, child_part, 1);
+                       check_content(heap, HEAP_PAGES, 2, child_part, 1) +
+                       check_content(mapped, FILE_PAGES, 3, child_part, 1);
             if (write(answer[1], &bad, sizeof bad) != sizeof bad)
                 return 1;
         }
@@ -200,6 +218,7 @@ int main(void)
     close(answer[1]);
     fill(anon, ANON_PAGES, 1, 2, parent_writes);
     fill(heap, HEAP_PAGES, 2, 2, parent_writes);
+    fill(mapped, FILE_PAGES, 3, 2, parent_writes);
     signal(SIGUSR1, on_usr1);
 
     for (long tick = 0;; tick++) {
@@ -214,7 +233,8 @@ int main(void)
         if (write(ask[1], "?", 1) != 1)
             invariant("the child is gone (%ld)", errno, 0, 0);
         long mine = check_content(anon, ANON_PAGES, 1, parent_part, 2) +
-                    check_content(heap, HEAP_PAGES, 2, parent_part, 2);
+                    check_content(heap, HEAP_PAGES, 2, parent_part, 2) +
+                    check_content(mapped, FILE_PAGES, 3, parent_part, 2);
         if (mine)
             invariant("%ld pages of the parent hold the wrong content", mine, 0, 0);
         long theirs = -1;
@@ -223,14 +243,15 @@ int main(void)
             ;
         if (r != sizeof theirs || theirs)
             invariant("%ld pages of the child hold the wrong content", theirs, 0, 0);
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/pagemap", (int)child);
-        int self = open("/proc/self/pagemap", O_RDONLY), other = open(path, O_RDONLY);
+        char map[64];
+        snprintf(map, sizeof map, "/proc/%d/pagemap", (int)child);
+        int self = open("/proc/self/pagemap", O_RDONLY), other = open(map, O_RDONLY);
         if (self < 0 || other < 0) {
             invariant("cannot open the pagemaps (%ld)", errno, 0, 0);
         } else {
             check_sharing(self, other, anon, ANON_PAGES, 1);
             check_sharing(self, other, heap, HEAP_PAGES, 2);
+            check_sharing(self, other, mapped, FILE_PAGES, 3);
         }
         if (self >= 0)
             close(self);

@@ -4,8 +4,8 @@
 //! A restore that builds every process's memory on its own hands each child copies: a
 //! pre-fork server (a master and its workers) comes back with its memory multiplied, and a
 //! program that looks at its pages (`/proc/self/pagemap`) sees they are no longer shared. So,
-//! as CRIU does, a restorer fills its private anonymous mappings away from their places (an
-//! [`Area`] each) before it forks its children, which are forks of it rather than new
+//! as CRIU does, a restorer fills its private mappings away from their places (an [`Area`]
+//! each) before it forks its children, which are forks of it rather than new
 //! programs, and the blob moves them into place at the end. Each child takes over the areas at
 //! the addresses it had mappings of its own, writes only the pages whose content differs from
 //! the parent's and lets go of the others: a page neither changed since the fork stays one
@@ -39,10 +39,11 @@ impl Area {
     }
 }
 
-/// Memory a fork would share: private anonymous mappings with content, the heap included. The
-/// main thread's stack grows down, which a moved mapping cannot be made to do.
+/// Memory a fork would share: private mappings with content of their own, anonymous ones (the
+/// heap included) and files' (a library's written data). The main thread's stack grows down,
+/// which a moved mapping cannot be made to do.
 fn eligible(m: &Mapping) -> bool {
-    !m.shared && matches!(m.kind, MappingKind::Anon | MappingKind::Heap) && !m.pages.is_empty()
+    !m.shared && matches!(m.kind, MappingKind::Anon | MappingKind::Heap | MappingKind::File(_)) && !m.pages.is_empty()
 }
 
 /// Takes over the areas the parent filled (`inherited`) where this image has a mapping at the
@@ -82,25 +83,37 @@ pub fn adopt(img: &ProcessImage, inherited: Vec<Area>, stores: &[i32]) -> anyhow
 }
 
 /// Fills, away from their places, the image's mappings a child could share that `areas` has
-/// none for yet, and adds them.
-pub fn fill(img: &ProcessImage, stores: &[i32], areas: &mut Vec<Area>) -> anyhow::Result<()> {
+/// none for yet, and adds them. `files`: the fds of the mapped files.
+pub fn fill(
+    img: &ProcessImage,
+    stores: &[i32],
+    files: &crate::fds::MappedFiles,
+    areas: &mut Vec<Area>,
+) -> anyhow::Result<()> {
     let mut space = Space::new(img, &ckpt_sys::procfs::maps(std::process::id() as i32)?);
     for m in img.mappings.iter().filter(|m| eligible(m)) {
         if areas.iter().any(|a| a.of(m)) {
             continue;
         }
+        let (fd, offset, anon) = match &m.kind {
+            MappingKind::File(id) => match files.get(&(id.path.clone(), crate::fds::map_writable(m))) {
+                Some(&fd) => (fd, id.offset as libc::off_t, 0),
+                None => bail!("internal: no fd for {}", id.path),
+            },
+            _ => (-1, 0, libc::MAP_ANONYMOUS),
+        };
         let at = space
             .take(m.len())
             .context("no free address range to fill the memory shared with children")?;
-        // SAFETY: fresh private memory at a range free in this process and the image.
+        // SAFETY: a fresh private mapping at a range free in this process and the image.
         let p = unsafe {
             libc::mmap(
                 at as *mut libc::c_void,
                 m.len() as usize,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
+                libc::MAP_PRIVATE | anon | libc::MAP_NORESERVE | libc::MAP_FIXED_NOREPLACE,
+                fd,
+                offset,
             )
         };
         if p == libc::MAP_FAILED || p as u64 != at {
@@ -178,7 +191,8 @@ fn content(m: &Mapping) -> BTreeMap<u64, Source> {
 }
 
 /// Makes the area at `at` hold `m`'s content, writing only the pages that differ (the others
-/// stay shared with the parent) and dropping those the image has none of.
+/// stay shared with the parent) and dropping those the image has none of: they read as zero,
+/// or as the file, again.
 fn differences(m: &Mapping, at: u64, stores: &[i32]) -> anyhow::Result<()> {
     const CHUNK: u64 = 4 << 20;
     let mut buf = vec![0u8; CHUNK as usize];
@@ -212,9 +226,9 @@ fn differences(m: &Mapping, at: u64, stores: &[i32]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pages the image has none of read as zero again.
+/// Pages the image has none of read as the mapping's own again (zero, or the file's).
 fn drop_pages(addr: u64, len: u64) -> anyhow::Result<()> {
-    // SAFETY: discarding private anonymous pages of an area this restorer owns.
+    // SAFETY: discarding private pages of an area this restorer owns.
     if unsafe { libc::madvise(addr as *mut libc::c_void, len as usize, libc::MADV_DONTNEED) } != 0 {
         return Err(std::io::Error::last_os_error()).context("dropping pages the child does not have");
     }

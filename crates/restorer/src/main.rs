@@ -179,7 +179,7 @@ fn run(args: Args, inherited: Vec<cow::Area>) -> anyhow::Result<Infallible> {
     let mut filled = false;
     tree::births(control, &mut || {
         if !filled {
-            cow::fill(&img, &stores, &mut areas)?;
+            cow::fill(&img, &stores, &files, &mut areas)?;
             filled = true;
         }
         Ok(areas.clone())

@@ -1,5 +1,6 @@
 //! The restorer's part in making the host's process tree (`ckpt_proto::TreeStep`): before it
-//! becomes the program, it forks its children (each a restorer of its own) and its zombies,
+//! becomes the program, it forks its children (each a copy of this restorer, which restores the
+//! child's image and may share its memory: see `cow`) and its zombies,
 //! joins its process group and takes its terminal, as ckptd asks, so that the restored tree
 //! has the same parents, groups and sessions.
 
