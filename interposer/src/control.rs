@@ -232,7 +232,8 @@ fn serve(path: &Path) {
                 crate::pages::register_all();
                 // ckptd gets the store window and the tracker along with the answer; only its
                 // copy of the window stays open.
-                let window = crate::pages::window();
+                // Moved up at once, as every fd the interposer makes while the program runs.
+                let window = crate::fds::protect(crate::pages::window());
                 let tracker = crate::pages::UFFD.load(Acquire);
                 let fds: &[i32] = if window >= 0 && tracker >= 0 {
                     &[window, tracker]

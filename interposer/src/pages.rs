@@ -124,6 +124,9 @@ pub fn register_all() {
     if fd < 0 {
         return;
     }
+    // The program's threads run: the lowest free number, which a program opening a file
+    // expects to get, is held only until the fd moves up, not for the whole read.
+    let fd = crate::fds::protect(fd);
     // SAFETY: only the control thread uses the buffer.
     let buf = unsafe { &mut *MAPS.0.get() };
     let mut have = 0usize;
