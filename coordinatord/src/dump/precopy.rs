@@ -120,6 +120,15 @@ pub fn precopy(
     let io = |what: &str| super::io_err(pid, what);
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let tracked = procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?;
+    // The kernel writes what an AIO read brings into pages it holds, without a fault: a page
+    // copied and re-armed here while a read into it is in flight would keep its old copy. A
+    // process with AIO contexts is read at the stop only, after its requests (see `aio`).
+    if maps.iter().any(|e| super::aio::is_ring(&e.path)) {
+        return Ok(Precopy {
+            tracked,
+            ..Precopy::default()
+        });
+    }
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
     let mut out = Precopy::default();
