@@ -15,7 +15,9 @@
  *   - a child forked before any context was made has no ring mapped and no context
  *     (io_submit on A's id fails with EINVAL there);
  *   - a thread waiting in io_getevents (an hour's timeout) on an idle context W, which parks
- *     interrupt, gets the read submitted to W and nothing else (no EINTR).
+ *     interrupt, gets the read submitted to W and nothing else (no EINTR);
+ *   - a poll of a timerfd due 400 ms after the set-up, through context T, completes with
+ *     POLLIN: a checkpoint taken meanwhile finds it in flight and waits for it.
  * Then it sets the state up again (new unreaped events).
  *
  * aio_state DIR busy: also a thread that reads through a fourth context all the time, one
@@ -38,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -63,7 +66,9 @@ struct ctx {
 static struct ctx A = {"A", 4, 200, 3, 0}, B = {"B", 300, 50, 5, 1};
 static int data_fd, never[2], to_kid[2], from_kid[2];
 static pid_t kid;
-static aio_context_t busy_ctx, wait_ctx;
+static aio_context_t busy_ctx, wait_ctx, timer_ctx;
+static int timer_fd;
+static struct iocb timer_cb;
 static volatile unsigned long waited;
 static volatile long waiter_bad;
 static volatile unsigned long busy_rounds, busy_seen;
@@ -264,6 +269,33 @@ static void *busy(void *arg)
     return NULL;
 }
 
+/* A poll of a timerfd due in 400 ms, in flight until then. */
+static void arm_timer_poll(void)
+{
+    uint64_t expirations;
+    while (read(timer_fd, &expirations, 8) == 8) {
+    }
+    struct itimerspec its = {{0, 0}, {0, 400000000L}};
+    if (timerfd_settime(timer_fd, 0, &its, NULL)) invariant("T", "timerfd_settime", errno, 0);
+    struct iocb *p = &timer_cb;
+    memset(&timer_cb, 0, sizeof timer_cb);
+    timer_cb.aio_lio_opcode = IOCB_CMD_POLL;
+    timer_cb.aio_fildes = timer_fd;
+    timer_cb.aio_buf = POLLIN;
+    timer_cb.aio_data = 0x7100;
+    if (io_submit_(timer_ctx, 1, &p) != 1) invariant("T", "poll submit", errno, 0);
+}
+
+static void check_timer_poll(void)
+{
+    struct io_event ev;
+    struct timespec two = {2, 0};
+    long n = io_getevents_(timer_ctx, 1, 1, &ev, &two);
+    if (n != 1) invariant("T", "poll events", n, 1);
+    else if (ev.data != 0x7100 || ev.obj != (uint64_t)(uintptr_t)&timer_cb || !(ev.res & POLLIN))
+        invariant("T", "poll event (res)", ev.res, POLLIN);
+}
+
 /* Waits on the idle context W for one read at a time. */
 static void *waiter(void *arg)
 {
@@ -350,7 +382,9 @@ static void check(void)
     check_child();
     check_waiter();
     check_busy();
+    check_timer_poll();
     for (int i = 0; i < 2; i++) set_up_ctx(all[i]);
+    arm_timer_poll();
     printf(bad ? "state bad\n" : "state ok\n");
 }
 
@@ -400,13 +434,16 @@ int main(int argc, char **argv)
     }
     make(&B, 2);
     int busy_mode = argc > 2 && !strcmp(argv[2], "busy");
-    if (io_setup_(1, &wait_ctx) != 0 || (busy_mode && io_setup_(8, &busy_ctx) != 0)) {
+    timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    if (timer_fd < 0 || io_setup_(1, &wait_ctx) != 0 || io_setup_(1, &timer_ctx) != 0 ||
+        (busy_mode && io_setup_(8, &busy_ctx) != 0)) {
         perror("io_setup");
         return 2;
     }
     io_destroy_(gone);
     set_up_ctx(&A);
     set_up_ctx(&B);
+    arm_timer_poll();
     signal(SIGUSR1, on_usr1);
     pthread_t w;
     if (pthread_create(&w, NULL, waiter, NULL) != 0) {

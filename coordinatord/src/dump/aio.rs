@@ -141,7 +141,8 @@ fn settle(
     rings: &[Ring<'_>],
     refuse: impl Fn(&MapEntry, &str, &str) -> DumpError,
 ) -> Result<(), DumpError> {
-    let deadline = Instant::now() + SETTLE;
+    let started = Instant::now();
+    let deadline = started + SETTLE;
     loop {
         let mut busy = None;
         for r in rings {
@@ -159,7 +160,12 @@ fn settle(
                 break;
             }
         }
-        let Some((r, n)) = busy else { return Ok(()) };
+        let Some((r, n)) = busy else {
+            if started.elapsed() > Duration::from_millis(1) {
+                tracing::debug!(pid, waited = ?started.elapsed(), "AIO requests in flight completed while parked");
+            }
+            return Ok(());
+        };
         if Instant::now() >= deadline {
             let s = if n == 1 { "" } else { "s" };
             return Err(refuse(
