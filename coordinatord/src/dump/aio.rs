@@ -170,7 +170,10 @@ fn settle(
             let s = if n == 1 { "" } else { "s" };
             return Err(refuse(
                 r.e,
-                &format!("has {n} request{s} in flight (not completed after {SETTLE:?})"),
+                &format!(
+                    "has {n} request{s} in flight (not completed after {} s)",
+                    SETTLE.as_secs()
+                ),
                 "ckpt cannot see requests inside the kernel: checkpoint once they have completed (reaped or not), or io_cancel them",
             ));
         }

@@ -205,6 +205,21 @@ pub fn precopy(
         }
         last = pages;
     }
+    // A context made meanwhile may have had a read in flight into a page copied here: what was
+    // copied is read again at the stop, after its requests, as if re-armed without a copy.
+    if procfs::maps(pid)
+        .map_err(|e| DumpError::Proc(e, pid))?
+        .iter()
+        .any(|e| super::aio::is_ring(&e.path))
+    {
+        for m in out.mappings.values_mut() {
+            let copied: Vec<(u64, u64)> = m.batches.iter().flat_map(|b| b.ranges()).collect();
+            m.pending = merge_ranges(m.pending.drain(..).chain(copied).collect());
+            for b in m.batches.drain(..) {
+                out.pool.give(b.data);
+            }
+        }
+    }
     for m in out.mappings.values_mut() {
         m.cover = cover_of(m);
     }
