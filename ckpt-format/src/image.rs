@@ -258,6 +258,10 @@ pub enum MappingKind {
         size: u64,
         rdonly: bool,
     },
+    /// The ring of a kernel AIO context (`io_setup`), whose id is the mapping's start: never
+    /// stored as memory. The restorer makes the context again with this ring and moves the
+    /// ring here, which makes its start the context's id again.
+    AioRing(crate::aio::AioRing),
 }
 
 /// Identity of a file at checkpoint time, to refuse a restore over a changed file.

@@ -8,6 +8,7 @@
 //! [`files`]). Everything in the store is its owner's alone (folders 0700, files 0600, see
 //! [`private`]).
 
+pub mod aio;
 pub mod attrs;
 mod blocks;
 mod error;

@@ -7,15 +7,15 @@ use std::path::Path;
 
 /// Version of the format written by this build. Readers accept versions from
 /// [`OLDEST_READABLE`] up to this one.
-pub const FORMAT_VERSION: u32 = 5;
+pub const FORMAT_VERSION: u32 = 6;
 /// Version 2 gave files a policy (`FdKind::File`, the manifest's file list, `files.img`);
 /// version 3 added kernel objects (`FdKind::Object`), POSIX timers and IP socket options;
 /// version 4 the process tree (parents, groups, sessions, zombies), terminals and SysV IPC;
 /// version 5 which of the job's stdio a pipe or socket end kept at another number is, file
 /// locks and leases, open file descriptions shared across processes, each thread's
-/// capability sets.
+/// capability sets; version 6 kernel AIO contexts (`MappingKind::AioRing`).
 /// bincode records have no optional fields, so each version reads only its own.
-pub const OLDEST_READABLE: u32 = 5;
+pub const OLDEST_READABLE: u32 = 6;
 
 const MAGIC: [u8; 8] = *b"CKPTREC\0";
 const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 4 + 4;

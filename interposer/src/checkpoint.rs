@@ -268,6 +268,7 @@ fn control_park(session: u32) {
         unsafe { raw6(libc::SYS_getitimer, [i as u64, it as *mut _ as u64, 0, 0, 0, 0]) };
     }
     crate::timers::record(p);
+    crate::aio::record(p);
     let mut subreaper: i32 = 0;
     // SAFETY: PR_GET_CHILD_SUBREAPER writes one int into a local; PR_GET_DUMPABLE returns it.
     unsafe {

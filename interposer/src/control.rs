@@ -386,6 +386,7 @@ extern "C" fn after_fork_child() {
     // Before anything sends: the gate and counts inherited are the parent's.
     gate::reset_in_child();
     crate::attrs::reset_in_child();
+    crate::aio::reset_in_child();
     crate::spawn::init();
     let fd = CONTROL_FD.swap(-1, AcqRel);
     if fd >= 0 {

@@ -9,6 +9,7 @@
 //! Rules for this crate: no panics escape, nothing allocates or locks while threads are parked
 //! or inside a signal handler, errno is preserved, every fd is close-on-exec.
 
+mod aio;
 mod attrs;
 mod checkpoint;
 mod control;

@@ -1,6 +1,7 @@
 //! `syscall()`: programs that make system calls by number still get what the named wrappers give
-//! them — a futex wait a park interrupted is made again, and the interposer's own descriptors
-//! are kept — and every other call goes to libc's `syscall` untouched.
+//! them — a futex wait a park interrupted is made again, the interposer's own descriptors
+//! are kept, AIO calls are noted (see `aio`) — and every other call goes to libc's `syscall`
+//! untouched.
 
 use crate::{fds, restart, sys};
 use libc::c_long;
@@ -39,6 +40,9 @@ pub unsafe extern "C" fn syscall(
         return restart::futex_syscall(a, |args| real(nr, args));
     }
     if let Some(r) = fds::raw_call(nr, &a, &|args| real(nr, args)) {
+        return r;
+    }
+    if let Some(r) = crate::aio::raw_call(nr, &a) {
         return r;
     }
     let r = real(nr, &a);

@@ -173,6 +173,7 @@ fn ckptctl_check_reports_this_machine() -> Result<()> {
         "clone3 set_tid",
         "PR_TIMER_CREATE_RESTORE_IDS",
         "PTRACE_SECCOMP_GET_FILTER",
+        "AIO ring move",
     ] {
         ensure!(text.contains(f), "the table should list {f}:\n{text}");
     }

@@ -89,12 +89,6 @@ fn a_fanotify_group_with_events_queued_is_refused_by_name() -> Result<()> {
 }
 
 #[test]
-fn an_aio_context_is_refused_by_name() -> Result<()> {
-    require_root!();
-    refused("refused_kinds", &["aio"], &["AIO context", "io_setup"])
-}
-
-#[test]
 fn removed_working_directory_and_directory_fds_stay_removed() -> Result<()> {
     require_root!();
     let dir = tempfile::Builder::new().prefix("ckpt-rmdir-").tempdir()?;

@@ -80,13 +80,6 @@ fn classify(
         };
         return Ok((kind, Select::None));
     }
-    if name.starts_with("/[aio]") {
-        // The context's id is the ring's address and the kernel cannot make one at a given
-        // address: io_submit would fail with EINVAL after a restore.
-        return Err(unsupported(
-            "it is the ring of an AIO context (io_setup), which ckpt cannot make again; io_destroy it first",
-        ));
-    }
     let deleted = name.ends_with(" (deleted)");
     if e.shared {
         let in_dev = name.starts_with("/dev/") && !name.starts_with("/dev/shm/");
@@ -185,7 +178,8 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
         HashMap::new()
     };
     for e in &maps {
-        if e.path == "[vsyscall]" || e.path == ckpt_proto::RESTORER_VMA_NAME {
+        // An AIO ring is its context's, read with it (see `aio`).
+        if e.path == "[vsyscall]" || e.path == ckpt_proto::RESTORER_VMA_NAME || super::aio::is_ring(&e.path) {
             continue;
         }
         if ckpt_format::is_kernel_special(&e.path) {

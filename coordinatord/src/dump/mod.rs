@@ -1,6 +1,7 @@
 //! Reading a parked process from the outside: its memory, fds and kernel state become a
 //! process image in the store.
 
+mod aio;
 pub mod attrs;
 mod copy;
 mod fds;
@@ -44,6 +45,8 @@ pub enum DumpError {
     Seccomp { pid: i32, msg: String },
     #[error("process {pid}: its POSIX timers changed while it was parked; try again")]
     TimersChanged { pid: i32 },
+    #[error("process {pid}: a thread was inside an AIO call (io_setup, io_submit) when it was parked; try again")]
+    AioBusy { pid: i32 },
     #[error("process {pid}: fd {fd}: {err}")]
     Kind {
         pid: i32,
@@ -105,7 +108,12 @@ pub fn try_again(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         matches!(
             c.downcast_ref::<DumpError>(),
-            Some(DumpError::WindowLost { .. } | DumpError::ThreadMismatch { .. } | DumpError::TimersChanged { .. })
+            Some(
+                DumpError::WindowLost { .. }
+                    | DumpError::ThreadMismatch { .. }
+                    | DumpError::TimersChanged { .. }
+                    | DumpError::AioBusy { .. }
+            )
         ) || c.downcast_ref::<ExitedWhileRead>().is_some()
             || matches!(
                 c.downcast_ref::<crate::node::children::StrayChild>(),
@@ -200,9 +208,13 @@ pub fn dump_parked(
     let t_state = t0.elapsed();
     image.fds = fds;
     image.parent = t.base.map(|(id, _)| id.to_string());
+    // Before the memory: reads in flight still write into it (see `aio`).
+    let rings = aio::capture(reg, &mem, slots)?;
     let m = memory::dump_memory(pid, &mem, t)?;
     tracing::debug!(pid, ?t_fds, ?t_state, total = ?t0.elapsed(), "dumped");
     image.mappings = m.mappings;
+    // Last: the copied pages refer to the mappings before them by index.
+    image.mappings.extend(rings);
     let locked = attrs::locked(pid, &status)?;
     for m in image.mappings.iter_mut() {
         if let Some(l) = locked.get(&m.start) {

@@ -120,6 +120,15 @@ pub fn precopy(
     let io = |what: &str| super::io_err(pid, what);
     let maps = procfs::maps(pid).map_err(|e| DumpError::Proc(e, pid))?;
     let tracked = procfs::uffd_wp_ranges(pid).map_err(|e| DumpError::Proc(e, pid))?;
+    // The kernel writes what an AIO read brings into pages it holds, without a fault: a page
+    // copied and re-armed here while a read into it is in flight would keep its old copy. A
+    // process with AIO contexts is read at the stop only, after its requests (see `aio`).
+    if maps.iter().any(|e| super::aio::is_ring(&e.path)) {
+        return Ok(Precopy {
+            tracked,
+            ..Precopy::default()
+        });
+    }
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("memory"))?;
     let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io("pagemap"))?;
     let mut out = Precopy::default();
@@ -195,6 +204,21 @@ pub fn precopy(
             break;
         }
         last = pages;
+    }
+    // A context made meanwhile may have had a read in flight into a page copied here: what was
+    // copied is read again at the stop, after its requests, as if re-armed without a copy.
+    if procfs::maps(pid)
+        .map_err(|e| DumpError::Proc(e, pid))?
+        .iter()
+        .any(|e| super::aio::is_ring(&e.path))
+    {
+        for m in out.mappings.values_mut() {
+            let copied: Vec<(u64, u64)> = m.batches.iter().flat_map(|b| b.ranges()).collect();
+            m.pending = merge_ranges(m.pending.drain(..).chain(copied).collect());
+            for b in m.batches.drain(..) {
+                out.pool.give(b.data);
+            }
+        }
     }
     for m in out.mappings.values_mut() {
         m.cover = cover_of(m);

@@ -173,6 +173,7 @@ fn show_process(
             MappingKind::File(_) => "file",
             MappingKind::Saved { .. } => "saved",
             MappingKind::SysvShm { .. } => "sysv shm",
+            MappingKind::AioRing(_) => "aio",
         };
         let prot = format!(
             "{}{}{}{}",
@@ -181,12 +182,15 @@ fn show_process(
             if m.prot & 4 != 0 { 'x' } else { '-' },
             if m.shared { 's' } else { 'p' }
         );
+        let name = match &m.kind {
+            MappingKind::AioRing(r) => format!("{} ({})", m.name, r.describe()),
+            _ => m.name.clone(),
+        };
         println!(
-            "    {:012x}-{:012x} {prot} {kind:<5} {:>10} {}",
+            "    {:012x}-{:012x} {prot} {kind:<5} {:>10} {name}",
             m.start,
             m.end,
             bytes(m.stored_bytes()),
-            m.name
         );
     }
     println!("  fds:");

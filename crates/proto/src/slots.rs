@@ -13,6 +13,9 @@ pub const MAX_TIMERS: usize = 64;
 pub const TIMERS_OVERFLOW: u32 = u32::MAX;
 /// SysV IPC objects a process may note (see [`ProcSlot::sysv`]); more set `sysv_overflow`.
 pub const MAX_SYSV: usize = 256;
+/// Kernel AIO contexts (`io_setup`) a process may note (see [`ProcSlot::aio`]); more set
+/// `aio_overflow`, and the checkpoint refuses the contexts that did not fit.
+pub const MAX_AIO: usize = 64;
 /// Changed with the layout: a process restored from an older layout is refused, not misread.
 pub const SLOT_MAGIC: u64 = 0x3654_4c53_5450_4b43; // "CKPTSLT6"
 
@@ -99,6 +102,28 @@ pub struct TimerSlot {
     pub interval_ns: u64,
 }
 
+/// One kernel AIO context the program made (`io_setup`), noted by the interposer's wrappers: the
+/// kernel shows neither what `io_setup` was asked for nor how many requests are in flight.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AioSlot {
+    /// The context's id, which is its ring's address; 0: a free entry, 1: one being filled.
+    pub ctx: u64,
+    /// Requests `io_submit` took for the context since it was made (the system call's results,
+    /// summed). Every request ends as one event in the ring, so the requests in flight are this
+    /// less the ring's tail, modulo the ring's size.
+    pub submitted: u64,
+    /// Threads inside the interposer's `io_submit` code (between `aio_code[0]` and
+    /// `aio_code[4]`) for this context: ckptd finds each among the parked threads by its
+    /// registers, or tries again.
+    pub armed: u64,
+    /// What `io_setup` was asked for (the kernel counts it in `fs.aio-nr`).
+    pub nr_events: u32,
+    /// Set at the park when the context is one of the process's own (an `io_submit` of no
+    /// request on it succeeded): a forked child maps its parent's rings but has no context.
+    pub live: u32,
+}
+
 /// The process-wide part, followed in memory by the thread slots.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -151,6 +176,19 @@ pub struct ProcSlot {
     /// `membarrier` registrations the program made through `syscall()` (bit `n`: command
     /// `1 << n`), noted by the interposer: the kernel shows them nowhere.
     pub membarrier: u32,
+    /// The program's AIO contexts (see [`AioSlot`]), noted by the interposer's wrappers. A
+    /// forked child keeps the list, which tells the rings it maps from its parent (the kernel
+    /// copies the mappings, not the contexts) from rings made unseen.
+    pub aio: [AioSlot; MAX_AIO],
+    /// Set when a context did not fit in `aio`.
+    pub aio_overflow: u32,
+    /// Threads inside the interposer's `io_setup` between its system call and noting the
+    /// context: a ring with no entry then may be one being noted.
+    pub aio_setup_busy: u32,
+    /// Addresses in the interposer's `io_submit` code, set at the park: where the context's
+    /// `armed` count has been raised, where the system call has returned (its result in rax),
+    /// the instruction that adds it to `submitted`, the one that lowers `armed`, and the end.
+    pub aio_code: [u64; 5],
 }
 
 impl ProcSlot {
@@ -213,6 +251,16 @@ impl ProcSlot {
             dumpable: 0,
             mlockall: 0,
             membarrier: 0,
+            aio: [AioSlot {
+                ctx: 0,
+                submitted: 0,
+                armed: 0,
+                nr_events: 0,
+                live: 0,
+            }; MAX_AIO],
+            aio_overflow: 0,
+            aio_setup_busy: 0,
+            aio_code: [0; 5],
         }
     }
 
@@ -230,6 +278,10 @@ impl ProcSlot {
 
     /// Offset of `forks`, read by ckptd at the park.
     pub const FORKS_OFFSET: u64 = std::mem::offset_of!(ProcSlot, forks) as u64;
+
+    /// Offset of `aio`: the address of entry `i` in the program is the slot's address plus
+    /// this plus `i` times the size of an [`AioSlot`].
+    pub const AIO_OFFSET: u64 = std::mem::offset_of!(ProcSlot, aio) as u64;
 
     /// Rebuilds a slot from the bytes read out of the program's memory.
     pub fn from_bytes(bytes: &[u8]) -> Option<Box<ProcSlot>> {

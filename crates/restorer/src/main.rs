@@ -7,6 +7,7 @@
 //!
 //! `ckpt-restore --lazy-guard` is the guard of a lazy restore instead (see `guard`).
 
+mod aio;
 mod attrs;
 mod blob;
 mod cow;
@@ -184,6 +185,8 @@ fn run(args: Args, inherited: Vec<cow::Area>) -> anyhow::Result<Infallible> {
         }
         Ok(areas.clone())
     })?;
+    // Only now: the children must not get the rings' mappings (see `aio`).
+    areas.extend(aio::make(&img)?);
     let lazy = lazy::open(lazy_ranges, base)?;
     let exe = std::fs::File::open(&img.exe)
         .ok()

@@ -275,6 +275,7 @@ pub fn build(
                 None => bail!("internal: no memfd for {:#x}", m.start),
             },
             MappingKind::Stack => (u64::MAX, 0, share | (libc::MAP_ANONYMOUS | libc::MAP_GROWSDOWN) as u64),
+            MappingKind::AioRing(_) => bail!("internal: no ring made for the AIO context {:#x}", m.start),
             _ => (u64::MAX, 0, share | libc::MAP_ANONYMOUS as u64),
         };
         flags |= MAP_FIXED | libc::MAP_NORESERVE as u64;

@@ -80,6 +80,11 @@ pub fn all() -> Vec<Feature> {
             mm_map(),
         ),
         feature(
+            "AIO ring move (io_setup, mremap)",
+            "restoring AIO contexts (io_setup) with their ids, which are their rings' addresses",
+            aio_ring_move(),
+        ),
+        feature(
             "PR_TIMER_CREATE_RESTORE_IDS",
             "restoring POSIX timers with their ids",
             timer_ids(),
@@ -223,6 +228,55 @@ fn mm_map() -> Result<String, String> {
         return Err(os_err("prctl(PR_SET_MM, PR_SET_MM_MAP_SIZE)"));
     }
     Ok(format!("available ({size}-byte map)"))
+}
+
+/// A context made here, its ring moved elsewhere: the kernel must take the new place as its id.
+fn aio_ring_move() -> Result<String, String> {
+    let mut ctx = 0u64;
+    // SAFETY: io_setup writes the new context's id into `ctx`.
+    if unsafe { libc::syscall(libc::SYS_io_setup, 1u32, &mut ctx as *mut u64) } != 0 {
+        return Err(os_err("io_setup"));
+    }
+    // SAFETY: the ring's header, mapped by the kernel at the id: its size in events is word 1.
+    let nr = unsafe { ((ctx + 4) as *const u32).read_volatile() } as usize;
+    let len = (32 + 32 * nr).div_ceil(4096) * 4096;
+    // SAFETY: a fresh reservation, replaced below by the ring.
+    let to = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    let moved = if to == libc::MAP_FAILED {
+        Err(os_err("mmap"))
+    } else {
+        let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+        // SAFETY: moving the ring made above, whole, onto our own reservation.
+        let p = unsafe { libc::mremap(ctx as *mut libc::c_void, len, len, flags, to) };
+        if p == libc::MAP_FAILED {
+            // SAFETY: the reservation is ours.
+            unsafe { libc::munmap(to, len) };
+            Err(os_err("mremap of an AIO ring"))
+        } else {
+            ctx = to as u64;
+            Ok(())
+        }
+    };
+    // An io_submit of no request only looks the context up.
+    // SAFETY: integer arguments only.
+    let found = moved.and_then(
+        |()| match unsafe { libc::syscall(libc::SYS_io_submit, ctx, 0i64, 0usize) } {
+            0 => Ok("available".to_string()),
+            _ => Err(os_err("io_submit at the ring's new place")),
+        },
+    );
+    // SAFETY: destroying the context made above (its ring goes with it).
+    unsafe { libc::syscall(libc::SYS_io_destroy, ctx) };
+    found
 }
 
 fn timer_ids() -> Result<String, String> {
