@@ -66,3 +66,33 @@ pub fn kill_tree(root: i32) -> Result<()> {
     }
     Ok(())
 }
+
+/// Runs `example args`, asks for a checkpoint and expects it refused in one line containing
+/// every one of `words` and the pid; the program (and any child of it) runs on.
+pub fn refused(example: &str, args: &[&str], words: &[&str]) -> Result<()> {
+    let d = Daemon::start()?;
+    let mut app = d.run_example(example, args)?;
+    app.expect_tick(LINE_TIMEOUT)?;
+    let out = d.ckptctl(&["checkpoint"]);
+    let msg = crate::expect_failure_one_line(&out, &format!("checkpoint of {example}"))
+        .map_err(|e| e.context(d.context()))?;
+    crate::note!("ckptctl said: {msg}");
+    for w in words {
+        ensure!(msg.contains(w), "the refusal should say {w:?}: {msg}");
+    }
+    ensure!(
+        msg.contains(&app.pid.to_string()),
+        "the refusal should name pid {}: {msg}",
+        app.pid
+    );
+    let t = app.drain_last_tick().unwrap_or(0);
+    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
+        .context("the program must run on")?;
+    app.kill9_tree()?;
+    Ok(())
+}
+
+/// A temporary path as a program argument.
+pub fn path_arg(p: &std::path::Path) -> Result<&str> {
+    p.to_str().context("a temporary path that is not UTF-8")
+}

@@ -3,7 +3,7 @@
 //! when asked (SIGUSR1): `state ok`, or an `INVARIANT` line naming what changed. Kinds ckpt
 //! cannot give back exactly refuse the checkpoint, naming the process and the fd.
 
-use anyhow::{ensure, Context, Result};
+use anyhow::Result;
 use ckpt_tests::*;
 
 #[test]
@@ -29,34 +29,6 @@ fn proc_files_of_the_process_and_its_child() -> Result<()> {
 fn pidfds_of_self_a_live_child_and_a_zombie() -> Result<()> {
     require_root!();
     survives_two_restores("pidfd_state", &[])
-}
-
-fn path_arg(p: &std::path::Path) -> Result<&str> {
-    p.to_str().context("a temporary path that is not UTF-8")
-}
-
-/// Runs `example args`, asks for a checkpoint and expects it refused in one line containing
-/// every one of `words` and the pid; the program runs on.
-fn refused(example: &str, args: &[&str], words: &[&str]) -> Result<()> {
-    let d = Daemon::start()?;
-    let mut app = d.run_example(example, args)?;
-    app.expect_tick(LINE_TIMEOUT)?;
-    let out = d.ckptctl(&["checkpoint"]);
-    let msg = expect_failure_one_line(&out, &format!("checkpoint of {example}")).map_err(|e| e.context(d.context()))?;
-    note!("ckptctl said: {msg}");
-    for w in words {
-        ensure!(msg.contains(w), "the refusal should say {w:?}: {msg}");
-    }
-    ensure!(
-        msg.contains(&app.pid.to_string()),
-        "the refusal should name pid {}: {msg}",
-        app.pid
-    );
-    let t = app.drain_last_tick().unwrap_or(0);
-    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
-        .context("the program must run on")?;
-    app.kill9()?;
-    Ok(())
 }
 
 #[test]

@@ -79,7 +79,3 @@ fn inotify_checkpoint_refused_for_a_watch_with_no_path() -> Result<()> {
     ask_state(&app)?;
     Ok(())
 }
-
-fn path_arg(p: &std::path::Path) -> Result<&str> {
-    p.to_str().context("a temporary directory with a non-UTF-8 path")
-}

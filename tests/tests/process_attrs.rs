@@ -71,42 +71,24 @@ fn a_traced_process_is_refused_naming_its_tracer() -> Result<()> {
     Ok(())
 }
 
-/// Runs `numa_policy MODE` and expects its checkpoint refused, naming the policy and `whose`
-/// ("thread" names the second thread); the program must run on.
-fn numa_refused(mode: &str, policy: &str, whose: &str) -> Result<()> {
-    let d = Daemon::start()?;
-    let mut app = d.run_example("numa_policy", &[mode])?;
-    app.expect_tick(LINE_TIMEOUT)?;
-    let out = d.ckptctl(&["checkpoint"]);
-    let msg = expect_failure_one_line(&out, &format!("checkpoint of numa_policy {mode}"))?;
-    ensure!(
-        msg.contains(&format!("process {}", app.pid))
-            && msg.contains(&format!("NUMA memory policy {policy}"))
-            && msg.contains(whose),
-        "the refusal should name process {}, {whose} and policy {policy}: {msg}",
-        app.pid
-    );
-    let t = app.drain_last_tick().unwrap_or(0);
-    app.expect_consecutive_ticks(t, 3, false, LINE_TIMEOUT)
-        .context("the program must run on")?;
-    app.kill9()?;
-    Ok(())
-}
-
 #[test]
 fn a_numa_policy_of_the_process_is_refused() -> Result<()> {
     require_root!();
-    numa_refused("task", "bind:0", "main thread")
+    refused("numa_policy", &["task"], &["NUMA memory policy bind:0", "main thread"])
 }
 
 #[test]
 fn a_numa_policy_of_another_thread_is_refused() -> Result<()> {
     require_root!();
-    numa_refused("thread", "prefer:0", "thread ")
+    refused("numa_policy", &["thread"], &["NUMA memory policy prefer:0", "thread "])
 }
 
 #[test]
 fn a_numa_policy_of_a_mapping_is_refused() -> Result<()> {
     require_root!();
-    numa_refused("range", "interleave:0", "its memory at ")
+    refused(
+        "numa_policy",
+        &["range"],
+        &["NUMA memory policy interleave:0", "its memory at "],
+    )
 }
