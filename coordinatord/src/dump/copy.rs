@@ -153,13 +153,14 @@ impl WalkError {
 }
 
 /// Reads the pages of `ranges` (sorted) and hands them to `f` in batches of at most about
-/// [`BATCH_BYTES`] (many small ranges share a batch).
+/// [`BATCH_BYTES`] (many small ranges share a batch). A buffer `f` gives back (its batch is
+/// written) is read into again: taking fresh memory for each batch costs more than the copy.
 pub fn walk_pages(
     pid: i32,
     mem: &File,
     pool: &mut Pool,
     ranges: &[(u64, u64)],
-    mut f: impl FnMut(Batch) -> Result<(), DumpError>,
+    mut f: impl FnMut(Batch) -> Result<Option<Vec<u8>>, DumpError>,
 ) -> Result<(), WalkError> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut batched = 0u64;
@@ -174,7 +175,9 @@ pub fn walk_pages(
             at += len as usize;
         }
         runs.clear();
-        f(Batch { data, runs: placed })?;
+        if let Some(spare) = f(Batch { data, runs: placed })? {
+            pool.give(spare);
+        }
         Ok(())
     };
     for &(rs, re) in ranges {
@@ -257,23 +260,27 @@ impl Captured {
     }
 
     /// Keeps a batch of mapping number `mapping` for later, or writes it now (appending to
-    /// `runs`, the mapping's runs) when over budget.
+    /// `runs`, the mapping's runs) when over budget; then its buffer is given back.
     pub fn take(
         &mut self,
         mapping: usize,
         batch: Batch,
         runs: &mut Vec<PageRun>,
         store: &mut PageStoreWriter,
-    ) -> Result<(), DumpError> {
+    ) -> Result<Option<Vec<u8>>, DumpError> {
         if self.bytes + batch.data.len() as u64 > self.budget {
-            for &(addr, off, len) in &batch.runs {
-                store.append(addr, &batch.data[off..off + len], runs)?;
-            }
-        } else {
-            self.bytes += batch.data.len() as u64;
-            self.batches.push((mapping, batch));
+            // Compressed (when it is) with the time the cores have to spare while the
+            // program waits.
+            let pieces: Vec<(u64, &[u8])> = batch.runs.iter().map(|&(a, o, l)| (a, &batch.data[o..o + l])).collect();
+            let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
+            let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
+            store.append_many(&pieces, &mut refs)?;
+            runs.extend(outs.into_iter().flatten());
+            return Ok(Some(batch.data));
         }
-        Ok(())
+        self.bytes += batch.data.len() as u64;
+        self.batches.push((mapping, batch));
+        Ok(None)
     }
 
     pub fn bytes(&self) -> u64 {

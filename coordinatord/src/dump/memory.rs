@@ -311,7 +311,9 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     }
                 }
                 if !b.runs.is_empty() {
-                    captured.take(idx, b, &mut runs, store)?;
+                    if let Some(buf) = captured.take(idx, b, &mut runs, store)? {
+                        pool.give(buf);
+                    }
                 }
             }
         }
@@ -338,7 +340,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                         let (mut spare, mut got) = (Pool::default(), Vec::new());
                         walk_pages(pid, mem, &mut spare, &there, |b| {
                             got.push(keep(b));
-                            Ok(())
+                            Ok(None)
                         })
                         .map(|_| got)
                     })
@@ -360,7 +362,9 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     .map_err(|e| e.into_dump(pid))
             })?;
             for batch in other.into_iter().flatten() {
-                captured.take(idx, batch, &mut runs, store)?;
+                if let Some(buf) = captured.take(idx, batch, &mut runs, store)? {
+                    pool.give(buf);
+                }
             }
         }
         mappings.push(Mapping {
