@@ -129,7 +129,9 @@ fn main() -> Result<()> {
     let sizes = list_arg(&args, "--sizes", "1024");
     let reps = list_arg(&args, "--reps", "3").first().copied().unwrap_or(3).max(1) as usize;
     let rows = list_arg(&args, "--rows", "1,2,3,4");
-    println!("bench_rate: full checkpoints and their restores, {reps} per row, medians; disk MB/s: page cache / O_DIRECT");
+    println!(
+        "bench_rate: full checkpoints and their restores, {reps} per row, medians; disk MB/s: page cache / O_DIRECT"
+    );
     println!(
         "{:>8} | {:<6} | {:<10} | {:<14} | {:>6} | {:>7} | {:>7} | {:>10} | {:>11} | {:>5} | {:>11} | {:>11} | {:>5}",
         "size MiB",
