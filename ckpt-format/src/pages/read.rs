@@ -107,7 +107,9 @@ impl PageStoreReader {
 
     /// Checks every run of this store, on every core; the bytes of memory they hold.
     pub fn verify<'a>(&self, runs: impl IntoIterator<Item = &'a PageRun>) -> Result<u64, FormatError> {
-        let runs: Vec<&PageRun> = runs.into_iter().collect();
+        let mut runs: Vec<&PageRun> = runs.into_iter().collect();
+        // In the order of the file: runs compressed and not are written as they are ready.
+        runs.sort_by_key(|r| r.offset);
         let total = runs.iter().map(|r| r.len).sum();
         on_every_core(total, runs, |run, (scratch, buf): &mut (RunScratch, Vec<u8>)| {
             buf.resize(run.len as usize, 0);
@@ -119,7 +121,9 @@ impl PageStoreReader {
 
 /// Reads runs of `stores` into memory on every core, each checked: `jobs` are (the run, whose
 /// `store` indexes `stores`, and where its bytes go, as long as the run).
-pub fn read_runs_into(stores: &[PageStoreReader], jobs: Vec<(&PageRun, &mut [u8])>) -> Result<(), FormatError> {
+pub fn read_runs_into(stores: &[PageStoreReader], mut jobs: Vec<(&PageRun, &mut [u8])>) -> Result<(), FormatError> {
+    // In the order of the files: runs compressed and not are written as they are ready.
+    jobs.sort_by_key(|j| (j.0.store, j.0.offset));
     let total = jobs.iter().map(|j| j.0.len).sum();
     on_every_core(total, jobs, |(run, out), scratch: &mut RunScratch| {
         let Some(reader) = stores.get(run.store as usize) else {

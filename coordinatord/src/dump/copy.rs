@@ -153,14 +153,15 @@ impl WalkError {
 }
 
 /// Reads the pages of `ranges` (sorted) and hands them to `f` in batches of at most about
-/// [`BATCH_BYTES`] (many small ranges share a batch). A buffer `f` gives back (its batch is
-/// written) is read into again: taking fresh memory for each batch costs more than the copy.
+/// [`BATCH_BYTES`] (many small ranges share a batch). Buffers `f` gives back (their batches
+/// are written) are read into again: taking fresh memory for each batch costs more than the
+/// copy.
 pub fn walk_pages(
     pid: i32,
     mem: &File,
     pool: &mut Pool,
     ranges: &[(u64, u64)],
-    mut f: impl FnMut(Batch) -> Result<Option<Vec<u8>>, DumpError>,
+    mut f: impl FnMut(Batch) -> Result<Vec<Vec<u8>>, DumpError>,
 ) -> Result<(), WalkError> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut batched = 0u64;
@@ -175,7 +176,7 @@ pub fn walk_pages(
             at += len as usize;
         }
         runs.clear();
-        if let Some(spare) = f(Batch { data, runs: placed })? {
+        for spare in f(Batch { data, runs: placed })? {
             pool.give(spare);
         }
         Ok(())
@@ -239,6 +240,37 @@ pub struct Captured {
     bytes: u64,
     /// Past this many bytes, pages go straight to the store (the program stays parked longer).
     budget: u64,
+    /// Over budget: batches written together once they make [`SPILL_BYTES`] (each write sets
+    /// up its compression workers and waits for the last of them), and the runs of those
+    /// written, by mapping.
+    spill: Vec<(usize, Batch)>,
+    spill_bytes: u64,
+    spilled: Vec<(usize, Vec<PageRun>)>,
+}
+
+/// Pages over budget are written in groups of about this many bytes.
+const SPILL_BYTES: u64 = 64 << 20;
+
+/// Writes the runs of `batches` (mapping number, batch) with one call; the runs stored for
+/// each batch's mapping go to `out`, in order.
+fn write_batches(
+    batches: &[(usize, Batch)],
+    store: &mut PageStoreWriter,
+    out: &mut Vec<(usize, Vec<PageRun>)>,
+) -> Result<(), DumpError> {
+    let mut owners = Vec::new();
+    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+    for (m, b) in batches {
+        for &(a, o, l) in &b.runs {
+            owners.push(*m);
+            pieces.push((a, &b.data[o..o + l]));
+        }
+    }
+    let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
+    let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
+    store.append_many(&pieces, &mut refs)?;
+    out.extend(owners.into_iter().zip(outs));
+    Ok(())
 }
 
 impl Captured {
@@ -256,53 +288,53 @@ impl Captured {
             batches: Vec::new(),
             bytes: 0,
             budget: limit.min(avail / 2),
+            spill: Vec::new(),
+            spill_bytes: 0,
+            spilled: Vec::new(),
         }
     }
 
-    /// Keeps a batch of mapping number `mapping` for later, or writes it now (appending to
-    /// `runs`, the mapping's runs) when over budget; then its buffer is given back.
+    /// Keeps a batch of mapping number `mapping` for later or, over budget, writes it with
+    /// those before it once they are enough; the buffers of the batches written are given
+    /// back. Their runs go to the mapping's in [`Captured::write`].
     pub fn take(
         &mut self,
         mapping: usize,
         batch: Batch,
-        runs: &mut Vec<PageRun>,
         store: &mut PageStoreWriter,
-    ) -> Result<Option<Vec<u8>>, DumpError> {
-        if self.bytes + batch.data.len() as u64 > self.budget {
-            // Compressed (when it is) with the time the cores have to spare while the
-            // program waits.
-            let pieces: Vec<(u64, &[u8])> = batch.runs.iter().map(|&(a, o, l)| (a, &batch.data[o..o + l])).collect();
-            let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
-            let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
-            store.append_many(&pieces, &mut refs)?;
-            runs.extend(outs.into_iter().flatten());
-            return Ok(Some(batch.data));
+    ) -> Result<Vec<Vec<u8>>, DumpError> {
+        if self.bytes + batch.data.len() as u64 <= self.budget {
+            self.bytes += batch.data.len() as u64;
+            self.batches.push((mapping, batch));
+            return Ok(Vec::new());
         }
-        self.bytes += batch.data.len() as u64;
-        self.batches.push((mapping, batch));
-        Ok(None)
+        self.spill_bytes += batch.data.len() as u64;
+        self.spill.push((mapping, batch));
+        if self.spill_bytes < SPILL_BYTES {
+            return Ok(Vec::new());
+        }
+        self.flush(store)
     }
 
+    /// Writes the batches over budget not written yet; gives their buffers back.
+    pub fn flush(&mut self, store: &mut PageStoreWriter) -> Result<Vec<Vec<u8>>, DumpError> {
+        write_batches(&self.spill, store, &mut self.spilled)?;
+        self.spill_bytes = 0;
+        Ok(self.spill.drain(..).map(|(_, b)| b.data).collect())
+    }
+
+    /// Bytes of pages not written yet.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.bytes + self.spill_bytes
     }
 
     /// Writes what was kept; the runs go after each mapping's runs so far.
-    pub fn write(self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
+    pub fn write(mut self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
+        self.flush(store)?;
         // One call for everything: batches are often single pages, and each call sets up its
         // compression workers.
-        let mut owners = Vec::new();
-        let mut pieces: Vec<(u64, &[u8])> = Vec::new();
-        for (m, b) in &self.batches {
-            for &(a, o, l) in &b.runs {
-                owners.push(*m);
-                pieces.push((a, &b.data[o..o + l]));
-            }
-        }
-        let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
-        let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
-        store.append_many(&pieces, &mut refs)?;
-        for (m, runs) in owners.into_iter().zip(outs) {
+        write_batches(&self.batches, store, &mut self.spilled)?;
+        for (m, runs) in self.spilled {
             mappings[m].pages.extend(runs);
         }
         Ok(())
