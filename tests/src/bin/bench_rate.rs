@@ -59,12 +59,7 @@ fn restore(d: &Daemon, mut app: App, id: &str, lazy: bool) -> Result<(App, f64)>
     if !st.success() {
         bail!("ckptctl restore {id} failed: {}\n{}", fmt_status(&st), r.context());
     }
-    r.signal(libc::SIGUSR1)?;
-    r.expect_line(
-        "its memory checked",
-        |l| l.starts_with("verify ok"),
-        Duration::from_secs(600),
-    )?;
+    r.verify(Duration::from_secs(600))?;
     Ok((r, secs))
 }
 
