@@ -8,14 +8,16 @@
 //! measures the disk under the store with a file of the same size and kind of data (written
 //! and fsynced, read back cold; through the page cache and with O_DIRECT), then takes a full
 //! checkpoint in the default mode and one with `--stop-the-world`, and after each kills the
-//! program, drops the checkpoint's files from the page cache and restores it.
+//! program, drops the checkpoint's files from the page cache and restores it (after the
+//! default-mode one, a second time with `--lazy`).
 //!
 //! Printed, as medians: the bytes of memory stored (and on disk), the store rate (the bytes of
 //! memory over the time from the cut to the store being durable: the program's stop plus
-//! the storing after it) against the disk's write rate, and the restore rate (the same bytes
-//! over the time from the start of `ckptctl restore` to the program's first line after it)
-//! against the disk's read rate. The disk's rate is the faster of its two ways; the ratios
-//! are medians of each repetition's ratio.
+//! the storing after it; and over the time pages were being written) against the disk's write
+//! rate, and the restore rate (the same bytes over the time from the start of `ckptctl
+//! restore` to the program's first line after it; lazily, to every page in) against the
+//! disk's read rate. The disk's rate is the faster of its two ways; the ratios are medians of
+//! each repetition's ratio.
 //!
 //! Uses the release binaries (`target/release`) unless CKPT_BIN_DIR is set.
 
@@ -29,6 +31,9 @@ struct Sample {
     on_disk_mib: f64,
     stop_ms: f64,
     store_mbs: f64,
+    /// The same over the time pages were being written (the default mode writes them once
+    /// the program runs again; stop-the-world while it is parked and after).
+    writing_mbs: f64,
     restore_mbs: f64,
     /// With `--lazy`, until every page is in (default mode only).
     lazy_mbs: f64,
@@ -97,13 +102,16 @@ fn run(size: u64, content: Content, daemon: &[&str], reps: usize) -> Result<Vec<
                 on_disk_mib: on_disk as f64 / 1048576.0,
                 stop_ms: s.max_stop_us as f64 / 1e3,
                 store_mbs: s.stored_bytes as f64 / 1e6 / store_s.max(1e-9),
+                writing_mbs: s.stored_bytes as f64
+                    / 1e6
+                    / (if i == 0 { s.max_store_us as f64 / 1e6 } else { store_s }).max(1e-9),
                 restore_mbs: s.stored_bytes as f64 / 1e6 / secs,
                 lazy_mbs,
                 disk,
             };
             eprintln!(
                 "{size} MiB {} {:?} {name} rep {rep}: disk write {:.0}/{:.0} read {:.0}/{:.0} MB/s; \
-                 stored {:.0} MiB ({:.0} on disk), stop {:.0} ms, store {:.0} MB/s, restore {:.0} MB/s, lazy {:.0} MB/s",
+                 stored {:.0} MiB ({:.0} on disk), stop {:.0} ms, store {:.0} MB/s (writing {:.0}), restore {:.0} MB/s, lazy {:.0} MB/s",
                 content.name(),
                 daemon,
                 disk.write,
@@ -114,6 +122,7 @@ fn run(size: u64, content: Content, daemon: &[&str], reps: usize) -> Result<Vec<
                 sample.on_disk_mib,
                 sample.stop_ms,
                 sample.store_mbs,
+                sample.writing_mbs,
                 sample.restore_mbs,
                 sample.lazy_mbs
             );
@@ -143,7 +152,7 @@ fn main() -> Result<()> {
         "bench_rate: full checkpoints and their restores, {reps} per row, medians; disk MB/s: page cache / O_DIRECT"
     );
     println!(
-        "{:>8} | {:<6} | {:<10} | {:<14} | {:>6} | {:>7} | {:>7} | {:>10} | {:>11} | {:>5} | {:>11} | {:>11} | {:>5} | {:>9} | {:>5}",
+        "{:>8} | {:<6} | {:<10} | {:<14} | {:>6} | {:>7} | {:>7} | {:>10} | {:>11} | {:>5} | {:>12} | {:>5} | {:>11} | {:>11} | {:>5} | {:>9} | {:>5}",
         "size MiB",
         "data",
         "store",
@@ -154,13 +163,15 @@ fn main() -> Result<()> {
         "store MB/s",
         "disk write",
         "ratio",
+        "writing MB/s",
+        "ratio",
         "restore MB/s",
         "disk read",
         "ratio",
         "lazy MB/s",
         "ratio"
     );
-    println!("{}", "-".repeat(172));
+    println!("{}", "-".repeat(195));
     let kinds = [
         (Content::Random, "plain", &[][..]),
         (Content::Random, "compressed", &["--compress"][..]),
@@ -186,7 +197,7 @@ fn main() -> Result<()> {
                     )
                 };
                 println!(
-                    "{:>8} | {:<6} | {:<10} | {:<14} | {:>6.0} | {:>7.0} | {:>7.0} | {:>10.0} | {:>5.0}/{:<5.0} | {:>5.2} | {:>12.0} | {:>5.0}/{:<5.0} | {:>5.2} | {:>9} | {:>5}",
+                    "{:>8} | {:<6} | {:<10} | {:<14} | {:>6.0} | {:>7.0} | {:>7.0} | {:>10.0} | {:>5.0}/{:<5.0} | {:>5.2} | {:>12.0} | {:>5.2} | {:>12.0} | {:>5.0}/{:<5.0} | {:>5.2} | {:>9} | {:>5}",
                     size,
                     content.name(),
                     store,
@@ -198,6 +209,8 @@ fn main() -> Result<()> {
                     m(&|x| x.disk.write),
                     m(&|x| x.disk.write_direct),
                     m(&|x| x.store_mbs / x.disk.best_write()),
+                    m(&|x| x.writing_mbs),
+                    m(&|x| x.writing_mbs / x.disk.best_write()),
                     m(&|x| x.restore_mbs),
                     m(&|x| x.disk.read),
                     m(&|x| x.disk.read_direct),
@@ -210,7 +223,9 @@ fn main() -> Result<()> {
     }
     println!(
         "stored: MiB of memory stored (on disk: the checkpoint's files); store MB/s: those bytes over the \
-         time from the cut to the store being durable (the stop plus the storing after it); restore MB/s: \
+         time from the cut to the store being durable (the stop plus the storing after it); writing MB/s: \
+         over the time pages were being written (default: after the stop; stop-the-world: the same as \
+         store); restore MB/s: \
          the same bytes over the time from the start of `ckptctl restore` (page cache dropped) to the \
          program's first line; lazy MB/s: the same with `ckptctl restore --lazy`, until every page is in \
          (ckptctl's exit); ratio: against the faster of the disk's two rates, measured with as much data of \
