@@ -21,14 +21,22 @@ pub struct WriteBehind {
     started: u64,
     /// Everything before this offset is on the disk and out of the page cache.
     dropped: u64,
+    /// Writes are left to the page cache for now (see [`WriteBehind::hold`]).
+    held: bool,
 }
 
 impl WriteBehind {
+    /// While `held`, nothing waits for the disk: a program parked while its pages are written
+    /// would wait too. What was written meanwhile is set writing at the next window after.
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
+    }
+
     /// After a write: `written` bytes of `file` are written (from offset 0). Once a window
     /// is full, the disk is set writing it, and the window before it, waited for, leaves the
     /// page cache.
     pub fn written(&mut self, file: &File, written: u64) {
-        if written < self.started + WINDOW {
+        if self.held || written < self.started + WINDOW {
             return;
         }
         let fd = file.as_raw_fd();
@@ -82,6 +90,39 @@ mod tests {
             libc::munmap(m, len as usize);
         }
         v.iter().filter(|&&b| b & 1 != 0).count()
+    }
+
+    /// Held, nothing leaves the cache; let go, the next window sets everything written before
+    /// it writing, and the one after waits for it and drops it.
+    #[test]
+    fn held_writes_wait_for_the_next_windows() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        let mut w = WriteBehind::default();
+        let block = vec![7u8; 1 << 20];
+        let mut n = 0u64;
+        let mut write = |w: &mut WriteBehind, blocks: u64| {
+            for _ in 0..blocks {
+                f.write_all(&block).unwrap();
+                n += block.len() as u64;
+                w.written(&f, n);
+            }
+        };
+        w.hold(true);
+        write(&mut w, (3 * WINDOW) >> 20);
+        assert_eq!((w.started, w.dropped), (0, 0));
+        w.hold(false);
+        write(&mut w, 1);
+        assert_eq!((w.started, w.dropped), (3 * WINDOW + (1 << 20), 0));
+        write(&mut w, WINDOW >> 20);
+        assert_eq!(w.dropped, 3 * WINDOW + (1 << 20));
     }
 
     /// What is written in windows reads back whole, and what the disk has leaves the cache.

@@ -162,7 +162,8 @@ impl PageStoreWriter {
     /// [`COMPRESS_ALL_BYTES`], writes it as it is (a run records whether it is compressed).
     /// The writer is held back by the disk (see [`WriteBehind`]) and the workers, which run
     /// only on time the cores have to spare, compress meanwhile: a slow disk or idle cores get
-    /// everything compressed, a fast disk and busy cores as much as they manage.
+    /// everything compressed, a fast disk and busy cores as much as they manage (and pages
+    /// written held, see [`PageStoreWriter::hold_behind`], little but the first).
     pub fn append_many(&mut self, pieces: &[(u64, &[u8])], out: &mut [&mut Vec<PageRun>]) -> Result<(), FormatError> {
         // Without compression, workers do not pay: checksums are cheaper than handing them out.
         let Some(level) = self.compress else {
@@ -292,7 +293,22 @@ impl PageStoreWriter {
             .into_inner()
             .map_err(|e| FormatError::io(&path, e.into_error()))?;
         f.sync_all().map_err(|e| FormatError::io(&path, e))?;
+        // What is left in the page cache (written while held, the last windows) goes too: the
+        // store is read again only by a restore, later.
+        // SAFETY: fadvise on the fd we hold.
+        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED) };
         Ok(self.offset)
+    }
+
+    /// Whether runs are compressed.
+    pub fn compresses(&self) -> bool {
+        self.compress.is_some()
+    }
+
+    /// While `held`, writing does not wait for the disk (see [`WriteBehind::hold`]): for pages
+    /// written while their program is parked.
+    pub fn hold_behind(&mut self, held: bool) {
+        self.behind.hold(held);
     }
 }
 

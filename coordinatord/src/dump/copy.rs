@@ -240,9 +240,9 @@ pub struct Captured {
     bytes: u64,
     /// Past this many bytes, pages go straight to the store (the program stays parked longer).
     budget: u64,
-    /// Over budget: batches written together once they make [`SPILL_BYTES`] (each write sets
-    /// up its compression workers and waits for the last of them), and the runs of those
-    /// written, by mapping.
+    /// Over budget: batches written together once they make [`SPILL_BYTES`] when compressed
+    /// (each write sets up its compression workers and waits for the last of them), and the
+    /// runs of those written, by mapping.
     spill: Vec<(usize, Batch)>,
     spill_bytes: u64,
     spilled: Vec<(usize, Vec<PageRun>)>,
@@ -310,7 +310,8 @@ impl Captured {
         }
         self.spill_bytes += batch.data.len() as u64;
         self.spill.push((mapping, batch));
-        if self.spill_bytes < SPILL_BYTES {
+        // Uncompressed, a batch goes at once: its buffer, read into again, stays warm.
+        if self.spill_bytes < SPILL_BYTES && store.compresses() {
             return Ok(Vec::new());
         }
         self.flush(store)
@@ -318,7 +319,11 @@ impl Captured {
 
     /// Writes the batches over budget not written yet; gives their buffers back.
     pub fn flush(&mut self, store: &mut PageStoreWriter) -> Result<Vec<Vec<u8>>, DumpError> {
-        write_batches(&self.spill, store, &mut self.spilled)?;
+        // Written while the program is parked (or may be): it must not wait for the disk too.
+        store.hold_behind(true);
+        let r = write_batches(&self.spill, store, &mut self.spilled);
+        store.hold_behind(false);
+        r?;
         self.spill_bytes = 0;
         Ok(self.spill.drain(..).map(|(_, b)| b.data).collect())
     }
