@@ -153,15 +153,13 @@ impl WalkError {
 }
 
 /// Reads the pages of `ranges` (sorted) and hands them to `f` in batches of at most about
-/// [`BATCH_BYTES`] (many small ranges share a batch). Buffers `f` gives back (their batches
-/// are written) are read into again: taking fresh memory for each batch costs more than the
-/// copy.
+/// [`BATCH_BYTES`] (many small ranges share a batch).
 pub fn walk_pages(
     pid: i32,
     mem: &File,
     pool: &mut Pool,
     ranges: &[(u64, u64)],
-    mut f: impl FnMut(Batch) -> Result<Vec<Vec<u8>>, DumpError>,
+    mut f: impl FnMut(Batch) -> Result<(), DumpError>,
 ) -> Result<(), WalkError> {
     let mut runs: Vec<(u64, u64)> = Vec::new();
     let mut batched = 0u64;
@@ -176,9 +174,7 @@ pub fn walk_pages(
             at += len as usize;
         }
         runs.clear();
-        for spare in f(Batch { data, runs: placed })? {
-            pool.give(spare);
-        }
+        f(Batch { data, runs: placed })?;
         Ok(())
     };
     for &(rs, re) in ranges {
@@ -294,38 +290,34 @@ impl Captured {
         }
     }
 
-    /// Keeps a batch of mapping number `mapping` for later or, over budget, writes it with
-    /// those before it once they are enough; the buffers of the batches written are given
-    /// back. Their runs go to the mapping's in [`Captured::write`].
-    pub fn take(
-        &mut self,
-        mapping: usize,
-        batch: Batch,
-        store: &mut PageStoreWriter,
-    ) -> Result<Vec<Vec<u8>>, DumpError> {
+    /// Keeps a batch of mapping number `mapping` for later or, over budget, writes it (when
+    /// compressed, with those before it once they are enough). Its runs go to the mapping's in
+    /// [`Captured::write`].
+    pub fn take(&mut self, mapping: usize, batch: Batch, store: &mut PageStoreWriter) -> Result<(), DumpError> {
         if self.bytes + batch.data.len() as u64 <= self.budget {
             self.bytes += batch.data.len() as u64;
             self.batches.push((mapping, batch));
-            return Ok(Vec::new());
+            return Ok(());
         }
         self.spill_bytes += batch.data.len() as u64;
         self.spill.push((mapping, batch));
-        // Uncompressed, a batch goes at once: its buffer, read into again, stays warm.
+        // Uncompressed, a batch goes at once: the memory it leaves is taken again warm.
         if self.spill_bytes < SPILL_BYTES && store.compresses() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         self.flush(store)
     }
 
-    /// Writes the batches over budget not written yet; gives their buffers back.
-    pub fn flush(&mut self, store: &mut PageStoreWriter) -> Result<Vec<Vec<u8>>, DumpError> {
+    /// Writes the batches over budget not written yet.
+    pub fn flush(&mut self, store: &mut PageStoreWriter) -> Result<(), DumpError> {
         // Written while the program is parked (or may be): it must not wait for the disk too.
         store.hold_behind(true);
         let r = write_batches(&self.spill, store, &mut self.spilled);
         store.hold_behind(false);
         r?;
         self.spill_bytes = 0;
-        Ok(self.spill.drain(..).map(|(_, b)| b.data).collect())
+        self.spill.clear();
+        Ok(())
     }
 
     /// Bytes of pages not written yet.

@@ -311,9 +311,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     }
                 }
                 if !b.runs.is_empty() {
-                    for buf in captured.take(idx, b, store)? {
-                        pool.give(buf);
-                    }
+                    captured.take(idx, b, store)?;
                 }
             }
         }
@@ -340,7 +338,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                         let (mut spare, mut got) = (Pool::default(), Vec::new());
                         walk_pages(pid, mem, &mut spare, &there, |b| {
                             got.push(keep(b));
-                            Ok(Vec::new())
+                            Ok(())
                         })
                         .map(|_| got)
                     })
@@ -362,9 +360,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     .map_err(|e| e.into_dump(pid))
             })?;
             for batch in other.into_iter().flatten() {
-                for buf in captured.take(idx, batch, store)? {
-                    pool.give(buf);
-                }
+                captured.take(idx, batch, store)?;
             }
         }
         mappings.push(Mapping {

@@ -91,7 +91,7 @@ fn copy_pieces(
         }
         walk_pages(pid, mem, pool, &piece, |b| {
             m.batches.push(b);
-            Ok(Vec::new())
+            Ok(())
         })
         .map_err(|e| e.into_dump(pid))?;
     }
