@@ -229,6 +229,9 @@ impl PageStoreWriter {
                 });
             }
             drop(tx);
+            // Dropped with this closure, should writing fail: workers waiting to hand over a
+            // group then stop rather than hold up the end of the scope.
+            let rx = rx;
             let mut left = groups.len();
             while left > 0 {
                 let ready = match rx.try_recv() {
