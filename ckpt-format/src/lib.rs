@@ -10,6 +10,7 @@
 
 pub mod aio;
 pub mod attrs;
+mod behind;
 mod blocks;
 mod error;
 pub mod files;
@@ -31,7 +32,7 @@ pub use error::FormatError;
 pub use files::*;
 pub use image::*;
 pub use manifest::*;
-pub use pages::{PageStoreReader, PageStoreWriter, PAGE_SIZE, RUN_MAX_BYTES};
+pub use pages::{read_runs_into, PageStoreReader, PageStoreWriter, RunScratch, PAGE_SIZE, RUN_MAX_BYTES};
 pub use record::{read_record, write_record, RecordKind, FORMAT_VERSION};
 pub use stdio::StdioPeers;
 pub use store::{CheckpointDir, Store};

@@ -14,7 +14,8 @@
 //! process's memory figures), [`ports`] (loopback ports of servers), [`run_as`] (another user's ckptd), [`app`] ([`App`]),
 //! [`daemon`] ([`Daemon`]), [`netns`] (hosts as network namespaces),
 //! [`cluster`] ([`Cluster`]), [`cluster_ctl`] (ckptctl against it) and [`verdict`]
-//! (self-checking examples), [`churn`] (programs whose processes come and go).
+//! (self-checking examples), [`churn`] (programs whose processes come and go), [`disk`] (the
+//! disk's own rates, for the benchmarks).
 //! Everything is re-exported here.
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ pub mod clients;
 pub mod cluster;
 pub mod cluster_ctl;
 pub mod daemon;
+pub mod disk;
 pub mod follow;
 pub mod memstat;
 pub mod netns;
@@ -44,6 +46,7 @@ pub use churn::*;
 pub use clients::*;
 pub use cluster::*;
 pub use daemon::*;
+pub use disk::*;
 pub use follow::Line;
 pub use memstat::*;
 pub use netns::*;

@@ -181,6 +181,8 @@ pub struct CkptStats {
     pub stored_bytes: u64,
     pub duration_us: u64,
     pub max_stop_us: u64,
+    /// The longest time storing a host's pages took once its programs ran again.
+    pub max_store_us: u64,
     pub phase1_us: Option<u64>,
     pub phase2_us: Option<u64>,
     pub max_held_us: Option<u64>,
@@ -205,6 +207,7 @@ impl CkptStats {
             stored_bytes: u("stored_bytes").unwrap_or(0),
             duration_us: u("duration_us").unwrap_or(0),
             max_stop_us: u("max_stop_us").unwrap_or(0),
+            max_store_us: u("max_store_us").unwrap_or(0),
             phase1_us: u("phase1_us"),
             phase2_us: u("phase2_us"),
             max_held_us: u("max_held_us"),

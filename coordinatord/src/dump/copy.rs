@@ -236,6 +236,37 @@ pub struct Captured {
     bytes: u64,
     /// Past this many bytes, pages go straight to the store (the program stays parked longer).
     budget: u64,
+    /// Over budget: batches written together once they make [`SPILL_BYTES`] when compressed
+    /// (each write sets up its compression workers and waits for the last of them), and the
+    /// runs of those written, by mapping.
+    spill: Vec<(usize, Batch)>,
+    spill_bytes: u64,
+    spilled: Vec<(usize, Vec<PageRun>)>,
+}
+
+/// Pages over budget are written in groups of about this many bytes.
+const SPILL_BYTES: u64 = 64 << 20;
+
+/// Writes the runs of `batches` (mapping number, batch) with one call; the runs stored for
+/// each batch's mapping go to `out`, in order.
+fn write_batches(
+    batches: &[(usize, Batch)],
+    store: &mut PageStoreWriter,
+    out: &mut Vec<(usize, Vec<PageRun>)>,
+) -> Result<(), DumpError> {
+    let mut owners = Vec::new();
+    let mut pieces: Vec<(u64, &[u8])> = Vec::new();
+    for (m, b) in batches {
+        for &(a, o, l) in &b.runs {
+            owners.push(*m);
+            pieces.push((a, &b.data[o..o + l]));
+        }
+    }
+    let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
+    let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
+    store.append_many(&pieces, &mut refs)?;
+    out.extend(owners.into_iter().zip(outs));
+    Ok(())
 }
 
 impl Captured {
@@ -253,49 +284,54 @@ impl Captured {
             batches: Vec::new(),
             bytes: 0,
             budget: limit.min(avail / 2),
+            spill: Vec::new(),
+            spill_bytes: 0,
+            spilled: Vec::new(),
         }
     }
 
-    /// Keeps a batch of mapping number `mapping` for later, or writes it now (appending to
-    /// `runs`, the mapping's runs) when over budget.
-    pub fn take(
-        &mut self,
-        mapping: usize,
-        batch: Batch,
-        runs: &mut Vec<PageRun>,
-        store: &mut PageStoreWriter,
-    ) -> Result<(), DumpError> {
-        if self.bytes + batch.data.len() as u64 > self.budget {
-            for &(addr, off, len) in &batch.runs {
-                store.append(addr, &batch.data[off..off + len], runs)?;
-            }
-        } else {
+    /// Keeps a batch of mapping number `mapping` for later or, over budget, writes it (when
+    /// compressed, with those before it once they are enough). Its runs go to the mapping's in
+    /// [`Captured::write`].
+    pub fn take(&mut self, mapping: usize, batch: Batch, store: &mut PageStoreWriter) -> Result<(), DumpError> {
+        if self.bytes + batch.data.len() as u64 <= self.budget {
             self.bytes += batch.data.len() as u64;
             self.batches.push((mapping, batch));
+            return Ok(());
         }
+        self.spill_bytes += batch.data.len() as u64;
+        self.spill.push((mapping, batch));
+        // Uncompressed, a batch goes at once: the memory it leaves is taken again warm.
+        if self.spill_bytes < SPILL_BYTES && store.compresses() {
+            return Ok(());
+        }
+        self.flush(store)
+    }
+
+    /// Writes the batches over budget not written yet.
+    pub fn flush(&mut self, store: &mut PageStoreWriter) -> Result<(), DumpError> {
+        // Written while the program is parked (or may be): it must not wait for the disk too.
+        store.hold_behind(true);
+        let r = write_batches(&self.spill, store, &mut self.spilled);
+        store.hold_behind(false);
+        r?;
+        self.spill_bytes = 0;
+        self.spill.clear();
         Ok(())
     }
 
+    /// Bytes of pages not written yet.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.bytes + self.spill_bytes
     }
 
     /// Writes what was kept; the runs go after each mapping's runs so far.
-    pub fn write(self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
+    pub fn write(mut self, store: &mut PageStoreWriter, mappings: &mut [Mapping]) -> Result<(), DumpError> {
+        self.flush(store)?;
         // One call for everything: batches are often single pages, and each call sets up its
         // compression workers.
-        let mut owners = Vec::new();
-        let mut pieces: Vec<(u64, &[u8])> = Vec::new();
-        for (m, b) in &self.batches {
-            for &(a, o, l) in &b.runs {
-                owners.push(*m);
-                pieces.push((a, &b.data[o..o + l]));
-            }
-        }
-        let mut outs: Vec<Vec<PageRun>> = vec![Vec::new(); pieces.len()];
-        let mut refs: Vec<&mut Vec<PageRun>> = outs.iter_mut().collect();
-        store.append_many(&pieces, &mut refs)?;
-        for (m, runs) in owners.into_iter().zip(outs) {
+        write_batches(&self.batches, store, &mut self.spilled)?;
+        for (m, runs) in self.spilled {
             mappings[m].pages.extend(runs);
         }
         Ok(())

@@ -221,7 +221,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             .unwrap_or_default();
         // What to read now, the base's runs still valid for this mapping, and where an older
         // copy of a page exists (sorted, merged).
-        let (taken, mut runs, cover): (Taken, Vec<PageRun>, Ranges) = match (delta, pre_m.as_mut(), base) {
+        let (taken, runs, cover): (Taken, Vec<PageRun>, Ranges) = match (delta, pre_m.as_mut(), base) {
             _ if is_shared_delta => {
                 let (data, runs) = shared_delta.unwrap_or_default();
                 (Taken { data, gone: Vec::new() }, runs, Vec::new())
@@ -305,7 +305,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     }
                 }
                 if !b.runs.is_empty() {
-                    captured.take(idx, b, &mut runs, store)?;
+                    captured.take(idx, b, store)?;
                 }
             }
         }
@@ -338,7 +338,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     })
                 });
                 walk_pages(pid, mem, &mut pool, &here, |batch| {
-                    captured.take(idx, keep(batch), &mut runs, store)
+                    captured.take(idx, keep(batch), store)
                 })
                 .map_err(|e| e.into_dump(pid))?;
                 other
@@ -354,7 +354,7 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
                     .map_err(|e| e.into_dump(pid))
             })?;
             for batch in other.into_iter().flatten() {
-                captured.take(idx, batch, &mut runs, store)?;
+                captured.take(idx, batch, store)?;
             }
         }
         mappings.push(Mapping {
@@ -370,6 +370,10 @@ pub fn dump_memory(pid: i32, mem: &File, t: PageTarget<'_>) -> Result<MemoryDump
             tracked: is_tracked,
             may_write: !e.shared || e.write || vm_flags.get(&e.start).is_none_or(|f| f.iter().any(|x| x == "mw")),
         });
+    }
+    // The baseline writes every page while the program is stopped.
+    if stop_the_world {
+        captured.flush(store)?;
     }
     tracing::debug!(
         pid,

@@ -247,13 +247,7 @@ impl Dumped {
         };
         let t = std::time::Instant::now();
         let bytes = w.bytes();
-        self.served = w.serve(
-            self.image.pid,
-            &self.mem,
-            &mut self.captured,
-            &mut self.store,
-            &mut self.image.mappings,
-        )?;
+        self.served = w.serve(self.image.pid, &self.mem, &mut self.captured, &mut self.store)?;
         tracing::debug!(pid = self.image.pid, bytes, faults = self.served.faults, took = ?t.elapsed(), "store window read");
         Ok(())
     }

@@ -13,7 +13,7 @@
 
 use super::copy::{read_runs, Batch, Captured, Pool, WalkError};
 use super::{io_err, DumpError};
-use ckpt_format::{Mapping, PageStoreWriter, PAGE_SIZE};
+use ckpt_format::{PageStoreWriter, PAGE_SIZE};
 use ckpt_sys::uffd::{self, Event};
 use std::collections::HashSet;
 use std::fs::File;
@@ -148,7 +148,6 @@ impl Window {
         mem: &File,
         captured: &mut Captured,
         store: &mut PageStoreWriter,
-        mappings: &mut [Mapping],
     ) -> Result<Served, DumpError> {
         let mut st = State {
             pid,
@@ -165,7 +164,7 @@ impl Window {
             };
             let mut used = 0usize;
             while st.next[i] < d.end {
-                st.answer(&self, captured, store, mappings)?;
+                st.answer(&self, captured, store)?;
                 let (s, e) = (st.next[i], (st.next[i] + CHUNK).min(d.end));
                 if used + (e - s) as usize > buf.data.len() {
                     buf.data.truncate(used);
@@ -176,7 +175,7 @@ impl Window {
                             runs: Vec::new(),
                         },
                     );
-                    captured.take(d.mapping, full, &mut mappings[d.mapping].pages, store)?;
+                    captured.take(d.mapping, full, store)?;
                     st.served.bytes += used as u64;
                     used = 0;
                 }
@@ -185,14 +184,14 @@ impl Window {
                 // be read): the range counts as read even if an event must be read first.
                 st.next[i] = e;
                 while !release(&self, pid, s, e)? {
-                    st.answer(&self, captured, store, mappings)?;
+                    st.answer(&self, captured, store)?;
                     std::thread::yield_now();
                 }
             }
             buf.data.truncate(used);
             st.served.bytes += used as u64;
             if !buf.runs.is_empty() {
-                captured.take(d.mapping, buf, &mut mappings[d.mapping].pages, store)?;
+                captured.take(d.mapping, buf, store)?;
             }
         }
         // Every page is read and released: dropping the window (closing the only descriptor)
@@ -242,13 +241,7 @@ impl State<'_> {
 
     /// Handles what the window reported: a waiting writer gets its page read and released; a
     /// range that lost pages not read yet ends the checkpoint.
-    fn answer(
-        &mut self,
-        w: &Window,
-        captured: &mut Captured,
-        store: &mut PageStoreWriter,
-        mappings: &mut [Mapping],
-    ) -> Result<(), DumpError> {
+    fn answer(&mut self, w: &Window, captured: &mut Captured, store: &mut PageStoreWriter) -> Result<(), DumpError> {
         let fd = w.fds.window.as_fd();
         // Pages read for a waiting writer whose release must wait for an event to be read.
         let mut unreleased: Vec<u64> = Vec::new();
@@ -279,12 +272,7 @@ impl State<'_> {
                                     runs: Vec::new(),
                                 };
                                 self.read_into(page, page + PAGE_SIZE, &mut batch, 0)?;
-                                captured.take(
-                                    w.deferred[i].mapping,
-                                    batch,
-                                    &mut mappings[w.deferred[i].mapping].pages,
-                                    store,
-                                )?;
+                                captured.take(w.deferred[i].mapping, batch, store)?;
                                 self.early.insert(page);
                                 self.served.faults += 1;
                                 self.served.bytes += PAGE_SIZE;

@@ -374,13 +374,21 @@ pub fn map_writable(m: &ckpt_format::Mapping) -> bool {
 }
 
 /// Decompresses every compressed run into one memfd and points the runs there (as store number
-/// `index`). Returns the memfd, if any run was compressed.
+/// `index`). Returns the memfd, if any run was compressed. The runs are read, decompressed and
+/// checked on every core, straight into the memfd's pages.
 pub fn unpack_compressed(
     img: &mut ProcessImage,
     stores: &[PageStoreReader],
     index: u32,
 ) -> anyhow::Result<Option<RawFd>> {
-    if !img.mappings.iter().any(|m| m.pages.iter().any(|r| r.clen > 0)) {
+    let total: u64 = img
+        .mappings
+        .iter()
+        .flat_map(|m| &m.pages)
+        .filter(|r| r.clen > 0)
+        .map(|r| r.len)
+        .sum();
+    if total == 0 {
         return Ok(None);
     }
     // SAFETY: memfd_create with a literal name.
@@ -390,22 +398,73 @@ pub fn unpack_compressed(
     }
     // SAFETY: the memfd was just created and is ours.
     let file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    file.set_len(total).context("sizing the memfd of unpacked pages")?;
+    let mut map = Unpacked::map(&file, total)?;
+    // Each run gets its place, in order; the runs are pointed there once all are in.
+    let mut places = Vec::new();
+    let mut rest: &mut [u8] = map.bytes();
+    for r in img.mappings.iter().flat_map(|m| &m.pages).filter(|r| r.clen > 0) {
+        let (here, after) = std::mem::take(&mut rest).split_at_mut(r.len as usize);
+        places.push((r, here));
+        rest = after;
+    }
+    ckpt_format::read_runs_into(stores, places)?;
+    drop(map);
     let mut at = 0u64;
-    let mut buf = Vec::new();
-    for m in &mut img.mappings {
-        for r in m.pages.iter_mut().filter(|r| r.clen > 0) {
-            let Some(reader) = stores.get(r.store as usize) else {
-                bail!("no page store {} for {:#x}", r.store, r.addr)
-            };
-            reader.read_run(r, &mut buf)?;
-            file.write_all_at(&buf, at)?;
-            r.store = index;
-            r.offset = at;
-            r.clen = 0;
-            at += r.len;
-        }
+    for r in img
+        .mappings
+        .iter_mut()
+        .flat_map(|m| &mut m.pages)
+        .filter(|r| r.clen > 0)
+    {
+        r.store = index;
+        r.offset = at;
+        r.clen = 0;
+        at += r.len;
     }
     Ok(Some(file.into_raw_fd()))
+}
+
+/// A shared mapping of the memfd being filled, unmapped when dropped.
+struct Unpacked {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Unpacked {
+    fn map(file: &std::fs::File, len: u64) -> anyhow::Result<Unpacked> {
+        // SAFETY: a new shared mapping of a memfd we hold, at an address the kernel picks.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error()).context("mapping the memfd of unpacked pages");
+        }
+        Ok(Unpacked {
+            addr,
+            len: len as usize,
+        })
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is ours, readable and writable, `len` bytes long, and lives as
+        // long as the borrow of `self`.
+        unsafe { std::slice::from_raw_parts_mut(self.addr.cast(), self.len) }
+    }
+}
+
+impl Drop for Unpacked {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping made in `map`; no slice of it outlives `self`.
+        unsafe { libc::munmap(self.addr, self.len) };
+    }
 }
 
 /// POSIX locks and leases, taken once the restorer's own fds are closed: closing any fd of a

@@ -17,8 +17,7 @@
 
 use anyhow::{bail, Context, Result};
 use ckpt_tests::*;
-use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Sample {
     /// The program's longest stall while the checkpoint ran.
@@ -33,21 +32,6 @@ struct Sample {
     store_ms: f64,
     stored_mib: f64,
     round_ratio: f64,
-}
-
-/// Writes `mib` MiB to a file under `dir` and fsyncs it: the disk's rate in MB/s.
-fn disk_rate(dir: &std::path::Path, mib: u64) -> Result<f64> {
-    let path = dir.join("disk-rate.tmp");
-    let block = vec![0x5au8; 1 << 20];
-    let t = Instant::now();
-    let mut f = std::fs::File::create(&path)?;
-    for _ in 0..mib {
-        f.write_all(&block)?;
-    }
-    f.sync_all()?;
-    let secs = t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&path);
-    Ok(mib as f64 * 1.048_576 / secs)
 }
 
 fn round(app: &App, pid: i32) -> Result<u64> {
@@ -85,7 +69,7 @@ fn maxgap(app: &App, pid: i32) -> Result<u64> {
 
 fn run(size: u64, daemon: &[&str], mode: &[&str], reps: usize) -> Result<(Vec<Sample>, f64)> {
     let d = Daemon::start_with(&bin_dir_for("release"), daemon)?;
-    let disk = disk_rate(d.store(), size.min(1024))?;
+    let disk = write_rate(d.store(), size.min(1024), Content::Constant)?;
     let size_s = size.to_string();
     let app = d.run_example("dirty_stall", &[&size_s, "10"])?;
     app.wait_line(|l| l.starts_with("ready"), Duration::from_secs(300))

@@ -1,19 +1,28 @@
 //! Page stores: a header page, then raw page data. Where each run lives and its CRC32C are in
 //! the process metadata, so a store can be streamed without seeking back.
 
+mod read;
+
+pub use read::{read_runs_into, PageStoreReader, RunScratch};
+
 use crate::{FormatError, PageRun};
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 pub const PAGE_SIZE: u64 = 4096;
 /// Runs are cut at this size so that a damaged byte is pinned to a small range and a reader
 /// can verify while streaming.
 pub const RUN_MAX_BYTES: u64 = 1 << 20;
-const MAGIC: [u8; 8] = *b"CKPTPAGE";
+pub(crate) const MAGIC: [u8; 8] = *b"CKPTPAGE";
 /// Compressed runs are handed between threads in groups of about this many bytes.
 const GROUP_BYTES: usize = 1 << 20;
+/// The first bytes of memory of a store are all compressed; past them, compression has to
+/// keep pace with the disk (see [`PageStoreWriter::append_many`]).
+const COMPRESS_ALL_BYTES: u64 = 16 << 20;
+/// Compressed groups kept ready for the writer at most.
+const READY_GROUPS: usize = 32;
+use crate::behind::WriteBehind;
 use crate::header::HEADER_LEN;
 
 pub struct PageStoreWriter {
@@ -26,6 +35,9 @@ pub struct PageStoreWriter {
     compressor: Option<Compressor>,
     /// Bytes of memory stored so far are added here (a checkpoint's progress).
     counter: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
+    /// Bytes of memory stored so far.
+    memory: u64,
+    behind: WriteBehind,
 }
 
 /// A run ready to be written: its bytes, compressed or, borrowed, as they are.
@@ -40,11 +52,31 @@ struct Encoded<'a> {
 /// A zstd compressor, reused: making a context per run costs more than compressing a page.
 type Compressor = zstd::bulk::Compressor<'static>;
 
+/// Pages looked at to tell whether a long run compresses, spread over it.
+const SAMPLE_PAGES: usize = 4;
+
+/// Whether `data` looks worth compressing: a few of its pages, compressed, save at least a
+/// sixteenth (random data, already compressed data, keys, do not: compressing them whole
+/// would cost the cores' time for nothing).
+fn compresses(data: &[u8], z: &mut Compressor) -> bool {
+    let page = PAGE_SIZE as usize;
+    if data.len() < 4 * SAMPLE_PAGES * page {
+        return true;
+    }
+    let step = data.len() / page / SAMPLE_PAGES * page;
+    let sample: Vec<u8> = (0..SAMPLE_PAGES)
+        .flat_map(|i| &data[i * step..i * step + page])
+        .copied()
+        .collect();
+    z.compress(&sample)
+        .is_ok_and(|c| c.len() <= sample.len() - sample.len() / 16)
+}
+
 fn encode<'a>(addr: u64, data: &'a [u8], z: Option<&mut Compressor>) -> Encoded<'a> {
     let crc = crc32c::crc32c(data);
     if let Some(z) = z {
         // Kept compressed only when that saves something.
-        if let Ok(c) = z.compress(data) {
+        if let Some(c) = compresses(data, z).then(|| z.compress(data).ok()).flatten() {
             if c.len() < data.len() {
                 return Encoded {
                     addr,
@@ -79,6 +111,8 @@ impl PageStoreWriter {
             compress: None,
             compressor: None,
             counter: None,
+            memory: 0,
+            behind: WriteBehind::default(),
         })
     }
 
@@ -95,33 +129,41 @@ impl PageStoreWriter {
         self
     }
 
-    fn write_encoded(&mut self, e: Encoded<'_>, runs: &mut Vec<PageRun>) -> Result<(), FormatError> {
+    /// Writes run `e` at the current end; returns where it went, to record in the metadata.
+    fn write_encoded(&mut self, e: Encoded<'_>) -> Result<PageRun, FormatError> {
         self.out
             .write_all(&e.bytes)
             .map_err(|err| FormatError::io(&self.path, err))?;
-        self.record(&e, runs);
-        if let Some(c) = &self.counter {
-            c.fetch_add(e.len, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(())
-    }
-
-    /// Notes where run `e` went, the bytes being written at the current end.
-    fn record(&mut self, e: &Encoded<'_>, runs: &mut Vec<PageRun>) {
-        runs.push(PageRun {
+        let run = PageRun {
             addr: e.addr,
             len: e.len,
             store: 0,
             offset: self.offset,
             crc: e.crc,
             clen: if e.compressed { e.bytes.len() as u64 } else { 0 },
-        });
+        };
         self.offset += e.bytes.len() as u64;
+        self.memory += e.len;
+        if let Some(c) = &self.counter {
+            c.fetch_add(e.len, std::sync::atomic::Ordering::Relaxed);
+        }
+        // What the buffer holds is not in the file yet.
+        let in_file = self.offset - self.out.buffer().len() as u64;
+        self.behind.written(self.out.get_ref(), in_file);
+        Ok(run)
     }
 
     /// Appends many pieces of memory at once, each cut into runs; when compressing, the runs
-    /// are compressed on worker threads (one per core) and written in order while the next
-    /// ones are compressed. `out[i]` receives the runs of `pieces[i]`.
+    /// are compressed on worker threads (one per core) while this thread writes. `out[i]`
+    /// receives the runs of `pieces[i]`.
+    ///
+    /// Compression must not make storing slower than the disk: when no compressed group is
+    /// ready, the writer takes the next one itself and, past the store's first
+    /// [`COMPRESS_ALL_BYTES`], writes it as it is (a run records whether it is compressed).
+    /// The writer is held back by the disk (see [`WriteBehind`]) and the workers, which run
+    /// only on time the cores have to spare, compress meanwhile: a slow disk or idle cores get
+    /// everything compressed, a fast disk and busy cores as much as they manage (and pages
+    /// written held, see [`PageStoreWriter::hold_behind`], little but the first).
     pub fn append_many(&mut self, pieces: &[(u64, &[u8])], out: &mut [&mut Vec<PageRun>]) -> Result<(), FormatError> {
         // Without compression, workers do not pay: checksums are cheaper than handing them out.
         let Some(level) = self.compress else {
@@ -145,8 +187,8 @@ impl PageStoreWriter {
             .max(1);
         // Runs go out in groups of about a megabyte: a program's scattered pages make many
         // one-page runs, and handing each over alone costs more than compressing it. Workers
-        // take groups in turn; this thread writes each as soon as those before it are
-        // written, so the disk is busy while they compress.
+        // take groups in turn; this thread writes each as soon as it is ready, so the disk is
+        // busy while they compress.
         let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
         let (mut from, mut bytes) = (0, 0);
         for (k, job) in jobs.iter().enumerate() {
@@ -156,12 +198,22 @@ impl PageStoreWriter {
                 (from, bytes) = (k + 1, 0);
             }
         }
+        // Written in the order they are ready; recorded in the order of the pieces.
+        let mut placed: Vec<Option<PageRun>> = vec![None; jobs.len()];
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Encoded>)>(workers * 2);
+        // Workers go on while the writer waits for the disk.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(usize, Vec<Encoded>)>(READY_GROUPS);
         std::thread::scope(|s| {
             for _ in 0..workers {
                 let (tx, jobs, groups, next) = (tx.clone(), &jobs, &groups, &next);
                 s.spawn(move || {
+                    // Compression takes what the cores have to spare: the writer (and the
+                    // programs) come first.
+                    // SAFETY: sched_setscheduler of the calling thread with a plain struct.
+                    unsafe {
+                        let p = libc::sched_param { sched_priority: 0 };
+                        libc::sched_setscheduler(0, libc::SCHED_IDLE, &p);
+                    }
                     let mut z = Compressor::new(level).ok();
                     loop {
                         let g = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -177,25 +229,45 @@ impl PageStoreWriter {
                 });
             }
             drop(tx);
-            let mut ready = std::collections::BTreeMap::new();
-            let mut want = 0;
-            for (g, enc) in rx {
-                ready.insert(g, enc);
-                while let Some(enc) = ready.remove(&want) {
-                    for (k, e) in groups[want].clone().zip(enc) {
-                        self.write_encoded(e, out[jobs[k].0])?;
-                    }
-                    want += 1;
+            // Dropped with this closure, should writing fail: workers waiting to hand over a
+            // group then stop rather than hold up the end of the scope.
+            let rx = rx;
+            let mut left = groups.len();
+            while left > 0 {
+                let ready = match rx.try_recv() {
+                    Ok(r) => Some(r),
+                    Err(_) => match next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) {
+                        // Nothing compressed is ready: this thread does the next group itself,
+                        // compressed while the store is small, else as it is.
+                        g if g < groups.len() => {
+                            let mut z = self.compressor.as_mut().filter(|_| self.memory < COMPRESS_ALL_BYTES);
+                            let enc = jobs[groups[g].clone()]
+                                .iter()
+                                .map(|&(_, a, d)| encode(a, d, z.as_deref_mut()))
+                                .collect();
+                            Some((g, enc))
+                        }
+                        _ => rx.recv().ok(),
+                    },
+                };
+                let Some((g, enc)) = ready else { break };
+                for (k, e) in groups[g].clone().zip(enc) {
+                    placed[k] = Some(self.write_encoded(e)?);
                 }
+                left -= 1;
             }
-            if want < groups.len() {
+            if left > 0 {
                 return Err(FormatError::io(
                     &self.path,
                     std::io::Error::other("a compression worker failed"),
                 ));
             }
             Ok(())
-        })
+        })?;
+        for (job, run) in jobs.iter().zip(placed) {
+            out[job.0].extend(run);
+        }
+        Ok(())
     }
 
     /// Appends the bytes of memory starting at `addr`, cut into runs of at most
@@ -203,7 +275,7 @@ impl PageStoreWriter {
     pub fn append(&mut self, addr: u64, data: &[u8], runs: &mut Vec<PageRun>) -> Result<(), FormatError> {
         for (i, chunk) in data.chunks(RUN_MAX_BYTES as usize).enumerate() {
             let e = encode(addr + i as u64 * RUN_MAX_BYTES, chunk, self.compressor.as_mut());
-            self.write_encoded(e, runs)?;
+            runs.push(self.write_encoded(e)?);
         }
         Ok(())
     }
@@ -224,89 +296,22 @@ impl PageStoreWriter {
             .into_inner()
             .map_err(|e| FormatError::io(&path, e.into_error()))?;
         f.sync_all().map_err(|e| FormatError::io(&path, e))?;
+        // What is left in the page cache (written while held, the last windows) goes too: the
+        // store is read again only by a restore, later.
+        // SAFETY: fadvise on the fd we hold.
+        unsafe { libc::posix_fadvise(std::os::fd::AsRawFd::as_raw_fd(&f), 0, 0, libc::POSIX_FADV_DONTNEED) };
         Ok(self.offset)
     }
-}
 
-pub struct PageStoreReader {
-    path: PathBuf,
-    file: File,
-    len: u64,
-    /// Reused across runs (a context per run costs more than a page).
-    unzip: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>>,
-}
-
-impl PageStoreReader {
-    /// Opens a store and checks its header and that it is as long as the metadata says.
-    pub fn open(path: &Path, expected_len: u64) -> Result<Self, FormatError> {
-        let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-        let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
-        crate::header::check(path, &file, len, &MAGIC, "page store", expected_len)?;
-        Ok(Self {
-            path: path.to_owned(),
-            file,
-            len,
-            unzip: Default::default(),
-        })
+    /// Whether runs are compressed.
+    pub fn compresses(&self) -> bool {
+        self.compress.is_some()
     }
 
-    pub fn file(&self) -> &File {
-        &self.file
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads one run into `buf` (resized to the run), decompressing it, and checks its CRC.
-    pub fn read_run(&self, run: &PageRun, buf: &mut Vec<u8>) -> Result<(), FormatError> {
-        let stored = run.stored_len();
-        if run.offset.saturating_add(stored) > self.len {
-            return Err(FormatError::Truncated {
-                path: self.path.clone(),
-                what: "page store",
-                expected: run.offset + stored,
-                got: self.len,
-            });
-        }
-        let damaged = || FormatError::Checksum {
-            path: self.path.clone(),
-            what: format!(
-                "pages at {:#x} (+{} bytes, file offset {})",
-                run.addr, run.len, run.offset
-            ),
-        };
-        buf.resize(stored as usize, 0);
-        self.file
-            .read_exact_at(buf, run.offset)
-            .map_err(|e| FormatError::io(&self.path, e))?;
-        if run.clen > 0 {
-            let mut unzip = self.unzip.borrow_mut();
-            if unzip.is_none() {
-                *unzip = zstd::bulk::Decompressor::new().ok();
-            }
-            let z = unzip.as_mut().ok_or_else(damaged)?;
-            let raw = z.decompress(buf, run.len as usize).map_err(|_| damaged())?;
-            if raw.len() as u64 != run.len {
-                return Err(damaged());
-            }
-            *buf = raw;
-        }
-        if crc32c::crc32c(buf) != run.crc {
-            return Err(damaged());
-        }
-        Ok(())
-    }
-
-    /// Checks every run of this store.
-    pub fn verify<'a>(&self, runs: impl IntoIterator<Item = &'a PageRun>) -> Result<u64, FormatError> {
-        let mut buf = Vec::new();
-        let mut total = 0;
-        for run in runs {
-            self.read_run(run, &mut buf)?;
-            total += run.len;
-        }
-        Ok(total)
+    /// While `held`, writing does not wait for the disk (see [`WriteBehind::hold`]): for pages
+    /// written while their program is parked.
+    pub fn hold_behind(&mut self, held: bool) {
+        self.behind.hold(held);
     }
 }
 
@@ -333,6 +338,68 @@ mod tests {
         assert!(buf.iter().all(|&x| x == 0));
         r.read_run(&b[0], &mut buf).unwrap();
         assert_eq!(buf, noise);
+    }
+
+    /// A store larger than the part always compressed: its runs, compressed or written as
+    /// they are, whichever way each went, come back whole and in order of the pieces, checked
+    /// on every core; a damaged one is found.
+    #[test]
+    fn big_compressed_store_reads_back_on_every_core() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pages.img");
+        let mut w = PageStoreWriter::create(&p).unwrap().compressed(3);
+        // Compressible, but not in no time: words of a few letters in a varying order.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..3 * COMPRESS_ALL_BYTES as usize)
+            .map(|i| {
+                if i % 8 == 0 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                }
+                b"abcdefgh"[((x >> (i % 8 * 3)) & 7) as usize]
+            })
+            .collect();
+        let half = data.len() / 2;
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        w.append_many(
+            &[(0x10000000, &data[..half]), (0x40000000, &data[half..])],
+            &mut [&mut a, &mut b],
+        )
+        .unwrap();
+        let len = w.finish().unwrap();
+        assert!(
+            a.windows(2).all(|r| r[0].addr + r[0].len == r[1].addr),
+            "runs out of order"
+        );
+        let first = COMPRESS_ALL_BYTES / RUN_MAX_BYTES;
+        assert!(
+            a.iter().take(first as usize).all(|r| r.clen > 0),
+            "the first runs are compressed"
+        );
+        let r = PageStoreReader::open(&p, len).unwrap();
+        let runs: Vec<&PageRun> = a.iter().chain(&b).collect();
+        assert_eq!(r.verify(runs.iter().copied()).unwrap(), data.len() as u64);
+        let mut back = vec![0u8; data.len()];
+        let mut rest = &mut back[..];
+        let mut jobs = Vec::new();
+        for run in &runs {
+            let (here, after) = std::mem::take(&mut rest).split_at_mut(run.len as usize);
+            jobs.push((*run, here));
+            rest = after;
+        }
+        let stores = [r];
+        read_runs_into(&stores, jobs).unwrap();
+        assert!(back == data, "read back differs");
+        let mut bytes = std::fs::read(&p).unwrap();
+        let last = b.last().unwrap();
+        bytes[(last.offset + last.stored_len() / 2) as usize] ^= 1;
+        std::fs::write(&p, &bytes).unwrap();
+        let r = PageStoreReader::open(&p, len).unwrap();
+        assert!(matches!(
+            r.verify(runs.iter().copied()),
+            Err(FormatError::Checksum { .. })
+        ));
     }
 
     #[test]
