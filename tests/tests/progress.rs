@@ -237,8 +237,8 @@ fn a_bar_shows_on_a_terminal_and_is_cleared() -> Result<()> {
     Ok(())
 }
 
-/// Lazy restore changed the protocol (version 4): a ckptctl of version 3 (its hello, as
-/// bincode frames it: length 2, variant `Ctl`, version 3) is refused with the one-line message.
+/// A ckptctl of the previous protocol version (its hello, as bincode frames it: length 2,
+/// variant `Ctl`, the version as one byte) is refused with the one-line message.
 #[test]
 fn a_ckptctl_of_the_previous_protocol_is_refused_in_one_line() -> Result<()> {
     use std::io::Write;
@@ -246,14 +246,18 @@ fn a_ckptctl_of_the_previous_protocol_is_refused_in_one_line() -> Result<()> {
     let d = Daemon::start()?;
     let mut s = std::os::unix::net::UnixStream::connect(d.socket())?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(&[2, 0, 0, 0, 1, 3])?;
+    let (old, now) = (ckpt_proto::PROTO_VERSION - 1, ckpt_proto::PROTO_VERSION);
+    // bincode's varint: a version below 251 is one byte.
+    s.write_all(&[2, 0, 0, 0, 1, old as u8])?;
     let mut len = [0u8; 4];
     s.read_exact(&mut len)?;
     let mut answer = vec![0u8; u32::from_le_bytes(len) as usize];
     s.read_exact(&mut answer)?;
     let text = String::from_utf8_lossy(&answer);
     ensure!(
-        text.contains("protocol version 3 is not supported (ckptd speaks 4); use matching ckpt binaries"),
+        text.contains(&format!(
+            "protocol version {old} is not supported (ckptd speaks {now}); use matching ckpt binaries"
+        )),
         "an old ckptctl should be refused with the version message, got {text:?}"
     );
     Ok(())
