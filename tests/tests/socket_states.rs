@@ -12,27 +12,40 @@ use ckpt_tests::*;
 
 const PING_RANGE: &str = "/proc/sys/net/ipv4/ping_group_range";
 
-/// Lets root's group make ICMP echo sockets for the test's length (the kernel's default range
-/// holds no group, root's neither), then puts the range back.
-struct PingGroups(Option<String>);
+/// Lets root's group make ICMP echo sockets while any test of this file needs it (the kernel's
+/// default range holds no group, root's neither), then puts the range back. The tests run side
+/// by side: the last one to end puts it back, not the first.
+struct PingGroups;
+
+/// How many tests hold the range open, and the range to put back (None: it was open already).
+static PING: std::sync::Mutex<(usize, Option<String>)> = std::sync::Mutex::new((0, None));
 
 impl PingGroups {
     fn allow_root() -> Result<Self> {
-        let old = std::fs::read_to_string(PING_RANGE).context("reading ping_group_range")?;
-        let mut it = old.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
-        let (lo, hi) = (it.next().unwrap_or(1), it.next().unwrap_or(0));
-        if lo == 0 && hi >= lo {
-            return Ok(PingGroups(None));
+        let mut held = PING.lock().unwrap_or_else(|e| e.into_inner());
+        if held.0 == 0 {
+            let old = std::fs::read_to_string(PING_RANGE).context("reading ping_group_range")?;
+            let mut it = old.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(u64::MAX));
+            let (lo, hi) = (it.next().unwrap_or(1), it.next().unwrap_or(0));
+            held.1 = None;
+            if !(lo == 0 && hi >= lo) {
+                std::fs::write(PING_RANGE, "0 0").context("widening ping_group_range")?;
+                held.1 = Some(old);
+            }
         }
-        std::fs::write(PING_RANGE, "0 0").context("widening ping_group_range")?;
-        Ok(PingGroups(Some(old)))
+        held.0 += 1;
+        Ok(PingGroups)
     }
 }
 
 impl Drop for PingGroups {
     fn drop(&mut self) {
-        if let Some(old) = &self.0 {
-            let _ = std::fs::write(PING_RANGE, old.trim());
+        let mut held = PING.lock().unwrap_or_else(|e| e.into_inner());
+        held.0 -= 1;
+        if held.0 == 0 {
+            if let Some(old) = held.1.take() {
+                let _ = std::fs::write(PING_RANGE, old.trim());
+            }
         }
     }
 }
